@@ -1,0 +1,6 @@
+"""Entry point for ``python -m syncd``: hands over to the CLI."""
+
+from syncd.cli import main
+
+if __name__ == "__main__":
+    main()
