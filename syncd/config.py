@@ -1,0 +1,479 @@
+"""The configuration: typed, frozen models of every key of syncd.yaml.
+
+``Config.from_yaml(path)`` is the one way in. It reports every problem of a file at
+once, each as ``FILE:LINE:COL: key.path: what is wrong``, by validating the data with
+pydantic, mapping each error's location back to the YAML node it came from, and
+running the cross-field rules of ``config_rules`` over the same data. Secrets are
+``SecretStr`` so they never print; ``Config.show()`` gives the effective config with
+secrets masked. Relative paths are taken from the working directory, as the example
+config (store under ./var) expects. Nothing here touches the environment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+
+from syncd import config_rules, yamlmarks
+from syncd.errors import ConfigError, ConfigProblem
+
+_EMAIL_RE = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9.-]+$")
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+FROM_CHOICES = ("now", "1m", "3m", "6m", "1y")
+
+
+def _email(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected an email address, got {type(value).__name__}")
+    text = value.strip().lower()
+    if not _EMAIL_RE.match(text):
+        raise ValueError(f"{value!r} is not an email address")
+    return text
+
+
+def _address_or_domain(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{value!r} is not an address or a domain")
+    text = value.strip().lower().lstrip("@")
+    if "@" in text:
+        return _email(text)
+    if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", text):
+        raise ValueError(f"{value!r} is not an address or a domain")
+    return text
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration like 30s, 5m, 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION_RE.match(str(value).strip())
+        if not match:
+            raise ValueError(f"{value!r} is not a duration like 30s, 5m, 1h")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be longer than zero")
+    return seconds
+
+
+def _sync_from(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    text = str(value).strip()
+    if text in FROM_CHOICES:
+        return text
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not one of now, 1m, 3m, 6m, 1y or a date") from None
+    return text
+
+
+class HostPort(NamedTuple):
+    """A listening or connecting address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_port(value: Any) -> HostPort:
+    if isinstance(value, HostPort):
+        return value
+    text = str(value).strip()
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)", text)
+    if not match:
+        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:2525 or [::1]:2525)")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is not between 1 and 65535")
+    return HostPort(host, port)
+
+
+def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(str(value).strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or a CIDR network") from None
+
+
+def _command(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a command as a list of strings, e.g. [/usr/bin/pass, ada]")
+    return value
+
+
+def _folders(value: Any) -> str | list[str]:
+    if value == "all":
+        return value
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, str | int) and str(v).strip() for v in value)
+    ):
+        return [str(v) for v in value]
+    raise ValueError("expected 'all' or a list of folder names, e.g. [INBOX, Sent]")
+
+
+Email = Annotated[str, BeforeValidator(_email)]
+Folders = Annotated[str | list[str], BeforeValidator(_folders)]
+AddressOrDomain = Annotated[str, BeforeValidator(_address_or_domain)]
+Duration = Annotated[float, BeforeValidator(_duration)]
+SyncFrom = Annotated[str, BeforeValidator(_sync_from)]
+Listen = Annotated[HostPort, BeforeValidator(_host_port), PlainSerializer(str)]
+Network = Annotated[
+    ipaddress.IPv4Network | ipaddress.IPv6Network,
+    BeforeValidator(_network),
+    PlainSerializer(str),
+]
+Command = Annotated[list[str], BeforeValidator(_command)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Secrets(Model):
+    """Where a password comes from: exactly one of three ways (checked in config_rules)."""
+
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    password_command: Command | None = None
+
+
+class StoreConfig(Model):
+    path: Path = Path("./var/syncd.sqlite3")
+    attachments_dir: Path = Path("./var/attachments")
+    max_attachment_mb: Annotated[float, Field(gt=0)] = 50
+    max_engagements_per_record: Annotated[int, Field(ge=1)] = 10000
+
+
+class TeamMember(Model):
+    name: Annotated[str, Field(min_length=1)]
+    email: Email
+    aliases: list[Email] = []
+    smtp_password_file: Path | None = None
+
+
+class ImapConfig(Secrets):
+    host: Annotated[str, Field(min_length=1)]
+    port: Port | None = None
+    security: Literal["tls", "starttls", "none"] = "tls"
+    username: Annotated[str, Field(min_length=1)]
+    oauth2_token_command: Command | None = None
+    timeout: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _default_port(self) -> ImapConfig:
+        if self.port is None:
+            object.__setattr__(self, "port", 993 if self.security == "tls" else 143)
+        return self
+
+
+class SyncConfig(Model):
+    from_: SyncFrom = Field("3m", alias="from")
+    people: Literal["all", "contacts"] = "all"
+    folders: Folders = ["INBOX"]
+    create_contacts: bool = False
+    poll_interval: Duration = 300.0
+    idle: bool = True
+
+
+class Inbox(Model):
+    name: Name
+    kind: Literal["personal", "team"]
+    owner: Email | None = None
+    address: Email | None = None
+    imap: ImapConfig
+    sync: SyncConfig = SyncConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _address_defaults_to_owner(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "personal" and not data.get("address"):
+            return {**data, "address": data.get("owner")}
+        return data
+
+
+class Associate(Model):
+    max_deals: Annotated[int, Field(ge=0)] = 5
+    max_tickets: Annotated[int, Field(ge=0)] = 5
+
+
+class LoggingConfig(Model):
+    never_log: list[AddressOrDomain] = []
+    associate: Associate = Associate()
+
+
+class RelayConfig(Secrets):
+    host: Annotated[str, Field(min_length=1)]
+    port: Port = 587
+    security: Literal["tls", "starttls", "none"] = "starttls"
+    username: str | None = None
+
+
+class TlsConfig(Model):
+    cert: Path
+    key: Path
+
+
+class BccConfig(Model):
+    listen: Listen = HostPort("127.0.0.1", 2525)
+    addresses: Annotated[list[Email], Field(min_length=1)]
+    verify_sender: Literal["auth", "spf", "dkim", "none"] = "spf"
+    extra_bcc: list[Email] = []
+    relay: RelayConfig | None = None
+    tls: TlsConfig | None = None
+    require_tls: bool = False
+    max_message_mb: Annotated[int, Field(ge=1, le=1024)] = 60
+
+
+class DealPipeline(Model):
+    open: Annotated[list[str], Field(min_length=1)]
+    won: str
+    lost: str
+
+
+class TicketPipeline(Model):
+    open: Annotated[list[str], Field(min_length=1)]
+    closed: str
+
+
+DEFAULT_DEALS = DealPipeline(
+    open=[
+        "appointmentscheduled",
+        "qualifiedtobuy",
+        "presentationscheduled",
+        "decisionmakerboughtin",
+        "contractsent",
+    ],
+    won="closedwon",
+    lost="closedlost",
+)
+DEFAULT_TICKETS = TicketPipeline(open=["new", "waiting"], closed="closed")
+
+
+class Pipelines(Model):
+    deals: DealPipeline = DEFAULT_DEALS
+    tickets: TicketPipeline = DEFAULT_TICKETS
+
+
+class MetricsConfig(Model):
+    listen: Listen | None = None
+
+
+class PrivacyConfig(Model):
+    require_legal_basis: bool = False
+
+
+class TrackingConfig(Model):
+    enabled: bool = False
+    listen: Listen = HostPort("127.0.0.1", 8025)
+    public_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+")] | None = None
+    secret_file: Path | None = None
+    blocked_ips: list[Network] = []
+
+
+class Config(Model):
+    """The whole of syncd.yaml. Build it with ``from_yaml`` or ``from_mapping``."""
+
+    store: StoreConfig = StoreConfig()
+    team: Annotated[list[TeamMember], Field(min_length=1)]
+    inboxes: list[Inbox] = []
+    logging: LoggingConfig = LoggingConfig()
+    bcc: BccConfig | None = None
+    pipelines: Pipelines = Pipelines()
+    metrics: MetricsConfig = MetricsConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Things that are allowed but unwise (e.g. an inline password in a readable file)."""
+        return tuple(self._warnings)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Config:
+        """Read, validate and return the config at ``path``; raise ConfigError listing every problem."""
+        name = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError([ConfigProblem(name, 0, 0, "", f"cannot read: {reason}")]) from None
+        try:
+            located = yamlmarks.load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError([ConfigProblem(name, line, col, "", f"YAML: {problem}")]) from None
+        config = cls._validate(located, name)
+        if _has_inline_secret(located.data) and _readable_by_others(Path(path)):
+            config._warnings.append(
+                f"{name}: holds an inline password and is readable by group or others; "
+                "chmod 600 it or use password_file"
+            )
+        return config
+
+    @classmethod
+    def from_mapping(cls, data: Any, *, source: str = "<config>") -> Config:
+        """Validate already-loaded data (tests, defaults); positions are reported as 1:1."""
+        return cls._validate(yamlmarks.Located(data=data), source)
+
+    @classmethod
+    def _validate(cls, located: yamlmarks.Located, name: str) -> Config:
+        data = located.data
+        problems: list[ConfigProblem] = []
+        for path, (line, col) in located.duplicates:
+            problems.append(ConfigProblem(name, line, col, dotted(path), "duplicate key"))
+        if not isinstance(data, dict):
+            line, col = located.where(())
+            what = "empty" if data is None else f"a {type(data).__name__}"
+            problems.append(
+                ConfigProblem(name, line, col, "", f"expected a mapping, the file is {what}")
+            )
+            raise ConfigError(problems)
+        config = None
+        try:
+            config = cls.model_validate(data)
+        except ValidationError as exc:
+            problems.extend(_pydantic_problems(exc, located, name))
+        for path, message in config_rules.check(data):
+            line, col = located.where(path)
+            problems.append(ConfigProblem(name, line, col, dotted(path), message))
+        if problems or config is None:
+            problems.sort(key=lambda p: (p.line, p.col))
+            raise ConfigError(problems)
+        return config
+
+    def show(self) -> str:
+        """The effective configuration as YAML, secrets masked."""
+        data = self.model_dump(mode="json", by_alias=True)
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def dotted(path: tuple[str | int, ...]) -> str:
+    """('inboxes', 0, 'sync', 'from') -> 'inboxes[0].sync.from'."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _pydantic_problems(
+    exc: ValidationError, located: yamlmarks.Located, name: str
+) -> list[ConfigProblem]:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        path = _data_path(located.data, error["loc"])
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            line, col = located.where(path, key=True)
+            message = "unknown key (is it misspelt?)"
+        elif kind == "missing":
+            line, col = located.where(path[:-1])
+            message = "required key is missing"
+        else:
+            line, col = located.where(path)
+            message = _message(error)
+        problems.append(ConfigProblem(name, line, col, dotted(path), message))
+    return _dedupe(problems)
+
+
+def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[str | int, ...]:
+    """Keep the parts of a pydantic location that index the data; drop union/type tags."""
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str):
+            path.append(part)
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int):
+            path.append(part)
+            node = node[part] if part < len(node) else None
+    return tuple(path)
+
+
+def _message(error: Any) -> str:
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    if error["type"] == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        message = f"must be one of {expected.replace(' or ', ', ')}"
+    elif error["type"] == "string_pattern_mismatch":
+        message = "has characters that are not allowed here"
+    return message
+
+
+def _dedupe(problems: list[ConfigProblem]) -> list[ConfigProblem]:
+    """A value failing every arm of a union gives one error per arm; keep the first per path."""
+    seen: set[str] = set()
+    kept = []
+    for problem in problems:
+        if problem.path not in seen:
+            seen.add(problem.path)
+            kept.append(problem)
+    return kept
+
+
+def _has_inline_secret(data: Any) -> bool:
+    if isinstance(data, dict):
+        if data.get("password"):
+            return True
+        return any(_has_inline_secret(v) for v in data.values())
+    if isinstance(data, list):
+        return any(_has_inline_secret(v) for v in data)
+    return False
+
+
+def _readable_by_others(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO))
+    except OSError:
+        return False

@@ -1,0 +1,31 @@
+"""Where a raw message came from: the value every source hands to the pipeline.
+
+A source (IMAP, BCC, file import) knows only how it got the bytes; the pipeline turns
+bytes plus provenance into CRM records. ``label`` is the string users see in a
+timeline's ``sources`` list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """How one copy of a message reached syncd."""
+
+    source: str  # "imap" | "bcc" | "import"
+    received_at: datetime  # timezone-aware; stands in for a missing Date header
+    inbox: str | None = None  # inbox name (imap)
+    folder: str | None = None  # folder name, decoded (imap)
+    uid: int | None = None  # IMAP UID (imap)
+    owner: str | None = None  # team member email who owns new contacts, if known
+    sender: str | None = None  # envelope MAIL FROM (bcc)
+    internal_date: datetime | None = None  # IMAP INTERNALDATE, if any
+
+    @property
+    def label(self) -> str:
+        if self.source == "imap":
+            return f"imap:{self.inbox}/{self.folder}"
+        return self.source
