@@ -35,7 +35,7 @@ from pydantic import (
 from syncd import config_rules, yamlmarks
 from syncd.errors import ConfigError, ConfigProblem
 
-_EMAIL_RE = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9.-]+$")
+_EMAIL_RE = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 FROM_CHOICES = ("now", "1m", "3m", "6m", "1y")
@@ -338,7 +338,7 @@ class Config(Model):
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> Config:
-        """Read, validate and return the config at ``path``; raise ConfigError listing every problem."""
+        """Read and validate the config at ``path``; ConfigError lists every problem."""
         name = str(path)
         try:
             text = Path(path).read_text(encoding="utf-8")

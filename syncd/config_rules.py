@@ -166,9 +166,7 @@ def _bcc(data: dict[str, Any]) -> Iterator[Problem]:
         if bcc.get("tls") is None and not _is_loopback(host):
             yield (
                 ("bcc", "verify_sender"),
-                (
-                    "auth on a non-loopback listener needs bcc.tls, so passwords are not sent in clear"
-                ),
+                ("auth on a non-loopback listener needs bcc.tls: no passwords in clear"),
             )
         if not any(m.get("smtp_password_file") for _, m in _dicts(data.get("team"))):
             yield (

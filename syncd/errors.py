@@ -50,6 +50,8 @@ class ConfigProblem:
         self.file, self.line, self.col, self.path, self.message = file, line, col, path, message
 
     def __str__(self) -> str:
+        if self.line == 0:  # the file as a whole (unreadable)
+            return f"{self.file}: {self.message}"
         where = self.path or "(top)"
         return f"{self.file}:{self.line}:{self.col}: {where}: {self.message}"
 
