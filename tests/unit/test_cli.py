@@ -49,7 +49,7 @@ def test_bad_config_reports_every_problem_and_exits_78(tmp_path: Path) -> None:
     assert lines == [
         f"{path}:3:12: team[0].email: 'ada@example' is not an email address",
         f"{path}:7:12: inboxes[0].owner: ada@example.com is not the email of a team member",
-        f"{path}:8:71: inboxes[0].imap.port: Input should be a valid integer, "
+        f"{path}:8:80: inboxes[0].imap.port: Input should be a valid integer, "
         "unable to parse string as an integer",
         f"{path}:9:18: inboxes[0].sync.from: 'two weeks' is not one of now, 1m, 3m, 6m, 1y "
         "or a date",
