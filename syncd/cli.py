@@ -117,37 +117,11 @@ def _register_pending() -> None:
     """Commands whose engines land in later issues: described now, refusing plainly."""
     pending: list[tuple[str, str, str, list[click.Parameter]]] = [
         (
-            "run",
-            "The daemon: IMAP sync for every inbox, the BCC endpoint and tracking, under systemd "
-            "(notify, SIGHUP reloads the config, SIGTERM drains and exits 0).",
-            "the daemon lands with the BCC endpoint",
-            [],
-        ),
-        (
-            "sync",
-            "One IMAP sync pass over the configured inboxes, then exit. --dry-run says per "
-            "folder how many messages the window and people filter would pull, fetching no "
-            "bodies.",
-            "lands with the IMAP sync engine",
-            [
-                click.Option(["--inbox"], metavar="NAME", help="Only this inbox."),
-                click.Option(["--dry-run"], is_flag=True, help="Count, fetch no bodies."),
-                click.Option(["--json"], "as_json", is_flag=True, help="Print JSON counts."),
-            ],
-        ),
-        (
             "doctor",
             "Try each IMAP login, the BCC listener, DNS for the BCC domain and the store's "
             "integrity; report what fails.",
             "lands with the IMAP sync engine",
             [],
-        ),
-        (
-            "status",
-            "Per inbox and folder: state, last sync, counts, last error; BCC, outbox and "
-            "tracking counters; quarantine size.",
-            "lands with the daemon",
-            [click.Option(["--json"], "as_json", is_flag=True, help="Print one JSON document.")],
         ),
     ]
     for name, help_text, issue, params in pending:

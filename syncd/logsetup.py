@@ -45,5 +45,5 @@ def configure(verbosity: int = 0, *, journald: bool = False) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     # imaplib's and aiosmtpd's own chatter can include protocol lines; keep them quiet.
-    for noisy in ("imapclient", "mail.log", "asyncio"):
+    for noisy in ("imapclient", "mail.log", "asyncio", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

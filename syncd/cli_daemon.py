@@ -1,0 +1,201 @@
+"""CLI commands that run syncd's engines: ``run``, ``sync``, ``status``.
+
+``run`` hands over to ``syncd.daemon``. ``status`` reads the store read-only from
+another process: the daemon's heartbeat row, per-inbox sync state, spool, outbox and
+quarantine counts, so it works whether or not the daemon runs and never blocks it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+
+from syncd import daemon
+from syncd.cli import (
+    EX_PROBLEMS,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    App,
+    emit_json,
+    fail,
+)
+from syncd.imapservice import inbox_pass
+from syncd.pipeline import Pipeline
+from syncd.store import daemonstate, db, spool, syncstate
+
+COUNTS = ("logged", "duplicates", "skipped", "quarantined")
+
+
+@click.command("run")
+@click.pass_obj
+def run(app: App) -> None:
+    """The daemon: IMAP sync for every inbox, the BCC endpoint and tracking.
+
+    Under systemd it sends READY=1 once the store is open and the listeners are bound;
+    SIGHUP reloads the config (a bad one is logged and the old one kept); SIGTERM stops
+    accepting, finishes or spools what is in flight and exits 0.
+    """
+    config = app.config()
+    try:
+        code = daemon.run(app.config_path, config, os.environ)
+    except OSError as exc:
+        fail(f"cannot start: {exc.strerror or exc}", EX_TEMPFAIL)
+    sys.exit(code)
+
+
+@click.command("sync")
+@click.option("--inbox", "only", metavar="NAME", help="Only this inbox.")
+@click.option("--dry-run", is_flag=True, help="Count what would be pulled; fetch no bodies.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document of counts.")
+@click.pass_obj
+def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
+    """One IMAP sync pass over the configured inboxes, then exit.
+
+    --dry-run says per folder how many messages the window and people filter would
+    pull, fetching no bodies. Exit 0 when every inbox synced, 69 when an inbox could
+    not be reached or logged in to, 1 when a folder failed.
+    """
+    config = app.config()
+    inboxes = [i for i in config.inboxes if only in (None, i.name)]
+    if not inboxes:
+        fail(f"no inbox named {only!r}" if only else "no inboxes configured", EX_USAGE)
+    pipeline = Pipeline.from_config(config, db.connect(config.store.path))
+    progress = _Progress() if sys.stderr.isatty() and not as_json else None
+    report: dict[str, Any] = {c: 0 for c in COUNTS} | {"inboxes": []}
+    code = 0
+    try:
+        for inbox in inboxes:
+            result, _ = inbox_pass(
+                inbox, lambda fn, *a: fn(pipeline, *a), dry_run=dry_run, progress=progress
+            )
+            report["inboxes"].append(result.as_json())
+            for folder in result.folders:
+                for count in COUNTS:
+                    report[count] += getattr(folder, count)
+            if result.state != "ok":
+                code = EX_UNAVAILABLE
+            elif result.error and code == 0:
+                code = EX_PROBLEMS
+            if progress is not None:
+                progress.clear()
+            if not as_json:
+                _print_inbox(result.as_json(), dry_run)
+    finally:
+        pipeline.close()
+        pipeline.conn.close()
+    if as_json:
+        emit_json(report)
+    sys.exit(code)
+
+
+class _Progress:
+    """One self-overwriting line on a terminal: folder, done/planned."""
+
+    def __call__(self, folder: str, done: int, planned: int) -> None:
+        click.echo(f"\r  {folder}: {done}/{planned}\x1b[K", nl=False, err=True)
+
+    def clear(self) -> None:
+        click.echo("\r\x1b[K", nl=False, err=True)
+
+
+def _print_inbox(result: dict[str, Any], dry_run: bool) -> None:
+    if result["state"] != "ok":
+        click.echo(f"{result['name']}: {result['state']}: {result['error']}", err=True)
+    for folder in result["folders"]:
+        if dry_run:
+            what = f"would fetch {folder.get('would_fetch', 0)}"
+        else:
+            what = ", ".join(f"{folder[c]} {c}" for c in COUNTS)
+        error = f" (error: {folder['error']})" if folder.get("error") else ""
+        click.echo(f"{result['name']}/{folder['name']}: {what}{error}", err=True)
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_obj
+def status(app: App, as_json: bool) -> None:
+    """Per inbox and folder: state, last sync, counts, last error; the daemon, BCC,
+    outbox and quarantine. Reads the store; works whether or not the daemon runs."""
+    config = app.config()
+    report = _status(config)
+    if as_json:
+        emit_json(report)
+    else:
+        _print_status(report)
+
+
+def _status(config: Any) -> dict[str, Any]:
+    names = [i.name for i in config.inboxes]
+    if not config.store.path.exists():
+        return {
+            "daemon": {"state": "not running"},
+            "inboxes": [{"name": n, "state": "never_synced", "last_sync": None,
+                         "last_error": None, "folders": []} for n in names],
+            "bcc": {}, "outbox": {}, "quarantine": 0,
+        }  # fmt: skip
+    conn = db.connect(config.store.path, readonly=True)
+    try:
+        report: dict[str, Any] = {"daemon": _daemon(conn)}
+        report["inboxes"] = syncstate.status_rows(conn, names)
+        report.update(spool.status(conn))
+        if "bcc" in report["daemon"]:
+            report["bcc"] |= report["daemon"].pop("bcc")
+        report["quarantine"] = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+        return report
+    finally:
+        conn.close()
+
+
+def _daemon(conn: Any) -> dict[str, Any]:
+    state = daemonstate.load(conn)
+    if state is None:
+        return {"state": "not running"}
+    updated = datetime.fromisoformat(state["updated_at"])
+    fresh = datetime.now(UTC) - updated < timedelta(seconds=3 * daemon.HEARTBEAT_SECONDS)
+    if (state["state"] != "stopped" and not (fresh and _alive(state["pid"]))) or state[
+        "state"
+    ] == "stopped":
+        state["state"] = "not running"
+    return state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    d = report["daemon"]
+    since = f" since {d['started_at']} (pid {d['pid']})" if d["state"] != "not running" else ""
+    click.echo(f"daemon: {d['state']}{since}")
+    for inbox in report["inboxes"]:
+        error = f", last error: {inbox['last_error']}" if inbox["last_error"] else ""
+        click.echo(
+            f"inbox {inbox['name']}: {inbox['state']}, last sync {inbox['last_sync']}{error}"
+        )
+        for f in inbox["folders"]:
+            click.echo(f"  {f['name']}: uidvalidity {f['uidvalidity']}, last uid {f['last_uid']},"
+                       f" {f['logged']} logged")  # fmt: skip
+    if report["bcc"]:
+        b, o = report["bcc"], report["outbox"]
+        click.echo(f"bcc: {b['accepted']} accepted, {b['refused']} refused,"
+                   f" spool {b['spool_depth']}")  # fmt: skip
+        click.echo(f"outbox: {o['depth']} waiting, {o['forwarded']} forwarded,"
+                   f" {o['given_up']} given up")  # fmt: skip
+    click.echo(f"quarantine: {report['quarantine']}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(run)
+    group.add_command(sync)
+    group.add_command(status)

@@ -1,0 +1,53 @@
+"""Plain values the CRM rules, the store and the pipeline hand each other.
+
+``ContactState`` is what the rules need to know about an existing contact;
+``ContactRecord`` is one contact read from an import file (CSV or vCard); ``Outcome``
+is what the pipeline reports for each message it was given. Frozen and free of I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+OutcomeStatus = Literal["logged", "duplicate", "skipped", "quarantined"]
+
+
+@dataclass(frozen=True, slots=True)
+class ContactState:
+    """An existing contact as the rules see it, looked up by one of its addresses."""
+
+    contact_id: int
+    owner: str | None = None
+    legal_basis: str | None = None
+    lifecycle_stage: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one message.
+
+    ``logged``: a new engagement; ``duplicate``: the message was already logged (its
+    sighting and any new associations were added); ``skipped``: the rules log nothing
+    (``reason`` says why); ``quarantined``: it could not be logged and waits in the
+    quarantine with ``reason``. ``key`` is the message key when the message parsed.
+    """
+
+    status: OutcomeStatus
+    key: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ContactRecord:
+    """One contact from an import file; empty strings mean "not given"."""
+
+    email: str
+    first_name: str = ""
+    last_name: str = ""
+    company: str = ""
+    owner: str = ""
+    lifecycle_stage: str = ""
+    legal_basis: str = ""
+    other_emails: tuple[str, ...] = ()
+    where: str = ""  # "file:line" for error messages

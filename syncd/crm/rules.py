@@ -1,0 +1,253 @@
+"""The CRM's logging rules: given a parsed email and how it arrived, decide what to log.
+
+``plan()`` answers, without writing anything: who the participants are (every address on
+From, To, Cc and Bcc that is not a team member's address or alias, not a connected
+inbox's address and not a BCC logging address; Reply-To is ignored); whether the mail is
+outgoing (sent from a team address or an inbox address); whether it is skipped
+(a participant on ``never_log`` -- address or domain, subdomains included, case-insensitive
+-- or no participants, or no contact to put it on); which unknown participants become
+contacts (BCC: always; IMAP: when the inbox's ``sync.create_contacts``; import: when an
+owner is given; never with ``require_legal_basis``) and with which owner; which contacts
+it is associated with (with ``require_legal_basis`` only those with a legal basis) and
+each contact's company domain. The store carries the plan out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from syncd.crm.domains import company_domain, domain_matches, domain_of
+from syncd.crm.lifecycle import Pipelines
+from syncd.crm.model import ContactState
+from syncd.mail.provenance import Provenance
+
+if TYPE_CHECKING:
+    from syncd.mail.parse import Email
+
+SKIP_NEVER_LOG = "a participant is on logging.never_log"
+SKIP_NO_PARTICIPANTS = "no participants outside the team"
+SKIP_NO_CONTACTS = "no participant is a contact, and none may be created here"
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRule:
+    """What the rules need to know about one connected inbox."""
+
+    name: str
+    address: str
+    kind: str  # "personal" | "team"
+    owner: str | None = None  # personal inboxes: the member's primary email
+    create_contacts: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RulesSettings:
+    """Every setting the rules and the store's write path read, as one frozen value."""
+
+    # every team address and alias -> that member's primary email
+    team: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    inboxes: tuple[InboxRule, ...] = ()
+    bcc_addresses: frozenset[str] = frozenset()
+    never_log_addresses: frozenset[str] = frozenset()
+    never_log_domains: tuple[str, ...] = ()
+    require_legal_basis: bool = False
+    max_deals: int = 5
+    max_tickets: int = 5
+    max_engagements_per_record: int = 10000
+    pipelines: Pipelines = field(default_factory=Pipelines)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        team: Mapping[str, tuple[str, ...]] | None = None,
+        inboxes: tuple[InboxRule, ...] = (),
+        bcc_addresses: tuple[str, ...] | frozenset[str] = (),
+        never_log: tuple[str, ...] | list[str] = (),
+        **rest: Any,
+    ) -> RulesSettings:
+        """Normalise plain values: ``team`` maps a primary email to its aliases."""
+        members: dict[str, str] = {}
+        for primary, aliases in (team or {}).items():
+            members[primary.lower()] = primary.lower()
+            for alias in aliases:
+                members[alias.lower()] = primary.lower()
+        addresses = frozenset(e.strip().lower() for e in never_log if "@" in e)
+        domains = tuple(d.strip().lower().lstrip("@") for d in never_log if "@" not in d)
+        return cls(
+            team=MappingProxyType(members),
+            inboxes=tuple(inboxes),
+            bcc_addresses=frozenset(a.lower() for a in bcc_addresses),
+            never_log_addresses=addresses,
+            never_log_domains=domains,
+            **rest,
+        )
+
+    @classmethod
+    def from_config(cls, config: Any) -> RulesSettings:
+        """Build from a ``syncd.config.Config`` (attribute names are the YAML keys)."""
+        inboxes = tuple(
+            InboxRule(
+                name=inbox.name,
+                address=(inbox.address or inbox.owner or "").lower(),
+                kind=inbox.kind,
+                owner=inbox.owner.lower() if inbox.owner else None,
+                create_contacts=bool(inbox.sync.create_contacts),
+            )
+            for inbox in config.inboxes
+        )
+        bcc = getattr(config, "bcc", None)
+        associate = config.logging.associate
+        return cls.build(
+            team={m.email: tuple(m.aliases or ()) for m in config.team},
+            inboxes=inboxes,
+            bcc_addresses=tuple(bcc.addresses) if bcc is not None else (),
+            never_log=tuple(config.logging.never_log or ()),
+            require_legal_basis=bool(config.privacy.require_legal_basis),
+            max_deals=int(associate.max_deals),
+            max_tickets=int(associate.max_tickets),
+            max_engagements_per_record=int(config.store.max_engagements_per_record),
+            pipelines=Pipelines.from_config(getattr(config, "pipelines", None)),
+        )
+
+    def inbox(self, name: str | None) -> InboxRule | None:
+        return next((i for i in self.inboxes if i.name == name), None) if name else None
+
+    def member_for(self, address: str) -> str | None:
+        """The team member (primary email) that ``address`` belongs to, if any."""
+        address = address.lower()
+        if address in self.team:
+            return self.team[address]
+        for inbox in self.inboxes:
+            if inbox.address == address and inbox.kind == "personal":
+                return inbox.owner
+        return None
+
+    def is_internal(self, address: str) -> bool:
+        """A team address or alias, an inbox address or a BCC logging address."""
+        address = address.lower()
+        return (
+            address in self.team
+            or address in self.bcc_addresses
+            or any(i.address == address for i in self.inboxes)
+        )
+
+    def never_logged(self, address: str) -> bool:
+        address = address.lower()
+        if address in self.never_log_addresses:
+            return True
+        domain = domain_of(address)
+        return any(domain_matches(domain, rule) for rule in self.never_log_domains)
+
+
+@dataclass(frozen=True, slots=True)
+class ContactPlan:
+    """One contact the email is associated with; ``contact_id`` None means create it."""
+
+    email: str
+    name: str
+    contact_id: int | None
+    owner: str | None  # given to the contact only when it has no owner yet
+    company_domain: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to log for one email; ``skip`` set means log nothing."""
+
+    direction: str  # "incoming" | "outgoing"
+    participants: tuple[str, ...]
+    contacts: tuple[ContactPlan, ...] = ()
+    sender: str | None = None  # the sending member (primary email) of outgoing mail
+    skip: str | None = None
+
+    @property
+    def created(self) -> tuple[ContactPlan, ...]:
+        return tuple(c for c in self.contacts if c.contact_id is None)
+
+
+def participants(email: Email, settings: RulesSettings) -> dict[str, str]:
+    """Participant address -> display name, in header order (From, To, Cc, Bcc)."""
+    found: dict[str, str] = {}
+    headers = ((email.from_,) if email.from_ else (), email.to, email.cc, email.bcc)
+    for group in headers:
+        for address in group:
+            key = address.email.lower()
+            if not key or "@" not in key or settings.is_internal(key):
+                continue
+            if key not in found or (not found[key] and address.name):
+                found[key] = address.name or ""
+    return found
+
+
+def may_create(provenance: Provenance, settings: RulesSettings) -> bool:
+    """Whether unknown participants of mail arriving this way become contacts."""
+    if settings.require_legal_basis:
+        return False
+    if provenance.source == "bcc":
+        return True
+    if provenance.source == "imap":
+        inbox = settings.inbox(provenance.inbox)
+        return bool(inbox and inbox.create_contacts)
+    if provenance.source == "import":
+        return provenance.owner is not None
+    return False
+
+
+def new_contact_owner(
+    provenance: Provenance, settings: RulesSettings, sender: str | None
+) -> str | None:
+    """Outgoing: the sending member; incoming: the given owner, else the personal inbox's."""
+    if sender:
+        return sender
+    if provenance.owner:
+        return settings.team.get(provenance.owner.lower(), provenance.owner.lower())
+    inbox = settings.inbox(provenance.inbox) if provenance.source == "imap" else None
+    return inbox.owner if inbox and inbox.kind == "personal" else None
+
+
+def plan(
+    email: Email,
+    provenance: Provenance,
+    settings: RulesSettings,
+    known: Mapping[str, ContactState],
+) -> Plan:
+    """Decide what to log for ``email``; ``known`` maps addresses to existing contacts."""
+    people = participants(email, settings)
+    from_address = email.from_.email.lower() if email.from_ else ""
+    outgoing = bool(from_address) and settings.is_internal(from_address)
+    direction = "outgoing" if outgoing else "incoming"
+    sender = settings.member_for(from_address) if outgoing else None
+    base = Plan(direction=direction, participants=tuple(people), sender=sender)
+    if any(settings.never_logged(a) for a in people):
+        return _skip(base, SKIP_NEVER_LOG)
+    if not people:
+        return _skip(base, SKIP_NO_PARTICIPANTS)
+    creating = may_create(provenance, settings)
+    owner = new_contact_owner(provenance, settings, sender)
+    contacts: list[ContactPlan] = []
+    seen_ids: set[int] = set()
+    for address, name in people.items():
+        state = known.get(address)
+        if state is None:
+            if creating:
+                contacts.append(ContactPlan(address, name, None, owner, company_domain(address)))
+            continue
+        if state.contact_id in seen_ids:
+            continue
+        if settings.require_legal_basis and not state.legal_basis:
+            continue
+        seen_ids.add(state.contact_id)
+        contacts.append(
+            ContactPlan(address, name, state.contact_id, owner, company_domain(address))
+        )
+    if not contacts:
+        return _skip(base, SKIP_NO_CONTACTS)
+    return Plan(direction, base.participants, tuple(contacts), sender)
+
+
+def _skip(base: Plan, reason: str) -> Plan:
+    return Plan(base.direction, base.participants, (), base.sender, reason)

@@ -1,0 +1,179 @@
+"""IMAP sync wired to the store: one pass (``syncd sync``) and the daemon's sync loops.
+
+``inbox_pass`` joins the IMAP engine (``sources.imap``) to the store through a
+``call(fn, *args)`` that runs ``fn(pipeline, *args)`` where the store lives: directly
+in the CLI, on the store thread in the daemon. Mail and each folder checkpoint commit
+in one transaction (the pipeline's ``on_commit``).
+
+In the daemon each inbox has a thread::
+
+    pass --ok, idle on--> IDLE on INBOX until new mail or poll_interval --> pass
+         --ok, no idle--> sleep poll_interval --> pass
+         --failed------> sleep inbox_retry_delay (backoff; an hour after a refused login)
+    stop requested: the current batch commits, the pass ends at the next batch
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from syncd.config import Config, Inbox
+from syncd.errors import InboxError
+from syncd.pipeline import Pipeline
+from syncd.sources import syncplan
+from syncd.sources.imap import InboxResult, Progress, sync_inbox
+from syncd.sources.imap_conn import ImapSession, connect
+from syncd.store import syncstate
+from syncd.store.db import transaction
+
+log = logging.getLogger("syncd.imap")
+Call = Callable[..., Any]
+
+
+class Stopping(Exception):
+    """Raised into a pass (from deliver) when the daemon is stopping."""
+
+
+def inbox_pass(
+    inbox: Inbox,
+    call: Call,
+    *,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[InboxResult, int]:
+    """One sync pass of ``inbox``; returns its result and the consecutive failure count."""
+
+    def deliver(items: list[Any], checkpoint: syncplan.FolderCheckpoint) -> Sequence[Any]:
+        if should_stop():
+            raise Stopping
+        return call(_ingest, items, checkpoint)
+
+    result = sync_inbox(
+        inbox,
+        deliver=deliver,
+        checkpoint_of=lambda name, folder: call(_checkpoint, name, folder),
+        known_contacts=lambda: call(Pipeline.contact_emails),
+        today=datetime.now(UTC),
+        dry_run=dry_run,
+        progress=progress,
+    )
+    failures = 0 if dry_run else call(_record, result)
+    return result, failures
+
+
+def _ingest(pipeline: Pipeline, items: list[Any], checkpoint: syncplan.FolderCheckpoint) -> Any:
+    return pipeline.ingest_batch(
+        items, on_commit=lambda conn: syncstate.save_checkpoint(conn, checkpoint)
+    )
+
+
+def _checkpoint(pipeline: Pipeline, inbox: str, folder: str) -> syncplan.FolderCheckpoint | None:
+    return syncstate.get_checkpoint(pipeline.conn, inbox, folder)
+
+
+def _record(pipeline: Pipeline, result: InboxResult) -> int:
+    with transaction(pipeline.conn):
+        return syncstate.record_pass(pipeline.conn, result)
+
+
+class ImapService:
+    """The daemon's IMAP part: one sync thread per inbox."""
+
+    name = "imap"
+
+    def __init__(self, config: Config, store: Any) -> None:
+        self._inboxes = {inbox.name: inbox for inbox in config.inboxes}
+        self._store = store
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._states: dict[str, str] = {name: "starting" for name in self._inboxes}
+        self._idling: dict[str, ImapSession] = {}
+
+    async def start(self, scheduler: AsyncIOScheduler) -> None:
+        for name in self._inboxes:
+            thread = threading.Thread(target=self._loop, args=(name,), name=f"imap-{name}")
+            thread.daemon = True  # an IDLE wait holds no mail; never block exit on it
+            thread.start()
+            self._threads.append(thread)
+
+    async def stop(self, deadline: float) -> None:
+        self._stop.set()
+        for session in list(self._idling.values()):
+            session.interrupt()  # ends an IDLE wait at once; a pass stops at its next batch
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    def reconfigure(self, config: Config) -> None:
+        # Settings of existing inboxes apply from their next pass; adding or removing
+        # inboxes needs a restart (said in the README).
+        for inbox in config.inboxes:
+            if inbox.name in self._inboxes:
+                self._inboxes[inbox.name] = inbox
+
+    def status(self) -> dict[str, Any]:
+        return {"inboxes": dict(self._states)}
+
+    def summary(self) -> str:
+        return f"IMAP: {len(self._inboxes)} inbox(es)"
+
+    def _loop(self, name: str) -> None:
+        while not self._stop.is_set():
+            inbox = self._inboxes[name]
+            self._states[name] = "syncing"
+            try:
+                result, failures = inbox_pass(
+                    inbox, self._store.call, should_stop=self._stop.is_set
+                )
+            except Stopping:
+                return
+            except Exception:
+                log.exception("inbox %s: sync pass failed", name)
+                result, failures = InboxResult(name, state="failed", error="internal error"), 1
+            self._states[name] = result.state
+            self._log_pass(result)
+            delay = syncplan.inbox_retry_delay(
+                result.state, failures, random.random(), poll_interval=inbox.sync.poll_interval
+            )
+            if result.state == "ok" and inbox.sync.idle:
+                self._idle(inbox, delay)
+            else:
+                self._stop.wait(delay)
+
+    def _idle(self, inbox: Inbox, timeout: float) -> None:
+        """Wait for new mail on INBOX (or the poll interval); polling if IDLE fails."""
+        self._states[inbox.name] = "idle"
+        deadline = time.monotonic() + timeout
+        try:
+            session = connect(inbox.name, inbox.imap, timeout=inbox.imap.timeout + 30)
+        except InboxError as exc:
+            log.warning("inbox %s: cannot IDLE (%s); polling", inbox.name, exc)
+            self._stop.wait(timeout)
+            return
+        self._idling[inbox.name] = session
+        try:
+            if not self._stop.is_set() and session.idle_wait(max(0.0, deadline - time.monotonic())):
+                log.info("inbox %s: new mail", inbox.name)
+        except InboxError as exc:
+            if not self._stop.is_set():
+                log.warning("inbox %s: IDLE ended (%s); next pass now", inbox.name, exc)
+        finally:
+            self._idling.pop(inbox.name, None)
+            session.close()
+
+    @staticmethod
+    def _log_pass(result: InboxResult) -> None:
+        logged = sum(f.logged for f in result.folders)
+        if result.state != "ok":
+            log.error("inbox %s: %s", result.name, result.error)
+        elif logged or result.error:
+            log.info("inbox %s: %d logged%s", result.name, logged,
+                     f"; {result.error}" if result.error else "")  # fmt: skip

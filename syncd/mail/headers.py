@@ -1,0 +1,287 @@
+"""Header fields of RFC 5322 mail: splitting, RFC 2047 words, charsets, ids and addresses.
+
+The tolerant, fast half of the parser (``syncd.mail.parse`` owns bodies and the ``Email``
+value): a header block is split into fields without building an ``email.message`` tree,
+encoded words in unknown charsets are decoded with replacement, raw 8-bit bytes are read as
+UTF-8 or else latin-1, and nothing here raises for bad input; each repair is appended to the
+caller's ``defects`` list. Addresses are parsed on the raw field, before encoded words are
+decoded, so a crafted display name cannot inject an address, and each must be one plain
+``local@domain``: quoted local parts such as ``"a@b.com"@evil.com`` and unbalanced forms
+(CVE-2023-27043, not fixed in the Python 3.11.7 we run) are skipped, not guessed at.
+"""
+
+from __future__ import annotations
+
+import binascii
+import codecs
+import re
+from dataclasses import dataclass
+from email.utils import getaddresses
+from functools import lru_cache
+
+MAX_REFERENCES = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    name: str  # display name, decoded, '' if none
+    email: str  # addr-spec, lower-cased, stripped; always contains '@'
+
+
+_FIELD_BREAK = re.compile(r"\r?\n(?![ \t])")
+_FIELD_NAME = re.compile(r"[!-9;-~]+")
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([qQbB])\?([^?\s]*)\?=")
+_ANGLE_ID = re.compile(r"<([^<>]*)>")
+_B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
+_ADDR = r"[^\s\"<>()\[\],;:@\\]+@[^\s\"<>()\[\],;:@\\]+"
+_ADDR_RE = re.compile(_ADDR)
+_SIMPLE_ADDR = re.compile(
+    rf'\s*(?:"((?:[^"\\]|\\.)*)"|([^"<>()\\,;:]*?))\s*<\s*({_ADDR})\s*>\s*|\s*({_ADDR})\s*'
+)  # an unquoted name may contain '@' ("jane@acme.com <jane@acme.com>"): <...> is the address
+_COMMA_ITEMS = re.compile(r'(?:"[^"]*"|[^,"])+')
+_QUOTED_PAIR = re.compile(r"\\(.)")
+_AUTO = "auto"  # no usable charset declared: utf-8 if it decodes, else latin-1
+_CHARSET_ALIASES = {"iso-8859-8-i": "iso-8859-8", "x-mac-roman": "mac-roman", "gb2312": "gb18030"}
+_ASCII_NAMES = {"us-ascii", "ascii", "ansi_x3.4-1968", "unknown-8bit", "x-unknown", "default"}
+
+
+def split_fields(block: bytes, defects: list[str]) -> dict[str, list[str]]:
+    """Header block -> {lower-case name: [raw values, still folded]}; bad lines skipped."""
+    try:
+        text = block.decode("utf-8")  # ASCII and RFC 6532 UTF-8 headers
+    except UnicodeDecodeError:
+        text = "\n".join(_decode_line(line) for line in block.split(b"\n"))
+        defects.append("raw 8-bit bytes in headers decoded as latin-1")
+    fields: dict[str, list[str]] = {}
+    bad = 0
+    for item in _FIELD_BREAK.split(text):
+        name, colon, value = item.partition(":")
+        name = name.rstrip(" \t")
+        if colon and _FIELD_NAME.fullmatch(name):
+            fields.setdefault(name.lower(), []).append(value)
+        elif item.strip():
+            bad += 1
+    if bad:
+        defects.append(f"{bad} malformed header line(s) skipped")
+    return fields
+
+
+def _decode_line(line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return line.decode("latin-1")
+
+
+def first(fields: dict[str, list[str]], name: str) -> str | None:
+    """The first ``name`` field, unfolded, or None."""
+    values = fields.get(name)
+    return unfold(values[0]) if values else None
+
+
+def unfold(value: str) -> str:
+    """A field value on one line (RFC 5322 unfolding), stripped."""
+    if "\n" in value:
+        value = value.replace("\r\n", "").replace("\n", "")
+    return value.strip()
+
+
+def decode_words(value: str, defects: list[str]) -> str:
+    """Decode RFC 2047 encoded words; adjacent words of one charset are joined first."""
+    value = unfold(value)
+    if "=?" not in value:
+        return value
+    out: list[str] = []
+    pending, charset, pos = bytearray(), "", 0
+    for word in _ENCODED_WORD.finditer(value):
+        gap = value[pos : word.start()]
+        if gap and not (charset and gap.isspace()):
+            if charset:
+                out.append(decode_bytes(pending, charset, defects))
+                pending, charset = bytearray(), ""
+            out.append(gap)
+        cs = word.group(1).split("*", 1)[0].lower()
+        data = word.group(3).encode("utf-8", "replace")
+        if word.group(2) in "bB":
+            data = b64decode(data, defects, "encoded word")
+        else:
+            data = binascii.a2b_qp(data, header=True)
+        if charset and cs != charset:
+            out.append(decode_bytes(pending, charset, defects))
+            pending = bytearray()
+        pending += data
+        charset, pos = cs, word.end()
+    if charset:
+        out.append(decode_bytes(pending, charset, defects))
+    out.append(value[pos:])
+    return "".join(out)
+
+
+@lru_cache(maxsize=256)
+def _codec(charset: str | None) -> str | None:
+    """Python codec for a MIME charset; ``_AUTO`` when unspecified/ASCII, None if unknown."""
+    if not charset:
+        return _AUTO
+    name = charset.strip().strip("\"'").lower()
+    name = _CHARSET_ALIASES.get(name, name)
+    if not name or name in _ASCII_NAMES:
+        return _AUTO
+    if len(name) > 40:
+        return None
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        return None
+    # base64, rot13, zlib... are codecs but not text encodings.
+    if not getattr(info, "_is_text_encoding", True):
+        return None
+    return _AUTO if info.name == "ascii" else info.name
+
+
+def decode_bytes(data: bytes | bytearray, charset: str | None, defects: list[str]) -> str:
+    """Text from ``data`` in a MIME ``charset``; never raises, notes what it had to guess."""
+    codec = _codec(charset)
+    if codec == _AUTO:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data.decode("latin-1")
+    if codec is None:
+        defects.append(f"unknown charset {charset!r:.60}: decoded as utf-8 with replacement")
+        return data.decode("utf-8", "replace")
+    try:
+        return data.decode(codec, "replace")
+    except Exception:  # a few codecs (punycode, idna) fail even with "replace"
+        defects.append(f"undecodable {charset!r:.60} text: decoded as utf-8 with replacement")
+        return data.decode("utf-8", "replace")
+
+
+def b64decode(data: bytes, defects: list[str], where: str) -> bytes:
+    try:
+        return binascii.a2b_base64(data)
+    except binascii.Error:
+        pass
+    clean = _B64_JUNK.sub(b"", data.split(b"=", 1)[0])
+    rest = len(clean) % 4
+    clean = clean[:-1] if rest == 1 else clean + b"=" * ((4 - rest) % 4)
+    defects.append(f"broken base64 in {where}: decoded what could be")
+    try:
+        return binascii.a2b_base64(clean)
+    except binascii.Error:
+        return b""
+
+
+def _norm_id(value: str, bracketed: bool) -> str | None:
+    ident = "".join(value.split())
+    if not ident or len(ident) > 900 or not ident.isprintable() or "<" in ident:
+        return None
+    local, at, domain = ident.rpartition("@")
+    if at:
+        return f"{local}@{domain.lower()}" if local and domain else None
+    return ident if bracketed else None
+
+
+def first_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    found = _ANGLE_ID.search(value)
+    return _norm_id(found.group(1), True) if found else _norm_id(value, False)
+
+
+def parse_references(values: list[str] | None) -> tuple[str, ...]:
+    if not values:
+        return ()
+    value = unfold(" ".join(values))
+    found = _ANGLE_ID.findall(value)
+    ids = (
+        [_norm_id(i, True) for i in found] if found else [_norm_id(t, False) for t in value.split()]
+    )
+    unique = list(dict.fromkeys(i for i in ids if i))
+    if len(unique) > MAX_REFERENCES:  # keep the root and the nearest ancestors
+        unique = unique[:1] + unique[-(MAX_REFERENCES - 1) :]
+    return tuple(unique)
+
+
+# --- addresses -------------------------------------------------------------------------
+
+
+def parse_addresses(values: list[str] | None, defects: list[str]) -> tuple[Address, ...]:
+    if not values:
+        return ()
+    out: list[Address] = []
+    for value in values:
+        for item in _split_address_list(unfold(value)):
+            if item.strip():
+                addr = _address(item, defects)
+                if addr is not None:
+                    out.append(addr)
+    return tuple(out)
+
+
+def _split_address_list(value: str) -> list[str]:
+    """Split on top-level commas (and group ``name:`` / ``;``), respecting quotes and comments."""
+    if "(" not in value and ":" not in value and ";" not in value:
+        if '"' not in value:
+            return value.split(",")
+        if "\\" not in value and value.count('"') % 2 == 0:
+            return _COMMA_ITEMS.findall(value)
+    items: list[str] = []
+    buf: list[str] = []
+    quoted = escaped = angle = False
+    depth = 0
+    for ch in value:
+        if escaped:
+            escaped = False
+        elif quoted or depth:
+            if ch == "\\":
+                escaped = True
+            elif quoted and ch == '"':
+                quoted = False
+            elif depth and ch in "()":
+                depth += 1 if ch == "(" else -1
+        elif ch == '"':
+            quoted = True
+        elif ch == "(":
+            depth = 1
+        elif ch in "<>":
+            angle = ch == "<"
+        elif ch in ",;" and not angle:
+            items.append("".join(buf))
+            buf = []
+            continue
+        elif ch == ":" and not angle:  # group syntax: drop the group's display name
+            buf = []
+            continue
+        buf.append(ch)
+    items.append("".join(buf))
+    return items
+
+
+def _address(item: str, defects: list[str]) -> Address | None:
+    simple = _SIMPLE_ADDR.fullmatch(item)
+    if simple:
+        quoted, bare, angle, plain = simple.groups()
+        if quoted is not None:
+            name = _QUOTED_PAIR.sub(r"\1", quoted) if "\\" in quoted else quoted
+        else:
+            name = bare or ""
+        email = angle or plain
+    else:
+        name, email = _odd_address(item)
+        if not email:
+            if "@" in item:
+                defects.append(f"unsafe or broken address skipped: {item.strip()[:80]!r}")
+            else:
+                defects.append(f"address without '@' skipped: {item.strip()[:80]!r}")
+            return None
+    return Address(decode_words(name, defects).strip(), email.strip().lower())
+
+
+def _odd_address(item: str) -> tuple[str, str]:
+    """Comments and other rare forms through ``email.utils``, accepted only when unambiguous."""
+    if item.count("(") != item.count(")") or item.count("<") != item.count(">"):
+        return "", ""
+    pairs = [(n, a) for n, a in getaddresses([item]) if a]
+    if len(pairs) != 1 or not _ADDR_RE.fullmatch(pairs[0][1]):
+        return "", ""
+    return pairs[0]

@@ -1,0 +1,249 @@
+"""Sending mail out through the configured relay: the extra_bcc copies (and later tracking).
+
+``Relay.send`` is one SMTP transaction with smtplib (implicit TLS, STARTTLS or plain on
+loopback; AUTH when a username is set), run from a worker thread. Its result says, per
+recipient, delivered, temporary failure or permanent failure. ``plan`` is the pure
+retry decision and ``backoff`` the pure schedule, both tested by tables.
+``OutboxRunner.run_once`` joins a durable queue (``store.spool.Outbox``, passed in) to a
+relay: take the due items, send each, then mark it sent, failed for later or given up::
+
+    queued --2xx for all--> sent
+       |---4xx / network error, younger than give_up_after--> queued, retry at backoff(n)
+       '---5xx for every recipient left, or too old--> given_up (reason kept for status)
+
+The relay password is fetched by a callable at each connection, never stored in errors.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Security = Literal["tls", "starttls", "none"]
+
+BACKOFF_BASE = 60.0
+BACKOFF_CAP = 3600.0
+GIVE_UP_AFTER = 5 * 24 * 3600.0
+
+
+def backoff(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1, 2, ...): doubling, capped."""
+    if attempt < 1:
+        return 0.0
+    return min(cap, base * 2 ** min(attempt - 1, 32))
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the relay said, recipient by recipient; ``error`` for the whole transaction."""
+
+    delivered: list[str] = field(default_factory=list)
+    temporary: dict[str, str] = field(default_factory=dict)
+    permanent: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: Literal["sent", "retry", "give_up"]
+    remaining: list[str]
+    reason: str = ""
+    next_attempt_at: float = 0.0
+
+
+def plan(
+    delivery: Delivery,
+    *,
+    attempts: int,
+    created_at: float,
+    now: float,
+    give_up_after: float = GIVE_UP_AFTER,
+    base: float = BACKOFF_BASE,
+    cap: float = BACKOFF_CAP,
+) -> Plan:
+    """What to do with a queue item after one try (``attempts`` counts earlier tries)."""
+    reasons = [*delivery.temporary.values(), *delivery.permanent.values()]
+    reason = "; ".join(dict.fromkeys(reasons))
+    if not delivery.temporary and not delivery.permanent:
+        return Plan("sent", [])
+    if not delivery.temporary:
+        return Plan("give_up", sorted(delivery.permanent), reason)
+    remaining = sorted(delivery.temporary)
+    if now - created_at >= give_up_after:
+        return Plan("give_up", remaining, f"still failing after {give_up_after:.0f}s: {reason}")
+    delay = backoff(attempts + 1, base=base, cap=cap)
+    return Plan("retry", remaining, reason, now + delay)
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    host: str
+    port: int = 587
+    security: Security = "starttls"
+    username: str | None = None
+    timeout: float = 60.0
+    local_hostname: str | None = None
+
+
+class Relay:
+    """One SMTP client per send; ``ssl_context`` defaults to the system trust store."""
+
+    def __init__(
+        self,
+        settings: RelaySettings,
+        password: Callable[[], str | None] = lambda: None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.settings = settings
+        self._password = password
+        self._ssl = ssl_context or ssl.create_default_context()
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"Relay({s.host}:{s.port}, {s.security}, user={s.username!r})"
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        host = s.local_hostname or socket.gethostname()
+        if s.security == "tls":
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                s.host, s.port, local_hostname=host, timeout=s.timeout, context=self._ssl
+            )
+        else:
+            client = smtplib.SMTP(s.host, s.port, local_hostname=host, timeout=s.timeout)
+        try:
+            client.ehlo()
+            if s.security == "starttls":
+                client.starttls(context=self._ssl)
+                client.ehlo()
+            if s.username:
+                client.login(s.username, self._password() or "")
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def send(self, raw: bytes, mail_from: str, recipients: Sequence[str]) -> Delivery:
+        """Deliver ``raw`` unchanged; never raises for SMTP or network trouble."""
+        try:
+            client = self._connect()
+        except smtplib.SMTPAuthenticationError as error:
+            return _all(recipients, permanent=f"relay refused the login ({error.smtp_code})")
+        except (OSError, smtplib.SMTPException) as error:
+            return _all(recipients, temporary=_describe(error))
+        try:
+            refused = client.sendmail(mail_from, list(recipients), raw)
+        except smtplib.SMTPRecipientsRefused as error:
+            refused = error.recipients
+        except smtplib.SMTPResponseException as error:
+            kind = "permanent" if 500 <= error.smtp_code < 600 else "temporary"
+            return _all(recipients, **{kind: _describe(error)})
+        except (OSError, smtplib.SMTPException) as error:
+            return _all(recipients, temporary=_describe(error))
+        finally:
+            _quit(client)
+        result = Delivery()
+        for rcpt in recipients:
+            if rcpt not in refused:
+                result.delivered.append(rcpt)
+                continue
+            code, text = refused[rcpt]
+            reason = f"{rcpt}: {code} {_text(text)}"
+            (result.permanent if 500 <= code < 600 else result.temporary)[rcpt] = reason
+        return result
+
+
+def _all(recipients: Sequence[str], *, temporary: str = "", permanent: str = "") -> Delivery:
+    if permanent:
+        return Delivery(permanent={r: permanent for r in recipients})
+    return Delivery(temporary={r: temporary for r in recipients})
+
+
+def _text(value: bytes | str) -> str:
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return " ".join(text.split())[:200]
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, smtplib.SMTPResponseException):
+        return f"relay said {error.smtp_code} {_text(error.smtp_error)}"
+    if isinstance(error, ssl.SSLError | ssl.CertificateError):
+        return f"TLS with the relay failed ({type(error).__name__})"
+    if isinstance(error, TimeoutError | socket.timeout):
+        return "the relay did not answer in time"
+    if isinstance(error, OSError):
+        return f"cannot reach the relay ({error.strerror or type(error).__name__})"
+    return f"relay error ({type(error).__name__})"
+
+
+def _quit(client: smtplib.SMTP) -> None:
+    try:
+        client.quit()
+    except (OSError, smtplib.SMTPException):
+        client.close()
+
+
+class QueueItem(Protocol):
+    id: int
+    created_at: float
+    attempts: int
+    mail_from: str
+    recipients: list[str]
+    raw: bytes
+
+
+class Queue(Protocol):
+    def due(self, now: float, limit: int = ...) -> Sequence[QueueItem]: ...
+    def mark_sent(self, item_id: int) -> None: ...
+    def mark_failed(
+        self, item_id: int, *, next_attempt_at: float, error: str, remaining: Sequence[str]
+    ) -> None: ...
+    def give_up(self, item_id: int, *, error: str, now: float) -> None: ...
+
+
+class Sender(Protocol):
+    def send(self, raw: bytes, mail_from: str, recipients: Sequence[str]) -> Delivery: ...
+
+
+@dataclass
+class OutboxRunner:
+    """Delivers due queue items; call ``run_once`` from a worker thread on a timer."""
+
+    queue: Queue
+    relay: Sender
+    give_up_after: float = GIVE_UP_AFTER
+    base: float = BACKOFF_BASE
+    cap: float = BACKOFF_CAP
+    clock: Callable[[], float] = time.time
+
+    def run_once(self, limit: int = 16) -> dict[str, int]:
+        counts = {"sent": 0, "retry": 0, "give_up": 0}
+        for item in self.queue.due(self.clock(), limit):
+            delivery = self.relay.send(item.raw, item.mail_from, item.recipients)
+            decision = plan(
+                delivery,
+                attempts=item.attempts,
+                created_at=item.created_at,
+                now=self.clock(),
+                give_up_after=self.give_up_after,
+                base=self.base,
+                cap=self.cap,
+            )
+            if decision.action == "sent":
+                self.queue.mark_sent(item.id)
+            elif decision.action == "retry":
+                self.queue.mark_failed(
+                    item.id,
+                    next_attempt_at=decision.next_attempt_at,
+                    error=decision.reason,
+                    remaining=decision.remaining,
+                )
+            else:
+                self.queue.give_up(item.id, error=decision.reason, now=self.clock())
+            counts[decision.action] += 1
+        return counts

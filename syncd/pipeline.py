@@ -1,0 +1,219 @@
+"""The one path every source's mail takes: parse, apply the CRM rules, write once, commit.
+
+``Pipeline.ingest_batch`` parses each raw message (in a pool of worker processes for
+large batches on a multi-core machine, so parsing runs beside the single writer), then
+in ONE transaction plans and writes each message, runs the source's ``on_commit``
+(an IMAP checkpoint, a spool deletion) and commits: the mail and the source's record of
+it land together or not at all. A message that cannot be parsed, or that fails in any
+unexpected way, goes to the quarantine with its reason inside the same transaction; a
+bad message never raises. Errors of the store itself (disk full, locked) abort the batch
+and raise ``StoreError``. One Pipeline owns one connection and is used by one thread.
+
+``Outcome`` (crm/model.py) reports each message: logged, duplicate, skipped, quarantined.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from syncd.crm import rules
+from syncd.crm.model import Outcome
+from syncd.crm.rules import RulesSettings
+from syncd.errors import MessageError, StoreError
+from syncd.mail.parse import Email, parse
+from syncd.mail.provenance import Provenance
+from syncd.store import crm as store
+from syncd.store.db import transaction
+
+log = logging.getLogger(__name__)
+
+# Below this many messages a batch is parsed in-process: starting work in the pool
+# costs more than it saves.
+POOL_MIN_BATCH = 200
+POOL_CHUNK = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A message the parser refused, or that broke it; carried back from a worker."""
+
+    reason: str
+
+
+def _parse_one(raw: bytes, received_at: datetime, max_bytes: int | None) -> Email | _Refused:
+    try:
+        return parse(raw, received_at=received_at, max_attachment_bytes=max_bytes)
+    except MessageError as exc:
+        return _Refused(exc.reason)
+    except Exception as exc:  # a parser bug costs one message, never the batch
+        return _Refused(f"parser failed: {type(exc).__name__}: {exc}")
+
+
+def _parse_job(job: tuple[bytes, datetime, int | None]) -> Email | _Refused:
+    return _parse_one(*job)
+
+
+class Pipeline:
+    """Parse -> rules -> store for batches of raw messages, exactly once per message key."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        settings: RulesSettings,
+        *,
+        attachments_dir: Path,
+        max_attachment_bytes: int | None,
+        workers: int | None = None,
+    ) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.attachments_dir = Path(attachments_dir)
+        self.max_attachment_bytes = max_attachment_bytes
+        # Default: one parser process per core when there is more than one core.
+        cores = os.cpu_count() or 1
+        self.workers = workers if workers is not None else (cores if cores > 1 else 0)
+        self._pool: ProcessPoolExecutor | None = None
+
+    @classmethod
+    def from_config(cls, config: Any, conn: sqlite3.Connection, **kwargs: Any) -> Pipeline:
+        """Build from a ``syncd.config.Config`` and mirror its team and inboxes into the store."""
+        settings = RulesSettings.from_config(config)
+        members = [(m.email, m.name, tuple(m.aliases)) for m in config.team]
+        inboxes = [
+            (i.name, i.kind, (i.address or i.owner or "").lower(), i.owner) for i in config.inboxes
+        ]
+        with transaction(conn):
+            store.record_team(conn, members, inboxes)
+        return cls(
+            conn,
+            settings,
+            attachments_dir=Path(config.store.attachments_dir),
+            max_attachment_bytes=int(config.store.max_attachment_mb * 1024 * 1024),
+            **kwargs,
+        )
+
+    def close(self) -> None:
+        """Stop the parser processes, if any were started."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def contact_emails(self) -> set[str]:
+        """Every address of every contact, now."""
+        return store.contact_emails(self.conn)
+
+    def ingest(self, raw: bytes, provenance: Provenance) -> Outcome:
+        return self.ingest_batch([(raw, provenance)])[0]
+
+    def ingest_batch(
+        self,
+        items: Sequence[tuple[bytes, Provenance]],
+        *,
+        on_commit: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> list[Outcome]:
+        """Log a batch in one transaction; ``on_commit`` runs inside it, before COMMIT."""
+        parsed = self._parse(items)
+        outcomes: list[Outcome] = []
+        try:
+            with transaction(self.conn):
+                for (raw, provenance), email in zip(items, parsed, strict=True):
+                    outcome = self._apply(raw, provenance, email)
+                    if outcome.status == "quarantined":
+                        store.quarantine(self.conn, raw, provenance, outcome.reason)
+                    outcomes.append(outcome)
+                if on_commit is not None:
+                    on_commit(self.conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
+        return outcomes
+
+    def retry_quarantined(self, ids: Sequence[int] | None = None) -> list[tuple[int, Outcome]]:
+        """Run quarantined mail through the pipeline again; what logs leaves the quarantine."""
+        rows = store.quarantined(self.conn, ids)
+        items = [(bytes(r["raw"]), store.provenance_from_json(r["provenance"])) for r in rows]
+        parsed = self._parse(items)
+        results: list[tuple[int, Outcome]] = []
+        try:
+            with transaction(self.conn):
+                for row, (raw, provenance), email in zip(rows, items, parsed, strict=True):
+                    outcome = self._apply(raw, provenance, email)
+                    if outcome.status == "quarantined":
+                        store.requarantine(self.conn, row["id"], outcome.reason)
+                    else:
+                        store.release(self.conn, row["id"])
+                    results.append((row["id"], outcome))
+        except sqlite3.Error as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
+        return results
+
+    def _apply(self, raw: bytes, provenance: Provenance, email: Email | _Refused) -> Outcome:
+        """Plan and write one message under a savepoint; failures become a quarantine outcome."""
+        if isinstance(email, _Refused):
+            return Outcome("quarantined", None, email.reason)
+        conn = self.conn
+        conn.execute("SAVEPOINT message")
+        try:
+            everyone = ((email.from_,) if email.from_ else ()) + email.to + email.cc + email.bcc
+            known = store.lookup_contacts(conn, (a.email for a in everyone))
+            plan = rules.plan(email, provenance, self.settings, known)
+            outcome = store.write_plan(
+                conn, email, raw, provenance, plan, self.settings, self.attachments_dir
+            )
+        except sqlite3.OperationalError:
+            # The store itself is failing (disk full, I/O, locked): no message is to blame.
+            conn.execute("ROLLBACK TO message")
+            conn.execute("RELEASE message")
+            raise
+        except Exception as exc:
+            return self._failed(email, exc)
+        conn.execute("RELEASE message")
+        return outcome
+
+    def _failed(self, email: Email, exc: Exception) -> Outcome:
+        self.conn.execute("ROLLBACK TO message")
+        self.conn.execute("RELEASE message")
+        log.warning("message %s quarantined: %s: %s", email.key, type(exc).__name__, exc)
+        return Outcome(
+            "quarantined", email.key, f"could not be logged: {type(exc).__name__}: {exc}"
+        )
+
+    def _parse(self, items: Sequence[tuple[bytes, Provenance]]) -> Iterator[Email | _Refused]:
+        """Parsed messages in order. Small batches are parsed before the transaction
+        starts; large ones stream from the worker pool while the writer writes."""
+        limit = self.max_attachment_bytes
+        jobs = [(raw, prov.received_at, limit) for raw, prov in items]
+        if self.workers < 2 or len(jobs) < POOL_MIN_BATCH:
+            return iter([_parse_job(job) for job in jobs])
+        return self._pooled(jobs)
+
+    def _pooled(self, jobs: list[tuple[bytes, datetime, int | None]]) -> Iterator[Email | _Refused]:
+        if self._pool is None:
+            # forkserver: workers never inherit the daemon's threads or open sockets.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["syncd.mail.parse"])
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+        done = 0
+        try:
+            for result in self._pool.map(_parse_job, jobs, chunksize=POOL_CHUNK):
+                yield result
+                done += 1
+        except BrokenProcessPool:
+            log.warning("parser processes died; parsing the rest of the batch in-process")
+            self.close()
+            yield from (_parse_job(job) for job in jobs[done:])

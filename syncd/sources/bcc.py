@@ -1,0 +1,491 @@
+"""The BCC logging endpoint: an aiosmtpd server that checks, spools, then answers 250.
+
+aiosmtpd owns the protocol. ``BccSMTP`` narrows it (connection caps per server and per
+IP answered with 421, a strict look at the raw ``RCPT TO`` argument before aiosmtpd
+normalises source routes and quoting away, an idle timer that also runs during DATA, a
+DATA deadline sized for a full message at a slow but honest rate). ``BccHandler`` holds
+the decisions, through plain values it is given: the logging addresses, a
+``sources.senders.SenderPolicy`` and a ``spool(raw, mail_from, peer_ip, owner)`` callable
+that commits durably or raises. A message is answered 250 only after ``spool`` returned;
+any failure there is ``451 4.3.0`` with no internals (aiosmtpd's default would be
+``500 Error: (ExcType) msg``). Session flow::
+
+    connect --over cap--> 421, close
+      EHLO (STARTTLS; AUTH only over TLS or from loopback, and only for verify_sender=auth)
+      MAIL (530 if auth is required and missing) -> RCPT (550 5.7.1 unless a logging
+      address, 452 past 100) -> DATA (552 too big or header block too large;
+      550 5.7.1 sender not the team's or not verified; 451 on DNS or store trouble)
+      -> spool committed -> 250
+
+The handler never touches the store: ``start_server`` and ``ThreadedEndpoint`` are what
+the daemon (and tests, and the benchmark) wire it with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+import socket
+import ssl
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from syncd.sources.senders import (
+    MAX_HEADER_BYTES,
+    RELAY_DENIED,
+    SenderDirectory,
+    SenderPolicy,
+    header_block,
+    recipient_reply,
+)
+
+log = logging.getLogger(__name__)
+
+TEMPFAIL = "451 4.3.0 Temporary failure storing the message; please try again later"
+ACCEPTED = "250 2.6.0 Message accepted for logging"
+
+
+class Spool(Protocol):
+    def __call__(
+        self, raw: bytes, mail_from: str, peer_ip: str, owner: str | None = None
+    ) -> object: ...
+
+
+def _calls() -> dict[str, int]:
+    # Per connection. MAIL/RCPT/DATA allow long sessions of a busy sending MTA.
+    return {
+        "MAIL": 1000, "RCPT": 20000, "DATA": 1000, "RSET": 1000, "NOOP": 100,
+        "EHLO": 10, "HELO": 10, "STARTTLS": 2, "AUTH": 3, "QUIT": 1, "*": 20,
+    }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource caps; the defaults suit a small team's endpoint on the public internet."""
+
+    max_connections: int = 200
+    max_per_ip: int = 32
+    idle_timeout: float = 120.0  # no bytes for this long: close (also during DATA)
+    data_base_s: float = 120.0  # DATA deadline = base + max size / min rate
+    data_min_rate: float = 64 * 1024.0  # bytes/s: a slow but honest uplink
+    max_header_bytes: int = MAX_HEADER_BYTES
+    worker_threads: int = 32  # spool writes and DNS checks wait here, not in the loop
+    command_call_limit: Mapping[str, int] = field(default_factory=_calls)
+
+    def data_deadline(self, max_bytes: int) -> float:
+        return self.data_base_s + max_bytes / self.data_min_rate
+
+
+def is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class PasswordFiles:
+    """Per-member SMTP passwords, one file each, read at every login (rotation is free).
+
+    A login is the member's email or any of their addresses; returns the member or None.
+    """
+
+    def __init__(self, files: Mapping[str, Path], directory: SenderDirectory) -> None:
+        self._files = {member.lower(): Path(path) for member, path in files.items()}
+        self._directory = directory
+
+    def __repr__(self) -> str:
+        return f"PasswordFiles({len(self._files)} members)"
+
+    def __call__(self, login: str, password: bytes) -> str | None:
+        member = self._directory.owner_of(login.strip().lower())
+        path = self._files.get(member or "")
+        if member is None or path is None:
+            return None
+        try:
+            secret = path.read_bytes().strip()
+        except OSError:
+            log.warning("cannot read the SMTP password file of %s", member)
+            return None
+        return member if secret and hmac.compare_digest(secret, password) else None
+
+
+class Gate:
+    """Open connections, overall and per IP; used from the event loop thread only."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.total = 0
+        self.per_ip: Counter[str] = Counter()
+        self.sessions: set[BccSMTP] = set()
+
+    def acquire(self, ip: str) -> bool:
+        if self.total >= self.limits.max_connections or (self.per_ip[ip] >= self.limits.max_per_ip):
+            return False
+        self.total += 1
+        self.per_ip[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.total -= 1
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+
+
+def _peer_ip(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
+
+
+class BccHandler:
+    """aiosmtpd hooks for the logging endpoint; plain values in, SMTP replies out."""
+
+    def __init__(
+        self,
+        *,
+        addresses: Iterable[str],
+        policy: SenderPolicy,
+        spool: Spool,
+        credentials: Callable[[str, bytes], str | None] | None = None,
+        limits: Limits | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.allowed = frozenset(a.lower() for a in addresses)
+        self.policy = policy
+        self.spool = spool
+        self.credentials = credentials
+        self.limits = limits or Limits()
+        self.stats: Counter[str] = Counter()
+        self._on_event = on_event
+        self._executor = ThreadPoolExecutor(self.limits.worker_threads, "bcc-worker")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    def count(self, name: str) -> None:
+        self.stats[name] += 1
+        if self._on_event is not None:
+            try:
+                self._on_event(name)
+            except Exception:
+                log.exception("BCC event counter failed")
+
+    def auth_allowed(self, session: Session) -> bool:
+        if not self.policy.needs_auth or self.credentials is None:
+            return False
+        return session.ssl is not None or is_loopback(_peer_ip(session))
+
+    # aiosmtpd hooks -------------------------------------------------------------------
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.auth_allowed(session):
+            return responses
+        return [r for r in responses if not r[4:].upper().startswith("AUTH")]
+
+    async def handle_AUTH(
+        self, server: SMTP, session: Session, envelope: Envelope, args: list[str]
+    ) -> Any:
+        if not self.policy.needs_auth or self.credentials is None:
+            return "502 5.5.1 AUTH is not offered here"
+        if not self.auth_allowed(session):
+            return "538 5.7.11 Encryption required: use STARTTLS before AUTH"
+        return MISSING
+
+    def authenticator(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        if self.credentials is None or not isinstance(data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        member = self.credentials(data.login.decode("utf-8", "replace"), data.password)
+        if member is None:
+            self.count("refused.auth")
+            return AuthResult(success=False, handled=False)
+        return AuthResult(success=True, auth_data=member)
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
+    ) -> Any:
+        if self.policy.needs_auth and not session.authenticated:
+            self.count("refused.auth")
+            return "530 5.7.0 Authentication required: log in as your team member account"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    def rcpt_reply(self, raw_arg: str | None, envelope: Envelope) -> str | None:
+        reply = recipient_reply(raw_arg, self.allowed, len(envelope.rcpt_tos))
+        if reply is not None:
+            self.count("refused.recipient")
+        return reply
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
+    ) -> Any:
+        # BccSMTP has checked the raw argument; this guards the parsed one as well.
+        if address.lower() not in self.allowed:
+            self.count("refused.recipient")
+            return RELAY_DENIED
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        try:
+            return await self._data(session, envelope)
+        except Exception:
+            log.exception("BCC message from %s not accepted", _peer_ip(session))
+            self.count("tempfail")
+            return TEMPFAIL
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("BCC session error: %s", type(error).__name__)
+        self.count("tempfail")
+        return "451 4.3.0 Temporary failure; please try again later"
+
+    async def _data(self, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        headers = header_block(raw)
+        if len(headers) > self.limits.max_header_bytes:
+            self.count("refused.headers")
+            kb = self.limits.max_header_bytes // 1024
+            return f"552 5.3.4 The header block is larger than {kb} KB"
+        loop = asyncio.get_running_loop()
+        check = partial(
+            self.policy.check,
+            headers,
+            raw,
+            peer_ip=_peer_ip(session),
+            helo=session.host_name or "",
+            member=session.auth_data if session.authenticated else None,
+        )
+        if self.policy.mode in ("spf", "dkim"):
+            decision = await loop.run_in_executor(self._executor, check)
+        else:
+            decision = check()
+        if not decision.accepted:
+            self.count("tempfail" if (decision.reply or "").startswith("4") else "refused.sender")
+            return decision.reply or TEMPFAIL
+        write = partial(
+            self.spool, raw, envelope.mail_from or "", _peer_ip(session), decision.owner
+        )
+        try:
+            # shield: a DATA deadline hitting now must not abandon a commit half way.
+            await asyncio.shield(loop.run_in_executor(self._executor, write))
+        except Exception as error:
+            log.error("BCC spool write failed: %s", type(error).__name__)
+            self.count("tempfail")
+            return TEMPFAIL
+        self.stats["accepted"] += 1  # the durable count is the spool's, in the same commit
+        return ACCEPTED
+
+
+class BccSMTP(SMTP):
+    """aiosmtpd's SMTP with connection caps, a strict RCPT look and DATA time limits."""
+
+    line_length_limit = 4096  # RFC 5321 says 1000; leave room for sloppy senders, still capped
+
+    def __init__(self, handler: BccHandler, gate: Gate, max_bytes: int, **kwargs: Any) -> None:
+        limits = handler.limits
+        super().__init__(
+            handler,
+            data_size_limit=max_bytes,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            timeout=limits.idle_timeout,
+            auth_require_tls=False,  # BccHandler.handle_AUTH decides: TLS or loopback
+            authenticator=handler.authenticator,
+            command_call_limit=dict(limits.command_call_limit),
+            **kwargs,
+        )
+        self._gate = gate
+        self._slot: str | None = None
+        self._refused = False
+        self._in_data = False
+        self._deadline = limits.data_deadline(max_bytes)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._slot is None and not self._refused:
+            peer = transport.get_extra_info("peername")
+            ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+            if not self._gate.acquire(ip):
+                self._refused = True
+                self.event_handler.count("refused.connections")
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
+                transport.close()
+                return
+            self._slot = ip
+            self._gate.sessions.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        try:
+            super().connection_lost(error)
+        finally:
+            if self._slot is not None:
+                self._gate.release(self._slot)
+                self._gate.sessions.discard(self)
+                self._slot = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._in_data:
+            # aiosmtpd resets its idle timer per command only; a long DATA keeps it alive.
+            self._reset_timeout()
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        envelope, session = self.envelope, self.session
+        if envelope is not None and session is not None and envelope.mail_from:
+            reply = self.event_handler.rcpt_reply(arg, envelope)
+            if reply is not None:
+                await self.push(reply)
+                return
+        await super().smtp_RCPT(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._in_data = True
+        try:
+            async with asyncio.timeout(self._deadline):
+                await super().smtp_DATA(arg)
+        except TimeoutError:
+            self.event_handler.count("refused.deadline")
+            log.info("BCC DATA deadline passed for %s", self._slot)
+            if self.transport is not None:
+                self.transport.close()
+        finally:
+            self._in_data = False
+
+    @property
+    def busy(self) -> bool:
+        """Receiving or storing a message: worth waiting for at shutdown."""
+        return self._in_data
+
+    def shut(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not self._in_data and isinstance(transport, asyncio.WriteTransport):
+            # A TLS layer already torn down cannot take the 421; closing is all that is left.
+            with contextlib.suppress(AttributeError, RuntimeError, OSError):
+                transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
+        transport.close()
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 2525
+    hostname: str | None = None  # name in the banner and EHLO; default: this host's name
+    max_message_mb: int = 60
+    tls: ssl.SSLContext | None = None
+    require_tls: bool = False
+
+
+class BccServer:
+    """A listening endpoint; ``close`` is the bounded graceful stop."""
+
+    def __init__(self, server: asyncio.Server, gate: Gate) -> None:
+        self.server = server
+        self.gate = gate
+
+    @property
+    def port(self) -> int:
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self, grace: float = 10.0) -> int:
+        """Stop listening, let messages in flight finish for ``grace`` seconds, then
+        close every session (idle ones get 421). Returns how many were cut short."""
+        self.server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while any(s.busy for s in self.gate.sessions) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        cut = sum(1 for s in self.gate.sessions if s.busy)
+        for session in list(self.gate.sessions):
+            session.shut()
+        await asyncio.sleep(0)
+        await self.server.wait_closed()
+        return cut
+
+
+async def start_server(handler: BccHandler, options: ServerOptions) -> BccServer:
+    """Listen on ``options.host``/``port`` in the running loop."""
+    # aiosmtpd logs every command line at INFO, AUTH credentials included.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    loop = asyncio.get_running_loop()
+    gate = Gate(handler.limits)
+    hostname = options.hostname or socket.gethostname()
+    max_bytes = options.max_message_mb * 1024 * 1024
+
+    def factory() -> BccSMTP:
+        return BccSMTP(
+            handler,
+            gate,
+            max_bytes,
+            hostname=hostname,
+            ident="ESMTP",  # the default names aiosmtpd and its version
+            tls_context=options.tls,
+            require_starttls=options.require_tls and options.tls is not None,
+            loop=loop,
+        )
+
+    server = await loop.create_server(factory, options.host, options.port, reuse_address=True)
+    return BccServer(server, gate)
+
+
+class ThreadedEndpoint:
+    """The endpoint on its own event loop in a thread (tests, benchmark, sync callers)."""
+
+    def __init__(self, handler: BccHandler, options: ServerOptions) -> None:
+        self.handler = handler
+        self.options = options
+        self.port = options.port
+        self._loop = asyncio.new_event_loop()
+        self._server: BccServer | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="bcc", daemon=True)
+
+    def start(self) -> ThreadedEndpoint:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(
+            start_server(self.handler, self.options), self._loop
+        )
+        self._server = future.result(timeout=10)
+        self.port = self._server.port
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self._server is not None:
+            closing = self._server.close(grace)
+            asyncio.run_coroutine_threadsafe(closing, self._loop).result(timeout=grace + 5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self.handler.close()
+
+    def __enter__(self) -> ThreadedEndpoint:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,360 @@
+"""The IMAP sync engine: one pass over an inbox's folders, mail handed to ``deliver``.
+
+``sync_inbox`` connects (``imap_conn``), chooses folders, and for each folder asks
+``syncplan`` what to fetch given the stored checkpoint. A fetcher thread does the IMAP
+work (SEARCH, a metadata FETCH of INTERNALDATE, size and, under ``people: contacts``, the
+participant headers, then BODY.PEEK[] in batches bounded by count and bytes) and puts
+batches on a bounded queue; the calling thread hands each batch with the checkpoint that
+covers it to ``deliver``, which commits both in one transaction. A lost connection
+reconnects with exponential backoff and jitter and resumes from the last committed
+checkpoint; a refused login stops the inbox at once (no retry storm); a folder the server
+refuses is reported and the others go on. The engine never imports the store or the
+pipeline: it is given ``deliver``, ``checkpoint_of`` and ``known_contacts``.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any, Protocol
+
+from syncd.errors import InboxError
+from syncd.mail.provenance import Provenance
+from syncd.sources import syncplan
+from syncd.sources.imap_conn import ConnectionLost, FolderError, ImapSession, connect
+from syncd.sources.syncplan import Action, FolderCheckpoint, FolderPlan
+
+Item = tuple[bytes, Provenance]
+Deliver = Callable[[list[Item], FolderCheckpoint], Sequence[Any]]
+CheckpointOf = Callable[[str, str], FolderCheckpoint | None]
+Progress = Callable[[str, int, int], None]  # folder, messages done, messages planned
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much the engine holds at once: memory is bounded by these, not the mailbox."""
+
+    meta_chunk: int = 1000  # UIDs per metadata FETCH
+    batch_count: int = 200  # messages per body FETCH and per deliver() transaction
+    batch_bytes: int = 8 * 1024 * 1024  # RFC822.SIZE bytes per body FETCH
+    queue_batches: int = 3  # batches fetched ahead of the writer
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Reconnects within one pass, for a connection lost mid-sync."""
+
+    attempts: int = 4
+    base: float = 1.0
+    cap: float = 30.0
+    sleep: Callable[[float], None] = time.sleep
+    jitter: Callable[[], float] = random.random
+
+
+@dataclass
+class FolderResult:
+    name: str
+    logged: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    quarantined: int = 0
+    would_fetch: int | None = None  # dry run: messages the window and people filter select
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "logged": self.logged,
+            "duplicates": self.duplicates,
+            "skipped": self.skipped,
+            "quarantined": self.quarantined,
+        }
+        if self.would_fetch is not None:
+            out["would_fetch"] = self.would_fetch
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass
+class InboxResult:
+    name: str
+    state: str = "ok"  # ok | failed | auth_failed
+    error: str | None = None
+    folders: list[FolderResult] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "state": self.state, "error": self.error}
+        out["folders"] = [f.as_json() for f in self.folders]
+        return out
+
+
+class InboxSettings(Protocol):
+    """An ``inboxes[]`` entry (syncd.config.Inbox has this shape)."""
+
+    name: str
+    owner: str | None
+    imap: Any
+    sync: Any
+
+
+@dataclass(frozen=True)
+class _Batch:
+    items: list[Item]
+    checkpoint: FolderCheckpoint
+    planned: int
+
+
+@dataclass(frozen=True)
+class _Done:
+    would_fetch: int
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+def sync_inbox(
+    inbox_cfg: InboxSettings,
+    *,
+    deliver: Deliver,
+    checkpoint_of: CheckpointOf,
+    known_contacts: Callable[[], set[str]],
+    today: date | datetime,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    limits: Limits = Limits(),
+    retry: RetryPolicy = RetryPolicy(),
+) -> InboxResult:
+    """One pass over the inbox. ``today`` is the pass's start instant (a date means now
+    on that day); windows are computed from it for folders not yet synced."""
+    started = _start_instant(today)
+    contacts = known_contacts() if inbox_cfg.sync.people == "contacts" else set()
+    run = _InboxRun(inbox_cfg, deliver, checkpoint_of, contacts, started, dry_run, progress)
+    run.limits, run.retry = limits, retry
+    return run.execute()
+
+
+def _start_instant(today: date | datetime) -> datetime:
+    if isinstance(today, datetime):
+        return today if today.tzinfo else today.replace(tzinfo=UTC)
+    return datetime.combine(today, datetime.now(UTC).timetz())
+
+
+class _InboxRun:
+    """State of one sync pass; methods are the steps of ``sync_inbox``."""
+
+    limits: Limits
+    retry: RetryPolicy
+
+    def __init__(
+        self,
+        cfg: InboxSettings,
+        deliver: Deliver,
+        checkpoint_of: CheckpointOf,
+        contacts: set[str],
+        started: datetime,
+        dry_run: bool,
+        progress: Progress | None,
+    ) -> None:
+        self.cfg, self.deliver, self.checkpoint_of = cfg, deliver, checkpoint_of
+        self.contacts, self.started, self.dry_run, self.progress = (
+            contacts,
+            started,
+            dry_run,
+            progress,
+        )
+        self.result = InboxResult(cfg.name)
+        self.session: ImapSession | None = None
+        self.failures = 0
+
+    def execute(self) -> InboxResult:
+        try:
+            choice = self._with_reconnect(self._choose_folders)
+            for name in choice.missing:
+                self.result.folders.append(FolderResult(name, error="no such folder"))
+            for name in choice.folders:
+                folder = FolderResult(name)
+                self.result.folders.append(folder)
+                self._with_reconnect(lambda s, f=folder: self._sync_folder(s, f))
+        except InboxError as exc:
+            self.result.state = "auth_failed" if exc.auth else "failed"
+            self.result.error = str(exc)
+        finally:
+            if self.session is not None:
+                self.session.close()
+        if self.result.state == "ok" and any(f.error for f in self.result.folders):
+            self.result.error = "; ".join(
+                f"{f.name}: {f.error}" for f in self.result.folders if f.error
+            )
+        return self.result
+
+    def _connect(self) -> ImapSession:
+        if self.session is None:
+            timeout = float(getattr(self.cfg.imap, "timeout", 60.0) or 60.0)
+            self.session = connect(self.cfg.name, self.cfg.imap, timeout=timeout)
+        return self.session
+
+    def _with_reconnect(self, step: Callable[[ImapSession], Any]) -> Any:
+        """Run ``step`` with a session; on a lost connection back off, reconnect and run it
+        again (steps resume from committed checkpoints). Auth failures are not retried."""
+        while True:
+            try:
+                return step(self._connect())
+            except ConnectionLost:
+                if self.session is not None:
+                    self.session.close()
+                    self.session = None
+                if self.failures >= self.retry.attempts:
+                    raise
+                delay = syncplan.backoff_delay(
+                    self.failures, self.retry.jitter(), base=self.retry.base, cap=self.retry.cap
+                )
+                self.failures += 1
+                self.retry.sleep(delay)
+
+    def _choose_folders(self, session: ImapSession) -> syncplan.FolderChoice:
+        return syncplan.choose_folders(session.list_folders(), self.cfg.sync.folders)
+
+    def _sync_folder(self, session: ImapSession, result: FolderResult) -> None:
+        checkpoint = self.checkpoint_of(self.cfg.name, result.name)
+        batches: queue.Queue[_Batch | _Done | _Failed] = queue.Queue(self.limits.queue_batches)
+        stop = threading.Event()
+        fetcher = _Fetcher(self, session, result.name, checkpoint, batches, stop)
+        thread = threading.Thread(target=fetcher.run, name=f"imap-{self.cfg.name}", daemon=True)
+        thread.start()
+        done = 0
+        try:
+            while True:
+                item = batches.get()
+                if isinstance(item, _Failed):
+                    if isinstance(item.error, FolderError):
+                        result.error = str(item.error)
+                        return
+                    raise item.error
+                if isinstance(item, _Done):
+                    if self.dry_run:
+                        result.would_fetch = item.would_fetch
+                    return
+                counts = syncplan.count_outcomes(
+                    getattr(o, "status", o) for o in self.deliver(item.items, item.checkpoint)
+                )
+                for name, value in counts.items():
+                    setattr(result, name, getattr(result, name) + value)
+                done += len(item.items)
+                if self.progress is not None:
+                    self.progress(result.name, done, item.planned)
+        finally:
+            stop.set()
+            thread.join()
+
+    def provenance(self, folder: str, uid: int, internal_date: datetime | None) -> Provenance:
+        return Provenance(
+            source="imap",
+            received_at=internal_date or datetime.now(UTC),
+            inbox=self.cfg.name,
+            folder=folder,
+            uid=uid,
+            owner=self.cfg.owner,
+            internal_date=internal_date,
+        )
+
+
+class _Fetcher:
+    """The IMAP side of one folder, run in a worker thread; talks only through the queue."""
+
+    def __init__(
+        self,
+        run: _InboxRun,
+        session: ImapSession,
+        folder: str,
+        checkpoint: FolderCheckpoint | None,
+        out: queue.Queue[_Batch | _Done | _Failed],
+        stop: threading.Event,
+    ) -> None:
+        self.run_, self.session, self.folder = run, session, folder
+        self.checkpoint, self.out, self.stop = checkpoint, out, stop
+
+    def run(self) -> None:
+        try:
+            self._fetch()
+        except BaseException as exc:  # handed to the writer thread, which decides
+            self._put(_Failed(exc))
+
+    def _put(self, item: _Batch | _Done | _Failed) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.out.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fetch(self) -> None:
+        status = self.session.examine(self.folder)
+        plan = syncplan.plan_folder(
+            self.checkpoint,
+            status,
+            inbox=self.run_.cfg.name,
+            folder=self.folder,
+            from_=self.run_.cfg.sync.from_,
+            people=self.run_.cfg.sync.people,
+            now=self.run_.started,
+        )
+        if plan.action is Action.NOTHING:
+            if not self.run_.dry_run and plan.base != self.checkpoint:
+                self._put(_Batch([], plan.base, 0))  # e.g. a new HIGHESTMODSEQ
+            self._put(_Done(0))
+            return
+        uids = self.session.search_uids(plan.after_uid, plan.scan_top, plan.since)
+        wanted = 0
+        pending: list[int] = []
+        for chunk in syncplan.chunks(uids, self.run_.limits.meta_chunk):
+            selected = self._select(plan, chunk)
+            wanted += len(selected)
+            if self.run_.dry_run:
+                continue
+            for batch in syncplan.body_batches(
+                selected,
+                max_count=self.run_.limits.batch_count,
+                max_bytes=self.run_.limits.batch_bytes,
+            ):
+                if pending and not self._deliver_bodies(plan, pending, len(uids), last=False):
+                    return
+                pending = batch
+        # The last batch (possibly empty) carries the checkpoint that closes the plan.
+        if not self.run_.dry_run and not self._deliver_bodies(plan, pending, len(uids), last=True):
+            return
+        self._put(_Done(wanted))
+
+    def _select(self, plan: FolderPlan, chunk: list[int]) -> list[tuple[int, int]]:
+        """(uid, size) of the messages in ``chunk`` that the window and people filter keep."""
+        headers = plan.people_before is not None
+        kept = []
+        for uid, size, internal, header in self.session.fetch_meta(chunk, headers=headers):
+            if not syncplan.in_window(internal, plan):
+                continue
+            if syncplan.needs_people_check(internal, plan) and not syncplan.involves_contact(
+                header or b"", self.run_.contacts
+            ):
+                continue
+            kept.append((uid, size))
+        return kept
+
+    def _deliver_bodies(self, plan: FolderPlan, uids: list[int], planned: int, last: bool) -> bool:
+        fetched = self.session.fetch_bodies(uids) if uids else []
+        items = [
+            (raw, self.run_.provenance(self.folder, uid, internal))
+            for uid, raw, internal in fetched
+        ]
+        checkpoint = plan.checkpoint_after(uids, last=last)
+        if not items and checkpoint == self.checkpoint:
+            return True
+        self.checkpoint = checkpoint
+        return self._put(_Batch(items, checkpoint, planned))

@@ -1,0 +1,316 @@
+"""Who may log mail by BCC: recipient allow-list, the From header, and sender verification.
+
+The BCC endpoint (``sources/bcc.py``) owns the SMTP protocol; this module owns the
+decisions, as functions of plain values that tests drive by tables:
+
+- ``plain_path``: the literal address of a ``RCPT TO:``/``MAIL FROM:`` argument, or None
+  for anything but a plain ``<local@domain>`` (no source routes, ``%`` hacks, quoted or
+  commented local parts, address literals). aiosmtpd normalises those away, so the
+  endpoint checks the raw argument here before aiosmtpd parses it.
+- ``header_block`` / ``from_addresses``: the header block alone, parsed with the stdlib
+  (compat32, headers only), so checking a 60 MB message costs a few microseconds.
+- ``SenderDirectory``: team members, their aliases and personal inboxes, and shared (team
+  inbox) addresses; which member owns an address, and who may send as it.
+- ``SenderPolicy``: one decision per message for ``verify_sender`` = auth | spf | dkim |
+  none. SPF (pyspf) and DKIM (dkimpy) are reached through ``SpfCheck``/``DkimCheck``
+  callables whose DNS is injectable; they block on DNS, so the endpoint calls
+  ``SenderPolicy.check`` from a worker thread.
+
+Every refusal is a ``Decision`` carrying the full SMTP reply, worded for the person whose
+mail client shows it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+from typing import Any, Literal, Protocol
+
+import dkim
+import spf
+
+from syncd.crm.domains import registrable_domain
+
+MAX_RECIPIENTS = 100
+MAX_HEADER_BYTES = 1024 * 1024
+
+Mode = Literal["auth", "spf", "dkim", "none"]
+
+# RFC 5321 dot-atom local part (minus the old relay characters % and !) and a host name.
+_ATEXT = r"[A-Za-z0-9#$&'*+/=?^_`{|}~-]"
+_LOCAL = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})+"
+_PLAIN = re.compile(rf"<?({_LOCAL}@{_DOMAIN})>?")
+_HEADER_LINE = re.compile(rb"[!-9;-~]+[ \t]*:|[ \t]")
+
+RELAY_DENIED = "550 5.7.1 Relaying denied: this server only accepts mail for its logging address"
+TOO_MANY_RCPTS = f"452 4.5.3 Too many recipients (at most {MAX_RECIPIENTS} per message)"
+
+
+def plain_path(arg: str | None, keyword: str) -> str | None:
+    """The address in ``TO:<a@b> PARAMS`` if it is a plain mailbox, else None.
+
+    ``keyword`` is ``"TO:"`` or ``"FROM:"``. Case of the address is kept.
+    """
+    if not arg or arg[: len(keyword)].upper() != keyword:
+        return None
+    path = arg[len(keyword) :].strip().split(" ", 1)[0]
+    if path.startswith("<") != path.endswith(">"):
+        return None
+    match = _PLAIN.fullmatch(path)
+    return match.group(1) if match else None
+
+
+def recipient_reply(raw_arg: str | None, allowed: frozenset[str], accepted: int) -> str | None:
+    """None when ``RCPT TO`` may go on to aiosmtpd, else the refusal to send."""
+    address = plain_path(raw_arg, "TO:")
+    if address is None or address.lower() not in allowed:
+        return RELAY_DENIED
+    if accepted >= MAX_RECIPIENTS:
+        return TOO_MANY_RCPTS
+    return None
+
+
+def header_block(raw: bytes) -> bytes:
+    """The header block: up to the first empty line or the first line that is no header."""
+    pos = 0
+    length = len(raw)
+    while pos < length:
+        end = raw.find(b"\n", pos)
+        end = length if end < 0 else end + 1
+        line = raw[pos:end]
+        if line in (b"\r\n", b"\n") or not _HEADER_LINE.match(line):
+            return raw[:pos]
+        pos = end
+    return raw
+
+
+def from_addresses(headers: bytes) -> list[str]:
+    """Every address in every From header, lower-cased; unparseable ones are dropped."""
+    message = BytesHeaderParser(policy=compat32).parsebytes(headers)
+    values = [str(v) for v in message.get_all("From") or []]
+    found = []
+    for _name, address in getaddresses(values):
+        address = address.strip().lower()
+        if address.count("@") == 1 and all(address.split("@")):
+            found.append(address)
+    return found
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+def aligned(signing_domain: str, from_domain: str) -> bool:
+    """DMARC relaxed alignment: same registrable (organizational) domain."""
+    signing, author = signing_domain.lower().rstrip("."), from_domain.lower().rstrip(".")
+    if signing == author:
+        return True
+    org = registrable_domain(author)
+    return org is not None and registrable_domain(signing) == org
+
+
+@dataclass(frozen=True)
+class SenderDirectory:
+    """Addresses whose mail may be logged: members' own, and shared (team inbox) ones."""
+
+    members: Mapping[str, frozenset[str]]  # member email -> every address of that member
+    shared: frozenset[str] = frozenset()  # team inbox addresses any member may send as
+    _owner: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        owner = {}
+        for member, addresses in self.members.items():
+            for address in {member, *addresses}:
+                owner[address.lower()] = member.lower()
+        object.__setattr__(self, "_owner", owner)
+
+    @classmethod
+    def from_config(cls, team: Iterable[Any], inboxes: Iterable[Any] = ()) -> SenderDirectory:
+        """Build from ``config.team`` and ``config.inboxes`` (duck-typed)."""
+        members: dict[str, set[str]] = {m.email: {m.email, *m.aliases} for m in team}
+        shared: set[str] = set()
+        for inbox in inboxes:
+            if inbox.kind == "personal" and inbox.owner in members and inbox.address:
+                members[inbox.owner].add(inbox.address)
+            elif inbox.address:
+                shared.add(inbox.address)
+        return cls({k: frozenset(v) for k, v in members.items()}, frozenset(shared))
+
+    def is_known(self, address: str) -> bool:
+        return address in self._owner or address in self.shared
+
+    def owner_of(self, address: str) -> str | None:
+        """The member an address belongs to; None for shared or unknown addresses."""
+        return self._owner.get(address)
+
+    def may_send_as(self, member: str, address: str) -> bool:
+        return self._owner.get(address) == member.lower() or address in self.shared
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict on one message: accept (with the owning member) or the reply to send."""
+
+    reply: str | None  # None: accept
+    sender: str | None = None  # the From address, lower-cased
+    owner: str | None = None  # member who owns new contacts, if known
+
+    @property
+    def accepted(self) -> bool:
+        return self.reply is None
+
+
+class SpfCheck(Protocol):
+    def __call__(self, ip: str, sender: str, helo: str) -> tuple[str, str]: ...
+
+
+class DkimCheck(Protocol):
+    def __call__(self, raw: bytes) -> tuple[list[str], bool]: ...
+
+
+def check_from(headers: bytes, directory: SenderDirectory) -> Decision:
+    """Step one in every mode: exactly one From address, and it is the team's."""
+    addresses = from_addresses(headers)
+    if not addresses:
+        return Decision(
+            "550 5.7.1 The message has no readable From header; "
+            "only mail sent by team members is logged"
+        )
+    if len(set(addresses)) > 1:
+        return Decision("550 5.7.1 The From header names several senders; send as one member")
+    sender = addresses[0]
+    if not directory.is_known(sender):
+        return Decision(
+            f"550 5.7.1 {sender} is not a team member, alias or connected inbox; "
+            "only the team's own mail is logged",
+            sender,
+        )
+    return Decision(None, sender, directory.owner_of(sender))
+
+
+def auth_verdict(member: str | None, sender: str, directory: SenderDirectory) -> str | None:
+    if member is None:
+        return "530 5.7.0 Authentication required: log in as your team member account"
+    if not directory.may_send_as(member, sender):
+        return (
+            f"550 5.7.1 You are logged in as {member} but the From header is {sender}; "
+            "send as yourself or one of your aliases"
+        )
+    return None
+
+
+def spf_verdict(result: str, ip: str, sender: str) -> str | None:
+    domain = domain_of(sender)
+    if result == "pass":
+        return None
+    if result == "temperror":
+        return f"451 4.7.0 SPF lookup for {domain} failed temporarily; try again later"
+    return (
+        f"550 5.7.1 SPF check of {domain} gave '{result}' for {ip}: this server may not "
+        f"send as {sender}; send through your domain's mail server"
+    )
+
+
+def dkim_verdict(domains: list[str], temporary: bool, sender: str) -> str | None:
+    author = domain_of(sender)
+    if any(aligned(d, author) for d in domains):
+        return None
+    if temporary:
+        return "451 4.7.0 DKIM key lookup failed temporarily; try again later"
+    if domains:
+        return (
+            f"550 5.7.1 The DKIM signature is from {', '.join(sorted(set(domains)))}, "
+            f"not {author}; sign with your domain's key"
+        )
+    return f"550 5.7.1 No valid DKIM signature from {author}; sign with your domain's key"
+
+
+@dataclass(frozen=True)
+class SenderPolicy:
+    """``verify_sender`` as one call per message. May block on DNS: call from a thread."""
+
+    mode: Mode
+    directory: SenderDirectory
+    spf_check: SpfCheck | None = None
+    dkim_check: DkimCheck | None = None
+
+    @property
+    def needs_auth(self) -> bool:
+        return self.mode == "auth"
+
+    def check(
+        self, headers: bytes, raw: bytes, *, peer_ip: str, helo: str, member: str | None
+    ) -> Decision:
+        decision = check_from(headers, self.directory)
+        if not decision.accepted or self.mode == "none":
+            return decision
+        sender = decision.sender or ""
+        if self.mode == "auth":
+            reply = auth_verdict(member, sender, self.directory)
+            owner = decision.owner or (member.lower() if member else None)
+            return Decision(reply, sender, owner)
+        if self.mode == "spf":
+            check = self.spf_check or PySpf()
+            result, _explanation = check(peer_ip, sender, helo)
+            return Decision(spf_verdict(result, peer_ip, sender), sender, decision.owner)
+        check_dkim = self.dkim_check or Dkim()
+        domains, temporary = check_dkim(raw)
+        return Decision(dkim_verdict(domains, temporary, sender), sender, decision.owner)
+
+
+class PySpf:
+    """SPF with pyspf over dnspython (system resolver): ``(result, explanation)``."""
+
+    def __init__(self, timeout: float = 20.0) -> None:
+        self.timeout = timeout
+
+    def __call__(self, ip: str, sender: str, helo: str) -> tuple[str, str]:
+        try:
+            result, explanation = spf.check2(
+                i=ip, s=sender, h=helo or domain_of(sender), querytime=self.timeout
+            )
+        except Exception as error:  # pyspf raises for odd input; a refusal, not a crash
+            return "permerror", type(error).__name__
+        return str(result), str(explanation)
+
+
+class Dkim:
+    """Every verified DKIM signing domain, and whether a DNS lookup failed temporarily.
+
+    ``dnsfunc(name, timeout=...) -> bytes | None`` is dkimpy's hook for TXT answers.
+    """
+
+    def __init__(
+        self, dnsfunc: Callable[..., Any] | None = None, *, minkey: int = 1024, max_sigs: int = 5
+    ) -> None:
+        self.dnsfunc = dnsfunc or dkim.dnsplug.get_txt
+        self.minkey = minkey
+        self.max_sigs = max_sigs
+
+    def __call__(self, raw: bytes) -> tuple[list[str], bool]:
+        temporary = False
+
+        def lookup(name: Any, timeout: float = 5) -> Any:
+            nonlocal temporary
+            try:
+                return self.dnsfunc(name, timeout=timeout)
+            except dkim.DnsTimeoutError:
+                temporary = True
+                raise
+
+        verified = []
+        count = len(re.findall(rb"(?im)^dkim-signature[ \t]*:", header_block(raw)))
+        for idx in range(min(count, self.max_sigs)):
+            checker = dkim.DKIM(raw, minkey=self.minkey)
+            try:
+                if checker.verify(idx=idx, dnsfunc=lookup) and checker.domain:
+                    verified.append(checker.domain.decode("ascii", "replace").lower())
+            except dkim.DKIMException:
+                continue
+        return verified, temporary

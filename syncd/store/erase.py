@@ -1,0 +1,247 @@
+"""Erasing a person (GDPR): the contact and every trace of its addresses, down to the bytes.
+
+An engagement that concerned no other contact is deleted with its email row, raw bytes,
+sightings and attachments; one shared with other contacts is redacted (the address and
+its name leave the headers, subject and text; the raw bytes are dropped, since encoded
+copies of the address may hide in them). Quarantined mail carrying the address, and
+attachment files no remaining email uses, are deleted. Then the full-text index is
+rebuilt from what is left, the file is VACUUMed with ``secure_delete`` on, and the WAL
+is checkpointed and truncated, so the freed pages holding the old text are gone from the
+store directory. ``scan`` checks that claim byte by byte.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from syncd.store.blobs import blob_path
+from syncd.store.db import transaction
+
+ERASED = "[erased]"
+
+
+@dataclass
+class EraseReport:
+    """What an erase removed; ``wal_busy`` is true if another process kept the WAL open."""
+
+    addresses: list[str] = field(default_factory=list)
+    contacts: int = 0
+    deleted: int = 0
+    redacted: int = 0
+    quarantined: int = 0
+    files: int = 0
+    wal_busy: bool = False
+
+    @property
+    def found(self) -> bool:
+        return bool(self.contacts or self.deleted or self.redacted or self.quarantined)
+
+
+def erase(conn: sqlite3.Connection, address: str, attachments_dir: Path) -> EraseReport:
+    """Remove the contact with ``address`` and every trace of its addresses."""
+    address = address.strip().lower()
+    report = EraseReport()
+    conn.execute("PRAGMA secure_delete = ON")
+    with transaction(conn):
+        contact_ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT contact_id FROM contact_addresses WHERE address = ?", (address,)
+            )
+        ]
+        addresses = {address}
+        for contact_id in contact_ids:
+            addresses.update(
+                r[0]
+                for r in conn.execute(
+                    "SELECT address FROM contact_addresses WHERE contact_id = ?", (contact_id,)
+                )
+            )
+        report.addresses = sorted(addresses)
+        report.contacts = len(contact_ids)
+        hashes = _erase_engagements(conn, contact_ids, addresses, report)
+        for needle in addresses:
+            report.quarantined += conn.execute(
+                "DELETE FROM quarantine WHERE instr(lower(CAST(raw AS TEXT)), ?) > 0 "
+                "OR instr(lower(provenance), ?) > 0",
+                (needle, needle),
+            ).rowcount
+            _redact_column(conn, "deals", "id", "name", needle)
+            _redact_column(conn, "tickets", "id", "subject", needle)
+        conn.executemany("DELETE FROM contacts WHERE id = ?", [(c,) for c in contact_ids])
+        report.files = _drop_files(conn, hashes, addresses, attachments_dir)
+    compact(conn, report)
+    return report
+
+
+def _erase_engagements(
+    conn: sqlite3.Connection, contact_ids: list[int], addresses: set[str], report: EraseReport
+) -> set[str]:
+    """Delete or redact every engagement that names the addresses; return touched blobs."""
+    candidates: set[int] = set()
+    for contact_id in contact_ids:
+        candidates.update(
+            r[0]
+            for r in conn.execute(
+                "SELECT engagement_id FROM engagement_contacts WHERE contact_id = ?", (contact_id,)
+            )
+        )
+    for needle in addresses:
+        pattern = f"%{needle}%"
+        candidates.update(
+            r[0]
+            for r in conn.execute(
+                "SELECT engagement_id FROM emails WHERE addresses LIKE ?1 OR subject LIKE ?1 "
+                "OR body LIKE ?1 OR message_key LIKE ?1 OR from_addr LIKE ?1 "
+                "UNION SELECT id FROM engagements WHERE body LIKE ?1 "
+                "UNION SELECT engagement_id FROM raw_messages "
+                "WHERE instr(lower(CAST(raw AS TEXT)), ?2) > 0",
+                (pattern, needle),
+            )
+        )
+    hashes: set[str] = set()
+    marks = ",".join("?" * len(contact_ids)) or "NULL"
+    for engagement_id in sorted(candidates):
+        hashes.update(
+            r[0]
+            for r in conn.execute(
+                "SELECT sha256 FROM attachments WHERE engagement_id = ?", (engagement_id,)
+            )
+        )
+        others = conn.execute(
+            "SELECT count(*) FROM engagement_contacts WHERE engagement_id = ? "
+            f"AND contact_id NOT IN ({marks})",
+            (engagement_id, *contact_ids),
+        ).fetchone()[0]
+        if others:
+            _redact_engagement(conn, engagement_id, addresses)
+            report.redacted += 1
+        else:
+            conn.execute("DELETE FROM engagements WHERE id = ?", (engagement_id,))
+            report.deleted += 1
+    return hashes
+
+
+def _scrub(text: str | None, addresses: Iterable[str]) -> str | None:
+    if text is None:
+        return None
+    for needle in addresses:
+        text = re.sub(re.escape(needle), ERASED, text, flags=re.IGNORECASE)
+    return text
+
+
+def _keep(pairs_json: str, addresses: set[str]) -> list[list[str]]:
+    return [p for p in json.loads(pairs_json or "[]") if p[1].lower() not in addresses]
+
+
+def _redact_engagement(conn: sqlite3.Connection, engagement_id: int, addresses: set[str]) -> None:
+    row = conn.execute("SELECT * FROM emails WHERE engagement_id = ?", (engagement_id,)).fetchone()
+    if row is not None:
+        to, cc, bcc = (_keep(row[c], addresses) for c in ("to_json", "cc_json", "bcc_json"))
+        sender_gone = (row["from_addr"] or "").lower() in addresses
+        from_addr = ERASED if sender_gone else row["from_addr"]
+        from_name = "" if sender_gone else row["from_name"]
+        everyone = [[from_name or "", from_addr or ""], *to, *cc, *bcc]
+        conn.execute(
+            "UPDATE emails SET from_addr = ?, from_name = ?, to_json = ?, cc_json = ?, "
+            "bcc_json = ?, subject = ?, body = ?, addresses = ?, message_id = ?, "
+            "message_key = ?, thread_key = ? WHERE engagement_id = ?",
+            (
+                from_addr,
+                from_name,
+                json.dumps(to, ensure_ascii=False),
+                json.dumps(cc, ensure_ascii=False),
+                json.dumps(bcc, ensure_ascii=False),
+                _scrub(row["subject"], addresses),
+                _scrub(row["body"], addresses),
+                " ".join(f"{n} {e}".strip() for n, e in everyone if e),
+                _scrub(row["message_id"], addresses),
+                _scrub(row["message_key"], addresses),
+                _scrub(row["thread_key"], addresses),
+                engagement_id,
+            ),
+        )
+    body = conn.execute("SELECT body FROM engagements WHERE id = ?", (engagement_id,)).fetchone()
+    conn.execute(
+        "UPDATE engagements SET body = ? WHERE id = ?", (_scrub(body[0], addresses), engagement_id)
+    )
+    conn.execute("DELETE FROM raw_messages WHERE engagement_id = ?", (engagement_id,))
+    for needle in addresses:
+        _redact_column(conn, "attachments", "id", "filename", needle)
+
+
+def _redact_column(
+    conn: sqlite3.Connection, table: str, key: str, column: str, needle: str
+) -> None:
+    rows = conn.execute(
+        f"SELECT {key}, {column} FROM {table} WHERE {column} LIKE ?", (f"%{needle}%",)
+    ).fetchall()
+    for record_id, text in rows:
+        conn.execute(
+            f"UPDATE {table} SET {column} = ? WHERE {key} = ?",
+            (_scrub(text, [needle]), record_id),
+        )
+
+
+def _drop_files(
+    conn: sqlite3.Connection, hashes: set[str], addresses: set[str], directory: Path
+) -> int:
+    """Unlink blobs nothing uses any more, and blobs that contain the addresses."""
+    removed = 0
+    needles = [a.encode() for a in addresses]
+    for digest in sorted(hashes):
+        try:
+            path = blob_path(directory, digest)
+        except ValueError:
+            continue
+        used = conn.execute(
+            "SELECT count(*) FROM attachments WHERE sha256 = ? AND stored = 1", (digest,)
+        ).fetchone()[0]
+        if used and not (path.exists() and _contains(path, needles)):
+            continue
+        conn.execute(
+            "UPDATE attachments SET stored = 0, note = 'removed by erase' WHERE sha256 = ?",
+            (digest,),
+        )
+        if path.exists():
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def compact(conn: sqlite3.Connection, report: EraseReport | None = None) -> None:
+    """Rebuild the FTS index, VACUUM, and truncate the WAL: freed pages leave the disk."""
+    with transaction(conn):
+        conn.execute("INSERT INTO emails_fts(emails_fts) VALUES ('rebuild')")
+        conn.execute("INSERT INTO emails_fts(emails_fts) VALUES ('optimize')")
+    conn.execute("VACUUM")
+    busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    if report is not None:
+        report.wal_busy = bool(busy)
+
+
+def _contains(path: Path, needles: list[bytes], chunk: int = 1 << 20) -> bool:
+    longest = max((len(n) for n in needles), default=0)
+    tail = b""
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            window = (tail + block).lower()
+            if any(n in window for n in needles):
+                return True
+            tail = window[-longest:] if longest else b""
+    return False
+
+
+def scan(paths: Iterable[Path], address: str) -> list[Path]:
+    """Files under ``paths`` (files or directories) whose bytes contain ``address``."""
+    needles = [address.lower().encode()]
+    hits = []
+    for root in paths:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        hits.extend(f for f in files if _contains(f, needles))
+    return hits

@@ -1,0 +1,324 @@
+"""Reading the CRM: contacts, timelines, full-text search, deals, tickets, the quarantine.
+
+Every function returns plain dicts and lists shaped as PRODUCT.md's JSON contract
+(extra fields are allowed there and added where they help), so the CLI prints them as
+they are. Read-only; works on a read-only connection.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from typing import Any
+
+CONTACT_SQL = (
+    "SELECT c.id, a.address AS email, trim(c.first_name || ' ' || c.last_name) AS name, "
+    "c.first_name, c.last_name, c.owner, c.lifecycle_stage, co.name AS company, c.legal_basis, "
+    "c.marketing, c.last_contacted, c.last_activity, c.created_at, c.company_id "
+    "FROM contacts c "
+    "JOIN contact_addresses a ON a.contact_id = c.id AND a.is_primary = 1 "
+    "LEFT JOIN companies co ON co.id = c.company_id"
+)
+_LIST_FIELDS = ("email", "name", "owner", "lifecycle_stage", "company", "legal_basis")
+
+
+def contact_summary(row: sqlite3.Row) -> dict[str, Any]:
+    item = {field: row[field] for field in _LIST_FIELDS}
+    item["last_contacted"] = row["last_contacted"]
+    return item
+
+
+def contacts_list(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(CONTACT_SQL + " ORDER BY a.address")
+    return [contact_summary(r) for r in rows]
+
+
+def contact_show(conn: sqlite3.Connection, address: str) -> dict[str, Any] | None:
+    """One contact with every address, deals, tickets; None if no contact has ``address``."""
+    row = conn.execute(
+        CONTACT_SQL + " WHERE c.id = (SELECT contact_id FROM contact_addresses WHERE address = ?)",
+        (address.strip().lower(),),
+    ).fetchone()
+    if row is None:
+        return None
+    item = contact_summary(row)
+    contact_id = row["id"]
+    item.update(
+        id=contact_id,
+        first_name=row["first_name"],
+        last_name=row["last_name"],
+        emails=[
+            r[0]
+            for r in conn.execute(
+                "SELECT address FROM contact_addresses WHERE contact_id = ? "
+                "ORDER BY is_primary DESC, address",
+                (contact_id,),
+            )
+        ],
+        marketing=bool(row["marketing"]),
+        last_activity=row["last_activity"],
+        created_at=row["created_at"],
+        deals=[
+            r[0]
+            for r in conn.execute(
+                "SELECT deal_id FROM deal_contacts WHERE contact_id = ? ORDER BY deal_id",
+                (contact_id,),
+            )
+        ],
+        tickets=[
+            r[0]
+            for r in conn.execute(
+                "SELECT ticket_id FROM ticket_contacts WHERE contact_id = ? ORDER BY ticket_id",
+                (contact_id,),
+            )
+        ],
+    )
+    return item
+
+
+def _addresses(text: str) -> list[str]:
+    return [email for _name, email in json.loads(text or "[]")]
+
+
+def associations(conn: sqlite3.Connection, engagement_id: int) -> dict[str, list[Any]]:
+    """The records an engagement is associated with: contact emails, company names, ids."""
+    return {
+        "contacts": [
+            r[0]
+            for r in conn.execute(
+                "SELECT a.address FROM engagement_contacts e "
+                "JOIN contact_addresses a ON a.contact_id = e.contact_id AND a.is_primary = 1 "
+                "WHERE e.engagement_id = ? ORDER BY a.address",
+                (engagement_id,),
+            )
+        ],
+        "companies": [
+            r[0]
+            for r in conn.execute(
+                "SELECT c.name FROM engagement_companies e JOIN companies c ON c.id = e.company_id "
+                "WHERE e.engagement_id = ? ORDER BY c.name",
+                (engagement_id,),
+            )
+        ],
+        "deals": [
+            r[0]
+            for r in conn.execute(
+                "SELECT deal_id FROM engagement_deals WHERE engagement_id = ? ORDER BY deal_id",
+                (engagement_id,),
+            )
+        ],
+        "tickets": [
+            r[0]
+            for r in conn.execute(
+                "SELECT ticket_id FROM engagement_tickets WHERE engagement_id = ? "
+                "ORDER BY ticket_id",
+                (engagement_id,),
+            )
+        ],
+    }
+
+
+ENGAGEMENT_SQL = (
+    "SELECT g.id, g.type, g.occurred_at, g.owner, g.body AS note, g.status, "
+    "e.message_id, e.subject, e.direction, e.from_addr, e.to_json, e.cc_json, e.body, "
+    "e.date_missing FROM engagements g LEFT JOIN emails e ON e.engagement_id = g.id"
+)
+
+
+def engagement_item(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
+    """One timeline entry as the JSON contract shapes it."""
+    engagement_id = row["id"]
+    is_email = row["type"] == "email"
+    item: dict[str, Any] = {
+        "id": engagement_id,
+        "type": row["type"],
+        "message_id": row["message_id"],
+        "subject": row["subject"],
+        "date": row["occurred_at"],
+        "direction": row["direction"],
+        "from": row["from_addr"] if is_email else row["owner"],
+        "to": _addresses(row["to_json"]) if is_email else [],
+        "sources": [
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT label FROM sightings WHERE engagement_id = ? ORDER BY label",
+                (engagement_id,),
+            )
+        ],
+        "status": row["status"],
+        "associations": associations(conn, engagement_id),
+    }
+    if is_email:
+        item["cc"] = _addresses(row["cc_json"])
+        item["attachments"] = [
+            {
+                "filename": r["filename"],
+                "content_type": r["content_type"],
+                "size": r["size"],
+                "sha256": r["sha256"],
+                "stored": bool(r["stored"]),
+                "note": r["note"],
+            }
+            for r in conn.execute(
+                "SELECT filename, content_type, size, sha256, stored, note FROM attachments "
+                "WHERE engagement_id = ? ORDER BY id",
+                (engagement_id,),
+            )
+        ]
+    else:
+        item["text"] = row["note"]
+    return item
+
+
+def timeline(conn: sqlite3.Connection, address: str) -> list[dict[str, Any]] | None:
+    """The contact's engagements, newest first; None if no contact has ``address``."""
+    row = conn.execute(
+        "SELECT contact_id FROM contact_addresses WHERE address = ?", (address.strip().lower(),)
+    ).fetchone()
+    if row is None:
+        return None
+    rows = conn.execute(
+        ENGAGEMENT_SQL + " JOIN engagement_contacts ec ON ec.engagement_id = g.id "
+        "WHERE ec.contact_id = ? ORDER BY g.occurred_at DESC, g.id DESC",
+        (row[0],),
+    )
+    return [engagement_item(conn, r) for r in rows.fetchall()]
+
+
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def fts_query(text: str) -> str:
+    """A user's words as an FTS5 query: each word quoted (no operators), all required.
+
+    A word ending in ``*`` stays a prefix search."""
+    terms = []
+    for raw in text.split():
+        prefix = raw.endswith("*")
+        words = _TOKEN.findall(raw)
+        if not words:
+            continue
+        phrase = '"' + " ".join(words) + '"'
+        terms.append(phrase + ("*" if prefix else ""))
+    return " ".join(terms)
+
+
+def search(conn: sqlite3.Connection, text: str, *, limit: int = 50) -> list[dict[str, Any]]:
+    """Emails matching every word of ``text`` in subject, body or addresses, best first."""
+    query = fts_query(text)
+    if not query:
+        return []
+    rows = conn.execute(
+        "SELECT e.message_id, e.subject, e.date, e.from_addr, "
+        "snippet(emails_fts, -1, '[', ']', '…', 12) AS snippet "
+        "FROM emails_fts JOIN emails e ON e.engagement_id = emails_fts.rowid "
+        "WHERE emails_fts MATCH ? ORDER BY bm25(emails_fts, 5.0, 1.0, 2.0), e.date DESC LIMIT ?",
+        (query, limit),
+    )
+    return [
+        {
+            "message_id": r["message_id"],
+            "subject": r["subject"],
+            "date": r["date"],
+            "from": r["from_addr"],
+            "snippet": " ".join((r["snippet"] or "").split()),
+        }
+        for r in rows
+    ]
+
+
+def _links(conn: sqlite3.Connection, sql: str, record_id: int) -> list[Any]:
+    return [r[0] for r in conn.execute(sql, (record_id,))]
+
+
+def deals_list(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT id, name, pipeline, stage, state, amount, close_date, owner, created_at "
+        "FROM deals ORDER BY id"
+    ).fetchall()
+    return [
+        {
+            **dict(r),
+            "contacts": _links(
+                conn,
+                "SELECT a.address FROM deal_contacts d JOIN contact_addresses a "
+                "ON a.contact_id = d.contact_id AND a.is_primary = 1 WHERE d.deal_id = ? "
+                "ORDER BY a.address",
+                r["id"],
+            ),
+            "companies": _links(
+                conn,
+                "SELECT c.name FROM deal_companies d JOIN companies c ON c.id = d.company_id "
+                "WHERE d.deal_id = ? ORDER BY c.name",
+                r["id"],
+            ),
+        }
+        for r in rows
+    ]
+
+
+def tickets_list(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT id, subject, pipeline, status, state, owner, created_at FROM tickets ORDER BY id"
+    ).fetchall()
+    return [
+        {
+            **dict(r),
+            "contacts": _links(
+                conn,
+                "SELECT a.address FROM ticket_contacts t JOIN contact_addresses a "
+                "ON a.contact_id = t.contact_id AND a.is_primary = 1 WHERE t.ticket_id = ? "
+                "ORDER BY a.address",
+                r["id"],
+            ),
+            "companies": _links(
+                conn,
+                "SELECT c.name FROM ticket_companies t JOIN companies c ON c.id = t.company_id "
+                "WHERE t.ticket_id = ? ORDER BY c.name",
+                r["id"],
+            ),
+        }
+        for r in rows
+    ]
+
+
+def quarantine_list(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT id, reason, label, received_at, quarantined_at, attempts, length(raw) AS size "
+        "FROM quarantine ORDER BY id"
+    )
+    return [
+        {
+            "id": r["id"],
+            "reason": r["reason"],
+            "source": r["label"],
+            "received_at": r["received_at"],
+            "quarantined_at": r["quarantined_at"],
+            "attempts": r["attempts"],
+            "size": r["size"],
+        }
+        for r in rows
+    ]
+
+
+def counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Row counts of the CRM's tables (for tests, doctor and status)."""
+    tables = (
+        "contacts",
+        "contact_addresses",
+        "companies",
+        "deals",
+        "tickets",
+        "engagements",
+        "emails",
+        "sightings",
+        "engagement_contacts",
+        "engagement_companies",
+        "engagement_deals",
+        "engagement_tickets",
+        "attachments",
+        "raw_messages",
+        "quarantine",
+    )
+    return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}

@@ -1,0 +1,116 @@
+"""Raw message bytes, kept so mail can be re-processed, without storing attachments twice.
+
+Most of a message's bytes are usually its attachments, and those are already stored
+once by content under ``attachments_dir``. So before the raw copy goes into the
+``raw_messages`` table, each stored attachment's base64 text is cut out of it and
+replaced by a hole: (offset, length, sha256, line width, line ending). ``hydrate`` puts
+the exact bytes back by re-encoding the attachment file, and checks the result against
+the original's CRC-32 and size. Only a base64 body that re-encodes byte for byte is cut
+out; anything else stays in the raw copy. Attachments over ``max_attachment_mb`` are not
+stored, so their encoded bytes stay in the raw copy too.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from syncd.errors import StoreError
+from syncd.store.blobs import blob_path
+
+_EOL = {"lf": b"\n", "crlf": b"\r\n"}
+_MIN_HOLE = 512  # shorter base64 bodies are not worth a file read on hydration
+
+
+def _wrap(encoded: bytes, width: int, eol: bytes) -> bytes:
+    if width <= 0 or width >= len(encoded):
+        return encoded
+    return eol.join(encoded[i : i + width] for i in range(0, len(encoded), width))
+
+
+def _locate(raw: bytes, data: bytes, start: int) -> tuple[int, int, int, str] | None:
+    """Where ``data``'s base64 text sits in ``raw`` (from ``start``), and its layout."""
+    encoded = base64.b64encode(data)
+    if len(encoded) < _MIN_HOLE:
+        return None
+    probe = encoded[:64]
+    pos = raw.find(probe, start)
+    while pos >= 0:
+        newline = raw.find(b"\n", pos)
+        newline = len(raw) if newline < 0 else newline
+        crlf = raw[newline - 1 : newline] == b"\r"
+        width = newline - pos - (1 if crlf else 0)
+        eol = "crlf" if crlf else "lf"
+        text = _wrap(encoded, width, _EOL[eol])
+        if raw.startswith(text, pos):
+            return pos, len(text), width, eol
+        pos = raw.find(probe, pos + 1)
+    return None
+
+
+def dehydrate(raw: bytes, attachments: Iterable[tuple[str, bytes]]) -> tuple[bytes, list[Any]]:
+    """``raw`` without the base64 text of the given (sha256, data) attachments, and the holes."""
+    holes: list[Any] = []
+    cursor = 0
+    pieces: list[bytes] = []
+    for digest, data in attachments:
+        found = _locate(raw, data, cursor)
+        if found is None:
+            continue
+        offset, length, width, eol = found
+        pieces.append(raw[cursor:offset])
+        holes.append([offset, length, digest, width, eol])
+        cursor = offset + length
+    if not holes:
+        return raw, holes
+    pieces.append(raw[cursor:])
+    return b"".join(pieces), holes
+
+
+def hydrate(blob: bytes, holes: list[Any], attachments_dir: Path) -> bytes:
+    """The original bytes from a dehydrated blob; StoreError if an attachment is gone."""
+    out = bytearray()
+    source = 0
+    removed = 0
+    for offset, length, digest, width, eol in holes:
+        cut = offset - removed
+        out += blob[source:cut]
+        source = cut
+        try:
+            data = blob_path(attachments_dir, digest).read_bytes()
+        except OSError as exc:
+            raise StoreError(f"raw copy incomplete: attachment {digest} is gone") from exc
+        out += _wrap(base64.b64encode(data), width, _EOL[eol])
+        removed += length
+    out += blob[source:]
+    return bytes(out)
+
+
+def store_raw(
+    conn: Any, engagement_id: int, raw: bytes, attachments: Iterable[tuple[str, bytes]]
+) -> None:
+    """Insert the raw copy of an engagement's message, stored attachments cut out."""
+    blob, holes = dehydrate(raw, attachments)
+    conn.execute(
+        "INSERT INTO raw_messages(engagement_id, raw, holes, size, crc32) VALUES (?, ?, ?, ?, ?)",
+        (engagement_id, blob, json.dumps(holes) if holes else None, len(raw), zlib.crc32(raw)),
+    )
+
+
+def raw_message(conn: Any, engagement_id: int, attachments_dir: Path) -> bytes | None:
+    """The exact bytes of the message behind an engagement, or None if none are kept."""
+    row = conn.execute(
+        "SELECT raw, holes, size, crc32 FROM raw_messages WHERE engagement_id = ?",
+        (engagement_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    blob, holes, size, crc = bytes(row[0]), row[1], row[2], row[3]
+    raw = hydrate(blob, json.loads(holes), attachments_dir) if holes else blob
+    if len(raw) != size or zlib.crc32(raw) != crc:
+        raise StoreError(f"raw copy of engagement {engagement_id} does not match its checksum")
+    return raw

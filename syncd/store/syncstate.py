@@ -1,0 +1,175 @@
+"""IMAP sync state in the store: per-folder checkpoints and per-inbox health.
+
+A checkpoint (``FolderCheckpoint``, a pure value from ``sources.syncplan``) is written by
+``save_checkpoint`` inside the caller's transaction, the same one that writes the mail it
+covers (the pipeline's ``on_commit``), so a sync killed at any instant resumes with no gap
+and no duplicate. ``record_pass`` stores what a pass reported (counts, folder errors, the
+inbox state ok / failed / auth_failed); ``status_rows`` gives ``syncd status`` its inboxes.
+Only this module reads or writes the ``sync_folders`` and ``sync_inboxes`` tables.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from syncd.sources.syncplan import FolderCheckpoint
+
+COUNT_COLUMNS = ("logged", "duplicates", "skipped", "quarantined")
+STATES = ("ok", "failed", "auth_failed")
+
+
+def _now(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
+
+
+def get_checkpoint(conn: sqlite3.Connection, inbox: str, folder: str) -> FolderCheckpoint | None:
+    row = conn.execute(
+        "SELECT uidvalidity, last_uid, highestmodseq, initial_done, initial_started"
+        " FROM sync_folders WHERE inbox = ? AND folder = ?",
+        (inbox, folder),
+    ).fetchone()
+    if row is None:
+        return None
+    started = datetime.fromisoformat(row[4]) if row[4] else None
+    return FolderCheckpoint(inbox, folder, row[0], row[1], row[2], bool(row[3]), started)
+
+
+def save_checkpoint(conn: sqlite3.Connection, checkpoint: FolderCheckpoint) -> None:
+    """Upsert the cursor. Run it inside the transaction that writes the covered mail."""
+    cp = checkpoint
+    started = cp.initial_started.isoformat() if cp.initial_started else None
+    conn.execute(
+        "INSERT INTO sync_folders (inbox, folder, uidvalidity, last_uid, highestmodseq,"
+        " initial_done, initial_started, last_sync, last_error)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)"
+        " ON CONFLICT (inbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,"
+        " last_uid = excluded.last_uid, highestmodseq = excluded.highestmodseq,"
+        " initial_done = excluded.initial_done, initial_started = excluded.initial_started,"
+        " last_sync = excluded.last_sync, last_error = NULL",
+        (cp.inbox, cp.folder, cp.uidvalidity, cp.last_uid, cp.highestmodseq,
+         int(cp.initial_done), started, _now()),
+    )  # fmt: skip
+
+
+def add_counts(
+    conn: sqlite3.Connection, inbox: str, folder: str, counts: Mapping[str, int]
+) -> None:
+    """Add a pass's outcome counts to a folder's totals (the folder row must exist or is
+    created without a cursor, which only happens for a folder that never committed)."""
+    values = [int(counts.get(c, 0)) for c in COUNT_COLUMNS]
+    if not any(values):
+        return
+    conn.execute(
+        "UPDATE sync_folders SET logged = logged + ?, duplicates = duplicates + ?,"
+        " skipped = skipped + ?, quarantined = quarantined + ? WHERE inbox = ? AND folder = ?",
+        (*values, inbox, folder),
+    )
+
+
+def record_folder_error(conn: sqlite3.Connection, inbox: str, folder: str, error: str) -> None:
+    conn.execute(
+        "UPDATE sync_folders SET last_error = ? WHERE inbox = ? AND folder = ?",
+        (error, inbox, folder),
+    )
+
+
+def record_inbox_state(
+    conn: sqlite3.Connection,
+    inbox: str,
+    state: str,
+    last_error: str | None = None,
+    *,
+    now: datetime | None = None,
+) -> int:
+    """Store an inbox's state after a pass; returns its consecutive failure count."""
+    if state not in STATES:
+        raise ValueError(f"inbox state must be one of {', '.join(STATES)}, not {state!r}")
+    stamp = _now(now)
+    conn.execute(
+        "INSERT INTO sync_inboxes (inbox, state, last_error, last_sync, failures, updated_at)"
+        " VALUES (?1, ?2, ?3, CASE WHEN ?2 = 'ok' THEN ?4 END, CASE WHEN ?2 = 'ok' THEN 0"
+        " ELSE 1 END, ?4)"
+        " ON CONFLICT (inbox) DO UPDATE SET state = ?2, last_error = ?3,"
+        " last_sync = CASE WHEN ?2 = 'ok' THEN ?4 ELSE last_sync END,"
+        " failures = CASE WHEN ?2 = 'ok' THEN 0 ELSE failures + 1 END, updated_at = ?4",
+        (inbox, state, last_error, stamp),
+    )
+    return int(
+        conn.execute("SELECT failures FROM sync_inboxes WHERE inbox = ?", (inbox,)).fetchone()[0]
+    )
+
+
+def inbox_state(conn: sqlite3.Connection, inbox: str) -> tuple[str, int]:
+    """(state, consecutive failures) of an inbox; ('ok', 0) if never synced."""
+    row = conn.execute(
+        "SELECT state, failures FROM sync_inboxes WHERE inbox = ?", (inbox,)
+    ).fetchone()
+    return (row[0], int(row[1])) if row else ("ok", 0)
+
+
+class _FolderReport(Protocol):
+    name: str
+    logged: int
+    duplicates: int
+    skipped: int
+    quarantined: int
+    error: str | None
+
+
+class _InboxReport(Protocol):
+    name: str
+    state: str
+    error: str | None
+    folders: Iterable[_FolderReport]
+
+
+def record_pass(conn: sqlite3.Connection, result: _InboxReport) -> int:
+    """Store a pass's report (``sources.imap.InboxResult`` shape): counts, folder errors,
+    inbox state. Returns the inbox's consecutive failure count."""
+    for folder in result.folders:
+        add_counts(conn, result.name, folder.name, {c: getattr(folder, c) for c in COUNT_COLUMNS})
+        if folder.error:
+            record_folder_error(conn, result.name, folder.name, folder.error)
+    return record_inbox_state(conn, result.name, result.state, result.error)
+
+
+def status_rows(conn: sqlite3.Connection, inboxes: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Per inbox: state, last sync, last error and its folders, for ``syncd status``.
+    ``inboxes`` lists configured inboxes so one never synced still shows up."""
+    names = list(dict.fromkeys(inboxes))
+    for (name,) in conn.execute(
+        "SELECT inbox FROM sync_inboxes UNION SELECT inbox FROM sync_folders ORDER BY 1"
+    ):
+        if name not in names:
+            names.append(name)
+    out = []
+    for name in names:
+        row = conn.execute(
+            "SELECT state, last_sync, last_error FROM sync_inboxes WHERE inbox = ?", (name,)
+        ).fetchone()
+        folders = [
+            {
+                "name": f[0], "uidvalidity": f[1], "last_uid": f[2], "logged": f[3],
+                "duplicates": f[4], "skipped": f[5], "quarantined": f[6],
+                "initial_done": bool(f[7]), "last_sync": f[8], "last_error": f[9],
+            }
+            for f in conn.execute(
+                "SELECT folder, uidvalidity, last_uid, logged, duplicates, skipped, quarantined,"
+                " initial_done, last_sync, last_error FROM sync_folders WHERE inbox = ?"
+                " ORDER BY folder <> 'INBOX', folder",
+                (name,),
+            )
+        ]  # fmt: skip
+        out.append(
+            {
+                "name": name,
+                "state": row[0] if row else "never_synced",
+                "last_sync": row[1] if row else None,
+                "last_error": row[2] if row else None,
+                "folders": folders,
+            }
+        )
+    return out

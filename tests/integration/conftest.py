@@ -1,0 +1,261 @@
+"""A throwaway Dovecot IMAP server for the integration tests and the IMAP benchmark.
+
+One server per test session (``dovecot`` fixture), listening on a free 127.0.0.1 port
+with plain IMAP and, on a second port, implicit TLS with a self-signed certificate made
+by the ``openssl`` CLI. Everything lives under a fresh directory: config, base_dir,
+passwd-file, Maildirs, log. Each test gets a fresh user (``imap_user`` fixture), so tests
+never see each other's mail. Users are added by appending to the passwd-file, which
+Dovecot re-reads when it changes. Mail belongs to ``nobody`` because Dovecot refuses to
+access mail as root. When Dovecot is not installed the tests are skipped with a reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+DOVECOT = "/usr/sbin/dovecot"
+DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
+USERS = 400
+
+_CONFIG = """\
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+info_log_path = {root}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = yes
+ssl_cert = <{root}/tls.crt
+ssl_key = <{root}/tls.key
+disable_plaintext_auth = no
+auth_mechanisms = plain login xoauth2
+auth_failure_delay = 0
+default_login_user = dovenull
+default_internal_user = dovecot
+mail_location = maildir:~/Maildir
+mail_uid = {uid}
+mail_gid = {gid}
+first_valid_uid = 1
+login_trusted_networks =
+mail_max_userip_connections = 100
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={root}/home/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {tls_port}
+    ssl = yes
+  }}
+  process_min_avail = 0
+}}
+service anvil {{
+  chroot =
+}}
+namespace inbox {{
+  inbox = yes
+  separator = /
+  mailbox Junk {{
+    special_use = \\Junk
+  }}
+  mailbox Trash {{
+    special_use = \\Trash
+  }}
+  mailbox Sent {{
+    special_use = \\Sent
+  }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ImapUser:
+    """A fresh mailbox on the test server."""
+
+    server: Dovecot
+    name: str
+    password: str
+
+    @property
+    def maildir(self) -> Path:
+        return self.server.root / "home" / self.name / "Maildir"
+
+    def client(self) -> object:
+        """A plain IMAPClient logged in as this user (test setup only)."""
+        from imapclient import IMAPClient
+
+        client = IMAPClient("127.0.0.1", port=self.server.port, ssl=False, timeout=10)
+        client.normalise_times = False
+        client.login(self.name, self.password)
+        return client
+
+    def append(self, folder: str, raw: bytes, when: datetime, flags: tuple = ()) -> None:
+        client = self.client()
+        try:
+            if folder != "INBOX" and not client.folder_exists(folder):
+                client.create_folder(folder)
+            client.append(folder, raw, flags=flags, msg_time=when)
+        finally:
+            client.logout()
+
+    def doveadm(self, *args: str) -> str:
+        return self.server.doveadm(*args[:1], "-u", self.name, *args[1:])
+
+
+class Dovecot:
+    """One Dovecot master process with its own config, dirs and port."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.tls_port = free_port()
+        self.config = root / "dovecot.conf"
+        self.cert = root / "tls.crt"
+        self._users = itertools.count(1)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        nobody = pwd.getpwnam("nobody")
+        (self.root / "home").mkdir(parents=True)
+        (self.root / "state").mkdir()
+        # Users are created up front: passwd-file reloads on an mtime change with one-second
+        # granularity, so users added while the server runs may stay unknown for a second.
+        (self.root / "passwd").write_text(
+            "".join(f"{n}:{{PLAIN}}{self._password(n)}\n" for n in self._names())
+        )
+        os.chown(self.root / "home", nobody.pw_uid, nobody.pw_gid)
+        self._make_cert()
+        self.config.write_text(
+            _CONFIG.format(
+                root=self.root,
+                port=self.port,
+                tls_port=self.tls_port,
+                uid=nobody.pw_uid,
+                gid=nobody.pw_gid,
+            )
+        )
+        self._proc = subprocess.Popen(
+            [DOVECOT, "-F", "-c", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode() if self._proc.stderr else ""
+                raise RuntimeError(f"dovecot exited: {err} {self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"dovecot did not listen on {self.port}: {self.log()}")
+
+    def _make_cert(self) -> None:
+        subprocess.run(
+            [
+                "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                "-keyout", str(self.root / "tls.key"), "-out", str(self.cert),
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self._proc and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+    @staticmethod
+    def _names() -> list[str]:
+        return [f"user{n}" for n in range(1, USERS + 1)]
+
+    @staticmethod
+    def _password(name: str) -> str:
+        return f"pw-{name}-secret"
+
+    def add_user(self) -> ImapUser:
+        """A user whose mailbox no test has touched yet."""
+        n = next(self._users)
+        if n > USERS:
+            raise RuntimeError(f"the test server has only {USERS} users")
+        name = f"user{n}"
+        return ImapUser(self, name, self._password(name))
+
+    def doveadm(self, *args: str) -> str:
+        done = subprocess.run(
+            [DOVEADM, "-c", str(self.config), *args], capture_output=True, text=True, timeout=30
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"doveadm {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    def log(self) -> str:
+        path = self.root / "dovecot.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def dovecot_missing() -> str | None:
+    """Why Dovecot cannot be used here, or None."""
+    if not Path(DOVECOT).exists():
+        return "dovecot is not installed (apt-get install dovecot-imapd)"
+    if os.geteuid() != 0:
+        return "the Dovecot fixture runs dovecot as root (it drops to nobody for mail)"
+    if not shutil.which("openssl"):
+        return "the openssl CLI is needed for the fixture's TLS certificate"
+    return None
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    reason = dovecot_missing()
+    if reason:
+        pytest.skip(reason)
+    root = Path(tempfile.mkdtemp(prefix="syncd-dovecot-"))
+    os.chmod(root, 0o755)  # mail processes run as nobody and must reach home/
+    server = Dovecot(root)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def imap_user(dovecot: Dovecot) -> ImapUser:
+    return dovecot.add_user()

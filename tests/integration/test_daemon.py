@@ -1,0 +1,87 @@
+"""`syncd run` as systemd sees it: READY=1, reload on SIGHUP, clean exit on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+MINIMAL = "team: [{name: Ada, email: ada@example.com}]\n"
+
+
+class Notify:
+    """A datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(15)
+
+    def wait_for(self, key: str) -> list[str]:
+        """Messages received until one has a line starting with ``key``."""
+        seen: list[str] = []
+        while True:
+            lines = self.sock.recv(4096).decode().splitlines()
+            seen += lines
+            if any(line.startswith(key) for line in lines):
+                return seen
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[Notify]:
+    n = Notify(tmp_path / "notify.sock")
+    yield n
+    n.sock.close()
+
+
+def start(tmp_path: Path, notify: Notify, config: str = MINIMAL) -> subprocess.Popen[str]:
+    path = tmp_path / "syncd.yaml"
+    path.write_text(config)
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify.path)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "syncd", "--config", str(path), "run"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_ready_reload_and_stop(tmp_path: Path, notify: Notify) -> None:
+    proc = start(tmp_path, notify)
+    try:
+        assert "READY=1" in notify.wait_for("READY=1")
+        assert (tmp_path / "var" / "syncd.sqlite3").exists()
+
+        (tmp_path / "syncd.yaml").write_text("team: [{name: Ada, email: nope}]\n")
+        proc.send_signal(signal.SIGHUP)
+        seen = notify.wait_for("READY=1")
+        assert "RELOADING=1" in seen
+        assert proc.poll() is None, "a bad config on reload must not stop the daemon"
+
+        proc.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in notify.wait_for("STOPPING=1")
+        started = time.monotonic()
+        assert proc.wait(timeout=25) == 0
+        assert time.monotonic() - started < 25
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate()
+    assert "reload refused, keeping the running config" in stderr
+    assert "team[0].email: 'nope' is not an email address" in stderr
+    assert "syncd stopped" in stderr
+
+
+def test_bad_config_at_start_exits_78(tmp_path: Path, notify: Notify) -> None:
+    proc = start(tmp_path, notify, "team: 3\n")
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 78
+    assert "team: Input should be a valid list" in stderr

@@ -1,0 +1,330 @@
+"""The ingest pipeline on a real SQLite file: exactly once, rules, quarantine, records,
+attachments, the engagement cap, search, erase down to the bytes, and schema versions."""
+
+from __future__ import annotations
+
+import mailbox
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from bench.corpus import generate
+from syncd.crm.rules import InboxRule, RulesSettings
+from syncd.errors import StoreError
+from syncd.mail.provenance import Provenance
+from syncd.pipeline import Pipeline
+from syncd.sources.files import MailFiles
+from syncd.store import crm as store
+from syncd.store import db, queries, records
+from syncd.store.erase import erase, scan
+from syncd.store.raw import raw_message
+
+NOW = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
+BCC = Provenance("bcc", NOW)
+ADA, BOB = "ada@example.com", "bob@example.com"
+
+
+def message(
+    sender: str = ADA,
+    to: str = "Carol Jones <carol@acme.com>",
+    *,
+    subject: str = "Hello",
+    msgid: str | None = "<m1@example.com>",
+    date: str = "Wed, 01 May 2024 09:00:00 +0000",
+    body: str = "Plain text body",
+    cc: str | None = None,
+    extra: str = "",
+) -> bytes:
+    lines = [f"From: {sender}", f"To: {to}", f"Subject: {subject}", f"Date: {date}"]
+    if cc:
+        lines.append(f"Cc: {cc}")
+    if msgid:
+        lines.append(f"Message-ID: {msgid}")
+    head = "\r\n".join(lines) + "\r\n" + extra
+    return (head + "\r\n" + body + "\r\n").encode()
+
+
+def with_attachment(msgid: str, payload: bytes, name: str = "report.pdf") -> bytes:
+    import base64
+
+    encoded = base64.encodebytes(payload).decode()
+    return (
+        f"From: {ADA}\r\nTo: carol@acme.com\r\nSubject: files\r\nMessage-ID: {msgid}\r\n"
+        "Date: Wed, 01 May 2024 09:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+        "--b1\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+        f'--b1\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename="{name}"\r\n'
+        f"Content-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n--b1--\r\n"
+    ).encode()
+
+
+def rules(**overrides: object) -> RulesSettings:
+    base: dict[str, object] = {
+        "team": {ADA: ("a.lovelace@example.com",), BOB: ()},
+        "inboxes": (InboxRule("ada", ADA, "personal", ADA, create_contacts=False),),
+        "bcc_addresses": ("log@crm.example.com",),
+        "never_log": ("partner.example", "spouse@example.net"),
+    }
+    base.update(overrides)
+    return RulesSettings.build(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    connection = db.connect(tmp_path / "store" / "syncd.sqlite3")
+    yield connection
+    connection.close()
+
+
+def make(conn: sqlite3.Connection, tmp_path: Path, **kwargs: object) -> Pipeline:
+    limit = kwargs.pop("max_attachment_bytes", 10_000)
+    return Pipeline(
+        conn,
+        rules(**kwargs),
+        attachments_dir=tmp_path / "store" / "attachments",
+        max_attachment_bytes=limit,  # type: ignore[arg-type]
+        workers=0,
+    )
+
+
+def count(conn: sqlite3.Connection, table: str) -> int:
+    return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_mbox_with_duplicates_gives_one_engagement_each(conn, tmp_path) -> None:
+    box = mailbox.mbox(tmp_path / "in.mbox")
+    for raw in [message(), message(msgid="<m2@example.com>"), message(), message()]:
+        box.add(raw)
+    box.flush()
+    pipeline = make(conn, tmp_path)
+    items = [(raw, BCC) for raw, _ in MailFiles(tmp_path / "in.mbox")]
+    outcomes = pipeline.ingest_batch(items)
+    assert [o.status for o in outcomes] == ["logged", "logged", "duplicate", "duplicate"]
+    assert count(conn, "emails") == 2
+    assert count(conn, "sightings") == 2  # same source label, same uid 0: one sighting
+    assert queries.contacts_list(conn)[0]["email"] == "carol@acme.com"
+
+
+def test_mail_without_message_id_twice_is_one(conn, tmp_path) -> None:
+    raw = message(msgid=None)
+    pipeline = make(conn, tmp_path)
+    first = pipeline.ingest(raw, BCC)
+    second = pipeline.ingest(raw, Provenance("imap", NOW, inbox="ada", folder="Sent", uid=9))
+    assert (first.status, second.status) == ("logged", "duplicate")
+    assert first.key == second.key and first.key.startswith("sha256:")
+    (item,) = queries.timeline(conn, "carol@acme.com")
+    assert item["sources"] == ["bcc", "imap:ada/Sent"]
+
+
+@pytest.mark.parametrize(
+    "other", ["spouse@example.net", "x@mail.partner.example", "Y@PARTNER.EXAMPLE"]
+)
+def test_never_log_participant_logs_nothing(conn, tmp_path, other) -> None:
+    outcome = make(conn, tmp_path).ingest(message(cc=other), BCC)
+    assert outcome.status == "skipped"
+    assert queries.counts(conn) == dict.fromkeys(queries.counts(conn), 0)
+
+
+def test_broken_messages_quarantined_with_reasons_and_retried(conn, tmp_path) -> None:
+    pipeline = make(conn, tmp_path)
+    outcomes = pipeline.ingest_batch([(b"", BCC), (b"\r\n\r\njust a body", BCC), (message(), BCC)])
+    assert [o.status for o in outcomes] == ["quarantined", "quarantined", "logged"]
+    listed = queries.quarantine_list(conn)
+    assert [q["reason"] for q in listed] == ["empty message", "no header fields: not an email"]
+    assert all(q["source"] == "bcc" for q in listed)
+    # A message quarantined by an earlier failure logs when retried, and leaves.
+    with db.transaction(conn):
+        store.quarantine(conn, message(msgid="<later@x>"), BCC, "store was locked")
+    results = pipeline.retry_quarantined()
+    assert [o.status for _id, o in results] == ["quarantined", "quarantined", "logged"]
+    assert [q["attempts"] for q in queries.quarantine_list(conn)] == [2, 2]
+    assert count(conn, "emails") == 2
+
+
+def test_import_twice_gives_the_same_store(conn, tmp_path) -> None:
+    corpus = list(generate(120, seed=3))
+    provenance = Provenance("import", NOW, owner=ADA)
+    pipeline = make(conn, tmp_path, max_attachment_bytes=None)
+    first = pipeline.ingest_batch([(raw, provenance) for raw, _ in corpus])
+    after_first = queries.counts(conn)
+    second = pipeline.ingest_batch([(raw, provenance) for raw, _ in corpus])
+    assert queries.counts(conn) == after_first
+    assert {o.status for o in second} <= {"duplicate", "skipped"}
+    assert sum(o.status == "logged" for o in first) == after_first["emails"] > 100
+
+
+def test_parser_pool_gives_the_same_outcomes_as_in_process(tmp_path) -> None:
+    corpus = [*generate(250, seed=5), (b"", NOW)]
+    provenance = Provenance("import", NOW, owner=ADA)
+    results = []
+    for workers in (0, 2):
+        connection = db.connect(tmp_path / f"w{workers}.sqlite3")
+        with Pipeline(connection, rules(), attachments_dir=tmp_path / "a",
+                      max_attachment_bytes=None, workers=workers) as pipeline:  # fmt: skip
+            results.append(pipeline.ingest_batch([(raw, provenance) for raw, _ in corpus]))
+            results.append(queries.counts(connection))
+        connection.close()
+    assert results[0] == results[2] and results[1] == results[3]
+
+
+def test_timeline_newest_first_and_records_follow(conn, tmp_path) -> None:
+    pipeline = make(conn, tmp_path)
+    pipeline.ingest(message(msgid="<old@x>", date="Mon, 01 Jan 2024 10:00:00 +0000"), BCC)
+    pipeline.ingest(
+        message("carol@acme.com", ADA, msgid="<new@x>", date="Fri, 01 Mar 2024 10:00:00 +0000"),
+        Provenance("imap", NOW, inbox="ada", folder="INBOX", uid=4),
+    )
+    pipeline.ingest(message(msgid="<mid@x>", date="Thu, 01 Feb 2024 10:00:00 +0000"), BCC)
+    items = queries.timeline(conn, "carol@acme.com")
+    assert [i["message_id"] for i in items] == ["new@x", "mid@x", "old@x"]
+    assert [i["direction"] for i in items] == ["incoming", "outgoing", "outgoing"]
+    assert items[0]["associations"]["companies"] == ["acme.com"]
+    contact = queries.contact_show(conn, "carol@acme.com")
+    assert contact["owner"] == ADA and contact["lifecycle_stage"] == "lead"
+    assert contact["name"] == "Carol Jones" and contact["marketing"] is False
+    assert contact["last_contacted"] == "2024-02-01T10:00:00Z"  # the latest outgoing
+    assert contact["last_activity"] == "2024-03-01T10:00:00Z"
+
+
+def test_search_finds_new_mail_at_once(conn, tmp_path) -> None:
+    pipeline = make(conn, tmp_path)
+    pipeline.ingest(message(subject="Quarterly zeppelin order", body="about the blimp"), BCC)
+    (hit,) = queries.search(conn, "zeppelin")
+    assert hit["message_id"] == "m1@example.com" and hit["from"] == ADA
+    assert queries.search(conn, "blimp")[0]["snippet"] == "about the [blimp]"
+    assert queries.search(conn, "carol@acme.com")[0]["subject"] == "Quarterly zeppelin order"
+    assert queries.search(conn, 'AND OR "( NEAR') == []  # operators are words, not syntax
+
+
+def test_deal_stage_effects(conn, tmp_path) -> None:
+    make(conn, tmp_path).ingest(message(to="carol@acme.com, dan@acme.com"), BCC)
+    deals = rules().pipelines.deals
+    with db.transaction(conn):
+        carol = records.contact_ids_for(conn, ["carol@acme.com"])
+        won = records.create_deal(conn, deals, "Won", carol, amount=10)
+        lost = records.create_deal(
+            conn, deals, "Lost", records.contact_ids_for(conn, ["dan@acme.com"])
+        )
+
+    def stages() -> tuple[str, str, str]:
+        company = conn.execute("SELECT lifecycle_stage FROM companies").fetchone()[0]
+        people = {c["email"]: c["lifecycle_stage"] for c in queries.contacts_list(conn)}
+        return people["carol@acme.com"], people["dan@acme.com"], company
+
+    assert stages() == ("opportunity", "opportunity", "lead")
+    with db.transaction(conn):
+        records.set_deal_stage(conn, deals, lost, "closedlost")
+    assert stages() == ("opportunity", "opportunity", "lead")
+    with db.transaction(conn):
+        records.set_deal_stage(conn, deals, won, "closedwon")
+    assert stages() == ("customer", "opportunity", "customer")
+    with db.transaction(conn):
+        records.set_deal_stage(conn, deals, won, "qualifiedtobuy")  # stages never go back
+    assert stages() == ("customer", "opportunity", "customer")
+
+
+def test_mail_is_associated_with_recent_open_deals_and_tickets(conn, tmp_path) -> None:
+    pipeline = make(conn, tmp_path, max_deals=2)
+    pipeline.ingest(message(msgid="<first@x>"), BCC)
+    with db.transaction(conn):
+        ids = records.contact_ids_for(conn, ["carol@acme.com"])
+        deals = [records.create_deal(conn, rules().pipelines.deals, f"d{i}", ids) for i in range(4)]
+        records.set_deal_stage(conn, rules().pipelines.deals, deals[3], "closedlost")
+        ticket = records.create_ticket(conn, rules().pipelines.tickets, "help", ids)
+    pipeline.ingest(message(msgid="<second@x>"), BCC)
+    newest = queries.timeline(conn, "carol@acme.com")[0]
+    assert newest["associations"]["deals"] == sorted(deals[1:3])
+    assert newest["associations"]["tickets"] == [ticket]
+
+
+def test_engagement_cap_stops_associations_not_storage(conn, tmp_path) -> None:
+    pipeline = make(conn, tmp_path, max_engagements_per_record=2)
+    for n in range(3):
+        pipeline.ingest(message(msgid=f"<cap{n}@x>"), BCC)
+    assert count(conn, "emails") == 3
+    assert len(queries.timeline(conn, "carol@acme.com")) == 2
+    assert count(conn, "engagement_companies") == 2
+
+
+def test_attachments_stored_once_and_oversized_not_stored(conn, tmp_path) -> None:
+    pipeline = make(conn, tmp_path, max_attachment_bytes=1000)
+    small, big = b"%PDF small " * 20, b"%PDF big " * 500
+    pipeline.ingest(with_attachment("<a1@x>", small, name="../../etc/passwd"), BCC)
+    pipeline.ingest(with_attachment("<a2@x>", small, name="copy.pdf"), BCC)
+    pipeline.ingest(with_attachment("<a3@x>", big), BCC)
+    files = sorted(p for p in (tmp_path / "store" / "attachments").rglob("*") if p.is_file())
+    assert len(files) == 1 and files[0].read_bytes() == small
+    assert files[0].parent.parent.parent == tmp_path / "store" / "attachments"
+    items = {i["message_id"]: i["attachments"][0] for i in queries.timeline(conn, "carol@acme.com")}
+    assert items["a1@x"]["filename"] == "../../etc/passwd"  # metadata only, never a path
+    assert items["a1@x"]["stored"] and items["a2@x"]["stored"]
+    assert not items["a3@x"]["stored"] and "max_attachment_mb" in items["a3@x"]["note"]
+    assert items["a3@x"]["size"] == len(big)
+
+
+def test_raw_bytes_kept_exactly_and_attachments_not_twice(conn, tmp_path) -> None:
+    corpus = [raw for raw, _ in generate(150, seed=2)]
+    corpus.append(with_attachment("<crlf@x>", bytes(range(256)) * 40))
+    pipeline = make(conn, tmp_path, max_attachment_bytes=None)
+    outcomes = pipeline.ingest_batch(
+        [(raw, Provenance("import", NOW, owner=ADA)) for raw in corpus]
+    )
+    by_key = {o.key: raw for o, raw in zip(outcomes, corpus, strict=True) if o.status == "logged"}
+    rows = conn.execute("SELECT engagement_id, message_key FROM emails").fetchall()
+    attachments = tmp_path / "store" / "attachments"
+    assert len(rows) == len(by_key) > 140
+    for engagement_id, key in rows:
+        assert raw_message(conn, engagement_id, attachments) == by_key[key]
+    kept = conn.execute("SELECT sum(length(raw)) FROM raw_messages").fetchone()[0]
+    assert kept < 0.6 * sum(map(len, by_key.values()))  # attachments' base64 is cut out
+
+
+def test_on_commit_runs_inside_the_batch_transaction(conn, tmp_path) -> None:
+    pipeline = make(conn, tmp_path)
+    seen: list[int] = []
+    pipeline.ingest_batch([(message(), BCC)], on_commit=lambda c: seen.append(count(c, "emails")))
+    assert seen == [1]
+
+    def fail(_c: sqlite3.Connection) -> None:
+        raise RuntimeError("checkpoint failed")
+
+    with pytest.raises(RuntimeError):
+        pipeline.ingest_batch([(message(msgid="<rolled@x>"), BCC)], on_commit=fail)
+    assert count(conn, "emails") == 1 and count(conn, "contacts") == 1
+
+
+def test_erase_leaves_no_byte_of_the_address(conn, tmp_path) -> None:
+    pipeline = make(conn, tmp_path, max_attachment_bytes=100_000)
+    pipeline.ingest(message(to="Carol <carol@acme.com>", body="write to carol@acme.com"), BCC)
+    pipeline.ingest(
+        message(
+            to="carol@acme.com, dan@other.org", msgid="<shared@x>", subject="cc CAROL@acme.com"
+        ),
+        BCC,
+    )
+    pipeline.ingest(with_attachment("<att@x>", b"only for carol " * 50), BCC)
+    pipeline.ingest(b"\r\n\r\nfrom carol@acme.com", BCC)  # quarantined, names her
+    with db.transaction(conn):
+        contact = records.contact_ids_for(conn, ["carol@acme.com"])
+        records.add_note(conn, contact[0], "met carol@acme.com", cap=10)
+        records.create_deal(conn, rules().pipelines.deals, "carol@acme.com renewal", contact)
+    report = erase(conn, "carol@acme.com", tmp_path / "store" / "attachments")
+    assert (report.contacts, report.deleted, report.redacted) == (1, 3, 1)  # 2 emails, 1 note
+    assert report.quarantined == 1 and report.files == 1 and not report.wal_busy
+    assert scan([tmp_path / "store"], "carol@acme.com") == []
+    assert scan([tmp_path / "store"], "dan@other.org") != []  # the other contact stays
+    (left,) = queries.timeline(conn, "dan@other.org")
+    assert left["to"] == ["dan@other.org"] and left["subject"] == "cc [erased]"
+    assert queries.search(conn, "carol") == []
+
+
+def test_newer_store_is_refused(tmp_path) -> None:
+    path = tmp_path / "new.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.execute(f"PRAGMA user_version = {db.latest_version() + 1}")
+    raw.close()
+    with pytest.raises(StoreError, match="written by a newer syncd"):
+        db.connect(path)

@@ -1,0 +1,130 @@
+"""`syncd sync` and `syncd run` against a real Dovecot and a real store file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from tests.integration.conftest import ImapUser
+
+NOW = datetime.now(UTC)
+
+
+def message(n: int, frm: str = "carol@client.example") -> bytes:
+    return (
+        f"From: Carol <{frm}>\r\nTo: ada@example.com\r\nSubject: hello {n}\r\n"
+        f"Message-ID: <sync{n}@client.example>\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n\r\n"
+        f"body {n}\r\n"
+    ).encode()
+
+
+def write_config(tmp_path: Path, user: ImapUser, **sync: object) -> Path:
+    sync_cfg = {"from": "1m", "folders": ["INBOX", "Archive"], "create_contacts": True,
+                "poll_interval": "1h", **sync}  # fmt: skip
+    config = {
+        "team": [{"name": "Ada", "email": "ada@example.com"}],
+        "inboxes": [{
+            "name": "ada", "kind": "personal", "owner": "ada@example.com",
+            "imap": {"host": "127.0.0.1", "port": user.server.port, "security": "none",
+                     "username": user.name, "password": user.password, "timeout": "10s"},
+            "sync": sync_cfg,
+        }],
+    }  # fmt: skip
+    path = tmp_path / "syncd.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    path.chmod(0o600)
+    return path
+
+
+def syncd(tmp_path: Path, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", "--config", str(config), *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def engagements(tmp_path: Path) -> int:
+    with sqlite3.connect(tmp_path / "var" / "syncd.sqlite3") as conn:
+        return conn.execute("SELECT count(*) FROM emails").fetchone()[0]
+
+
+def test_sync_json_counts_and_rerun_logs_nothing(tmp_path: Path, imap_user: ImapUser) -> None:
+    for n in range(3):
+        imap_user.append("INBOX", message(n), NOW - timedelta(days=1))
+    imap_user.append("Archive", message(0), NOW - timedelta(days=1))  # same mail, two folders
+    imap_user.append("INBOX", message(9), NOW - timedelta(days=90))  # before the window
+    config = write_config(tmp_path, imap_user)
+
+    dry = syncd(tmp_path, config, "sync", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    folders = json.loads(dry.stdout)["inboxes"][0]["folders"]
+    assert {f["name"]: f["would_fetch"] for f in folders} == {"INBOX": 3, "Archive": 1}
+    assert not (tmp_path / "var" / "syncd.sqlite3").exists() or engagements(tmp_path) == 0
+
+    first = syncd(tmp_path, config, "sync", "--json")
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert (report["logged"], report["duplicates"]) == (3, 1)
+    assert engagements(tmp_path) == 3
+
+    again = json.loads(syncd(tmp_path, config, "sync", "--json").stdout)
+    assert (again["logged"], again["duplicates"]) == (0, 0)
+
+    status = syncd(tmp_path, config, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    (inbox,) = json.loads(status.stdout)["inboxes"]
+    assert inbox["state"] == "ok"
+    assert {f["name"]: f["logged"] for f in inbox["folders"]} == {"INBOX": 3, "Archive": 0}
+
+
+def test_sync_unknown_inbox_and_bad_password(tmp_path: Path, imap_user: ImapUser) -> None:
+    config = write_config(tmp_path, imap_user)
+    assert syncd(tmp_path, config, "sync", "--inbox", "nope").returncode == 2
+    config.write_text(config.read_text().replace(imap_user.password, "wrong-password"))
+    result = syncd(tmp_path, config, "sync", "--json")
+    assert result.returncode == 69
+    assert json.loads(result.stdout)["inboxes"][0]["state"] == "auth_failed"
+    assert "wrong-password" not in result.stdout + result.stderr
+
+
+def test_daemon_logs_new_mail_within_seconds_by_idle(tmp_path: Path, imap_user: ImapUser) -> None:
+    config = write_config(tmp_path, imap_user, folders=["INBOX"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "--config", str(config), "run"],
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            store = tmp_path / "var" / "syncd.sqlite3"
+            if store.exists() and _has_table(store, "sync_inboxes") and _synced(store):
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)  # let the thread enter IDLE
+        imap_user.append("INBOX", message(42), NOW)
+        started = time.monotonic()
+        while engagements(tmp_path) < 1:
+            assert time.monotonic() - started < 10, "new mail not logged within 10 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def _has_table(store: Path, name: str) -> bool:
+    with sqlite3.connect(store) as conn:
+        return bool(conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone())
+
+
+def _synced(store: Path) -> bool:
+    with sqlite3.connect(store) as conn:
+        return bool(conn.execute("SELECT 1 FROM sync_inboxes WHERE inbox = 'ada'").fetchone())

@@ -1,0 +1,294 @@
+"""Tables for the BCC endpoint's pure decisions: paths, headers, senders, alignment, retries."""
+
+from __future__ import annotations
+
+import pytest
+
+from syncd.outbound.relay import Delivery, backoff, plan
+from syncd.sources.senders import (
+    MAX_RECIPIENTS,
+    RELAY_DENIED,
+    TOO_MANY_RCPTS,
+    SenderDirectory,
+    SenderPolicy,
+    aligned,
+    auth_verdict,
+    check_from,
+    dkim_verdict,
+    from_addresses,
+    header_block,
+    plain_path,
+    recipient_reply,
+    spf_verdict,
+)
+
+ALLOWED = frozenset({"log@crm.example.com"})
+DIRECTORY = SenderDirectory(
+    {
+        "ada@example.com": frozenset({"ada@example.com", "a.lovelace@example.com"}),
+        "bob@example.com": frozenset({"bob@example.com"}),
+    },
+    frozenset({"support@example.com"}),
+)
+
+
+@pytest.mark.parametrize(
+    ("arg", "expected"),
+    [
+        ("TO:<log@crm.example.com>", "log@crm.example.com"),
+        ("to:<Log@CRM.example.com>", "Log@CRM.example.com"),
+        ("TO: <log@crm.example.com> NOTIFY=NEVER", "log@crm.example.com"),
+        ("TO:log@crm.example.com", "log@crm.example.com"),
+        ("TO:<first.last+tag@crm.example.com>", "first.last+tag@crm.example.com"),
+        ("TO:<@relay.example:log@crm.example.com>", None),
+        ("TO:<@a.example,@b.example:log@crm.example.com>", None),
+        ("TO:<log%other.example@crm.example.com>", None),
+        ('TO:<"log"@crm.example.com>', None),
+        ('TO:<"log@crm.example.com"@evil.example>', None),
+        ("TO:<log(comment)@crm.example.com>", None),
+        ("TO:<log@[127.0.0.1]>", None),
+        ("TO:<log!evil.example@crm.example.com>", None),
+        ("TO:<log@crm.example.com@evil.example>", None),
+        ("TO:<log@crm.example.com.>", None),
+        ("TO:<.log@crm.example.com>", None),
+        ("TO:<log..x@crm.example.com>", None),
+        ("TO:<log@crm.example.com", None),
+        ("TO:log@crm.example.com>", None),
+        ("TO:<>", None),
+        ("TO:<log@localhost>", None),
+        ("TO:<log\x00@crm.example.com>", None),
+        ("FROM:<log@crm.example.com>", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_plain_path(arg: str | None, expected: str | None) -> None:
+    assert plain_path(arg, "TO:") == expected
+
+
+@pytest.mark.parametrize(
+    ("arg", "accepted", "reply"),
+    [
+        ("TO:<log@crm.example.com>", 0, None),
+        ("TO:<LOG@Crm.Example.COM>", 0, None),
+        ("TO:<log@crm.example.com>", MAX_RECIPIENTS - 1, None),
+        ("TO:<log@crm.example.com>", MAX_RECIPIENTS, TOO_MANY_RCPTS),
+        ("TO:<bob@other.example>", 0, RELAY_DENIED),
+        ("TO:<logs@crm.example.com>", 0, RELAY_DENIED),
+        ("TO:<log@example.com>", 0, RELAY_DENIED),
+        ("TO:<log%x.example@crm.example.com>", 0, RELAY_DENIED),
+        ('TO:<"log"@crm.example.com>', 0, RELAY_DENIED),
+    ],
+)
+def test_recipient_reply(arg: str, accepted: int, reply: str | None) -> None:
+    assert recipient_reply(arg, ALLOWED, accepted) == reply
+
+
+def test_relay_reply_is_550_571() -> None:
+    assert RELAY_DENIED.startswith("550 5.7.1 ")
+    assert TOO_MANY_RCPTS.startswith("452 4.5.3 ")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"From: a@b.c\r\nSubject: x\r\n\r\nbody\r\n", b"From: a@b.c\r\nSubject: x\r\n"),
+        (b"From: a@b.c\nSubject: x\n\nbody\n", b"From: a@b.c\nSubject: x\n"),
+        (b"Subject: a\r\n  folded\r\n\r\nb", b"Subject: a\r\n  folded\r\n"),
+        (b"From: a@b.c\r\nnot a header line\r\nrest", b"From: a@b.c\r\n"),
+        (b"From: a@b.c\r\n", b"From: a@b.c\r\n"),
+        (b"\r\nbody only", b""),
+        (b"", b""),
+    ],
+)
+def test_header_block(raw: bytes, expected: bytes) -> None:
+    assert header_block(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (b"From: Ada <Ada@Example.COM>\r\n", ["ada@example.com"]),
+        (b"From: ada@example.com\r\n", ["ada@example.com"]),
+        (b"From: =?utf-8?q?Ad=C3=A1?= <ada@example.com>\r\n", ["ada@example.com"]),
+        (b'From: "Lovelace, Ada" <ada@example.com>\r\n', ["ada@example.com"]),
+        (b"From: a@x.example, b@y.example\r\n", ["a@x.example", "b@y.example"]),
+        (b"From: undisclosed\r\n", []),
+        (b"From: <>\r\n", []),
+        (b"Subject: no from\r\n", []),
+        (b"From: Ada \xff\xfe <ada@example.com>\r\n", ["ada@example.com"]),
+    ],
+)
+def test_from_addresses(headers: bytes, expected: list[str]) -> None:
+    assert from_addresses(headers) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "accepted", "owner", "reason"),
+    [
+        (b"From: ada@example.com\r\n", True, "ada@example.com", ""),
+        (b"From: A <a.lovelace@example.com>\r\n", True, "ada@example.com", ""),
+        (b"From: support@example.com\r\n", True, None, ""),
+        (b"From: eve@evil.example\r\n", False, None, "not a team member"),
+        (b"From: ada@example.com.evil.example\r\n", False, None, "not a team member"),
+        (b"Subject: x\r\n", False, None, "no readable From"),
+        (b"From: ada@example.com, eve@evil.example\r\n", False, None, "several senders"),
+    ],
+)
+def test_check_from(headers: bytes, accepted: bool, owner: str | None, reason: str) -> None:
+    decision = check_from(headers, DIRECTORY)
+    assert decision.accepted is accepted
+    if accepted:
+        assert decision.owner == owner
+    else:
+        assert decision.reply is not None and decision.reply.startswith("550 5.7.1 ")
+        assert reason in decision.reply
+
+
+@pytest.mark.parametrize(
+    ("member", "sender", "code"),
+    [
+        ("ada@example.com", "ada@example.com", None),
+        ("ada@example.com", "a.lovelace@example.com", None),
+        ("ada@example.com", "support@example.com", None),
+        ("ada@example.com", "bob@example.com", "550"),
+        (None, "ada@example.com", "530"),
+    ],
+)
+def test_auth_verdict(member: str | None, sender: str, code: str | None) -> None:
+    reply = auth_verdict(member, sender, DIRECTORY)
+    assert (reply[:3] if reply else None) == code
+
+
+@pytest.mark.parametrize(
+    ("result", "code"),
+    [
+        ("pass", None),
+        ("fail", "550"),
+        ("softfail", "550"),
+        ("neutral", "550"),
+        ("none", "550"),
+        ("permerror", "550"),
+        ("temperror", "451"),
+    ],
+)
+def test_spf_verdict(result: str, code: str | None) -> None:
+    reply = spf_verdict(result, "192.0.2.1", "ada@example.com")
+    assert (reply[:3] if reply else None) == code
+    if reply and code == "550":
+        assert "example.com" in reply and "192.0.2.1" in reply
+
+
+@pytest.mark.parametrize(
+    ("signer", "author", "ok"),
+    [
+        ("example.com", "example.com", True),
+        ("mail.example.com", "example.com", True),
+        ("example.com", "eu.example.com", True),
+        ("EXAMPLE.com.", "example.com", True),
+        ("example.co.uk", "shop.example.co.uk", True),
+        ("other.co.uk", "example.co.uk", False),
+        ("co.uk", "example.co.uk", False),
+        ("example.net", "example.com", False),
+        ("evil-example.com", "example.com", False),
+    ],
+)
+def test_aligned(signer: str, author: str, ok: bool) -> None:
+    assert aligned(signer, author) is ok
+
+
+@pytest.mark.parametrize(
+    ("domains", "temporary", "code"),
+    [
+        (["example.com"], False, None),
+        (["mail.example.com"], False, None),
+        (["other.example", "example.com"], False, None),
+        (["other.example"], False, "550"),
+        ([], False, "550"),
+        ([], True, "451"),
+    ],
+)
+def test_dkim_verdict(domains: list[str], temporary: bool, code: str | None) -> None:
+    reply = dkim_verdict(domains, temporary, "ada@example.com")
+    assert (reply[:3] if reply else None) == code
+
+
+def test_policy_uses_injected_checks() -> None:
+    spf_calls = []
+
+    def fake_spf(ip: str, sender: str, helo: str) -> tuple[str, str]:
+        spf_calls.append((ip, sender, helo))
+        return ("pass" if ip == "192.0.2.1" else "fail"), ""
+
+    policy = SenderPolicy("spf", DIRECTORY, spf_check=fake_spf)
+    headers = b"From: ada@example.com\r\n"
+    assert policy.check(headers, headers, peer_ip="192.0.2.1", helo="h", member=None).accepted
+    refused = policy.check(headers, headers, peer_ip="198.51.100.1", helo="h", member=None)
+    assert refused.reply and refused.reply.startswith("550 5.7.1 SPF")
+    assert spf_calls == [("192.0.2.1", "ada@example.com", "h")] * 1 + [
+        ("198.51.100.1", "ada@example.com", "h")
+    ]
+    # A sender outside the team never reaches DNS.
+    policy.check(b"From: eve@evil.example\r\n", b"", peer_ip="192.0.2.1", helo="", member=None)
+    assert len(spf_calls) == 2
+
+
+def test_directory_from_config_shapes() -> None:
+    class M:
+        def __init__(self, email: str, aliases: list[str]) -> None:
+            self.email, self.aliases = email, aliases
+
+    class Box:
+        def __init__(self, kind: str, owner: str | None, address: str) -> None:
+            self.kind, self.owner, self.address = kind, owner, address
+
+    directory = SenderDirectory.from_config(
+        [M("ada@example.com", ["a@example.com"])],
+        [
+            Box("personal", "ada@example.com", "ada@gmail.example"),
+            Box("team", None, "sales@x.example"),
+        ],
+    )
+    assert directory.owner_of("ada@gmail.example") == "ada@example.com"
+    assert directory.owner_of("a@example.com") == "ada@example.com"
+    assert directory.owner_of("sales@x.example") is None
+    assert directory.is_known("sales@x.example")
+    assert directory.may_send_as("ada@example.com", "sales@x.example")
+    assert not directory.is_known("bob@example.com")
+
+
+@pytest.mark.parametrize(
+    ("attempt", "seconds"),
+    [(0, 0), (1, 60), (2, 120), (3, 240), (6, 1920), (7, 3600), (50, 3600), (10**6, 3600)],
+)
+def test_backoff(attempt: int, seconds: float) -> None:
+    assert backoff(attempt) == seconds
+
+
+@pytest.mark.parametrize(
+    ("delivery", "attempts", "age", "action", "remaining"),
+    [
+        (Delivery(delivered=["a@x"]), 0, 0, "sent", []),
+        (Delivery(temporary={"a@x": "451"}), 0, 10, "retry", ["a@x"]),
+        (Delivery(temporary={"a@x": "451"}), 3, 10, "retry", ["a@x"]),
+        (Delivery(temporary={"a@x": "451"}), 3, 6 * 86400, "give_up", ["a@x"]),
+        (Delivery(permanent={"a@x": "550"}), 0, 10, "give_up", ["a@x"]),
+        (
+            Delivery(delivered=["b@x"], temporary={"a@x": "451"}, permanent={"c@x": "550"}),
+            0,
+            10,
+            "retry",
+            ["a@x"],
+        ),
+    ],
+)
+def test_plan(
+    delivery: Delivery, attempts: int, age: float, action: str, remaining: list[str]
+) -> None:
+    decision = plan(delivery, attempts=attempts, created_at=1000.0, now=1000.0 + age)
+    assert decision.action == action
+    assert decision.remaining == remaining
+    if action == "retry":
+        assert decision.next_attempt_at == 1000.0 + age + backoff(attempts + 1)
+    if action == "give_up":
+        assert decision.reason

@@ -1,0 +1,238 @@
+"""The CRM logging rules, table by table: participants, direction, never_log, contact
+creation and owners, legal basis, company domains, and settings built from a Config."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from syncd.config import Config
+from syncd.crm.model import ContactState
+from syncd.crm.rules import (
+    SKIP_NEVER_LOG,
+    SKIP_NO_CONTACTS,
+    SKIP_NO_PARTICIPANTS,
+    InboxRule,
+    RulesSettings,
+    plan,
+)
+from syncd.mail.parse import Address, Email
+from syncd.mail.provenance import Provenance
+
+NOW = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
+ADA, BOB = "ada@example.com", "bob@example.com"
+
+
+def settings(**overrides: object) -> RulesSettings:
+    base: dict[str, object] = {
+        "team": {ADA: ("a.lovelace@example.com",), BOB: ()},
+        "inboxes": (
+            InboxRule("ada", ADA, "personal", ADA, create_contacts=True),
+            InboxRule("support", "support@example.com", "team", None, create_contacts=True),
+            InboxRule("quiet", "sales@example.com", "team", None, create_contacts=False),
+        ),
+        "bcc_addresses": ("log@crm.example.com",),
+        "never_log": ("partner.example", "spouse@example.net"),
+    }
+    base.update(overrides)
+    return RulesSettings.build(**base)  # type: ignore[arg-type]
+
+
+def addr(text: str) -> Address:
+    name, _, email = text.rpartition(" ")
+    return Address(name, email.lower())
+
+
+def email(
+    sender: str | None,
+    to: tuple[str, ...] = (),
+    cc: tuple[str, ...] = (),
+    bcc: tuple[str, ...] = (),
+) -> Email:
+    return Email(
+        key="<k@x>", message_id="k@x", subject="s", date=NOW, date_missing=False,
+        from_=addr(sender) if sender else None,
+        to=tuple(map(addr, to)), cc=tuple(map(addr, cc)), bcc=tuple(map(addr, bcc)),
+        in_reply_to=None, references=(), gm_thrid=None, thread_key="t", text="",
+        size=10, attachments=(), defects=(),
+    )  # fmt: skip
+
+
+BCC = Provenance("bcc", NOW)
+IMPORT = Provenance("import", NOW)
+IMPORT_OWNED = Provenance("import", NOW, owner=BOB)
+
+
+def imap(inbox: str) -> Provenance:
+    return Provenance("imap", NOW, inbox=inbox, folder="INBOX", uid=1)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        # Team members, aliases, inbox and BCC addresses are never participants.
+        (email(ADA, ("Carol carol@acme.com",)), ("carol@acme.com",)),
+        (email("a.lovelace@example.com", ("carol@acme.com",), cc=(BOB,)), ("carol@acme.com",)),
+        (email("carol@acme.com", ("support@example.com",), bcc=("log@crm.example.com",)),
+         ("carol@acme.com",)),
+        # From, To, Cc, Bcc in that order, each address once, case folded.
+        (email("dan@acme.com", ("carol@acme.com",), ("eve@other.org",), ("CAROL@ACME.COM",)),
+         ("dan@acme.com", "carol@acme.com", "eve@other.org")),
+        (email(None, ("carol@acme.com",)), ("carol@acme.com",)),
+        (email(ADA, (BOB,)), ()),
+    ],
+)  # fmt: skip
+def test_participants(message: Email, expected: tuple[str, ...]) -> None:
+    assert plan(message, BCC, settings(), {}).participants == expected
+
+
+@pytest.mark.parametrize(
+    ("sender", "direction", "member"),
+    [
+        (ADA, "outgoing", ADA),
+        ("a.lovelace@example.com", "outgoing", ADA),  # alias -> the member
+        ("support@example.com", "outgoing", None),  # a team inbox sends for the team
+        ("carol@acme.com", "incoming", None),
+        (None, "incoming", None),
+    ],
+)
+def test_direction_and_sender(sender: str | None, direction: str, member: str | None) -> None:
+    result = plan(email(sender, ("zed@acme.com",)), BCC, settings(), {})
+    assert (result.direction, result.sender) == (direction, member)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        "spouse@example.net",
+        "SPOUSE@Example.NET",
+        "anyone@partner.example",
+        "anyone@mail.partner.example",  # subdomain of a never_log domain
+        "x@PARTNER.EXAMPLE",
+    ],
+)
+def test_never_log_skips_whole_email(other: str) -> None:
+    known = {"carol@acme.com": ContactState(1)}
+    result = plan(email(ADA, ("carol@acme.com",), cc=(other,)), BCC, settings(), known)
+    assert result.skip == SKIP_NEVER_LOG
+    assert result.contacts == ()
+
+
+@pytest.mark.parametrize("other", ["x@notpartner.example", "spouse@example.org", "a@example.net"])
+def test_never_log_does_not_overreach(other: str) -> None:
+    result = plan(email(ADA, (other,)), BCC, settings(), {})
+    assert result.skip is None
+
+
+def test_no_participants_is_skipped() -> None:
+    assert plan(email(ADA, (BOB,)), BCC, settings(), {}).skip == SKIP_NO_PARTICIPANTS
+
+
+@pytest.mark.parametrize(
+    ("provenance", "creates"),
+    [
+        (BCC, True),
+        (imap("ada"), True),
+        (imap("support"), True),
+        (imap("quiet"), False),  # team inbox without create_contacts
+        (imap("unknown"), False),
+        (IMPORT, False),  # import without --owner
+        (IMPORT_OWNED, True),
+    ],
+)
+def test_contact_creation_by_source(provenance: Provenance, creates: bool) -> None:
+    result = plan(email("carol@acme.com", ("ada@example.com",)), provenance, settings(), {})
+    if creates:
+        assert [(c.email, c.contact_id) for c in result.created] == [("carol@acme.com", None)]
+    else:
+        assert result.skip == SKIP_NO_CONTACTS
+
+
+@pytest.mark.parametrize(
+    ("message", "provenance", "owner"),
+    [
+        (email(BOB, ("carol@acme.com",)), BCC, BOB),  # outgoing: the sending member
+        (email("a.lovelace@example.com", ("carol@acme.com",)), IMPORT_OWNED, ADA),
+        (email("carol@acme.com", (ADA,)), imap("ada"), ADA),  # personal inbox owner
+        (email("carol@acme.com", ("support@example.com",)), imap("support"), None),
+        (email("carol@acme.com", (ADA,)), IMPORT_OWNED, BOB),  # incoming: --owner
+    ],
+)
+def test_new_contact_owner(message: Email, provenance: Provenance, owner: str | None) -> None:
+    (created,) = plan(message, provenance, settings(), {}).created
+    assert created.owner == owner
+
+
+def test_known_contacts_are_associated_once_and_names_kept() -> None:
+    known = {"carol@acme.com": ContactState(7), "c.alt@acme.com": ContactState(7)}
+    message = email(ADA, ("Carol C carol@acme.com", "c.alt@acme.com", "New Guy new@acme.com"))
+    result = plan(message, BCC, settings(), known)
+    assert [(c.email, c.contact_id, c.name) for c in result.contacts] == [
+        ("carol@acme.com", 7, "Carol C"),
+        ("new@acme.com", None, "New Guy"),
+    ]
+
+
+@pytest.mark.parametrize("provenance", [BCC, imap("ada"), IMPORT_OWNED])
+def test_legal_basis_gates_association_and_creation(provenance: Provenance) -> None:
+    known = {
+        "carol@acme.com": ContactState(1, legal_basis="consent"),
+        "dan@acme.com": ContactState(2, legal_basis=None),
+    }
+    message = email(ADA, ("carol@acme.com", "dan@acme.com", "new@acme.com"))
+    result = plan(message, provenance, settings(require_legal_basis=True), known)
+    assert [c.contact_id for c in result.contacts] == [1]
+    assert result.created == ()
+
+
+def test_legal_basis_with_no_qualifying_contact_skips() -> None:
+    known = {"dan@acme.com": ContactState(2)}
+    result = plan(email(ADA, ("dan@acme.com",)), BCC, settings(require_legal_basis=True), known)
+    assert result.skip == SKIP_NO_CONTACTS
+
+
+@pytest.mark.parametrize(
+    ("address", "domain"),
+    [
+        ("carol@acme.com", "acme.com"),
+        ("carol@mail.example.co.uk", "example.co.uk"),
+        ("carol@gmail.com", None),
+        ("carol@yahoo.co.uk", None),
+        ("carol@hotmail.fr", None),
+        ("carol@gmx.de", None),
+        ("carol@proton.me", None),
+    ],
+)
+def test_company_domain_per_contact(address: str, domain: str | None) -> None:
+    (contact,) = plan(email(ADA, (address,)), BCC, settings(), {}).contacts
+    assert contact.company_domain == domain
+
+
+def test_settings_from_config() -> None:
+    config = Config.from_mapping(
+        {
+            "store": {"max_engagements_per_record": 3},
+            "team": [{"name": "Ada", "email": "Ada@Example.com", "aliases": ["al@example.com"]}],
+            "inboxes": [
+                {
+                    "name": "ada",
+                    "kind": "personal",
+                    "owner": "ada@example.com",
+                    "imap": {"host": "localhost", "username": "ada", "password": "x"},
+                    "sync": {"create_contacts": True},
+                }
+            ],
+            "logging": {"never_log": ["Partner.example"], "associate": {"max_deals": 2}},
+            "privacy": {"require_legal_basis": True},
+            "pipelines": {"tickets": {"open": ["new", "triage"], "closed": "done"}},
+        }
+    )
+    built = RulesSettings.from_config(config)
+    assert built.team == {ADA: ADA, "al@example.com": ADA}
+    assert built.inboxes == (InboxRule("ada", ADA, "personal", ADA, True),)
+    assert built.never_log_domains == ("partner.example",)
+    assert (built.max_deals, built.max_tickets, built.max_engagements_per_record) == (2, 5, 3)
+    assert built.require_legal_basis is True
+    assert built.pipelines.tickets.statuses == ("new", "triage", "done")
+    assert built.pipelines.deals.won == "closedwon"

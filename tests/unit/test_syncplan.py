@@ -1,0 +1,283 @@
+"""Table tests of the IMAP sync decisions in syncd.sources.syncplan."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+
+import pytest
+
+from syncd.sources import syncplan
+from syncd.sources.syncplan import Action, FolderCheckpoint, FolderStatus
+
+NOW = datetime(2024, 5, 31, 15, 30, tzinfo=UTC)
+CET = timezone(timedelta(hours=2))
+
+
+@pytest.mark.parametrize(
+    ("from_", "started", "expected"),
+    [
+        ("now", NOW, NOW),
+        ("1m", NOW, datetime(2024, 4, 30, tzinfo=UTC)),  # May 31 -> April has 30 days
+        ("3m", NOW, datetime(2024, 2, 29, tzinfo=UTC)),  # leap year clamp
+        ("6m", NOW, datetime(2023, 11, 30, tzinfo=UTC)),
+        ("1y", NOW, datetime(2023, 5, 31, tzinfo=UTC)),
+        ("1y", datetime(2024, 2, 29, 8, tzinfo=UTC), datetime(2023, 2, 28, tzinfo=UTC)),
+        ("1m", datetime(2024, 1, 15, tzinfo=UTC), datetime(2023, 12, 15, tzinfo=UTC)),
+        ("2023-07-04", NOW, datetime(2023, 7, 4, tzinfo=UTC)),
+        ("1m", datetime(2024, 3, 10, 1, tzinfo=CET), datetime(2024, 2, 10, tzinfo=CET)),
+    ],
+)
+def test_window_start(from_: str, started: datetime, expected: datetime) -> None:
+    assert syncplan.window_start(from_, started) == expected
+
+
+@pytest.mark.parametrize("bad", ["two weeks", "2024-13-01", ""])
+def test_window_start_refuses_bad_from(bad: str) -> None:
+    with pytest.raises(ValueError):
+        syncplan.window_start(bad, NOW)
+
+
+def test_window_start_needs_aware_instant() -> None:
+    with pytest.raises(ValueError):
+        syncplan.window_start("1m", datetime(2024, 1, 1))
+
+
+@pytest.mark.parametrize(
+    ("start", "since"),
+    [
+        (datetime(2024, 3, 1, tzinfo=UTC), date(2024, 2, 29)),
+        (datetime(2024, 3, 1, 1, tzinfo=CET), date(2024, 2, 28)),  # 2024-02-29T23:00Z
+        (datetime(2024, 1, 1, 12, tzinfo=UTC), date(2023, 12, 31)),
+    ],
+)
+def test_search_since_is_the_day_before(start: datetime, since: date) -> None:
+    assert syncplan.search_since(start) == since
+
+
+def cp(**kw: object) -> FolderCheckpoint:
+    base = {"inbox": "ada", "folder": "INBOX", "uidvalidity": 7, "last_uid": 10}
+    base.update(initial_done=True, initial_started=NOW - timedelta(days=3))
+    base.update(kw)
+    return FolderCheckpoint(**base)  # type: ignore[arg-type]
+
+
+EARLIER = NOW - timedelta(days=3)
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "status", "people", "action", "after", "top", "people_before", "rescan"),
+    [
+        # first sync: the past scan up to UIDNEXT-1, people filter for mail before now
+        (None, FolderStatus(7, 51), "contacts", Action.INITIAL, 0, 50, NOW, False),
+        (None, FolderStatus(7, 51), "all", Action.INITIAL, 0, 50, None, False),
+        (None, FolderStatus(7, 1), "all", Action.INITIAL, 0, 0, None, False),  # empty folder
+        # resumed past scan keeps its start instant (window and people cut-off)
+        (cp(initial_done=False), FolderStatus(7, 51), "contacts", Action.INITIAL, 10, 50,
+         EARLIER, False),
+        # live: up to date, or new UIDs without any filter
+        (cp(), FolderStatus(7, 11), "contacts", Action.NOTHING, 10, 10, None, False),
+        (cp(), FolderStatus(7, 5), "all", Action.NOTHING, 10, 10, None, False),  # expunged
+        (cp(), FolderStatus(7, 15), "contacts", Action.INCREMENTAL, 10, 14, None, False),
+        # UIDVALIDITY changed: scan again from UID 1, people cut at the first sync's start
+        (cp(), FolderStatus(8, 4), "contacts", Action.INITIAL, 0, 3, EARLIER, True),
+        (cp(), FolderStatus(8, 4), "all", Action.INITIAL, 0, 3, None, True),
+    ],
+)  # fmt: skip
+def test_plan_folder(
+    checkpoint: FolderCheckpoint | None,
+    status: FolderStatus,
+    people: str,
+    action: Action,
+    after: int,
+    top: int,
+    people_before: datetime | None,
+    rescan: bool,
+) -> None:
+    plan = syncplan.plan_folder(
+        checkpoint, status, inbox="ada", folder="INBOX", from_="3m", people=people, now=NOW
+    )
+    assert (plan.action, plan.after_uid, plan.scan_top) == (action, after, top)
+    assert plan.people_before == people_before
+    assert plan.rescan is rescan
+    assert plan.base.uidvalidity == status.uidvalidity
+
+
+def test_initial_window_comes_from_the_first_start() -> None:
+    plan = syncplan.plan_folder(
+        cp(initial_done=False), FolderStatus(7, 20), inbox="ada", folder="INBOX",
+        from_="1m", people="all", now=NOW,
+    )  # fmt: skip
+    assert plan.window_start == datetime(2024, 4, 28, tzinfo=UTC)
+    assert plan.since == date(2024, 4, 27)
+    incremental = syncplan.plan_folder(
+        cp(), FolderStatus(7, 20), inbox="ada", folder="INBOX", from_="1m", people="all", now=NOW
+    )
+    assert (incremental.since, incremental.window_start) == (None, None)
+
+
+def test_checkpoint_after_batches_and_the_last_one() -> None:
+    plan = syncplan.plan_folder(
+        None, FolderStatus(7, 101), inbox="ada", folder="INBOX", from_="1y", people="all", now=NOW
+    )
+    first = plan.checkpoint_after([3, 9, 4], last=False)
+    assert (first.last_uid, first.initial_done, first.initial_started) == (9, False, NOW)
+    # the scan reached UIDNEXT-1 even if the last wanted message had a lower UID
+    last = plan.checkpoint_after([20], last=True)
+    assert (last.last_uid, last.initial_done) == (100, True)
+    assert plan.checkpoint_after([], last=True).last_uid == 100
+
+
+def test_highestmodseq_follows_the_server() -> None:
+    plan = syncplan.plan_folder(
+        cp(highestmodseq=5), FolderStatus(7, 11, highestmodseq=9), inbox="ada",
+        folder="INBOX", from_="3m", people="all", now=NOW,
+    )  # fmt: skip
+    assert plan.action is Action.NOTHING and plan.base.highestmodseq == 9
+
+
+@pytest.mark.parametrize(
+    ("internal", "expected"),
+    [
+        (datetime(2024, 2, 29, 0, 0, tzinfo=UTC), True),
+        (datetime(2024, 2, 28, 23, 59, 59, tzinfo=UTC), False),
+        (datetime(2024, 2, 29, 1, 30, tzinfo=CET), False),  # 23:30Z the day before
+        (datetime(2024, 2, 28, 22, 0, tzinfo=timezone(timedelta(hours=-3))), True),
+        (None, True),
+    ],
+)
+def test_in_window_is_exact(internal: datetime | None, expected: bool) -> None:
+    plan = syncplan.plan_folder(
+        None, FolderStatus(1, 2), inbox="a", folder="INBOX", from_="3m", people="all", now=NOW
+    )
+    assert syncplan.in_window(internal, plan) is expected
+
+
+def test_people_check_only_for_mail_before_the_start() -> None:
+    plan = syncplan.plan_folder(
+        None, FolderStatus(1, 2), inbox="a", folder="INBOX", from_="3m", people="contacts",
+        now=NOW,
+    )  # fmt: skip
+    assert syncplan.needs_people_check(NOW - timedelta(seconds=1), plan)
+    assert not syncplan.needs_people_check(NOW, plan)
+    assert syncplan.needs_people_check(None, plan)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (b"From: Ann <ANN@x.example>\r\nTo: b@y.example, c@z.example\r\n\r\n",
+         {"ann@x.example", "b@y.example", "c@z.example"}),
+        (b"Cc: =?utf-8?q?J=C3=BCrgen?= <j@x.example>\r\nBcc: k@x.example\r\n\r\n",
+         {"j@x.example", "k@x.example"}),
+        (b"To: undisclosed-recipients:;\r\n\r\n", set()),
+        (b"From: \xff\xfe broken <ok@x.example>\r\n\r\n", {"ok@x.example"}),
+        (b"", set()),
+        (b"From: no address at all\r\n\r\n", set()),
+        (b"To: =?bogus-charset?q?x?= <p@x.example>\r\n\r\n", {"p@x.example"}),
+    ],
+)  # fmt: skip
+def test_participants(header: bytes, expected: set[str]) -> None:
+    assert syncplan.participants(header) == expected
+
+
+def test_involves_contact() -> None:
+    header = b"From: a@x.example\r\nTo: b@y.example\r\n\r\n"
+    assert syncplan.involves_contact(header, {"b@y.example"})
+    assert not syncplan.involves_contact(header, {"c@y.example"})
+    assert not syncplan.involves_contact(header, set())
+
+
+SPECIAL = [
+    ((b"\\HasNoChildren",), "INBOX"),
+    ((b"\\HasNoChildren", b"\\Junk"), "Spam Folder"),
+    ((b"\\Trash",), "Papelera de reciclaje"),
+    ((b"\\Sent",), "Sent"),
+    ((b"\\Noselect", b"\\HasChildren"), "[Gmail]"),
+    ((b"\\All",), "[Gmail]/All Mail"),
+    ((), "Projects/Acme"),
+    ((), "Entwürfe"),
+]
+NO_SPECIAL = [
+    ((), "Archive"),
+    ((), "INBOX.Junk"),
+    ((), "Trash"),
+    ((), "Deleted Items"),
+    ((), "INBOX"),
+    ((b"\\NonExistent",), "Gone"),
+]
+
+
+@pytest.mark.parametrize(
+    ("listing", "wanted", "folders", "missing"),
+    [
+        (SPECIAL, "all",
+         ("INBOX", "Sent", "[Gmail]/All Mail", "Projects/Acme", "Entwürfe"), ()),
+        (NO_SPECIAL, "all", ("INBOX", "Archive"), ()),
+        (SPECIAL, ["inbox", "Sent", "Nope", "[Gmail]"], ("INBOX", "Sent"), ("Nope", "[Gmail]")),
+        (SPECIAL, ["Spam Folder", "Entwürfe", "Entwürfe"], ("Spam Folder", "Entwürfe"), ()),
+        (SPECIAL, ["sent"], (), ("sent",)),  # only INBOX is case-insensitive
+        ([], "all", (), ()),
+    ],
+)  # fmt: skip
+def test_choose_folders(
+    listing: list, wanted: object, folders: tuple[str, ...], missing: tuple[str, ...]
+) -> None:
+    choice = syncplan.choose_folders(listing, wanted)  # type: ignore[arg-type]
+    assert choice.folders == folders
+    assert choice.missing == missing
+
+
+@pytest.mark.parametrize(
+    ("sizes", "count", "max_bytes", "expected"),
+    [
+        ([(1, 10), (2, 10), (3, 10)], 2, 100, [[1, 2], [3]]),
+        ([(1, 60), (2, 50), (3, 10)], 10, 100, [[1], [2, 3]]),
+        ([(1, 500), (2, 10)], 10, 100, [[1], [2]]),  # larger than a batch: alone
+        ([(1, 50), (2, 50), (3, 1)], 10, 100, [[1, 2], [3]]),
+        ([], 10, 100, []),
+    ],
+)
+def test_body_batches(
+    sizes: list[tuple[int, int]], count: int, max_bytes: int, expected: list[list[int]]
+) -> None:
+    assert list(syncplan.body_batches(sizes, max_count=count, max_bytes=max_bytes)) == expected
+
+
+def test_chunks() -> None:
+    assert list(syncplan.chunks([1, 2, 3, 4, 5], 2)) == [[1, 2], [3, 4], [5]]
+    assert list(syncplan.chunks([], 2)) == []
+
+
+@pytest.mark.parametrize(
+    ("attempt", "jitter", "expected"),
+    [(0, 0.0, 0.5), (0, 1.0, 1.0), (3, 1.0, 8.0), (3, 0.5, 6.0), (20, 1.0, 300.0), (-1, 1.0, 1.0)],
+)
+def test_backoff_delay(attempt: int, jitter: float, expected: float) -> None:
+    assert syncplan.backoff_delay(attempt, jitter) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("state", "failures", "expected"),
+    [
+        ("ok", 0, 300.0),
+        ("failed", 0, 5.0),
+        ("failed", 10, 300.0),  # capped at the poll interval
+        ("auth_failed", 0, 3600.0),  # never hammer a server that refused the password
+        ("auth_failed", 5, 6 * 3600.0),
+    ],
+)
+def test_inbox_retry_delay(state: str, failures: int, expected: float) -> None:
+    assert syncplan.inbox_retry_delay(state, failures, 1.0, poll_interval=300.0) == expected
+
+
+@pytest.mark.parametrize(
+    ("timeout", "expected"),
+    [(0, []), (60, [60.0]), (540, [540.0]), (1200, [540.0, 540.0, 120.0])],
+)
+def test_idle_slices_reissue_before_ten_minutes(timeout: float, expected: list[float]) -> None:
+    assert syncplan.idle_slices(timeout) == expected
+
+
+def test_count_outcomes() -> None:
+    counts = syncplan.count_outcomes(["logged", "duplicate", "skipped", "quarantined", "logged"])
+    assert counts == {"logged": 2, "duplicates": 1, "skipped": 1, "quarantined": 1}
