@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -106,41 +105,12 @@ def check_config(app: App, show: bool) -> None:
         click.echo(f"{app.config_path}: ok", err=True)
 
 
-def _later(name: str, issue: str) -> Callable[..., None]:
-    def command(**_: Any) -> None:
-        fail(f"'{name}' is not available in this version yet ({issue})", EX_USAGE)
-
-    return command
-
-
-def _register_pending() -> None:
-    """Commands whose engines land in later issues: described now, refusing plainly."""
-    pending: list[tuple[str, str, str, list[click.Parameter]]] = [
-        (
-            "doctor",
-            "Try each IMAP login, the BCC listener, DNS for the BCC domain and the store's "
-            "integrity; report what fails.",
-            "lands with the IMAP sync engine",
-            [],
-        ),
-    ]
-    for name, help_text, issue, params in pending:
-        if name not in main.commands:
-            main.add_command(
-                click.Command(name, callback=_later(name, issue), params=params, help=help_text)
-            )
-
-
 def _register_all() -> None:
-    for module_name in ("syncd.cli_records", "syncd.cli_daemon"):
-        try:
-            module = __import__(module_name, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(main)
-    _register_pending()
+    # Imported here, not at the top: the command modules import App and helpers from here.
+    from syncd import cli_daemon, cli_records
+
+    cli_records.register(main)
+    cli_daemon.register(main)
 
 
 _register_all()

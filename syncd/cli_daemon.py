@@ -1,4 +1,4 @@
-"""CLI commands that run syncd's engines: ``run``, ``sync``, ``status``.
+"""CLI commands that run syncd's engines: ``run``, ``sync``, ``status``, ``doctor``.
 
 ``run`` hands over to ``syncd.daemon``. ``status`` reads the store read-only from
 another process: the daemon's heartbeat row, per-inbox sync state, spool, outbox and
@@ -24,6 +24,7 @@ from syncd.cli import (
     emit_json,
     fail,
 )
+from syncd.doctor import run_checks
 from syncd.imapservice import inbox_pass
 from syncd.pipeline import Pipeline
 from syncd.store import daemonstate, db, spool, syncstate
@@ -195,7 +196,23 @@ def _print_status(report: dict[str, Any]) -> None:
     click.echo(f"quarantine: {report['quarantine']}")
 
 
+@click.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_obj
+def doctor(app: App, as_json: bool) -> None:
+    """Try each IMAP login, the BCC listener, DNS for the BCC domain and the store's
+    integrity; exit 1 if any check fails."""
+    checks = run_checks(app.config())
+    if as_json:
+        emit_json([c.as_json() for c in checks])
+    else:
+        for c in checks:
+            click.echo(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
+    sys.exit(0 if all(c.ok for c in checks) else EX_PROBLEMS)
+
+
 def register(group: click.Group) -> None:
     group.add_command(run)
     group.add_command(sync)
     group.add_command(status)
+    group.add_command(doctor)

@@ -128,3 +128,16 @@ def _has_table(store: Path, name: str) -> bool:
 def _synced(store: Path) -> bool:
     with sqlite3.connect(store) as conn:
         return bool(conn.execute("SELECT 1 FROM sync_inboxes WHERE inbox = 'ada'").fetchone())
+
+
+def test_doctor_tries_each_login_and_the_store(tmp_path: Path, imap_user: ImapUser) -> None:
+    config = write_config(tmp_path, imap_user)
+    result = syncd(tmp_path, config, "doctor", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    checks = {c["name"].split(" (")[0]: c for c in json.loads(result.stdout)}
+    assert checks["imap login ada"]["ok"] is True
+    config.write_text(config.read_text().replace(imap_user.password, "wrong-password"))
+    result = syncd(tmp_path, config, "doctor", "--json")
+    assert result.returncode == 1
+    (imap,) = [c for c in json.loads(result.stdout) if c["name"].startswith("imap")]
+    assert imap["ok"] is False and "wrong-password" not in result.stdout

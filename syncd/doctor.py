@@ -1,0 +1,90 @@
+"""``syncd doctor``: try each thing syncd depends on and say plainly what fails.
+
+Each check returns a ``Check`` (name, ok, detail) and never raises: an IMAP login per
+inbox, the BCC listener (is something answering SMTP there), DNS for each BCC
+logging domain (MX, else A/AAAA), and the store's integrity. Details never include
+a password.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import sqlite3
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import dns.exception
+import dns.resolver
+
+from syncd.config import Config, Inbox
+from syncd.errors import SyncdError
+from syncd.sources.imap_conn import connect
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_checks(config: Config) -> list[Check]:
+    checks = [check_imap(inbox) for inbox in config.inboxes]
+    if config.bcc is not None:
+        checks.append(check_listener(config.bcc.listen.host, config.bcc.listen.port))
+        for domain in sorted({a.rsplit("@", 1)[1] for a in config.bcc.addresses}):
+            checks.append(check_dns(domain))
+    checks.append(check_store(config))
+    return checks
+
+
+def check_imap(inbox: Inbox) -> Check:
+    name = f"imap login {inbox.name} ({inbox.imap.host}:{inbox.imap.port})"
+    try:
+        session = connect(inbox.name, inbox.imap, timeout=min(inbox.imap.timeout, 20.0))
+    except SyncdError as exc:
+        return Check(name, False, str(exc))
+    session.close()
+    return Check(name, True, "logged in")
+
+
+def check_listener(host: str, port: int) -> Check:
+    name = f"bcc listener {host}:{port}"
+    try:
+        with smtplib.SMTP(host, port, timeout=5) as smtp:
+            code, _ = smtp.noop()
+    except (OSError, smtplib.SMTPException) as exc:
+        return Check(name, False, f"no SMTP answer ({exc}); is `syncd run` running?")
+    return Check(name, code == 250, f"answers NOOP with {code}")
+
+
+def check_dns(domain: str) -> Check:
+    name = f"dns {domain}"
+    resolver = dns.resolver.Resolver()
+    resolver.lifetime = 5.0
+    for rdtype in ("MX", "A", "AAAA"):
+        try:
+            answer = resolver.resolve(domain, rdtype)
+        except (dns.exception.DNSException, OSError):
+            continue
+        return Check(name, True, f"{rdtype} {', '.join(sorted(str(r) for r in answer))}")
+    return Check(name, False, "no MX, A or AAAA record: senders cannot reach the logging address")
+
+
+def check_store(config: Config) -> Check:
+    path = config.store.path
+    name = f"store {path}"
+    if not path.exists():
+        return Check(name, True, "not created yet (created on first run)")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return Check(name, False, f"cannot read: {exc}")
+    return Check(name, result == "ok", "integrity ok" if result == "ok" else result)
