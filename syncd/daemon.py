@@ -28,8 +28,10 @@ from typing import Any, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from syncd.bccservice import BccService
 from syncd.config import Config
 from syncd.errors import ConfigError
+from syncd.imapservice import ImapService
 from syncd.sdnotify import Notifier
 from syncd.store import daemonstate
 from syncd.storeworker import StoreWorker
@@ -152,12 +154,8 @@ def _save_state(pipeline: Any, pid: int, started: str, state: str, detail: dict[
 def _build_services(config: Config, store: StoreWorker) -> list[Service]:
     services: list[Service] = []
     if config.bcc is not None:
-        from syncd.bccservice import BccService
-
         services.append(BccService(config, store))
     if config.inboxes:
-        from syncd.imapservice import ImapService
-
         services.append(ImapService(config, store))
     return services
 

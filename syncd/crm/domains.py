@@ -9,7 +9,7 @@ them. Pure: no I/O after the suffix list is loaded once.
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 
 from publicsuffixlist import PublicSuffixList
 
@@ -121,6 +121,7 @@ def domain_of(address: str) -> str:
     return domain.strip().rstrip(".").lower()
 
 
+@lru_cache(maxsize=65536)  # a team's mail comes from a few thousand domains, over and over
 def registrable_domain(domain: str) -> str | None:
     """``mail.example.co.uk`` -> ``example.co.uk``; None for a bare public suffix or ''."""
     domain = domain.strip().rstrip(".").lower()

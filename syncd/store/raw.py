@@ -12,7 +12,7 @@ stored, so their encoded bytes stay in the raw copy too.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import json
 import zlib
 from collections.abc import Iterable
@@ -26,15 +26,21 @@ _EOL = {"lf": b"\n", "crlf": b"\r\n"}
 _MIN_HOLE = 512  # shorter base64 bodies are not worth a file read on hydration
 
 
-def _wrap(encoded: bytes, width: int, eol: bytes) -> bytes:
+def _encode(data: bytes, width: int, eol: bytes) -> bytes:
+    """``data`` as base64 in lines of ``width`` characters joined by ``eol`` (no final eol)."""
+    encoded = memoryview(binascii.b2a_base64(data, newline=False))
     if width <= 0 or width >= len(encoded):
-        return encoded
-    return eol.join(encoded[i : i + width] for i in range(0, len(encoded), width))
+        return bytes(encoded)
+    return eol.join([encoded[i : i + width] for i in range(0, len(encoded), width)])
 
 
 def _locate(raw: bytes, data: bytes, start: int) -> tuple[int, int, int, str] | None:
-    """Where ``data``'s base64 text sits in ``raw`` (from ``start``), and its layout."""
-    encoded = base64.b64encode(data)
+    """Where ``data``'s base64 text sits in ``raw`` (from ``start``), and its layout.
+
+    The candidate is checked without building the wrapped text: its line breaks must sit
+    every ``width`` characters (an extended slice) and the text between them must be the
+    encoding of ``data``, so ``_encode`` gives back exactly these bytes."""
+    encoded = binascii.b2a_base64(data, newline=False)
     if len(encoded) < _MIN_HOLE:
         return None
     probe = encoded[:64]
@@ -42,12 +48,17 @@ def _locate(raw: bytes, data: bytes, start: int) -> tuple[int, int, int, str] | 
     while pos >= 0:
         newline = raw.find(b"\n", pos)
         newline = len(raw) if newline < 0 else newline
-        crlf = raw[newline - 1 : newline] == b"\r"
-        width = newline - pos - (1 if crlf else 0)
-        eol = "crlf" if crlf else "lf"
-        text = _wrap(encoded, width, _EOL[eol])
-        if raw.startswith(text, pos):
-            return pos, len(text), width, eol
+        eol = b"\r\n" if raw[newline - 1 : newline] == b"\r" else b"\n"
+        width = min(newline - pos - len(eol) + 1, len(encoded))
+        breaks = -(-len(encoded) // width) - 1
+        length = len(encoded) + breaks * len(eol)
+        segment = raw[pos : pos + length]
+        stride = width + len(eol)
+        if (
+            all(segment[width + i :: stride] == eol[i : i + 1] * breaks for i in range(len(eol)))
+            and segment.replace(eol, b"") == encoded
+        ):
+            return pos, length, width, "crlf" if eol == b"\r\n" else "lf"
         pos = raw.find(probe, pos + 1)
     return None
 
@@ -84,7 +95,7 @@ def hydrate(blob: bytes, holes: list[Any], attachments_dir: Path) -> bytes:
             data = blob_path(attachments_dir, digest).read_bytes()
         except OSError as exc:
             raise StoreError(f"raw copy incomplete: attachment {digest} is gone") from exc
-        out += _wrap(base64.b64encode(data), width, _EOL[eol])
+        out += _encode(data, width, _EOL[eol])
         removed += length
     out += blob[source:]
     return bytes(out)

@@ -85,3 +85,60 @@ def test_bad_config_at_start_exits_78(tmp_path: Path, notify: Notify) -> None:
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 78
     assert "team: Input should be a valid list" in stderr
+
+
+def bcc_config(port: int) -> str:
+    return (
+        MINIMAL
+        + f"bcc: {{listen: '127.0.0.1:{port}', addresses: [log@crm.example.com], "
+        + "verify_sender: none}\n"
+    )
+
+
+def bcc_message(n: int) -> bytes:
+    return (
+        f"From: Ada <ada@example.com>\r\nTo: client{n}@client{n}.example\r\n"
+        f"Subject: offer {n}\r\nMessage-ID: <kill{n}@example.com>\r\n\r\nbody {n}\r\n"
+    ).encode()
+
+
+def logged_ids(tmp_path: Path) -> set[str]:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "var" / "syncd.sqlite3") as conn:
+        return {row[0] for row in conn.execute("SELECT message_id FROM emails")}
+
+
+def test_sigkill_after_250s_loses_nothing(tmp_path: Path, notify: Notify) -> None:
+    import smtplib
+
+    from tests.integration.conftest import free_port
+
+    port = free_port()
+    proc = start(tmp_path, notify, bcc_config(port))
+    acknowledged: list[str] = []
+    try:
+        notify.wait_for("READY=1")
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            for n in range(40):
+                smtp.sendmail("ada@example.com", ["log@crm.example.com"], bcc_message(n))
+                acknowledged.append(f"kill{n}@example.com")
+        proc.send_signal(signal.SIGKILL)  # right after the last 250
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+        proc.communicate()
+
+    proc = start(tmp_path, notify, bcc_config(port))  # the restart drains the spool
+    try:
+        notify.wait_for("READY=1")
+        deadline = time.monotonic() + 15
+        while set(acknowledged) - logged_ids(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert set(acknowledged) <= logged_ids(tmp_path)
+        assert len(logged_ids(tmp_path)) == 40  # and nothing twice
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=25) == 0
+    finally:
+        proc.kill()
+        proc.communicate()

@@ -1,0 +1,178 @@
+"""The BCC endpoint wired to the store: listen, spool, drain into the CRM, forward copies.
+
+The endpoint answers 250 once a message is committed to the spool (``SpoolWriter``, its
+own connection with group commit). The store thread then drains the spool through the
+pipeline, a small batch at a time so the spool writer never waits long for the write
+lock; the spool row is deleted in the same transaction as the mail it became. Drains
+run at start (after a crash the spool still holds what was acknowledged), shortly
+after each accepted message, and every few seconds. extra_bcc copies leave from the
+durable outbox on a timer, in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from syncd.config import BccConfig, Config
+from syncd.outbound.relay import OutboxRunner, Relay, RelaySettings
+from syncd.pipeline import Pipeline
+from syncd.sources.bcc import (
+    BccHandler,
+    BccServer,
+    PasswordFiles,
+    ServerOptions,
+    start_server,
+    tls_context,
+)
+from syncd.sources.imap_conn import read_password
+from syncd.sources.senders import Dkim, PySpf, SenderDirectory, SenderPolicy
+from syncd.store import db, spool
+
+log = logging.getLogger("syncd.bcc")
+DRAIN_SECONDS = 2.0
+OUTBOX_SECONDS = 15.0
+STOP_GRACE_SECONDS = 10.0
+
+
+def sender_policy(config: Config) -> SenderPolicy:
+    assert config.bcc is not None
+    directory = SenderDirectory.from_config(config.team, config.inboxes)
+    mode = config.bcc.verify_sender
+    return SenderPolicy(
+        mode,
+        directory,
+        spf_check=PySpf() if mode == "spf" else None,
+        dkim_check=Dkim() if mode == "dkim" else None,
+    )
+
+
+def drain(pipeline: Pipeline, extra_bcc: list[str]) -> int:
+    """Everything spooled, through the pipeline; returns how many messages were taken."""
+    taken = 0
+    while True:
+        result = spool.drain_spool(pipeline.conn, pipeline.ingest_batch, extra_bcc=extra_bcc)
+        if result.taken == 0:
+            return taken
+        taken += result.taken
+
+
+class BccService:
+    """The daemon's BCC part."""
+
+    name = "bcc"
+
+    def __init__(self, config: Config, store: Any) -> None:
+        assert config.bcc is not None
+        self._config = config
+        self._bcc: BccConfig = config.bcc
+        self._store = store
+        self._writer = spool.SpoolWriter(config.store.path)
+        self._server: BccServer | None = None
+        self._handler: BccHandler | None = None
+        self._draining = False
+        self._state = "starting"
+        self._outbox_conn: sqlite3.Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self, scheduler: AsyncIOScheduler) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._store.run(lambda p: spool.abandon_held(p.conn))
+        await self._drain()
+        bcc = self._bcc
+        self._handler = BccHandler(
+            addresses=bcc.addresses,
+            policy=sender_policy(self._config),
+            spool=self._spool,
+            credentials=self._credentials(),
+            on_event=self._writer.count,
+        )
+        options = ServerOptions(
+            bcc.listen.host,
+            bcc.listen.port,
+            max_message_mb=bcc.max_message_mb,
+            tls=tls_context(bcc.tls.cert, bcc.tls.key) if bcc.tls else None,
+            require_tls=bcc.require_tls,
+        )
+        self._server = await start_server(self._handler, options)
+        self._state = "listening"
+        scheduler.add_job(self._drain, "interval", seconds=DRAIN_SECONDS, id="bcc-drain")
+        if bcc.relay is not None and bcc.extra_bcc:
+            scheduler.add_job(self._send_outbox, "interval", seconds=OUTBOX_SECONDS, id="outbox")
+
+    def _credentials(self) -> PasswordFiles | None:
+        if self._bcc.verify_sender != "auth":
+            return None
+        files = {m.email: m.smtp_password_file for m in self._config.team if m.smtp_password_file}
+        return PasswordFiles(
+            files, SenderDirectory.from_config(self._config.team, self._config.inboxes)
+        )
+
+    def _spool(self, raw: bytes, mail_from: str, peer_ip: str, owner: str | None = None) -> int:
+        """Called by the handler from a worker thread: commit, then nudge the drain."""
+        spool_id = self._writer(raw, mail_from, peer_ip, owner)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
+        return spool_id
+
+    async def _drain(self) -> None:
+        if self._draining:
+            return  # the running drain loops until the spool is empty
+        self._draining = True
+        try:
+            taken = await self._store.run(drain, list(self._bcc.extra_bcc))
+            if taken:
+                log.info("logged %d BCC message(s) from the spool", taken)
+        except Exception:
+            log.exception("draining the BCC spool failed; retrying in %.0f s", DRAIN_SECONDS)
+        finally:
+            self._draining = False
+
+    async def _send_outbox(self) -> None:
+        await asyncio.to_thread(self._send_outbox_now)
+
+    def _send_outbox_now(self) -> None:
+        relay = self._bcc.relay
+        assert relay is not None
+        if self._outbox_conn is None:
+            self._outbox_conn = db.connect(self._config.store.path)
+        settings = RelaySettings(relay.host, relay.port, relay.security, relay.username)
+        password = (lambda: read_password("relay", relay)) if relay.username else (lambda: None)
+        counts = OutboxRunner(spool.Outbox(self._outbox_conn), Relay(settings, password)).run_once()
+        if counts["give_up"]:
+            log.error(
+                "gave up forwarding %d extra_bcc copy(ies); see syncd status", counts["give_up"]
+            )
+
+    async def stop(self, deadline: float) -> None:
+        if self._server is not None:
+            grace = max(0.0, min(STOP_GRACE_SECONDS, deadline - time.monotonic()))
+            cut = await self._server.close(grace)
+            if cut:
+                log.warning("%d SMTP session(s) cut short at stop; senders will retry", cut)
+        self._state = "stopped"
+        if self._handler is not None:
+            await asyncio.to_thread(self._handler.close)
+        await asyncio.to_thread(self._writer.close)
+        await self._drain()  # what was acknowledged is logged now, or at the next start
+        if self._outbox_conn is not None:
+            self._outbox_conn.close()
+
+    def reconfigure(self, config: Config) -> None:
+        # New sender rules apply at once; a new listen address or TLS needs a restart.
+        if config.bcc is None or self._handler is None:
+            return
+        self._config, self._bcc = config, config.bcc
+        self._handler.policy = sender_policy(config)
+        self._handler.allowed = frozenset(a.lower() for a in config.bcc.addresses)
+
+    def status(self) -> dict[str, Any]:
+        return {"listen": str(self._bcc.listen), "state": self._state}
+
+    def summary(self) -> str:
+        return f"BCC endpoint on {self._bcc.listen}"
