@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
 
-from syncd import daemon
+from syncd import daemon, statusreport
 from syncd.cli import (
     EX_PROBLEMS,
     EX_TEMPFAIL,
@@ -27,7 +26,7 @@ from syncd.cli import (
 from syncd.doctor import run_checks
 from syncd.imapservice import inbox_pass
 from syncd.pipeline import Pipeline
-from syncd.store import daemonstate, db, spool, syncstate
+from syncd.store import db
 
 COUNTS = ("logged", "duplicates", "skipped", "quarantined")
 
@@ -123,56 +122,11 @@ def status(app: App, as_json: bool) -> None:
     """Per inbox and folder: state, last sync, counts, last error; the daemon, BCC,
     outbox and quarantine. Reads the store; works whether or not the daemon runs."""
     config = app.config()
-    report = _status(config)
+    report = statusreport.gather(config)
     if as_json:
         emit_json(report)
     else:
         _print_status(report)
-
-
-def _status(config: Any) -> dict[str, Any]:
-    names = [i.name for i in config.inboxes]
-    if not config.store.path.exists():
-        return {
-            "daemon": {"state": "not running"},
-            "inboxes": [{"name": n, "state": "never_synced", "last_sync": None,
-                         "last_error": None, "folders": []} for n in names],
-            "bcc": {}, "outbox": {}, "quarantine": 0,
-        }  # fmt: skip
-    conn = db.connect(config.store.path, readonly=True)
-    try:
-        report: dict[str, Any] = {"daemon": _daemon(conn)}
-        report["inboxes"] = syncstate.status_rows(conn, names)
-        report.update(spool.status(conn))
-        if "bcc" in report["daemon"]:
-            report["bcc"] |= report["daemon"].pop("bcc")
-        report["quarantine"] = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-        return report
-    finally:
-        conn.close()
-
-
-def _daemon(conn: Any) -> dict[str, Any]:
-    state = daemonstate.load(conn)
-    if state is None:
-        return {"state": "not running"}
-    updated = datetime.fromisoformat(state["updated_at"])
-    fresh = datetime.now(UTC) - updated < timedelta(seconds=3 * daemon.HEARTBEAT_SECONDS)
-    if (state["state"] != "stopped" and not (fresh and _alive(state["pid"]))) or state[
-        "state"
-    ] == "stopped":
-        state["state"] = "not running"
-    return state
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _print_status(report: dict[str, Any]) -> None:

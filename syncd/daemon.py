@@ -32,12 +32,12 @@ from syncd.bccservice import BccService
 from syncd.config import Config
 from syncd.errors import ConfigError
 from syncd.imapservice import ImapService
+from syncd.metrics import MetricsService
 from syncd.sdnotify import Notifier
 from syncd.store import daemonstate
 from syncd.storeworker import StoreWorker
 
 log = logging.getLogger("syncd.daemon")
-HEARTBEAT_SECONDS = 5.0
 STOP_GRACE_SECONDS = 20.0
 
 
@@ -77,7 +77,8 @@ class Daemon:
         self.services = _build_services(self.config, self.store)
         for service in self.services:
             await service.start(scheduler)
-        scheduler.add_job(self._heartbeat, "interval", seconds=HEARTBEAT_SECONDS, id="heartbeat")
+        beat = daemonstate.HEARTBEAT_SECONDS
+        scheduler.add_job(self._heartbeat, "interval", seconds=beat, id="heartbeat")
         interval = self.notifier.watchdog_interval()
         if interval:
             scheduler.add_job(self.notifier.watchdog, "interval", seconds=interval, id="watchdog")
@@ -157,6 +158,8 @@ def _build_services(config: Config, store: StoreWorker) -> list[Service]:
         services.append(BccService(config, store))
     if config.inboxes:
         services.append(ImapService(config, store))
+    if config.metrics.listen is not None:
+        services.append(MetricsService(config))
     return services
 
 

@@ -12,6 +12,8 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
+HEARTBEAT_SECONDS = 5.0  # how often the daemon rewrites its row
+
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -137,6 +138,38 @@ def test_sigkill_after_250s_loses_nothing(tmp_path: Path, notify: Notify) -> Non
             time.sleep(0.2)
         assert set(acknowledged) <= logged_ids(tmp_path)
         assert len(logged_ids(tmp_path)) == 40  # and nothing twice
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=25) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_metrics_and_health(tmp_path: Path, notify: Notify) -> None:
+    import json
+    import smtplib
+    import urllib.request
+
+    from tests.integration.conftest import free_port
+
+    smtp_port, http_port = free_port(), free_port()
+    config = bcc_config(smtp_port) + f"metrics: {{listen: '127.0.0.1:{http_port}'}}\n"
+    proc = start(tmp_path, notify, config)
+    try:
+        notify.wait_for("READY=1")
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as smtp:
+            smtp.sendmail("ada@example.com", ["log@crm.example.com"], bcc_message(1))
+            with contextlib.suppress(smtplib.SMTPRecipientsRefused):
+                smtp.sendmail("eve@evil.example", ["x@other.example"], bcc_message(2))
+        time.sleep(6)  # refusal counters reach the store within 5 s
+        base = f"http://127.0.0.1:{http_port}"
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        assert "syncd_bcc_accepted_total 1.0" in text
+        assert 'syncd_bcc_refused_total{reason="recipient"} 1.0' in text
+        with urllib.request.urlopen(f"{base}/health", timeout=10) as response:
+            assert response.status == 200
+            assert json.loads(response.read())["status"] == "ok"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=25) == 0
     finally:

@@ -110,6 +110,36 @@ def test_import_directory_with_broken_mail_quarantines(env) -> None:
     assert run(env, "quarantine", "retry", "999").exit_code == 1
 
 
+def test_import_maildir_and_single_eml(env) -> None:
+    box = mailbox.Maildir(env["tmp"] / "Maildir")
+    box.add(message("md1@x"))
+    box.add(message("md2@x", subject="Second"))
+    counts = run_json(env, "import", str(env["tmp"] / "Maildir"), "--owner", ADA)
+    assert counts == {"logged": 2, "duplicates": 0, "skipped": 0, "quarantined": 0}
+    single = env["tmp"] / "one.eml"
+    single.write_bytes(message("md1@x"))
+    counts = run_json(env, "import", str(single), "--owner", ADA)
+    assert counts == {"logged": 0, "duplicates": 1, "skipped": 0, "quarantined": 0}
+    assert run(env, "import", str(env["tmp"] / "missing.mbox")).exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "error"),
+    [
+        ("no-email.csv", "name,company\nCarol,Acme\n", "needs an 'email' column"),
+        ("empty.csv", "", "needs an 'email' column"),
+        ("bad.vcf", "BEGIN:VCARD\nVERSION:3.0\nEMAIL:carol@acme.com\n", "not a readable vCard"),
+        ("noaddr.csv", "email,first_name\nnot-an-address,Carol\n", "is not an address"),
+    ],
+)
+def test_contacts_import_refuses_broken_files(env, name, content, error) -> None:
+    path = env["tmp"] / name
+    path.write_text(content, encoding="utf-8")
+    result = run(env, "contacts", "import", str(path))
+    assert result.exit_code == 1 and error in result.stderr
+    assert run_json(env, "contacts", "list") == []
+
+
 def test_contacts_list_show_timeline_search(env) -> None:
     imported(env)
     listed = run_json(env, "contacts", "list")

@@ -1,0 +1,129 @@
+"""Prometheus ``/metrics`` and ``/health`` on ``metrics.listen`` (off by default).
+
+Each scrape reads the same report as ``syncd status`` (``statusreport.gather``) in a
+worker thread and turns it into metrics, so the figures never disagree with the CLI
+and nothing in the daemon has to keep counters twice. Served with aiohttp; metric
+text comes from prometheus-client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from syncd import statusreport
+from syncd.config import Config
+
+log = logging.getLogger("syncd.metrics")
+
+
+def metrics_from(report: dict[str, Any]) -> Iterator[Metric]:
+    """Prometheus metric families from a ``status --json`` report (pure)."""
+    bcc, outbox = report.get("bcc") or {}, report.get("outbox") or {}
+    yield _counter("syncd_bcc_accepted", "BCC messages accepted (250)", bcc.get("accepted", 0))
+    refused = CounterMetricFamily("syncd_bcc_refused", "BCC messages refused", labels=["reason"])
+    for reason, value in sorted((bcc.get("refused_by_reason") or {}).items()):
+        refused.add_metric([reason], value)
+    yield refused
+    yield _gauge(
+        "syncd_bcc_spool_depth", "Messages acknowledged, not yet logged", bcc.get("spool_depth", 0)
+    )
+    yield _gauge("syncd_outbox_depth", "extra_bcc copies waiting", outbox.get("depth", 0))
+    yield _counter("syncd_outbox_forwarded", "extra_bcc copies sent", outbox.get("forwarded", 0))
+    yield _gauge("syncd_outbox_given_up", "extra_bcc copies given up", outbox.get("given_up", 0))
+    yield _gauge("syncd_quarantine_messages", "Messages in quarantine", report.get("quarantine", 0))
+    inbox_up = GaugeMetricFamily(
+        "syncd_inbox_up", "1 when the inbox's last pass was ok", labels=["inbox"]
+    )
+    logged = CounterMetricFamily(
+        "syncd_folder_logged", "Emails logged per folder", labels=["inbox", "folder"]
+    )
+    last_uid = GaugeMetricFamily(
+        "syncd_folder_last_uid", "Last UID synced", labels=["inbox", "folder"]
+    )
+    for inbox in report.get("inboxes", []):
+        inbox_up.add_metric([inbox["name"]], 1.0 if inbox["state"] == "ok" else 0.0)
+        for folder in inbox["folders"]:
+            labels = [inbox["name"], folder["name"]]
+            logged.add_metric(labels, folder["logged"])
+            last_uid.add_metric(labels, folder["last_uid"] or 0)
+    yield from (inbox_up, logged, last_uid)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+class _ReportCollector:
+    def __init__(self, report: dict[str, Any]) -> None:
+        self.report = report
+
+    def collect(self) -> Iterator[Metric]:
+        return metrics_from(self.report)
+
+
+def render(report: dict[str, Any]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ReportCollector(report))  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+class MetricsService:
+    """The daemon's metrics endpoint."""
+
+    name = "metrics"
+
+    def __init__(self, config: Config) -> None:
+        assert config.metrics.listen is not None
+        self._config = config
+        self._listen = config.metrics.listen
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, scheduler: AsyncIOScheduler) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/health", self._health)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self._listen.host, self._listen.port).start()
+
+    async def _report(self) -> dict[str, Any]:
+        return await asyncio.to_thread(statusreport.gather, self._config)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = render(await self._report())
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        try:
+            report = await self._report()
+        except Exception as exc:
+            log.warning("health check: cannot read the store: %s", exc)
+            return web.json_response({"status": "error", "error": "store unreadable"}, status=503)
+        failed = [i["name"] for i in report["inboxes"] if i["state"] in ("failed", "auth_failed")]
+        return web.json_response({"status": "ok", "failed_inboxes": failed})
+
+    async def stop(self, deadline: float) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def reconfigure(self, config: Config) -> None:
+        self._config = config  # a new listen address needs a restart
+
+    def status(self) -> dict[str, Any]:
+        return {"listen": str(self._listen)}
+
+    def summary(self) -> str:
+        return f"metrics on {self._listen}"

@@ -1,0 +1,63 @@
+"""What ``syncd status`` and the metrics endpoint report, read from the store.
+
+Everything a user may want to know about a running (or stopped) syncd is in the store:
+the daemon's heartbeat row, per-inbox sync state, the BCC spool and outbox counters,
+the quarantine. Reading it from a read-only connection works from any process and
+never blocks the daemon. The shape is PRODUCT.md's ``status --json``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from syncd.config import Config
+from syncd.store import daemonstate, db, spool, syncstate
+
+
+def gather(config: Config) -> dict[str, Any]:
+    names = [inbox.name for inbox in config.inboxes]
+    if not config.store.path.exists():
+        return {
+            "daemon": {"state": "not running"},
+            "inboxes": [{"name": n, "state": "never_synced", "last_sync": None,
+                         "last_error": None, "folders": []} for n in names],
+            "bcc": {}, "outbox": {}, "quarantine": 0,
+        }  # fmt: skip
+    conn = db.connect(config.store.path, readonly=True)
+    try:
+        return _from_store(conn, names)
+    finally:
+        conn.close()
+
+
+def _from_store(conn: sqlite3.Connection, names: list[str]) -> dict[str, Any]:
+    report: dict[str, Any] = {"daemon": _daemon(conn)}
+    report["inboxes"] = syncstate.status_rows(conn, names)
+    report.update(spool.status(conn))
+    report["bcc"] |= report["daemon"].pop("bcc", {})
+    report["quarantine"] = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+    return report
+
+
+def _daemon(conn: sqlite3.Connection) -> dict[str, Any]:
+    state = daemonstate.load(conn)
+    if state is None:
+        return {"state": "not running"}
+    age = datetime.now(UTC) - datetime.fromisoformat(state["updated_at"])
+    fresh = age < timedelta(seconds=3 * daemonstate.HEARTBEAT_SECONDS)
+    if state["state"] == "stopped" or not (fresh and _alive(state["pid"])):
+        state["state"] = "not running"
+    return state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
