@@ -42,6 +42,19 @@ log = logging.getLogger(__name__)
 POOL_MIN_BATCH = 200
 POOL_CHUNK = 64
 CACHE_KIB = 64 * 1024
+# SQLite errors that say the store, not the message, is at fault: the batch is aborted
+# (StoreError) rather than the message quarantined.
+STORE_FAILURES = (
+    "SQLITE_FULL",
+    "SQLITE_IOERR",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_READONLY",
+    "SQLITE_CANTOPEN",
+    "SQLITE_NOMEM",
+    "SQLITE_CORRUPT",
+    "SQLITE_NOTADB",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,11 +190,13 @@ class Pipeline:
             outcome = store.write_plan(
                 conn, email, raw, provenance, plan, self.settings, self.attachments_dir
             )
-        except sqlite3.OperationalError:
-            # The store itself is failing (disk full, I/O, locked): no message is to blame.
-            conn.execute("ROLLBACK TO message")
-            conn.execute("RELEASE message")
-            raise
+        except sqlite3.Error as exc:
+            if (exc.sqlite_errorname or "").startswith(STORE_FAILURES):
+                # The store itself is failing (disk full, I/O): no message is to blame.
+                conn.execute("ROLLBACK TO message")
+                conn.execute("RELEASE message")
+                raise
+            return self._failed(email, exc)
         except Exception as exc:
             return self._failed(email, exc)
         conn.execute("RELEASE message")

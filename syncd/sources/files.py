@@ -1,8 +1,9 @@
 """Mail and contacts from files: .eml files, directories of them, mbox, Maildir; CSV and vCard.
 
-``MailFiles(path)`` finds out what ``path`` is (a Maildir has cur/ and new/; an mbox
-starts with a "From " line; anything else is one message) and yields each message's raw
-bytes with a receipt time: the mbox "From " line's date, a Maildir name's delivery time,
+``MailFiles(path)`` finds out what ``path`` is (a Maildir has cur/ and new/, and its
+Maildir++ folders are read too; a directory is searched for .eml files; an mbox starts
+with a "From " line; anything else is one message) and yields each message's raw bytes
+with a receipt time: the mbox "From " line's date, a Maildir name's delivery time,
 else the file's modification time, so importing the same files twice hands the pipeline
 the same values. It yields bytes and never touches the store. ``read_contacts`` turns a
 CSV (header row: email, first_name, last_name, company, owner, lifecycle_stage,
@@ -93,7 +94,7 @@ class MailFiles:
             finally:
                 box.close()
         if self.kind == "maildir":
-            return len(mailbox.Maildir(self.path, factory=None, create=False))
+            return sum(len(box) for box in self._maildirs())
         return len(self._eml_files())
 
     def __iter__(self) -> Iterator[tuple[bytes, datetime]]:
@@ -120,14 +121,19 @@ class MailFiles:
         finally:
             box.close()
 
+    def _maildirs(self) -> list[mailbox.Maildir]:
+        """The Maildir and its Maildir++ folders (.Sent, .Archive, ...), in name order."""
+        root = mailbox.Maildir(self.path, factory=None, create=False)
+        return [root, *(root.get_folder(name) for name in sorted(root.list_folders()))]
+
     def _maildir(self) -> Iterator[tuple[bytes, datetime]]:
-        box = mailbox.Maildir(self.path, factory=None, create=False)
         fallback = _mtime(self.path)
-        for key in sorted(box.iterkeys()):
-            # A Maildir name starts with its delivery time in seconds ("1700000000.M1P2.host").
-            stamp = key.split(".", 1)[0]
-            received = datetime.fromtimestamp(int(stamp), UTC) if stamp.isdigit() else fallback
-            yield box.get_bytes(key), received
+        for box in self._maildirs():
+            for key in sorted(box.iterkeys()):
+                # A Maildir name starts with its delivery time ("1700000000.M1P2.host").
+                stamp = key.split(".", 1)[0]
+                received = datetime.fromtimestamp(int(stamp), UTC) if stamp.isdigit() else fallback
+                yield box.get_bytes(key), received
 
 
 def read_contacts(path: Path) -> list[ContactRecord]:

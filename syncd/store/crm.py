@@ -47,16 +47,18 @@ def now_iso() -> str:
 def lookup_contacts(conn: sqlite3.Connection, addresses: Iterable[str]) -> dict[str, ContactState]:
     """Existing contacts by any of their addresses (lower-case)."""
     wanted = sorted({a.lower() for a in addresses})
-    if not wanted:
-        return {}
-    marks = ",".join("?" * len(wanted))
-    rows = conn.execute(
-        "SELECT a.address, c.id, c.owner, c.legal_basis, c.lifecycle_stage "
-        "FROM contact_addresses a JOIN contacts c ON c.id = a.contact_id "
-        f"WHERE a.address IN ({marks})",
-        wanted,
-    )
-    return {r[0]: ContactState(r[1], r[2], r[3], r[4]) for r in rows}
+    found: dict[str, ContactState] = {}
+    # In slices: a message may carry more recipients than SQLite allows bound variables.
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        rows = conn.execute(
+            "SELECT a.address, c.id, c.owner, c.legal_basis, c.lifecycle_stage "
+            "FROM contact_addresses a JOIN contacts c ON c.id = a.contact_id "
+            f"WHERE a.address IN ({','.join('?' * len(chunk))})",
+            chunk,
+        )
+        found.update((r[0], ContactState(r[1], r[2], r[3], r[4])) for r in rows)
+    return found
 
 
 def contact_emails(conn: sqlite3.Connection) -> set[str]:

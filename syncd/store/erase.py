@@ -105,7 +105,7 @@ def _erase_engagements(
             )
         )
     hashes: set[str] = set()
-    marks = ",".join("?" * len(contact_ids)) or "NULL"
+    marks = ",".join("?" * len(contact_ids))  # "NOT IN ()" is true: every contact counts
     for engagement_id in sorted(candidates):
         hashes.update(
             r[0]

@@ -58,7 +58,7 @@ def _company_by_name(conn: sqlite3.Connection, name: str, owner: str | None) -> 
 def upsert_contact(conn: sqlite3.Connection, record: ContactRecord) -> bool:
     """Create or update the contact with any of the record's addresses; True if created."""
     addresses = [record.email.lower(), *(e.lower() for e in record.other_emails)]
-    contact_id = next((c for c in map(lambda a: contact_id_for(conn, a), addresses) if c), None)
+    contact_id = next((c for a in addresses if (c := contact_id_for(conn, a))), None)
     owner = record.owner.lower() or None
     created = contact_id is None
     if contact_id is None:

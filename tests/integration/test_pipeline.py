@@ -144,6 +144,13 @@ def test_broken_messages_quarantined_with_reasons_and_retried(conn, tmp_path) ->
     assert count(conn, "emails") == 2
 
 
+def test_message_with_5000_recipients_is_logged(conn, tmp_path) -> None:
+    crowd = ", ".join(f"{n}@c.io" for n in range(5000))
+    outcome = make(conn, tmp_path).ingest(message(to=crowd), Provenance("import", NOW, owner=ADA))
+    assert outcome.status == "logged"
+    assert count(conn, "contacts") == 5000 and count(conn, "engagement_companies") == 1
+
+
 def test_import_twice_gives_the_same_store(conn, tmp_path) -> None:
     corpus = list(generate(120, seed=3))
     provenance = Provenance("import", NOW, owner=ADA)
@@ -319,6 +326,20 @@ def test_erase_leaves_no_byte_of_the_address(conn, tmp_path) -> None:
     (left,) = queries.timeline(conn, "dan@other.org")
     assert left["to"] == ["dan@other.org"] and left["subject"] == "cc [erased]"
     assert queries.search(conn, "carol") == []
+
+
+def test_erasing_an_address_that_is_no_contact_redacts_others_mail(conn, tmp_path) -> None:
+    pipeline = make(conn, tmp_path, inboxes=())
+    pipeline.ingest(message(to="dan@other.org", cc="Eve <eve@third.example>"), BCC)
+    with db.transaction(conn):
+        conn.execute(
+            "DELETE FROM contacts WHERE id = ?",
+            records.contact_ids_for(conn, ["eve@third.example"]),
+        )
+    report = erase(conn, "eve@third.example", tmp_path / "store" / "attachments")
+    assert (report.contacts, report.deleted, report.redacted) == (0, 0, 1)
+    (item,) = queries.timeline(conn, "dan@other.org")
+    assert item["cc"] == [] and scan([tmp_path / "store"], "eve@third.example") == []
 
 
 def test_newer_store_is_refused(tmp_path) -> None:

@@ -114,8 +114,9 @@ def test_import_maildir_and_single_eml(env) -> None:
     box = mailbox.Maildir(env["tmp"] / "Maildir")
     box.add(message("md1@x"))
     box.add(message("md2@x", subject="Second"))
+    box.add_folder("Sent").add(message("md3@x", subject="Sent one"))
     counts = run_json(env, "import", str(env["tmp"] / "Maildir"), "--owner", ADA)
-    assert counts == {"logged": 2, "duplicates": 0, "skipped": 0, "quarantined": 0}
+    assert counts == {"logged": 3, "duplicates": 0, "skipped": 0, "quarantined": 0}
     single = env["tmp"] / "one.eml"
     single.write_bytes(message("md1@x"))
     counts = run_json(env, "import", str(single), "--owner", ADA)
