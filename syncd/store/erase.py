@@ -3,7 +3,8 @@
 An engagement that concerned no other contact is deleted with its email row, raw bytes,
 sightings and attachments; one shared with other contacts is redacted (the address and
 its name leave the headers, subject and text; the raw bytes are dropped, since encoded
-copies of the address may hide in them). Quarantined mail carrying the address, and
+copies of the address may hide in them). Quarantined, spooled and outbox mail carrying
+the address, and
 attachment files no remaining email uses, are deleted. Then the full-text index is
 rebuilt from what is left, the file is VACUUMed with ``secure_delete`` on, and the WAL
 is checkpointed and truncated, so the freed pages holding the old text are gone from the
@@ -71,6 +72,18 @@ def erase(conn: sqlite3.Connection, address: str, attachments_dir: Path) -> Eras
                 "OR instr(lower(provenance), ?) > 0",
                 (needle, needle),
             ).rowcount
+            # Mail still in the BCC spool or outbox would bring the address straight back.
+            report.quarantined += conn.execute(
+                "DELETE FROM spool WHERE instr(lower(CAST(raw AS TEXT)), ?1) > 0 "
+                "OR instr(lower(mail_from), ?1) > 0",
+                (needle,),
+            ).rowcount
+            conn.execute(
+                "DELETE FROM outbox WHERE instr(lower(CAST(raw AS TEXT)), ?1) > 0 "
+                "OR instr(lower(recipients), ?1) > 0 OR instr(lower(mail_from), ?1) > 0 "
+                "OR instr(lower(coalesce(last_error, '')), ?1) > 0",
+                (needle,),
+            )
             _redact_column(conn, "deals", "id", "name", needle)
             _redact_column(conn, "tickets", "id", "subject", needle)
         conn.executemany("DELETE FROM contacts WHERE id = ?", [(c,) for c in contact_ids])

@@ -349,3 +349,16 @@ def test_newer_store_is_refused(tmp_path) -> None:
     raw.close()
     with pytest.raises(StoreError, match="written by a newer syncd"):
         db.connect(path)
+
+
+def test_erase_clears_the_bcc_spool_and_outbox(conn, tmp_path) -> None:
+    from syncd.store import spool
+
+    raw = message(to="carol@acme.com", msgid="<spooled@x>")
+    spool.spool_message(conn, raw, "ada@example.com", "127.0.0.1")
+    spool.Outbox(conn).enqueue(raw, "ada@example.com", ["archive@example.org"], 0.0)
+    make(conn, tmp_path).ingest(message(to="carol@acme.com"), BCC)
+    erase(conn, "carol@acme.com", tmp_path / "store" / "attachments")
+    assert conn.execute("SELECT count(*) FROM spool").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
+    assert scan([tmp_path / "store"], "carol@acme.com") == []
