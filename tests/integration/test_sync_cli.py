@@ -141,3 +141,47 @@ def test_doctor_tries_each_login_and_the_store(tmp_path: Path, imap_user: ImapUs
     assert result.returncode == 1
     (imap,) = [c for c in json.loads(result.stdout) if c["name"].startswith("imap")]
     assert imap["ok"] is False and "wrong-password" not in result.stdout
+
+
+def big_message(size_mb: int) -> bytes:
+    import base64
+
+    payload = base64.encodebytes(os.urandom(size_mb * 1024 * 1024 * 3 // 4))
+    return (
+        b"From: Carol <carol@client.example>\r\nTo: ada@example.com\r\nSubject: the big file\r\n"
+        b"Message-ID: <big@client.example>\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n"
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+        b'--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="big.bin"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n"
+        + payload.replace(b"\n", b"\r\n")
+        + b"--b--\r\n"
+    )
+
+
+def test_60_mb_message_is_logged_without_its_attachment(
+    tmp_path: Path, imap_user: ImapUser
+) -> None:
+    raw = big_message(60)
+    assert len(raw) > 60 * 1024 * 1024
+    imap_user.append("INBOX", raw, NOW - timedelta(hours=1))
+    config = write_config(tmp_path, imap_user, folders=["INBOX"])
+    settings = json.loads(config.read_text())
+    settings["store"] = {"max_attachment_mb": 40}  # the 45 MB attachment is over it
+    config.write_text(json.dumps(settings))
+    result = syncd(tmp_path, config, "sync", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["logged"] == 1
+    timeline = json.loads(
+        syncd(tmp_path, config, "timeline", "carol@client.example", "--json").stdout
+    )
+    (item,) = timeline
+    assert item["subject"] == "the big file"
+    (attachment,) = item["attachments"]
+    assert attachment["filename"] == "big.bin" and attachment["stored"] is False
+    assert attachment["size"] > 44 * 1024 * 1024
+    assert not any((tmp_path / "var" / "attachments").rglob("*")) or all(
+        p.stat().st_size < 1024 * 1024
+        for p in (tmp_path / "var" / "attachments").rglob("*")
+        if p.is_file()
+    )
