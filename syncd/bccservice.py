@@ -22,6 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from syncd.config import BccConfig, Config
 from syncd.outbound.relay import OutboxRunner, Relay, RelaySettings
 from syncd.pipeline import Pipeline
+from syncd.secrets import read_password
 from syncd.sources.bcc import (
     BccHandler,
     BccServer,
@@ -30,7 +31,6 @@ from syncd.sources.bcc import (
     start_server,
     tls_context,
 )
-from syncd.sources.imap_conn import read_password
 from syncd.sources.senders import Dkim, PySpf, SenderDirectory, SenderPolicy
 from syncd.store import db, spool
 
@@ -142,7 +142,7 @@ class BccService:
         if self._outbox_conn is None:
             self._outbox_conn = db.connect(self._config.store.path)
         settings = RelaySettings(relay.host, relay.port, relay.security, relay.username)
-        password = (lambda: read_password("relay", relay)) if relay.username else (lambda: None)
+        password = (lambda: read_password(relay)) if relay.username else (lambda: None)
         counts = OutboxRunner(spool.Outbox(self._outbox_conn), Relay(settings, password)).run_once()
         if counts["give_up"]:
             log.error(

@@ -107,8 +107,9 @@ def check_config(app: App, show: bool) -> None:
 
 def _register_all() -> None:
     # Imported here, not at the top: the command modules import App and helpers from here.
-    from syncd import cli_daemon, cli_records
+    from syncd import cli_daemon, cli_data, cli_records
 
+    cli_data.register(main)
     cli_records.register(main)
     cli_daemon.register(main)
 

@@ -35,7 +35,7 @@ from pydantic import (
 from syncd import config_rules, yamlmarks
 from syncd.errors import ConfigError, ConfigProblem
 
-_EMAIL_RE = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+EMAIL_RE = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 FROM_CHOICES = ("now", "1m", "3m", "6m", "1y")
@@ -45,7 +45,7 @@ def _email(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected an email address, got {type(value).__name__}")
     text = value.strip().lower()
-    if not _EMAIL_RE.match(text):
+    if not EMAIL_RE.match(text):
         raise ValueError(f"{value!r} is not an email address")
     return text
 

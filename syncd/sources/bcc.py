@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from syncd import secrets
 from syncd.sources.senders import (
     MAX_HEADER_BYTES,
     RELAY_DENIED,
@@ -113,9 +114,9 @@ class PasswordFiles:
         if member is None or path is None:
             return None
         try:
-            secret = path.read_bytes().strip()
-        except OSError:
-            log.warning("cannot read the SMTP password file of %s", member)
+            secret = secrets.from_file(path, "smtp_password_file").encode()
+        except secrets.SecretError as exc:
+            log.warning("SMTP login of %s refused: %s", member, exc)
             return None
         return member if secret and hmac.compare_digest(secret, password) else None
 

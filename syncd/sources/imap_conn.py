@@ -15,7 +15,6 @@ from __future__ import annotations
 import imaplib
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -26,12 +25,12 @@ from typing import Any, Protocol
 from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import LoginError
 
+from syncd import secrets
 from syncd.config import is_loopback
 from syncd.errors import InboxError
 from syncd.sources.syncplan import FolderStatus, idle_slices
 
 HEADER_FIELDS = "BODY.PEEK[HEADER.FIELDS (FROM TO CC BCC)]"
-COMMAND_TIMEOUT = 30.0  # seconds a password or token command may take
 CONNECT_TIMEOUT = 20.0
 
 
@@ -56,44 +55,19 @@ class FolderError(Exception):
     """The server refused a command on one folder (NO/BAD); other folders go on."""
 
 
-def _run_secret_command(inbox: str, what: str, command: Sequence[str]) -> str:
-    try:
-        done = subprocess.run(
-            list(command),
-            capture_output=True,
-            text=True,
-            timeout=COMMAND_TIMEOUT,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        # The command's name is config, not secret; its output never enters an error.
-        raise InboxError(
-            inbox, f"{what} {command[0]!r} could not run: {type(exc).__name__}"
-        ) from None
-    if done.returncode != 0:
-        raise InboxError(inbox, f"{what} {command[0]!r} exited with status {done.returncode}")
-    value = done.stdout.strip()
-    if not value:
-        raise InboxError(inbox, f"{what} {command[0]!r} printed nothing")
-    return value
-
-
 def read_password(inbox: str, settings: ImapSettings) -> str:
-    """The password from whichever of the three sources is configured."""
-    if settings.password is not None:
-        value = settings.password
-        return value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-    if settings.password_file is not None:
-        try:
-            text = Path(settings.password_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InboxError(
-                inbox, f"cannot read password_file {settings.password_file}: {exc.strerror}"
-            ) from None
-        return text.rstrip("\r\n")
-    if settings.password_command:
-        return _run_secret_command(inbox, "password_command", settings.password_command)
-    raise InboxError(inbox, "no password, password_file, password_command or oauth2 token")
+    """The inbox's password; a secret that cannot be read fails the inbox, not the daemon."""
+    try:
+        return secrets.read_password(settings)
+    except secrets.SecretError as exc:
+        raise InboxError(inbox, str(exc)) from None
+
+
+def _oauth2_token(inbox: str, command: Sequence[str]) -> str:
+    try:
+        return secrets.from_command(command, "oauth2_token_command")
+    except secrets.SecretError as exc:
+        raise InboxError(inbox, str(exc)) from None
 
 
 def connect(inbox: str, settings: ImapSettings, *, timeout: float = 60.0) -> ImapSession:
@@ -144,9 +118,7 @@ def _starttls(inbox: str, client: IMAPClient, context: ssl.SSLContext, host: str
 def _login(inbox: str, client: IMAPClient, settings: ImapSettings) -> None:
     try:
         if settings.oauth2_token_command:
-            token = _run_secret_command(
-                inbox, "oauth2_token_command", settings.oauth2_token_command
-            )
+            token = _oauth2_token(inbox, settings.oauth2_token_command)
             client.oauth2_login(settings.username, token)
         else:
             client.login(settings.username, read_password(inbox, settings))

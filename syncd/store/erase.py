@@ -46,7 +46,9 @@ class EraseReport:
 def erase(conn: sqlite3.Connection, address: str, attachments_dir: Path) -> EraseReport:
     """Remove the contact with ``address`` and every trace of its addresses."""
     address = address.strip().lower()
+    _pattern(address)  # refuses a needle that is not an address before anything is touched
     report = EraseReport()
+    conn.create_function("mentions", 2, _mentions, deterministic=True)
     conn.execute("PRAGMA secure_delete = ON")
     with transaction(conn):
         contact_ids = [
@@ -68,20 +70,17 @@ def erase(conn: sqlite3.Connection, address: str, attachments_dir: Path) -> Eras
         hashes = _erase_engagements(conn, contact_ids, addresses, report)
         for needle in addresses:
             report.quarantined += conn.execute(
-                "DELETE FROM quarantine WHERE instr(lower(CAST(raw AS TEXT)), ?) > 0 "
-                "OR instr(lower(provenance), ?) > 0",
-                (needle, needle),
+                "DELETE FROM quarantine WHERE mentions(raw, ?1) OR mentions(provenance, ?1)",
+                (needle,),
             ).rowcount
             # Mail still in the BCC spool or outbox would bring the address straight back.
             report.quarantined += conn.execute(
-                "DELETE FROM spool WHERE instr(lower(CAST(raw AS TEXT)), ?1) > 0 "
-                "OR instr(lower(mail_from), ?1) > 0",
+                "DELETE FROM spool WHERE mentions(raw, ?1) OR mentions(mail_from, ?1)",
                 (needle,),
             ).rowcount
             conn.execute(
-                "DELETE FROM outbox WHERE instr(lower(CAST(raw AS TEXT)), ?1) > 0 "
-                "OR instr(lower(recipients), ?1) > 0 OR instr(lower(mail_from), ?1) > 0 "
-                "OR instr(lower(coalesce(last_error, '')), ?1) > 0",
+                "DELETE FROM outbox WHERE mentions(raw, ?1) OR mentions(recipients, ?1) "
+                "OR mentions(mail_from, ?1) OR mentions(last_error, ?1)",
                 (needle,),
             )
             _redact_column(conn, "deals", "id", "name", needle)
@@ -105,16 +104,15 @@ def _erase_engagements(
             )
         )
     for needle in addresses:
-        pattern = f"%{needle}%"
         candidates.update(
             r[0]
             for r in conn.execute(
-                "SELECT engagement_id FROM emails WHERE addresses LIKE ?1 OR subject LIKE ?1 "
-                "OR body LIKE ?1 OR message_key LIKE ?1 OR from_addr LIKE ?1 "
-                "UNION SELECT id FROM engagements WHERE body LIKE ?1 "
-                "UNION SELECT engagement_id FROM raw_messages "
-                "WHERE instr(lower(CAST(raw AS TEXT)), ?2) > 0",
-                (pattern, needle),
+                "SELECT engagement_id FROM emails WHERE mentions(addresses, ?1) "
+                "OR mentions(subject, ?1) OR mentions(body, ?1) OR mentions(message_key, ?1) "
+                "OR mentions(from_addr, ?1) "
+                "UNION SELECT id FROM engagements WHERE mentions(body, ?1) "
+                "UNION SELECT engagement_id FROM raw_messages WHERE mentions(raw, ?1)",
+                (needle,),
             )
         )
     hashes: set[str] = set()
@@ -144,8 +142,23 @@ def _scrub(text: str | None, addresses: Iterable[str]) -> str | None:
     if text is None:
         return None
     for needle in addresses:
-        text = re.sub(re.escape(needle), ERASED, text, flags=re.IGNORECASE)
+        text = _pattern(needle).sub(ERASED, text)
     return text
+
+
+def _pattern(address: str) -> re.Pattern[str]:
+    """The address as a whole word: erasing ann@x.com leaves joann@x.com alone."""
+    if "@" not in address or not address.strip():
+        raise ValueError(f"not an address: {address!r}")
+    return re.compile(rf"(?<![\w.+-]){re.escape(address)}(?![\w-])", re.IGNORECASE)
+
+
+def _mentions(value: str | bytes | None, address: str) -> bool:
+    """SQL function ``mentions(column, address)``: the column names the whole address."""
+    if value is None:
+        return False
+    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return _pattern(address).search(text) is not None
 
 
 def _keep(pairs_json: str, addresses: set[str]) -> list[list[str]]:
@@ -192,7 +205,7 @@ def _redact_column(
     conn: sqlite3.Connection, table: str, key: str, column: str, needle: str
 ) -> None:
     rows = conn.execute(
-        f"SELECT {key}, {column} FROM {table} WHERE {column} LIKE ?", (f"%{needle}%",)
+        f"SELECT {key}, {column} FROM {table} WHERE mentions({column}, ?)", (needle,)
     ).fetchall()
     for record_id, text in rows:
         conn.execute(
@@ -238,23 +251,23 @@ def compact(conn: sqlite3.Connection, report: EraseReport | None = None) -> None
         report.wal_busy = bool(busy)
 
 
-def _contains(path: Path, needles: list[bytes], chunk: int = 1 << 20) -> bool:
-    longest = max((len(n) for n in needles), default=0)
+def _contains(path: Path, address: str, chunk: int = 1 << 20) -> bool:
+    pattern = re.compile(_pattern(address).pattern.encode(), re.IGNORECASE)
+    overlap = len(address) + 2
     tail = b""
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
-            window = (tail + block).lower()
-            if any(n in window for n in needles):
+            window = tail + block
+            if pattern.search(window):
                 return True
-            tail = window[-longest:] if longest else b""
+            tail = window[-overlap:]
     return False
 
 
 def scan(paths: Iterable[Path], address: str) -> list[Path]:
-    """Files under ``paths`` (files or directories) whose bytes contain ``address``."""
-    needles = [address.lower().encode()]
+    """Files under ``paths`` (files or directories) whose bytes hold the whole ``address``."""
     hits = []
     for root in paths:
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        hits.extend(f for f in files if _contains(f, needles))
+        hits.extend(f for f in files if _contains(f, address))
     return hits

@@ -267,6 +267,29 @@ def test_erase_then_no_byte_of_the_address_remains(env) -> None:
     assert run(env, "erase", "carol@acme.com").exit_code == 1
 
 
+@pytest.mark.parametrize("text", ["acme.com", "", "carol", "@acme.com"])
+def test_erase_refuses_what_is_not_one_whole_address(env, text) -> None:
+    imported(env)
+    before = run_json(env, "timeline", "carol@acme.com")
+    result = run(env, "erase", text)
+    assert result.exit_code == 2 and "is not an email address" in result.stderr
+    assert run_json(env, "timeline", "carol@acme.com") == before
+
+
+def test_erase_leaves_longer_addresses_alone(env) -> None:
+    imported(env)
+    run(env, "notes", "add", "carol@acme.com", "write to carol@acme.com or carol@acme.co")
+    result = run(env, "erase", "arol@acme.com")  # only inside carol@acme.com
+    assert result.exit_code == 1 and "no trace of" in result.stderr
+    assert run(env, "erase", "carol@acme.co").exit_code == 0
+    (note,) = [e for e in run_json(env, "timeline", "carol@acme.com") if e["type"] == "note"]
+    assert note["text"] == "write to carol@acme.com or [erased]"
+    assert [c["email"] for c in run_json(env, "contacts", "list")] == [
+        "carol@acme.com",
+        "dan@gmail.com",
+    ]
+
+
 def test_backup_is_consistent_while_another_writer_runs(env) -> None:
     imported(env)
     writer = sqlite3.connect(env["store"] / "syncd.sqlite3", isolation_level=None)

@@ -1,0 +1,209 @@
+"""The CLI commands that move mail and data in and out of the store: import, quarantine,
+export, erase, backup.
+
+``register(group)`` adds them to the main click group. Exit status: 0 done, 1 problems
+found (quarantined mail, traces left after an erase), 2 usage.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from syncd.cli import EX_PROBLEMS, EX_USAGE, emit_json, fail
+from syncd.cli_records import JSON_FLAG, open_store, print_table, team_member
+from syncd.config import EMAIL_RE
+from syncd.crm.rules import RulesSettings
+from syncd.mail.provenance import Provenance
+from syncd.pipeline import Pipeline
+from syncd.sources.files import MailFiles
+from syncd.store import queries
+from syncd.store.backup import backup as backup_store
+from syncd.store.erase import erase as erase_address
+from syncd.store.erase import scan
+from syncd.store.export import export_csv, export_json, export_vcard
+
+BATCH = 500
+
+
+# --- import -----------------------------------------------------------------------------
+
+
+@click.command("import")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--owner", metavar="EMAIL", help="Team member who owns contacts created.")
+@JSON_FLAG
+@click.pass_context
+def import_mail(ctx: click.Context, path: Path, owner: str | None, as_json: bool) -> None:
+    """Log .eml files, a directory of them, an mbox or a Maildir, through the sync rules.
+
+    Without --owner no contacts are created: mail is logged only on existing contacts.
+    """
+    with open_store(ctx) as (config, conn):
+        settings = RulesSettings.from_config(config)
+        member = team_member(settings, owner) if owner else None
+        if owner and member is None:
+            fail(f"--owner {owner} is not a team member's address or alias", EX_USAGE)
+        files = MailFiles(path)
+        counts: Counter[str] = Counter()
+        with Pipeline.from_config(config, conn) as pipeline:
+            for outcome in _import_batches(pipeline, files, member):
+                counts[outcome.status] += 1
+                if outcome.status == "quarantined":
+                    click.echo(f"quarantined: {outcome.reason}", err=True)
+    result = {
+        "logged": counts["logged"],
+        "duplicates": counts["duplicate"],
+        "skipped": counts["skipped"],
+        "quarantined": counts["quarantined"],
+    }
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(", ".join(f"{k} {v}" for k, v in result.items()))
+    if result["quarantined"]:
+        sys.exit(EX_PROBLEMS)
+
+
+def _import_batches(pipeline: Pipeline, files: MailFiles, owner: str | None) -> Iterator[Any]:
+    def batches() -> Iterator[list[tuple[bytes, Provenance]]]:
+        batch: list[tuple[bytes, Provenance]] = []
+        for raw, received in files:
+            batch.append((raw, Provenance("import", received, owner=owner)))
+            if len(batch) >= BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    if not sys.stderr.isatty():
+        for batch in batches():
+            yield from pipeline.ingest_batch(batch)
+        return
+    with click.progressbar(length=len(files), label="importing", file=sys.stderr) as bar:
+        for batch in batches():
+            yield from pipeline.ingest_batch(batch)
+            bar.update(len(batch))
+
+
+# --- quarantine, export, erase, backup ---------------------------------------------------
+
+
+@click.group("quarantine")
+def quarantine() -> None:
+    """Mail that could not be logged, with the reason."""
+
+
+@quarantine.command("list")
+@JSON_FLAG
+@click.pass_context
+def quarantine_list(ctx: click.Context, as_json: bool) -> None:
+    """Quarantined mail with reason, source and size."""
+    with open_store(ctx, readonly=True) as (_config, conn):
+        found = queries.quarantine_list(conn)
+    if as_json:
+        emit_json(found)
+        return
+    rows = [[q["id"], q["quarantined_at"], q["source"], q["size"], q["reason"]] for q in found]
+    print_table(rows, ("id", "quarantined_at", "source", "size", "reason"))
+
+
+@quarantine.command("retry")
+@click.argument("quarantine_id", metavar="[ID]", type=int, required=False)
+@click.pass_context
+def quarantine_retry(ctx: click.Context, quarantine_id: int | None) -> None:
+    """Run quarantined mail (all, or ID) through the pipeline again."""
+    with open_store(ctx) as (config, conn), Pipeline.from_config(config, conn) as pipeline:
+        results = pipeline.retry_quarantined([quarantine_id] if quarantine_id else None)
+    if quarantine_id is not None and not results:
+        fail(f"no quarantined message {quarantine_id}")
+    for number, outcome in results:
+        click.echo(f"{number}: {outcome.status} {outcome.reason}".rstrip())
+    if any(o.status == "quarantined" for _n, o in results):
+        sys.exit(EX_PROBLEMS)
+
+
+@click.command("export")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "json", "vcard"]),
+    required=True,
+    help="csv and vcard hold contacts; json holds everything.",
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="File; default stdout."
+)
+@click.pass_context
+def export(ctx: click.Context, fmt: str, output: Path | None) -> None:
+    """Everything a user may take elsewhere."""
+    with open_store(ctx, readonly=True) as (_config, conn):
+        if fmt == "json":
+            text = json.dumps(export_json(conn), ensure_ascii=False, indent=2, default=str) + "\n"
+        else:
+            text = export_csv(conn) if fmt == "csv" else export_vcard(conn)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
+@click.command("erase")
+@click.argument("email")
+@click.pass_context
+def erase(ctx: click.Context, email: str) -> None:
+    """Remove a contact and every trace of its addresses from the store (GDPR)."""
+    if not EMAIL_RE.match(email.strip()):
+        fail(f"{email!r} is not an email address; erase takes one whole address", 2)
+    with open_store(ctx) as (config, conn):
+        report = erase_address(conn, email, Path(config.store.attachments_dir))
+        store_path = Path(config.store.path)
+    if not report.found:
+        fail(f"no trace of {email} in the store")
+    click.echo(
+        f"erased {', '.join(report.addresses)}: {report.contacts} contact(s), "
+        f"{report.deleted} engagement(s) deleted, {report.redacted} redacted, "
+        f"{report.quarantined} quarantined message(s), {report.files} attachment file(s)"
+    )
+    paths = [p for p in _store_files(store_path) if p.exists()]
+    paths.append(Path(config.store.attachments_dir))
+    left = [
+        hit
+        for address in report.addresses
+        for hit in scan([p for p in paths if p.exists()], address)
+    ]
+    if report.wal_busy or left:
+        where = ", ".join(sorted({str(p) for p in left})) or f"{store_path}-wal"
+        fail(f"traces remain in {where}; stop the daemon and run erase again")
+    click.echo("backups made before now still hold these addresses", err=True)
+
+
+def _store_files(path: Path) -> list[Path]:
+    return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+
+
+@click.command("backup")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.pass_context
+def backup(ctx: click.Context, dest: Path) -> None:
+    """A consistent copy of the store, safe while the daemon runs."""
+    if not ctx.obj.config().store.path.exists():
+        fail(f"no store at {ctx.obj.config().store.path} yet: nothing to back up")
+    with open_store(ctx, readonly=True) as (_config, conn):
+        try:
+            size = backup_store(conn, dest)
+        except OSError as exc:
+            fail(f"cannot write {dest}: {exc.strerror or exc}")
+    click.echo(f"{dest}: {size} bytes", err=True)
+
+
+def register(group: click.Group) -> None:
+    """Add the data commands to the main CLI group."""
+    for command in (import_mail, quarantine, export, erase, backup):
+        group.add_command(command)
