@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -68,6 +69,11 @@ class SyncdGroup(click.Group):
             fail(str(exc), EX_TEMPFAIL)
         except SyncdError as exc:
             fail(str(exc), EX_PROBLEMS)
+        except sqlite3.Error as exc:  # the store is locked, full or damaged mid-command
+            fail(f"store error: {exc}", EX_TEMPFAIL)
+        except OSError as exc:
+            where = f" {exc.filename}" if exc.filename else ""
+            fail(f"cannot access{where}: {exc.strerror or exc}", EX_TEMPFAIL)
 
 
 @click.group(cls=SyncdGroup, context_settings={"help_option_names": ["-h", "--help"]})

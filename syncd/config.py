@@ -392,9 +392,23 @@ class Config(Model):
         return config
 
     def show(self) -> str:
-        """The effective configuration as YAML, secrets masked."""
+        """The effective configuration as YAML, secrets masked: inline passwords, and the
+        arguments of password and token commands (they may carry a token)."""
         data = self.model_dump(mode="json", by_alias=True)
-        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        return yaml.safe_dump(_mask_commands(data), sort_keys=False, allow_unicode=True)
+
+
+def _mask_commands(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {
+            k: [v[0], *["**********"] * (len(v) - 1)]
+            if k in ("password_command", "oauth2_token_command") and isinstance(v, list) and v
+            else _mask_commands(v)
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [_mask_commands(v) for v in data]
+    return data
 
 
 def dotted(path: tuple[str | int, ...]) -> str:

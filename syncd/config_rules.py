@@ -160,6 +160,11 @@ def _bcc(data: dict[str, Any]) -> Iterator[Problem]:
             yield ("bcc", "relay"), f"set at most one of {', '.join(_SECRET_SOURCES)}"
         if given and not relay.get("username"):
             yield ("bcc", "relay", "username"), "a relay password needs a username"
+        if relay.get("security") == "none" and not _is_loopback(relay.get("host")):
+            yield (
+                ("bcc", "relay", "security"),
+                ("security: none sends mail and password in clear; only for a loopback host"),
+            )
     if bcc.get("verify_sender") == "auth":
         listen = bcc.get("listen", "127.0.0.1:2525")
         host = str(listen).rsplit(":", 1)[0].strip("[]")
@@ -179,6 +184,8 @@ def _tracking(data: dict[str, Any]) -> Iterator[Problem]:
     tracking = data.get("tracking")
     if not isinstance(tracking, dict) or tracking.get("enabled") is not True:
         return
+    # Refused rather than accepted and ignored: a user who turns it on must know.
+    yield ("tracking", "enabled"), "open and click tracking is not available in this version yet"
     for key in ("public_url", "secret_file"):
         if not tracking.get(key):
             yield ("tracking", key), f"tracking is enabled, so {key} is required"

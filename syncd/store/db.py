@@ -33,8 +33,17 @@ def latest_version() -> int:
 
 
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open (and create or migrate, unless ``readonly``) the store at ``path``."""
+    """Open (and create or migrate, unless ``readonly``) the store at ``path``.
+    Every failure to open is a StoreError with a one-line reason."""
     path = Path(path)
+    try:
+        return _connect(path, readonly)
+    except (sqlite3.Error, OSError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise StoreError(f"cannot open the store {path}: {reason}") from None
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     if readonly:
         if not path.exists():
             raise StoreError(f"no store at {path}")

@@ -211,6 +211,14 @@ BAD = [
         "18:27: pipelines.deals.open: List should have at least 1 item after validation, not 0",
     ),
     (BASE + "team: []\n", "18:1: team: duplicate key"),
+    (
+        BASE + "tracking: {enabled: true, public_url: https://t.example.com, secret_file: /s}\n",
+        "18:21: tracking.enabled: open and click tracking is not available in this version yet",
+    ),
+    (
+        BASE + "  relay: {host: smtp.example.org, security: none}\n  extra_bcc: [x@example.org]\n",
+        "18:45: bcc.relay.security: security: none sends mail and password in clear; only for a loopback host",
+    ),
     ("- just\n- a list\n", "1:1: (top): expected a mapping, the file is a list"),
     ("", "1:1: (top): expected a mapping, the file is empty"),
     ("team: [\n", "2:1: (top): YAML: expected the node content, but found '<stream end>'"),
@@ -280,3 +288,11 @@ def test_dates_and_durations(tmp_path: Path) -> None:
 def test_dotted() -> None:
     assert dotted(("inboxes", 0, "sync", "from")) == "inboxes[0].sync.from"
     assert dotted(()) == ""
+
+
+def test_show_masks_command_arguments(tmp_path: Path) -> None:
+    text = BASE.replace(
+        "password_file: /etc/syncd/ada}", "password_command: [/usr/bin/pass, show, s3cr3t-token]}"
+    )
+    shown = Config.from_yaml(write(tmp_path, text)).show()
+    assert "s3cr3t-token" not in shown and "/usr/bin/pass" in shown
