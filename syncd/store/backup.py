@@ -20,6 +20,8 @@ def backup(conn: sqlite3.Connection, dest: Path) -> int:
     if dest.is_dir():
         raise IsADirectoryError(f"{dest} is a directory; give a file name")
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    # The copy holds everyone's mail: only its owner may read it, whatever the umask.
+    os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
     target = sqlite3.connect(tmp)
     try:
         conn.backup(target, pages=-1)
@@ -27,5 +29,7 @@ def backup(conn: sqlite3.Connection, dest: Path) -> int:
         target.execute("PRAGMA journal_mode = DELETE")
     finally:
         target.close()
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
     os.replace(tmp, dest)
     return dest.stat().st_size

@@ -87,9 +87,9 @@ def export_csv(conn: sqlite3.Connection) -> str:
         writer.writerow(
             {
                 "email": contact["email"],
-                "first_name": contact["first_name"],
-                "last_name": contact["last_name"],
-                "company": contact["company"] or "",
+                "first_name": _cell(contact["first_name"]),
+                "last_name": _cell(contact["last_name"]),
+                "company": _cell(contact["company"] or ""),
                 "owner": contact["owner"] or "",
                 "lifecycle_stage": contact["lifecycle_stage"] or "",
                 "legal_basis": contact["legal_basis"] or "",
@@ -100,6 +100,13 @@ def export_csv(conn: sqlite3.Connection) -> str:
             }
         )
     return out.getvalue()
+
+
+def _cell(text: str | None) -> str:
+    """Names come from senders' headers: a leading = + - @ would be a spreadsheet
+    formula when the CSV is opened, so such a cell starts with a quote."""
+    text = text or ""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def export_vcard(conn: sqlite3.Connection) -> str:

@@ -314,3 +314,19 @@ def test_newer_store_refused_with_clear_message(env) -> None:
     result = run(env, "contacts", "list")
     assert result.exit_code == 75
     assert "written by a newer syncd" in result.stderr
+
+
+def test_backup_is_private_and_csv_cells_are_not_formulas(env) -> None:
+    imported(env)
+    run(env, "contacts", "import", str(_csv(env, "email,first_name\nevil@x.org,=HYPERLINK(1)\n")))
+    dest = env["tmp"] / "private.sqlite3"
+    assert run(env, "backup", str(dest)).exit_code == 0
+    assert dest.stat().st_mode & 0o077 == 0
+    exported = run(env, "export", "--format", "csv").stdout
+    assert "'=HYPERLINK(1)" in exported
+
+
+def _csv(env: dict[str, Path], text: str) -> Path:
+    path = env["tmp"] / "people.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
