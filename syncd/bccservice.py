@@ -17,11 +17,10 @@ import sqlite3
 import time
 from typing import Any
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
 from syncd.config import BccConfig, Config
 from syncd.outbound.relay import OutboxRunner, Relay, RelaySettings
 from syncd.pipeline import Pipeline
+from syncd.schedule import Every
 from syncd.secrets import read_password
 from syncd.sources.bcc import (
     BccHandler,
@@ -80,7 +79,7 @@ class BccService:
         self._outbox_conn: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def start(self, scheduler: AsyncIOScheduler) -> None:
+    async def start(self, every: Every) -> None:
         self._loop = asyncio.get_running_loop()
         await self._store.run(lambda p: spool.abandon_held(p.conn))
         await self._drain()
@@ -101,9 +100,9 @@ class BccService:
         )
         self._server = await start_server(self._handler, options)
         self._state = "listening"
-        scheduler.add_job(self._drain, "interval", seconds=DRAIN_SECONDS, id="bcc-drain")
+        every(self._drain, DRAIN_SECONDS, "bcc-drain")
         if bcc.relay is not None and bcc.extra_bcc:
-            scheduler.add_job(self._send_outbox, "interval", seconds=OUTBOX_SECONDS, id="outbox")
+            every(self._send_outbox, OUTBOX_SECONDS, "outbox")
 
     def _credentials(self) -> PasswordFiles | None:
         if self._bcc.verify_sender != "auth":

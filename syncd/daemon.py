@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +33,7 @@ from syncd.config import Config
 from syncd.errors import ConfigError
 from syncd.imapservice import ImapService
 from syncd.metrics import MetricsService
+from syncd.schedule import Every
 from syncd.sdnotify import Notifier
 from syncd.store import daemonstate
 from syncd.storeworker import StoreWorker
@@ -46,7 +47,7 @@ class Service(Protocol):
 
     name: str
 
-    async def start(self, scheduler: AsyncIOScheduler) -> None: ...
+    async def start(self, every: Every) -> None: ...
     async def stop(self, deadline: float) -> None: ...
     def reconfigure(self, config: Config) -> None: ...
     def status(self) -> dict[str, Any]: ...
@@ -75,8 +76,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload()))
         scheduler = AsyncIOScheduler(event_loop=loop)
         self.services = _build_services(self.config, self.store)
+
+        def every(job: Callable[[], Any], seconds: float, name: str) -> None:
+            scheduler.add_job(job, "interval", seconds=seconds, id=name)
+
         for service in self.services:
-            await service.start(scheduler)
+            await service.start(every)
         beat = daemonstate.HEARTBEAT_SECONDS
         scheduler.add_job(self._heartbeat, "interval", seconds=beat, id="heartbeat")
         interval = self.notifier.watchdog_interval()

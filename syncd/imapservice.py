@@ -23,11 +23,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
 from syncd.config import Config, Inbox
 from syncd.errors import InboxError
 from syncd.pipeline import Pipeline
+from syncd.schedule import Every
 from syncd.sources import syncplan
 from syncd.sources.imap import InboxResult, Progress, sync_inbox
 from syncd.sources.imap_conn import ImapSession, connect
@@ -97,8 +96,9 @@ class ImapService:
         self._threads: list[threading.Thread] = []
         self._states: dict[str, str] = {name: "starting" for name in self._inboxes}
         self._idling: dict[str, ImapSession] = {}
+        self._crashes: dict[str, int] = {}  # unexpected errors in a row, for the backoff
 
-    async def start(self, scheduler: AsyncIOScheduler) -> None:
+    async def start(self, every: Every) -> None:
         for name in self._inboxes:
             thread = threading.Thread(target=self._loop, args=(name,), name=f"imap-{name}")
             thread.daemon = True  # an IDLE wait holds no mail; never block exit on it
@@ -137,7 +137,10 @@ class ImapService:
                 return
             except Exception:
                 log.exception("inbox %s: sync pass failed", name)
-                result, failures = InboxResult(name, state="failed", error="internal error"), 1
+                result = InboxResult(name, state="failed", error="internal error")
+                failures = self._crashes[name] = self._crashes.get(name, 0) + 1
+            if result.state == "ok":
+                self._crashes.pop(name, None)
             self._states[name] = result.state
             self._log_pass(result)
             delay = syncplan.inbox_retry_delay(

@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from syncd import statusreport
 from syncd.config import Config
+from syncd.schedule import Every
 
 log = logging.getLogger("syncd.metrics")
 
@@ -91,7 +91,7 @@ class MetricsService:
         self._listen = config.metrics.listen
         self._runner: web.AppRunner | None = None
 
-    async def start(self, scheduler: AsyncIOScheduler) -> None:
+    async def start(self, every: Every) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/health", self._health)
