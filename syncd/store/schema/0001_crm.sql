@@ -148,15 +148,15 @@ CREATE INDEX emails_thread ON emails(thread_key);
 
 -- The full-text index reads its text from `emails` (external content), so erasing or
 -- redacting an email's row and running 'rebuild' leaves nothing of the old text behind.
--- New rows are indexed by the write path (store/crm.py MailWriter.flush), a batch at a
--- time in the batch's own transaction: there is no insert trigger, because FTS5 writes
--- out its pending index at every SAVEPOINT, and the pipeline holds one per message.
--- A larger hash (16 MB) lets a whole batch's text become one index segment.
 CREATE VIRTUAL TABLE emails_fts USING fts5(
     subject, body, addresses,
     content = 'emails', content_rowid = 'engagement_id'
 );
-INSERT INTO emails_fts(emails_fts, rank) VALUES ('hashsize', 16777216);
+
+CREATE TRIGGER emails_fts_insert AFTER INSERT ON emails BEGIN
+    INSERT INTO emails_fts(rowid, subject, body, addresses)
+    VALUES (new.engagement_id, new.subject, new.body, new.addresses);
+END;
 
 CREATE TRIGGER emails_fts_delete AFTER DELETE ON emails BEGIN
     INSERT INTO emails_fts(emails_fts, rowid, subject, body, addresses)
