@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from syncd import config_rules, yamlmarks
+from syncd.crm import lifecycle
 from syncd.errors import ConfigError, ConfigProblem
 
 EMAIL_RE = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
@@ -281,18 +282,15 @@ class TicketPipeline(Model):
     closed: str
 
 
+# The defaults are the CRM's (crm/lifecycle.py); the config only spells them as models.
 DEFAULT_DEALS = DealPipeline(
-    open=[
-        "appointmentscheduled",
-        "qualifiedtobuy",
-        "presentationscheduled",
-        "decisionmakerboughtin",
-        "contractsent",
-    ],
-    won="closedwon",
-    lost="closedlost",
+    open=list(lifecycle.DEFAULT_DEALS.open),
+    won=lifecycle.DEFAULT_DEALS.won,
+    lost=lifecycle.DEFAULT_DEALS.lost,
 )
-DEFAULT_TICKETS = TicketPipeline(open=["new", "waiting"], closed="closed")
+DEFAULT_TICKETS = TicketPipeline(
+    open=list(lifecycle.DEFAULT_TICKETS.open), closed=lifecycle.DEFAULT_TICKETS.closed
+)
 
 
 class Pipelines(Model):

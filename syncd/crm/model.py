@@ -51,3 +51,15 @@ class ContactRecord:
     legal_basis: str = ""
     other_emails: tuple[str, ...] = ()
     where: str = ""  # "file:line" for error messages
+
+
+# The columns of a contacts CSV file, read by ``contacts import``, written by ``export``.
+CSV_FIELDS = (
+    "email",
+    "first_name",
+    "last_name",
+    "company",
+    "owner",
+    "lifecycle_stage",
+    "legal_basis",
+)

@@ -22,17 +22,7 @@ from pathlib import Path
 
 import vobject
 
-from syncd.crm.model import ContactRecord
-
-CSV_FIELDS = (
-    "email",
-    "first_name",
-    "last_name",
-    "company",
-    "owner",
-    "lifecycle_stage",
-    "legal_basis",
-)
+from syncd.crm.model import CSV_FIELDS, ContactRecord
 
 
 class FileFormatError(ValueError):

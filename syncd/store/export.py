@@ -12,6 +12,7 @@ from typing import Any
 
 import vobject
 
+from syncd.crm.model import CSV_FIELDS
 from syncd.store.queries import (
     CONTACT_SQL,
     ENGAGEMENT_SQL,
@@ -22,13 +23,7 @@ from syncd.store.queries import (
 )
 
 CSV_COLUMNS = (
-    "email",
-    "first_name",
-    "last_name",
-    "company",
-    "owner",
-    "lifecycle_stage",
-    "legal_basis",
+    *CSV_FIELDS,
     "other_emails",
     "marketing",
     "last_contacted",
