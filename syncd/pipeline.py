@@ -1,10 +1,11 @@
 """The one path every source's mail takes: parse, apply the CRM rules, write once, commit.
 
-``Pipeline.ingest_batch`` parses each raw message (in a pool of worker processes for
-large batches on a multi-core machine, so parsing runs beside the single writer), then
-in ONE transaction plans and writes each message, runs the source's ``on_commit``
-(an IMAP checkpoint, a spool deletion) and commits: the mail and the source's record of
-it land together or not at all. A message that cannot be parsed, or that fails in any
+``Pipeline.ingest_batch`` parses each raw message and prepares its raw copy (in a pool
+of worker processes for large batches on a multi-core machine, so parsing streams in
+beside the single writer), then in ONE transaction plans and writes each message
+(``store.crm.MailWriter``), runs the source's ``on_commit`` (an IMAP checkpoint, a spool
+deletion) and commits: the mail and the source's record of it land together or not at
+all. A message that cannot be parsed, or that fails in any
 unexpected way, goes to the quarantine with its reason inside the same transaction; a
 bad message never raises. Errors of the store itself (disk full, locked) abort the batch
 and raise ``StoreError``. One Pipeline owns one connection and is used by one thread.
@@ -14,32 +15,38 @@ and raise ``StoreError``. One Pipeline owns one connection and is used by one th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
+from multiprocessing.reduction import ForkingPickler
+from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from syncd.crm import rules
 from syncd.crm.model import Outcome
 from syncd.crm.rules import RulesSettings
 from syncd.errors import MessageError, StoreError
-from syncd.mail.parse import Email, parse
+from syncd.mail.parse import Address, Attachment, Email, parse
 from syncd.mail.provenance import Provenance
 from syncd.store import crm as store
 from syncd.store.db import transaction
+from syncd.store.raw import RawCopy, prepare_parts
 
 log = logging.getLogger(__name__)
 
 # Below this many messages a batch is parsed in-process: starting work in the pool
 # costs more than it saves.
 POOL_MIN_BATCH = 200
+# Jobs go to the pool in chunks; the first ones are small so the writer starts at once.
+POOL_FIRST_CHUNK = 8
 POOL_CHUNK = 64
 CACHE_KIB = 64 * 1024
 # SQLite errors that say the store, not the message, is at fault: the batch is aborted
@@ -64,17 +71,44 @@ class _Refused:
     reason: str
 
 
-def _parse_one(raw: bytes, received_at: datetime, max_bytes: int | None) -> Email | _Refused:
+class _Parsed(NamedTuple):
+    """A parsed message and its raw copy, prepared in a parser process for the writer."""
+
+    email: Email
+    copy: RawCopy | None  # None: the writer prepares it (and quarantines what fails)
+
+
+def _parse_one(raw: bytes, received_at: datetime, max_bytes: int | None) -> _Parsed | _Refused:
     try:
-        return parse(raw, received_at=received_at, max_attachment_bytes=max_bytes)
+        email = parse(raw, received_at=received_at, max_attachment_bytes=max_bytes)
     except MessageError as exc:
         return _Refused(exc.reason)
     except Exception as exc:  # a parser bug costs one message, never the batch
         return _Refused(f"parser failed: {type(exc).__name__}: {exc}")
+    try:
+        copy = prepare_parts(raw, email.attachments)
+    except Exception:
+        copy = None
+    return _Parsed(email, copy)
 
 
-def _parse_job(job: tuple[bytes, datetime, int | None]) -> Email | _Refused:
+def _parse_job(job: tuple[bytes, datetime, int | None]) -> _Parsed | _Refused:
     return _parse_one(*job)
+
+
+def _parse_chunk(jobs: list[tuple[bytes, datetime, int | None]]) -> list[_Parsed | _Refused]:
+    return [_parse_one(*job) for job in jobs]
+
+
+def _plain_pickling(cls: type) -> None:
+    """Results cross from the parser processes by constructor arguments: a slotted
+    dataclass's own pickling sets each field from Python code, several times slower."""
+    get = attrgetter(*(f.name for f in dataclasses.fields(cls)))
+    ForkingPickler.register(cls, lambda obj: (cls, get(obj)))
+
+
+for _cls in (Email, Address, Attachment):
+    _plain_pickling(_cls)
 
 
 class Pipeline:
@@ -144,14 +178,16 @@ class Pipeline:
     ) -> list[Outcome]:
         """Log a batch in one transaction; ``on_commit`` runs inside it, before COMMIT."""
         parsed = self._parse(items)
+        writer = store.MailWriter(self.conn, self.settings, self.attachments_dir)
         outcomes: list[Outcome] = []
         try:
             with transaction(self.conn):
-                for (raw, provenance), email in zip(items, parsed, strict=True):
-                    outcome = self._apply(raw, provenance, email)
+                for (raw, provenance), result in zip(items, parsed, strict=True):
+                    outcome = self._apply(writer, raw, provenance, result)
                     if outcome.status == "quarantined":
                         store.quarantine(self.conn, raw, provenance, outcome.reason)
                     outcomes.append(outcome)
+                writer.flush()
                 if on_commit is not None:
                     on_commit(self.conn)
         except sqlite3.Error as exc:
@@ -163,74 +199,96 @@ class Pipeline:
         rows = store.quarantined(self.conn, ids)
         items = [(bytes(r["raw"]), store.provenance_from_json(r["provenance"])) for r in rows]
         parsed = self._parse(items)
+        writer = store.MailWriter(self.conn, self.settings, self.attachments_dir)
         results: list[tuple[int, Outcome]] = []
         try:
             with transaction(self.conn):
-                for row, (raw, provenance), email in zip(rows, items, parsed, strict=True):
-                    outcome = self._apply(raw, provenance, email)
+                for row, (raw, provenance), result in zip(rows, items, parsed, strict=True):
+                    outcome = self._apply(writer, raw, provenance, result)
                     if outcome.status == "quarantined":
                         store.requarantine(self.conn, row["id"], outcome.reason)
                     else:
                         store.release(self.conn, row["id"])
                     results.append((row["id"], outcome))
+                writer.flush()
         except sqlite3.Error as exc:
             raise StoreError(f"store write failed: {exc}") from exc
         return results
 
-    def _apply(self, raw: bytes, provenance: Provenance, email: Email | _Refused) -> Outcome:
+    def _apply(
+        self,
+        writer: store.MailWriter,
+        raw: bytes,
+        provenance: Provenance,
+        result: _Parsed | _Refused,
+    ) -> Outcome:
         """Plan and write one message under a savepoint; failures become a quarantine outcome."""
-        if isinstance(email, _Refused):
-            return Outcome("quarantined", None, email.reason)
+        if isinstance(result, _Refused):
+            return Outcome("quarantined", None, result.reason)
+        email, copy = result
         conn = self.conn
         conn.execute("SAVEPOINT message")
         try:
             everyone = ((email.from_,) if email.from_ else ()) + email.to + email.cc + email.bcc
-            known = store.lookup_contacts(conn, (a.email for a in everyone))
+            known = writer.known(a.email for a in everyone)
             plan = rules.plan(email, provenance, self.settings, known)
-            outcome = store.write_plan(
-                conn, email, raw, provenance, plan, self.settings, self.attachments_dir
-            )
+            outcome = writer.write(email, raw, provenance, plan, copy)
         except sqlite3.Error as exc:
             if (exc.sqlite_errorname or "").startswith(STORE_FAILURES):
                 # The store itself is failing (disk full, I/O): no message is to blame.
                 conn.execute("ROLLBACK TO message")
                 conn.execute("RELEASE message")
+                writer.discard()
                 raise
-            return self._failed(email, exc)
+            return self._failed(writer, email, exc)
         except Exception as exc:
-            return self._failed(email, exc)
+            return self._failed(writer, email, exc)
         conn.execute("RELEASE message")
+        writer.keep()
         return outcome
 
-    def _failed(self, email: Email, exc: Exception) -> Outcome:
+    def _failed(self, writer: store.MailWriter, email: Email, exc: Exception) -> Outcome:
         self.conn.execute("ROLLBACK TO message")
         self.conn.execute("RELEASE message")
+        writer.discard()
         log.warning("message %s quarantined: %s: %s", email.key, type(exc).__name__, exc)
         return Outcome(
             "quarantined", email.key, f"could not be logged: {type(exc).__name__}: {exc}"
         )
 
-    def _parse(self, items: Sequence[tuple[bytes, Provenance]]) -> Iterator[Email | _Refused]:
+    def _parse(self, items: Sequence[tuple[bytes, Provenance]]) -> Iterator[_Parsed | _Refused]:
         """Parsed messages in order. Small batches are parsed before the transaction
         starts; large ones stream from the worker pool while the writer writes."""
         limit = self.max_attachment_bytes
         jobs = [(raw, prov.received_at, limit) for raw, prov in items]
         if self.workers < 1 or len(jobs) < POOL_MIN_BATCH:
-            return iter([_parse_job(job) for job in jobs])
+            return iter(_parse_chunk(jobs))
         return self._pooled(jobs)
 
-    def _pooled(self, jobs: list[tuple[bytes, datetime, int | None]]) -> Iterator[Email | _Refused]:
+    def _pooled(
+        self, jobs: list[tuple[bytes, datetime, int | None]]
+    ) -> Iterator[_Parsed | _Refused]:
         if self._pool is None:
             # forkserver: workers never inherit the daemon's threads or open sockets.
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["syncd.mail.parse"])
+            context.set_forkserver_preload(["syncd.pipeline"])
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+        # All chunks are queued at once: the pool parses ahead while the writer writes.
+        chunks: list[Future[list[_Parsed | _Refused]]] = []
+        start, size = 0, POOL_FIRST_CHUNK
+        while start < len(jobs):
+            chunks.append(self._pool.submit(_parse_chunk, jobs[start : start + size]))
+            start, size = start + size, min(size * 2, POOL_CHUNK)
         done = 0
         try:
-            for result in self._pool.map(_parse_job, jobs, chunksize=POOL_CHUNK):
-                yield result
-                done += 1
+            for chunk in chunks:
+                for result in chunk.result():
+                    yield result
+                    done += 1
         except BrokenProcessPool:
             log.warning("parser processes died; parsing the rest of the batch in-process")
             self.close()
             yield from (_parse_job(job) for job in jobs[done:])
+        finally:
+            for chunk in chunks:
+                chunk.cancel()

@@ -16,11 +16,12 @@ import binascii
 import json
 import zlib
 from collections.abc import Iterable
+from hashlib import sha256
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from syncd.errors import StoreError
-from syncd.store.blobs import blob_path
+from syncd.store.blobs import HEX64, blob_path
 
 _EOL = {"lf": b"\n", "crlf": b"\r\n"}
 _MIN_HOLE = 512  # shorter base64 bodies are not worth a file read on hydration
@@ -56,7 +57,9 @@ def _locate(raw: bytes, data: bytes, start: int) -> tuple[int, int, int, str] | 
         stride = width + len(eol)
         if (
             all(segment[width + i :: stride] == eol[i : i + 1] * breaks for i in range(len(eol)))
-            and segment.replace(eol, b"") == encoded
+            # Every break sits where it should; deleting all CR and LF leaves the text
+            # between them (any stray CR or LF makes it shorter or different: no match).
+            and segment.translate(None, b"\r\n") == encoded
         ):
             return pos, length, width, "crlf" if eol == b"\r\n" else "lf"
         pos = raw.find(probe, pos + 1)
@@ -101,14 +104,46 @@ def hydrate(blob: bytes, holes: list[Any], attachments_dir: Path) -> bytes:
     return bytes(out)
 
 
-def store_raw(
-    conn: Any, engagement_id: int, raw: bytes, attachments: Iterable[tuple[str, bytes]]
-) -> None:
-    """Insert the raw copy of an engagement's message, stored attachments cut out."""
+class RawCopy(NamedTuple):
+    """What ``raw_messages`` keeps of a message; ``blob`` None means the bytes as received."""
+
+    blob: bytes | None
+    holes: str | None  # JSON
+    size: int
+    crc32: int
+
+
+def stored_digest(part: Any) -> str:
+    """The sha256 an attachment part is stored under ('' when it is not stored)."""
+    digest = part.sha256 if HEX64.match(part.sha256 or "") else ""
+    if part.data is not None and not digest:
+        digest = sha256(part.data).hexdigest()
+    return digest
+
+
+def prepare_raw(raw: bytes, attachments: Iterable[tuple[str, bytes]]) -> RawCopy:
+    """The raw copy of a message, the given (sha256, data) attachments cut out.
+
+    Pure and free of the store, so a parser process can do it beside the writer."""
     blob, holes = dehydrate(raw, attachments)
+    return RawCopy(
+        None if blob is raw else blob,
+        json.dumps(holes) if holes else None,
+        len(raw),
+        zlib.crc32(raw),
+    )
+
+
+def prepare_parts(raw: bytes, parts: Iterable[Any]) -> RawCopy:
+    """``prepare_raw`` for a parsed message's attachment parts: those whose data is kept."""
+    return prepare_raw(raw, [(stored_digest(p), p.data) for p in parts if p.data is not None])
+
+
+def insert_raw(conn: Any, engagement_id: int, raw: bytes, copy: RawCopy) -> None:
+    """Insert the raw copy (from ``prepare_raw(raw, ...)``) of an engagement's message."""
     conn.execute(
         "INSERT INTO raw_messages(engagement_id, raw, holes, size, crc32) VALUES (?, ?, ?, ?, ?)",
-        (engagement_id, blob, json.dumps(holes) if holes else None, len(raw), zlib.crc32(raw)),
+        (engagement_id, raw if copy.blob is None else copy.blob, copy.holes, copy.size, copy.crc32),
     )
 
 

@@ -148,15 +148,13 @@ CREATE INDEX emails_thread ON emails(thread_key);
 
 -- The full-text index reads its text from `emails` (external content), so erasing or
 -- redacting an email's row and running 'rebuild' leaves nothing of the old text behind.
+-- New rows are indexed by the write path (store/crm.py MailWriter.flush), a batch at a
+-- time in the batch's own transaction: there is no insert trigger, because FTS5 writes
+-- out its pending index at every SAVEPOINT, and the pipeline holds one per message.
 CREATE VIRTUAL TABLE emails_fts USING fts5(
     subject, body, addresses,
     content = 'emails', content_rowid = 'engagement_id'
 );
-
-CREATE TRIGGER emails_fts_insert AFTER INSERT ON emails BEGIN
-    INSERT INTO emails_fts(rowid, subject, body, addresses)
-    VALUES (new.engagement_id, new.subject, new.body, new.addresses);
-END;
 
 CREATE TRIGGER emails_fts_delete AFTER DELETE ON emails BEGIN
     INSERT INTO emails_fts(emails_fts, rowid, subject, body, addresses)
@@ -221,28 +219,19 @@ CREATE TABLE engagement_tickets (
 ) WITHOUT ROWID;
 CREATE INDEX engagement_tickets_ticket ON engagement_tickets(ticket_id, engagement_id);
 
--- engagement_count on each record follows its associations, however they are removed
--- (an erase cascades), so the max_engagements_per_record check is one row read.
-CREATE TRIGGER engagement_contacts_count_add AFTER INSERT ON engagement_contacts BEGIN
-    UPDATE contacts SET engagement_count = engagement_count + 1 WHERE id = new.contact_id;
-END;
+-- engagement_count on each record follows its associations, so the
+-- max_engagements_per_record check is one row read. The write path (store/crm.py) adds
+-- to it as it links, a batch at a time; these triggers take away however links are
+-- removed (an erase cascades). An insert trigger would cost a row UPDATE per link,
+-- which with foreign keys on is most of the price of a link.
 CREATE TRIGGER engagement_contacts_count_del AFTER DELETE ON engagement_contacts BEGIN
     UPDATE contacts SET engagement_count = engagement_count - 1 WHERE id = old.contact_id;
-END;
-CREATE TRIGGER engagement_companies_count_add AFTER INSERT ON engagement_companies BEGIN
-    UPDATE companies SET engagement_count = engagement_count + 1 WHERE id = new.company_id;
 END;
 CREATE TRIGGER engagement_companies_count_del AFTER DELETE ON engagement_companies BEGIN
     UPDATE companies SET engagement_count = engagement_count - 1 WHERE id = old.company_id;
 END;
-CREATE TRIGGER engagement_deals_count_add AFTER INSERT ON engagement_deals BEGIN
-    UPDATE deals SET engagement_count = engagement_count + 1 WHERE id = new.deal_id;
-END;
 CREATE TRIGGER engagement_deals_count_del AFTER DELETE ON engagement_deals BEGIN
     UPDATE deals SET engagement_count = engagement_count - 1 WHERE id = old.deal_id;
-END;
-CREATE TRIGGER engagement_tickets_count_add AFTER INSERT ON engagement_tickets BEGIN
-    UPDATE tickets SET engagement_count = engagement_count + 1 WHERE id = new.ticket_id;
 END;
 CREATE TRIGGER engagement_tickets_count_del AFTER DELETE ON engagement_tickets BEGIN
     UPDATE tickets SET engagement_count = engagement_count - 1 WHERE id = old.ticket_id;
