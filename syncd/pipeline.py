@@ -3,7 +3,7 @@
 ``Pipeline.ingest_batch`` parses each raw message and prepares its raw copy (in a pool
 of worker processes for large batches on a multi-core machine, so parsing streams in
 beside the single writer), then in ONE transaction plans and writes each message
-(``store.crm.MailWriter``), runs the source's ``on_commit`` (an IMAP checkpoint, a spool
+(``store.mailwriter.MailWriter``), runs the source's ``on_commit`` (an IMAP checkpoint, a spool
 deletion) and commits: the mail and the source's record of it land together or not at
 all. A message that cannot be parsed, or that fails in any
 unexpected way, goes to the quarantine with its reason inside the same transaction; a
@@ -38,6 +38,7 @@ from syncd.mail.parse import Address, Attachment, Email, parse
 from syncd.mail.provenance import Provenance
 from syncd.store import crm as store
 from syncd.store.db import transaction
+from syncd.store.mailwriter import MailWriter
 from syncd.store.raw import RawCopy, prepare_parts
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class Pipeline:
     ) -> list[Outcome]:
         """Log a batch in one transaction; ``on_commit`` runs inside it, before COMMIT."""
         parsed = self._parse(items)
-        writer = store.MailWriter(self.conn, self.settings, self.attachments_dir)
+        writer = MailWriter(self.conn, self.settings, self.attachments_dir)
         outcomes: list[Outcome] = []
         try:
             with transaction(self.conn):
@@ -199,7 +200,7 @@ class Pipeline:
         rows = store.quarantined(self.conn, ids)
         items = [(bytes(r["raw"]), store.provenance_from_json(r["provenance"])) for r in rows]
         parsed = self._parse(items)
-        writer = store.MailWriter(self.conn, self.settings, self.attachments_dir)
+        writer = MailWriter(self.conn, self.settings, self.attachments_dir)
         results: list[tuple[int, Outcome]] = []
         try:
             with transaction(self.conn):
@@ -217,7 +218,7 @@ class Pipeline:
 
     def _apply(
         self,
-        writer: store.MailWriter,
+        writer: MailWriter,
         raw: bytes,
         provenance: Provenance,
         result: _Parsed | _Refused,
@@ -247,7 +248,7 @@ class Pipeline:
         writer.keep()
         return outcome
 
-    def _failed(self, writer: store.MailWriter, email: Email, exc: Exception) -> Outcome:
+    def _failed(self, writer: MailWriter, email: Email, exc: Exception) -> Outcome:
         self.conn.execute("ROLLBACK TO message")
         self.conn.execute("RELEASE message")
         writer.discard()

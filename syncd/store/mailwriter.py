@@ -1,0 +1,413 @@
+"""The store's write path for mail: one engagement per message key, per batch.
+
+``MailWriter`` carries out each message's ``crm.rules.Plan`` inside the caller's
+transaction and, before the commit, the rows it deferred (full-text rows, association
+links and counts, last-activity dates: one statement per batch rather than per
+message). A message key already in the store only gains a sighting and any new
+associations. Attachments are written once by content under
+``attachments_dir/ab/cd/<sha256>`` before the transaction commits; a file left by a
+rolled-back transaction is harmless because its name is its content. Caches live for
+one transaction: nothing else writes while a batch holds the write lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from syncd.crm.model import ContactState, Outcome
+from syncd.crm.rules import ContactPlan, Plan, RulesSettings
+from syncd.mail.provenance import Provenance
+from syncd.store.blobs import write_blob
+from syncd.store.crm import (
+    ASSOCIATION,
+    OVERSIZED_NOTE,
+    company_for_domain,
+    create_contact,
+    iso,
+    now_iso,
+    safe_filename,
+)
+from syncd.store.raw import RawCopy, insert_raw, prepare_raw, stored_digest
+
+if TYPE_CHECKING:
+    from syncd.mail.parse import Email
+
+
+class MailWriter:
+    """The write side of one pipeline transaction: ``write`` carries out each message's
+    ``crm.rules.Plan``; ``flush`` writes what was deferred; then the caller commits.
+
+    It lives for one transaction only. BEGIN IMMEDIATE holds the write lock, so nothing
+    else changes the store meanwhile: what it reads (contacts by address, their companies,
+    companies by domain, open deals and tickets) stays true except for its own writes,
+    which it records. Rows nothing reads before COMMIT wait for ``flush`` and go in with
+    one ``executemany`` each, in message order: the search index (an FTS5 insert per
+    message under a SAVEPOINT would flush a tiny index segment every time),
+    associations (the cap check sees the same counts in the same order) and
+    last_activity/last_contacted (only ever the latest date, so one UPDATE per record).
+    Each message runs under the caller's SAVEPOINT: ``keep`` after RELEASE, ``discard``
+    after ROLLBACK TO, which forgets that message's deferred rows and every cache (they
+    may name rows the rollback removed).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, settings: RulesSettings, attachments_dir: Path):
+        self.conn = conn
+        self.settings = settings
+        self.attachments_dir = attachments_dir
+        self._cap = settings.max_engagements_per_record
+        # Deferred rows of the kept messages.
+        self._search: list[tuple[int, str, str, str]] = []
+        self._links: dict[str, list[tuple[int, int]]] = {k: [] for k in ASSOCIATION}
+        self._pairs: set[tuple[str, int, int]] = set()
+        self._added: dict[tuple[str, int], int] = {}  # (kind, record) -> links to count
+        self._new: set[int] = set()  # engagements created in this transaction
+        self._activity: dict[int, str] = {}
+        self._contacted: dict[int, str] = {}
+        self._company_activity: dict[int, str] = {}
+        # The same for the current message, until ``keep`` or ``discard``.
+        self._msg_search: tuple[int, str, str, str] | None = None
+        self._msg_pairs: dict[tuple[str, int, int], None] = {}
+        self._msg_added: dict[tuple[str, int], int] = {}
+        self._touches: list[tuple[list[int], list[int], str, bool]] = []
+        self._forget()
+
+    def _forget(self) -> None:
+        self._address_ids: dict[str, int | None] = {}  # None: no contact has it
+        self._states: dict[int, ContactState] = {}
+        self._company_of: dict[int, int | None] = {}
+        self._domains: dict[str, int] = {}
+        self._open: dict[tuple[str, int], list[int]] = {}
+        self._counts: dict[tuple[str, int], int | None] = {}  # engagement_count as stored
+
+    def known(self, addresses: Iterable[str]) -> dict[str, ContactState]:
+        """Existing contacts by any of their addresses, as ``lookup_contacts`` finds them."""
+        wanted = {a.lower() for a in addresses}
+        ids = self._address_ids
+        missing = sorted(a for a in wanted if a not in ids)
+        # In slices: a message may carry more recipients than SQLite allows bound variables.
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            rows = self.conn.execute(
+                "SELECT a.address, c.id, c.owner, c.legal_basis, c.lifecycle_stage, "
+                "c.company_id, c.engagement_count "
+                "FROM contact_addresses a JOIN contacts c ON c.id = a.contact_id "
+                f"WHERE a.address IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for address, contact_id, owner, basis, stage, company_id, count in rows:
+                ids[address] = contact_id
+                if contact_id not in self._states:
+                    self._states[contact_id] = ContactState(contact_id, owner, basis, stage)
+                    self._company_of[contact_id] = company_id
+                    self._counts[("contact", contact_id)] = count
+            for address in chunk:
+                ids.setdefault(address, None)
+        return {a: self._states[i] for a in wanted if (i := ids[a]) is not None}
+
+    def write(
+        self,
+        email: Email,
+        raw: bytes,
+        provenance: Provenance,
+        plan: Plan,
+        copy: RawCopy | None = None,
+    ) -> Outcome:
+        """Carry out ``plan`` for ``email``; ``copy`` is ``raw.prepare_raw``'s, if made."""
+        if plan.skip:
+            return Outcome("skipped", email.key, plan.skip)
+        conn = self.conn
+        row = conn.execute(
+            "SELECT engagement_id, date, direction FROM emails WHERE message_key = ?",
+            (email.key,),
+        ).fetchone()
+        if row is not None:
+            # The first copy's date and direction stand: a later copy adds where it was
+            # seen and whom it concerns, nothing else.
+            engagement_id, date, direction = row
+            _add_sighting(conn, engagement_id, provenance)
+            self._associate(engagement_id, replace(plan, direction=direction), date)
+            return Outcome("duplicate", email.key, "already logged")
+        date = iso(email.date)
+        engagement_id = self._insert_email(email, plan, date)
+        _add_sighting(conn, engagement_id, provenance)
+        stored = self._store_attachments(engagement_id, email.attachments)
+        insert_raw(conn, engagement_id, raw, copy or prepare_raw(raw, stored))
+        self._associate(engagement_id, plan, date)
+        return Outcome("logged", email.key, "")
+
+    def keep(self) -> None:
+        """The current message's savepoint was released: its deferred rows stand."""
+        if self._msg_search is not None:
+            self._search.append(self._msg_search)
+            self._new.add(self._msg_search[0])
+        for kind, engagement_id, record_id in self._msg_pairs:
+            self._pairs.add((kind, engagement_id, record_id))
+            self._links[kind].append((engagement_id, record_id))
+        for key, n in self._msg_added.items():
+            self._added[key] = self._added.get(key, 0) + n
+        for contact_ids, company_ids, date, contacted in self._touches:
+            for contact_id in contact_ids:
+                if date > self._activity.get(contact_id, ""):
+                    self._activity[contact_id] = date
+                if contacted and date > self._contacted.get(contact_id, ""):
+                    self._contacted[contact_id] = date
+            for company_id in company_ids:
+                if date > self._company_activity.get(company_id, ""):
+                    self._company_activity[company_id] = date
+        self._clear_message()
+
+    def discard(self) -> None:
+        """The current message was rolled back to its savepoint: forget what it did."""
+        self._clear_message()
+        self._forget()
+
+    def _clear_message(self) -> None:
+        self._msg_search = None
+        self._msg_pairs.clear()
+        self._msg_added.clear()
+        self._touches.clear()
+
+    def flush(self) -> None:
+        """Write the deferred rows of every kept message; call before COMMIT."""
+        conn = self.conn
+        conn.executemany(
+            "INSERT INTO emails_fts(rowid, subject, body, addresses) VALUES (?, ?, ?, ?)",
+            self._search,
+        )
+        for kind, rows in self._links.items():
+            table, column, records = ASSOCIATION[kind]
+            conn.executemany(f"INSERT INTO {table}(engagement_id, {column}) VALUES (?, ?)", rows)
+            conn.executemany(
+                f"UPDATE {records} SET engagement_count = engagement_count + ? WHERE id = ?",
+                sorted((n, i) for (k, i), n in self._added.items() if k == kind),
+            )
+        conn.executemany(
+            "UPDATE contacts SET last_activity = max(coalesce(last_activity, ''), ?), "
+            "last_contacted = CASE WHEN ? THEN max(coalesce(last_contacted, ''), ?) "
+            "ELSE last_contacted END WHERE id = ?",
+            [
+                (date, i in self._contacted, self._contacted.get(i, ""), i)
+                for i, date in sorted(self._activity.items())
+            ],
+        )
+        conn.executemany(
+            "UPDATE companies SET last_activity = max(coalesce(last_activity, ''), ?) WHERE id = ?",
+            [(date, i) for i, date in sorted(self._company_activity.items())],
+        )
+        self._search.clear()
+        for rows in self._links.values():
+            rows.clear()
+        self._pairs.clear()
+        self._added.clear()
+        self._new.clear()
+        self._activity.clear()
+        self._contacted.clear()
+        self._company_activity.clear()
+
+    def _insert_email(self, email: Email, plan: Plan, date: str) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO engagements(type, occurred_at, created_at, owner) "
+            "VALUES ('email', ?, ?, ?)",
+            (date, now_iso(), plan.sender),
+        )
+        engagement_id = int(cur.lastrowid or 0)
+        sender = email.from_
+        everyone = ((sender,) if sender else ()) + email.to + email.cc + email.bcc
+        subject, body = email.subject or "", email.text or ""
+        addresses = " ".join(f"{a.name} {a.email}".strip() for a in everyone)
+        self.conn.execute(
+            "INSERT INTO emails(engagement_id, message_key, message_id, thread_key, direction, "
+            "from_addr, from_name, to_json, cc_json, bcc_json, subject, body, addresses, date, "
+            "date_missing, size, defects) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                engagement_id,
+                email.key,
+                email.message_id,
+                email.thread_key,
+                plan.direction,
+                sender.email if sender else None,
+                sender.name if sender else None,
+                _addresses_json(email.to),
+                _addresses_json(email.cc),
+                _addresses_json(email.bcc),
+                subject,
+                body,
+                addresses,
+                date,
+                int(bool(email.date_missing)),
+                int(email.size),
+                "; ".join(str(d) for d in email.defects),
+            ),
+        )
+        self._msg_search = (engagement_id, subject, body, addresses)
+        return engagement_id
+
+    def _associate(self, engagement_id: int, plan: Plan, date: str) -> None:
+        contact_ids: list[int] = []
+        company_ids: list[int] = []
+        for contact in plan.contacts:
+            contact_id, company_id = self._ensure_contact(contact)
+            if contact_id not in contact_ids:
+                contact_ids.append(contact_id)
+            if company_id is not None and company_id not in company_ids:
+                company_ids.append(company_id)
+        settings = self.settings
+        deal_ids = self._open_records("deal", contact_ids, settings.max_deals)
+        ticket_ids = self._open_records("ticket", contact_ids, settings.max_tickets)
+        for kind, ids in (
+            ("contact", contact_ids),
+            ("company", company_ids),
+            ("deal", deal_ids),
+            ("ticket", ticket_ids),
+        ):
+            for record_id in ids:
+                self._link(kind, engagement_id, record_id)
+        self._touches.append((contact_ids, company_ids, date, plan.direction == "outgoing"))
+
+    def _link(self, kind: str, engagement_id: int, record_id: int) -> None:
+        """``associate`` for one record, the cap checked against the counts it keeps."""
+        pair = (kind, engagement_id, record_id)
+        if pair in self._msg_pairs or pair in self._pairs:
+            return
+        table, column, records = ASSOCIATION[kind]
+        current = self._msg_search is not None and self._msg_search[0] == engagement_id
+        if not current and engagement_id not in self._new:
+            # A copy of mail logged before this transaction: it may be linked already.
+            linked = self.conn.execute(
+                f"SELECT 1 FROM {table} WHERE engagement_id = ? AND {column} = ?",
+                (engagement_id, record_id),
+            ).fetchone()
+            if linked is not None:
+                return
+        key = (kind, record_id)
+        if key in self._counts:
+            stored = self._counts[key]
+        else:
+            row = self.conn.execute(
+                f"SELECT engagement_count FROM {records} WHERE id = ?", (record_id,)
+            ).fetchone()
+            stored = self._counts[key] = row[0] if row else None
+        if stored is None:
+            return
+        count = stored + self._added.get(key, 0) + self._msg_added.get(key, 0)
+        if count < self._cap:
+            self._msg_pairs[pair] = None
+            self._msg_added[key] = self._msg_added.get(key, 0) + 1
+
+    def _ensure_contact(self, plan: ContactPlan) -> tuple[int, int | None]:
+        """The contact (created if planned) and its company (found or created by domain)."""
+        conn = self.conn
+        contact_id = plan.contact_id
+        if contact_id is None:
+            contact_id = self._address_ids.get(plan.email)
+            if plan.email not in self._address_ids:
+                row = conn.execute(
+                    "SELECT contact_id FROM contact_addresses WHERE address = ?", (plan.email,)
+                ).fetchone()
+                contact_id = row[0] if row else None
+            if contact_id is None:
+                contact_id = create_contact(conn, plan.email, plan.name, plan.owner)
+                self._states[contact_id] = ContactState(contact_id, plan.owner, None, "lead")
+                self._company_of[contact_id] = None
+                self._counts[("contact", contact_id)] = 0
+            self._address_ids[plan.email] = contact_id
+        elif plan.owner:
+            state = self._states.get(contact_id)
+            if state is None or state.owner is None:
+                conn.execute(
+                    "UPDATE contacts SET owner = ? WHERE id = ? AND owner IS NULL",
+                    (plan.owner, contact_id),
+                )
+                if state is not None:
+                    self._states[contact_id] = replace(state, owner=plan.owner)
+        if contact_id in self._company_of:
+            company_id = self._company_of[contact_id]
+        else:
+            company_id = conn.execute(
+                "SELECT company_id FROM contacts WHERE id = ?", (contact_id,)
+            ).fetchone()[0]
+        if company_id is None and plan.company_domain:
+            company_id = self._domains.get(plan.company_domain)
+            if company_id is None:
+                company_id = company_for_domain(conn, plan.company_domain, plan.owner, create=True)
+                self._domains[plan.company_domain] = company_id  # type: ignore[assignment]
+            conn.execute(
+                "UPDATE contacts SET company_id = ? WHERE id = ?", (company_id, contact_id)
+            )
+        self._company_of[contact_id] = company_id
+        return contact_id, company_id
+
+    def _open_records(self, kind: str, contact_ids: Sequence[int], limit: int) -> list[int]:
+        """Each contact's most recent open deals (or tickets), up to ``limit`` per contact."""
+        found: list[int] = []
+        if limit <= 0:
+            return found
+        table = "deals" if kind == "deal" else "tickets"
+        link = "deal_contacts" if kind == "deal" else "ticket_contacts"
+        for contact_id in contact_ids:
+            ids = self._open.get((kind, contact_id))
+            if ids is None:
+                rows = self.conn.execute(
+                    f"SELECT r.id FROM {link} l JOIN {table} r ON r.id = l.{kind}_id "
+                    f"WHERE l.contact_id = ? AND r.state = 'open' "
+                    "ORDER BY r.updated_at DESC, r.id DESC LIMIT ?",
+                    (contact_id, limit),
+                )
+                ids = self._open[(kind, contact_id)] = [r[0] for r in rows]
+            found.extend(i for i in ids if i not in found)
+        return found
+
+    def _store_attachments(
+        self, engagement_id: int, attachments: Iterable[Any]
+    ) -> list[tuple[str, bytes]]:
+        """Write each attachment's file once and its row; return (sha256, data) of those stored."""
+        stored: list[tuple[str, bytes]] = []
+        rows = []
+        for part in attachments:
+            data = part.data
+            digest = stored_digest(part)
+            if data is not None:
+                write_blob(self.attachments_dir, digest, data)
+                stored.append((digest, data))
+            rows.append(
+                (
+                    engagement_id,
+                    digest,
+                    safe_filename(part.filename),
+                    part.content_type or "",
+                    int(part.size),
+                    int(data is not None),
+                    "" if data is not None else OVERSIZED_NOTE,
+                )
+            )
+        if rows:
+            self.conn.executemany(
+                "INSERT INTO attachments(engagement_id, sha256, filename, content_type, size, "
+                "stored, note) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return stored
+
+
+def _addresses_json(addresses: Iterable[Any]) -> str:
+    return json.dumps([[a.name, a.email] for a in addresses], ensure_ascii=False)
+
+
+def _add_sighting(conn: sqlite3.Connection, engagement_id: int, provenance: Provenance) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO sightings(engagement_id, label, inbox, folder, uid, seen_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            engagement_id,
+            provenance.label,
+            provenance.inbox,
+            provenance.folder,
+            provenance.uid or 0,
+            iso(provenance.received_at),
+        ),
+    )
