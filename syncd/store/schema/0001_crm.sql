@@ -148,7 +148,7 @@ CREATE INDEX emails_thread ON emails(thread_key);
 
 -- The full-text index reads its text from `emails` (external content), so erasing or
 -- redacting an email's row and running 'rebuild' leaves nothing of the old text behind.
--- New rows are indexed by the write path (store/crm.py MailWriter.flush), a batch at a
+-- New rows are indexed by the write path (store/mailwriter.py MailWriter.flush), a batch at a
 -- time in the batch's own transaction: there is no insert trigger, because FTS5 writes
 -- out its pending index at every SAVEPOINT, and the pipeline holds one per message.
 CREATE VIRTUAL TABLE emails_fts USING fts5(
@@ -220,7 +220,7 @@ CREATE TABLE engagement_tickets (
 CREATE INDEX engagement_tickets_ticket ON engagement_tickets(ticket_id, engagement_id);
 
 -- engagement_count on each record follows its associations, so the
--- max_engagements_per_record check is one row read. The write path (store/crm.py) adds
+-- max_engagements_per_record check is one row read. The write path (store/mailwriter.py) adds
 -- to it as it links, a batch at a time; these triggers take away however links are
 -- removed (an erase cascades). An insert trigger would cost a row UPDATE per link,
 -- which with foreign keys on is most of the price of a link.
