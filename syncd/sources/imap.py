@@ -10,6 +10,19 @@ reconnects with exponential backoff and jitter and resumes from the last committ
 checkpoint; a refused login stops the inbox at once (no retry storm); a folder the server
 refuses is reported and the others go on. The engine never imports the store or the
 pipeline: it is given ``deliver``, ``checkpoint_of`` and ``known_contacts``.
+
+No message is skipped without a reason. The UIDs whose body comes back are compared with
+the UIDs asked for; each missing one is fetched alone, and one that is still missing is
+looked up with UID SEARCH: gone means expunged since the SEARCH (nothing to log), present
+means unfetchable. A body fetch that loses the connection marks its UIDs suspect for the
+rest of the pass, so after the reconnect they are fetched one by one, and a suspect UID
+whose lone fetch loses the connection again is unfetchable too (Dovecot answers BYE when
+it cannot read a message file). For an unfetchable UID the engine commits the mail below
+it with a checkpoint just before it, reports a folder error naming the UID (``syncd
+status`` shows it) and leaves that folder for this pass; every pass retries from that UID
+until it is fetched or expunged. We chose this over quarantining a placeholder after a
+second failure: that needs a failure count per UID kept across passes, which the
+checkpoint does not carry, and a loud stall loses nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ from syncd.sources.imap_conn import ConnectionLost, FolderError, ImapSession, co
 from syncd.sources.syncplan import Action, FolderCheckpoint, FolderPlan
 
 Item = tuple[bytes, Provenance]
+Body = tuple[int, bytes, datetime | None]  # uid, raw message, INTERNALDATE
 Deliver = Callable[[list[Item], FolderCheckpoint], Sequence[Any]]
 CheckpointOf = Callable[[str, str], FolderCheckpoint | None]
 Progress = Callable[[str, int, int], None]  # folder, messages done, messages planned
@@ -103,6 +117,18 @@ class InboxSettings(Protocol):
     sync: Any
 
 
+class Unfetchable(FolderError):
+    """A message the folder still holds but whose body the server will not give us."""
+
+    def __init__(self, uid: int, why: str, *, session_lost: bool = False) -> None:
+        super().__init__(
+            f"UID {uid} exists but cannot be fetched ({why}); this folder's sync stops"
+            " before it and retries it on the next pass"
+        )
+        self.uid = uid
+        self.session_lost = session_lost
+
+
 @dataclass(frozen=True)
 class _Batch:
     items: list[Item]
@@ -173,6 +199,8 @@ class _InboxRun:
         self.result = InboxResult(cfg.name)
         self.session: ImapSession | None = None
         self.failures = 0
+        # folder -> UIDs of body fetches that lost the connection in this pass
+        self.suspects: dict[str, set[int]] = {}
 
     def execute(self) -> InboxResult:
         try:
@@ -208,9 +236,7 @@ class _InboxRun:
             try:
                 return step(self._connect())
             except ConnectionLost:
-                if self.session is not None:
-                    self.session.close()
-                    self.session = None
+                self._drop_session()
                 if self.failures >= self.retry.attempts:
                     raise
                 delay = syncplan.backoff_delay(
@@ -218,6 +244,11 @@ class _InboxRun:
                 )
                 self.failures += 1
                 self.retry.sleep(delay)
+
+    def _drop_session(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
 
     def _choose_folders(self, session: ImapSession) -> syncplan.FolderChoice:
         return syncplan.choose_folders(session.list_folders(), self.cfg.sync.folders)
@@ -230,12 +261,14 @@ class _InboxRun:
         thread = threading.Thread(target=fetcher.run, name=f"imap-{self.cfg.name}", daemon=True)
         thread.start()
         done = 0
+        lost = False
         try:
             while True:
                 item = batches.get()
                 if isinstance(item, _Failed):
                     if isinstance(item.error, FolderError):
                         result.error = str(item.error)
+                        lost = isinstance(item.error, Unfetchable) and item.error.session_lost
                         return
                     raise item.error
                 if isinstance(item, _Done):
@@ -253,6 +286,8 @@ class _InboxRun:
         finally:
             stop.set()
             thread.join()
+            if lost:  # the next folder starts on a fresh connection
+                self._drop_session()
 
     def provenance(self, folder: str, uid: int, internal_date: datetime | None) -> Provenance:
         return Provenance(
@@ -340,21 +375,72 @@ class _Fetcher:
         for uid, size, internal, header in self.session.fetch_meta(chunk, headers=headers):
             if not syncplan.in_window(internal, plan):
                 continue
-            if syncplan.needs_people_check(internal, plan) and not syncplan.involves_contact(
-                header or b"", self.run_.contacts
+            # header None: the server would not say; keep the message rather than guess.
+            if (
+                syncplan.needs_people_check(internal, plan)
+                and header is not None
+                and not syncplan.involves_contact(header, self.run_.contacts)
             ):
                 continue
             kept.append((uid, size))
         return kept
 
     def _deliver_bodies(self, plan: FolderPlan, uids: list[int], planned: int, last: bool) -> bool:
-        fetched = self.session.fetch_bodies(uids) if uids else []
+        fetched, stuck = self._fetch_all(uids)
         items = [
             (raw, self.run_.provenance(self.folder, uid, internal))
             for uid, raw, internal in fetched
         ]
+        if stuck is not None:
+            checkpoint = plan.checkpoint_before(stuck.uid)
+            if (items or checkpoint != self.checkpoint) and not self._put(
+                _Batch(items, checkpoint, planned)
+            ):
+                return False
+            self.checkpoint = checkpoint
+            raise stuck
         checkpoint = plan.checkpoint_after(uids, last=last)
         if not items and checkpoint == self.checkpoint:
             return True
         self.checkpoint = checkpoint
         return self._put(_Batch(items, checkpoint, planned))
+
+    def _fetch_all(self, uids: list[int]) -> tuple[list[Body], Unfetchable | None]:
+        """Bodies of ``uids`` in order, less the expunged ones; at the first UID that exists
+        but cannot be fetched, the bodies below it and that UID's error."""
+        if not uids:
+            return [], None
+        suspects = self.run_.suspects.get(self.folder, set())
+        whole = self._bodies(uids) if suspects.isdisjoint(uids) else None
+        got = {body[0]: body for body in whole or ()}
+        out: list[Body] = []
+        for uid in uids:
+            if uid not in got:
+                try:
+                    alone = self._bodies([uid])
+                except Unfetchable as exc:
+                    return out, exc
+                if alone:
+                    got[uid] = alone[0]
+                elif self.session.uid_exists(uid):
+                    why = "the server refused the FETCH" if alone is None else "no body returned"
+                    return out, Unfetchable(uid, why)
+                else:
+                    continue  # expunged since the SEARCH: nothing left to log
+            out.append(got[uid])
+        return out, None
+
+    def _bodies(self, uids: list[int]) -> list[Body] | None:
+        """BODY[] of those ``uids`` the server returns; None when it refuses (NO/BAD)."""
+        try:
+            return self.session.fetch_bodies(uids)
+        except FolderError:
+            return None
+        except ConnectionLost:
+            suspects = self.run_.suspects.setdefault(self.folder, set())
+            if len(uids) == 1 and uids[0] in suspects:
+                raise Unfetchable(
+                    uids[0], "the connection dropped each time it was fetched", session_lost=True
+                ) from None
+            suspects.update(uids)
+            raise

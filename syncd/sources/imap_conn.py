@@ -217,14 +217,18 @@ class ImapSession:
     def fetch_meta(
         self, uids: Sequence[int], *, headers: bool
     ) -> list[tuple[int, int, datetime | None, bytes | None]]:
-        """(uid, size, internaldate, participant headers or None) for each UID still there."""
+        """(uid, size, internaldate, participant headers) for each UID still there. A UID
+        the server leaves out but still has comes back as (uid, 0, None, None): unknown
+        metadata, so the caller keeps it rather than filter it out on a guess."""
         items = ["INTERNALDATE", "RFC822.SIZE"] + ([HEADER_FIELDS] if headers else [])
         with _imap_errors(self.inbox, "FETCH"):
             response = self.client.fetch(list(uids), items)
-        out = []
+        out: list[tuple[int, int, datetime | None, bytes | None]] = []
         for uid in uids:
             data = response.get(uid)
             if data is None:
+                if self.uid_exists(uid):
+                    out.append((uid, 0, None, None))
                 continue  # expunged since the SEARCH
             header = _header_value(data) if headers else None
             size = int(data.get(b"RFC822.SIZE", 0))
@@ -232,7 +236,9 @@ class ImapSession:
         return out
 
     def fetch_bodies(self, uids: Sequence[int]) -> list[tuple[int, bytes, datetime | None]]:
-        """(uid, raw message, internaldate) with BODY.PEEK[], so \\Seen is never set."""
+        """(uid, raw message, internaldate) with BODY.PEEK[], so \\Seen is never set. Only
+        the UIDs whose body came back are listed (an expunged message comes back as
+        ``BODY[] NIL`` or not at all): the caller compares them with what it asked for."""
         with _imap_errors(self.inbox, "FETCH"):
             response = self.client.fetch(list(uids), ["BODY.PEEK[]", "INTERNALDATE"])
         out = []
@@ -242,6 +248,11 @@ class ImapSession:
                 continue
             out.append((uid, bytes(data[b"BODY[]"]), _plain_time(data.get(b"INTERNALDATE"))))
         return out
+
+    def uid_exists(self, uid: int) -> bool:
+        """Whether the selected folder still holds ``uid`` (UID SEARCH UID n)."""
+        with _imap_errors(self.inbox, "SEARCH"):
+            return uid in self.client.search(["UID", str(uid)])
 
     def idle_wait(self, timeout: float, folder: str = "INBOX") -> bool:
         """Wait up to ``timeout`` seconds for new mail in ``folder`` (EXAMINEd here).

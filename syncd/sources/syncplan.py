@@ -26,7 +26,9 @@ day before, because SEARCH ignores time and timezone, then an exact filter). Wit
 started, and only for mail older than ``initial_started``: mail that arrived after the
 initial sync began is always wanted, even when a UIDVALIDITY change makes us scan it again.
 The window is computed from ``initial_started``, not from today, so a scan resumed days
-later or redone after a UIDVALIDITY change covers the same past.
+later or redone after a UIDVALIDITY change covers the same past. A UID that exists but
+cannot be fetched holds the cursor just below it (``checkpoint_before``) in any state, so
+the next pass starts with it again.
 """
 
 from __future__ import annotations
@@ -35,10 +37,9 @@ import calendar
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from email.header import decode_header, make_header
-from email.parser import BytesHeaderParser
-from email.utils import getaddresses
 from enum import StrEnum
+
+from syncd.mail.parse import header_addresses
 
 FROM_MONTHS = {"1m": 1, "3m": 3, "6m": 6, "1y": 12}
 # Names of junk and trash folders on servers without SPECIAL-USE (compared case-folded,
@@ -103,6 +104,11 @@ class FolderPlan:
             top = max(top, self.scan_top)
         done = self.base.initial_done or (last and self.action is Action.INITIAL)
         return _replace(self.base, last_uid=top, initial_done=done)
+
+    def checkpoint_before(self, uid: int) -> FolderCheckpoint:
+        """The cursor when ``uid`` exists but could not be fetched: every UID below it is
+        done; it and all above it are fetched again next pass (the plan stays open)."""
+        return _replace(self.base, last_uid=max(self.base.last_uid, uid - 1))
 
 
 def _replace(cp: FolderCheckpoint, **changes: object) -> FolderCheckpoint:
@@ -195,20 +201,10 @@ def _aware(value: datetime) -> datetime:
 
 
 def participants(header_block: bytes) -> set[str]:
-    """Lower-cased addresses in From, To, Cc and Bcc of a raw header block."""
-    message = BytesHeaderParser().parsebytes(header_block)
-    values: list[str] = []
-    for name in ("from", "to", "cc", "bcc"):
-        for value in message.get_all(name, []):
-            values.append(_decoded(value))
-    return {addr.strip().lower() for _, addr in getaddresses(values) if "@" in addr}
-
-
-def _decoded(value: object) -> str:
-    try:
-        return str(make_header(decode_header(str(value))))
-    except (ValueError, LookupError, UnicodeError):
-        return str(value)
+    """Lower-cased addresses in From, To, Cc and Bcc of a raw header block, read by the
+    parser the pipeline's rules use, so the prefilter and the rules agree on what an
+    address is (quoted local parts and CVE-2023-27043 forms are no address at all)."""
+    return {addr.email for addr in header_addresses(header_block)}
 
 
 def involves_contact(header_block: bytes, contacts: Iterable[str] | set[str]) -> bool:

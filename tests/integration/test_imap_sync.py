@@ -272,6 +272,80 @@ def test_connection_cut_mid_fetch_resumes_without_gap_or_duplicate(imap_user: Im
     assert sorted(uids) == list(range(1, 13))  # every UID exactly once
 
 
+def test_message_expunged_between_search_and_fetch_is_skipped(imap_user: ImapUser) -> None:
+    for n in range(1, 11):
+        imap_user.append("INBOX", message(n), datetime(2024, 5, 1, tzinfo=UTC))
+    rec = Recorder()
+
+    def deliver(items: list, checkpoint: FolderCheckpoint) -> list[str]:
+        if rec.calls == 0:  # SEARCH and metadata are done; UID 9's body is not fetched yet
+            imap_user.doveadm("expunge", "mailbox", "INBOX", "uid", "9")
+        return rec.deliver(items, checkpoint)
+
+    result = sync_inbox(
+        inbox_for(imap_user), deliver=deliver, checkpoint_of=rec.checkpoint_of,
+        known_contacts=set, today=TODAY, limits=Limits(batch_count=2, queue_batches=1),
+        retry=FAST_RETRY,
+    )  # fmt: skip
+    assert result.state == "ok" and result.error is None
+    assert [uid for _, uid, _ in rec.seen] == [1, 2, 3, 4, 5, 6, 7, 8, 10]
+    cp = rec.checkpoint_of("ada", "INBOX")
+    assert cp is not None and cp.last_uid == 10 and cp.initial_done
+
+
+def _message_file(user: ImapUser, n: int) -> Path:
+    marker = f"Message-ID: <m{n}@test.example>".encode()
+    (found,) = [
+        p for p in user.maildir.glob("*/*") if p.parent.name in ("cur", "new")
+        and marker in p.read_bytes()
+    ]  # fmt: skip
+    return found
+
+
+def test_unfetchable_message_holds_the_checkpoint_and_is_reported(
+    imap_user: ImapUser, tmp_path: Path
+) -> None:
+    for n in range(1, 6):
+        imap_user.append("INBOX", message(n), datetime(2024, 5, 1, tzinfo=UTC))
+    imap_user.append("Sent", message(100), datetime(2024, 5, 1, tzinfo=UTC))
+    unreadable = _message_file(imap_user, 3)  # UID 3; Dovecot answers BYE when it fetches it
+    mode = unreadable.stat().st_mode
+    unreadable.chmod(0)
+    conn = db.connect(tmp_path / "s.sqlite3")
+    rec = Recorder()
+
+    def deliver(items: list, checkpoint: FolderCheckpoint) -> list[str]:
+        with db.transaction(conn):
+            syncstate.save_checkpoint(conn, checkpoint)
+        return rec.deliver(items, checkpoint)
+
+    def once() -> Any:
+        result = sync_inbox(
+            inbox_for(imap_user, folders=["INBOX", "Sent"]), deliver=deliver,
+            checkpoint_of=lambda i, f: syncstate.get_checkpoint(conn, i, f),
+            known_contacts=set, today=TODAY, retry=FAST_RETRY,
+        )  # fmt: skip
+        with db.transaction(conn):
+            syncstate.record_pass(conn, result)
+        return result, syncstate.status_rows(conn)[0]["folders"]
+
+    result, folders = once()
+    assert result.state == "ok"  # one folder stalls; the inbox and its other folders go on
+    assert "UID 3" in (result.folders[0].error or "")
+    assert [(f, uid) for f, uid, _ in rec.seen] == [("INBOX", 1), ("INBOX", 2), ("Sent", 1)]
+    assert [(f["name"], f["last_uid"], f["initial_done"]) for f in folders] == [
+        ("INBOX", 2, False), ("Sent", 1, True),
+    ]  # fmt: skip
+    assert "UID 3" in folders[0]["last_error"]  # what `syncd status` shows
+    again, _ = once()  # still unreadable: the same stop, nothing skipped, nothing twice
+    assert "UID 3" in (again.folders[0].error or "") and len(rec.seen) == 3
+    unreadable.chmod(mode)
+    fixed, folders = once()
+    assert fixed.error is None
+    assert [uid for f, uid, _ in rec.seen if f == "INBOX"] == [1, 2, 3, 4, 5]
+    assert folders[0]["last_uid"] == 5 and folders[0]["last_error"] is None
+
+
 def test_auth_failure_marks_inbox_failed_without_retrying(imap_user: ImapUser) -> None:
     sleeps: list[float] = []
     inbox = inbox_for(imap_user, imap={"password": "wrong"})

@@ -127,6 +127,34 @@ def test_checkpoint_after_batches_and_the_last_one() -> None:
     assert plan.checkpoint_after([], last=True).last_uid == 100
 
 
+@pytest.mark.parametrize(
+    ("checkpoint", "uidnext", "stuck", "expected"),
+    [
+        (None, 101, 42, (41, False)),  # initial scan: stays open, resumes at the stuck UID
+        (None, 101, 1, (0, False)),  # the very first message
+        (FolderCheckpoint("ada", "INBOX", 7, 50, None, True, NOW), 101, 77, (76, True)),
+        (FolderCheckpoint("ada", "INBOX", 7, 50, None, True, NOW), 101, 51, (50, True)),
+        (FolderCheckpoint("ada", "INBOX", 7, 50, None, False, NOW), 101, 60, (59, False)),
+    ],
+)
+def test_checkpoint_before_an_unfetchable_uid(
+    checkpoint: FolderCheckpoint | None, uidnext: int, stuck: int, expected: tuple[int, bool]
+) -> None:
+    plan = syncplan.plan_folder(
+        checkpoint, FolderStatus(7, uidnext), inbox="ada", folder="INBOX", from_="1y",
+        people="all", now=NOW,
+    )  # fmt: skip
+    before = plan.checkpoint_before(stuck)
+    assert (before.last_uid, before.initial_done) == expected
+    assert before.uidvalidity == 7 and before.initial_started == NOW
+    # a later pass plans from it and fetches the stuck UID first
+    again = syncplan.plan_folder(
+        before, FolderStatus(7, uidnext), inbox="ada", folder="INBOX", from_="1y",
+        people="all", now=NOW,
+    )  # fmt: skip
+    assert again.after_uid == stuck - 1 and again.action is not Action.NOTHING
+
+
 def test_highestmodseq_follows_the_server() -> None:
     plan = syncplan.plan_folder(
         cp(highestmodseq=5), FolderStatus(7, 11, highestmodseq=9), inbox="ada",
@@ -174,6 +202,16 @@ def test_people_check_only_for_mail_before_the_start() -> None:
         (b"", set()),
         (b"From: no address at all\r\n\r\n", set()),
         (b"To: =?bogus-charset?q?x?= <p@x.example>\r\n\r\n", {"p@x.example"}),
+        # the same answers as the pipeline's parser (syncd.mail.parse.header_addresses):
+        (b'From: "a@b.example"@evil.example\r\n\r\n', set()),  # quoted local part
+        (b"From: alice@x.example)<bob@y.example>\r\n\r\n", set()),  # CVE-2023-27043
+        (b'To: "Doe, J" <J@X.example>, "evil@z.example" <good@y.example>\r\n\r\n',
+         {"j@x.example", "good@y.example"}),  # a name is never an address
+        # an encoded name cannot smuggle in an address
+        (b"From: =?utf-8?q?a=40evil.example=2C?= <b@x.example>\r\n\r\n", {"b@x.example"}),
+        (b"To: Team: a@x.example, b@y.example;\r\n\r\n", {"a@x.example", "b@y.example"}),
+        (b"From: a@x.example (Ann <c@x.example>)\r\n\r\n", {"a@x.example"}),
+        (b"From: a@x.example\r\n b@y.example\r\n\r\n", set()),  # no comma: ambiguous
     ],
 )  # fmt: skip
 def test_participants(header: bytes, expected: set[str]) -> None:
