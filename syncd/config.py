@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from syncd import config_rules, yamlmarks
+from syncd.config_rules import is_loopback
 from syncd.crm import lifecycle
 from syncd.errors import ConfigError, ConfigProblem
 
@@ -104,15 +105,6 @@ class HostPort(NamedTuple):
     @property
     def is_loopback(self) -> bool:
         return is_loopback(self.host)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _host_port(value: Any) -> HostPort:

@@ -36,15 +36,19 @@ def _lower(value: Any) -> str | None:
     return value.strip().lower() if isinstance(value, str) and value.strip() else None
 
 
-def _is_loopback(host: Any) -> bool:
-    if not isinstance(host, str):
-        return True  # a wrong type is pydantic's to report
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (an IPv6 zone suffix is allowed)."""
     if host in _LOOPBACK_NAMES:
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+def _is_loopback(host: Any) -> bool:
+    # A value of the wrong type is pydantic's to report, not a second problem here.
+    return not isinstance(host, str) or is_loopback(host)
 
 
 def _team(data: dict[str, Any]) -> Iterator[Problem]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import logging
 import socket
 import ssl
@@ -42,6 +41,7 @@ from typing import Any, Protocol
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from syncd import secrets
+from syncd.config_rules import is_loopback
 from syncd.sources.senders import (
     MAX_HEADER_BYTES,
     RELAY_DENIED,
@@ -86,13 +86,6 @@ class Limits:
 
     def data_deadline(self, max_bytes: int) -> float:
         return self.data_base_s + max_bytes / self.data_min_rate
-
-
-def is_loopback(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip.split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False
 
 
 class PasswordFiles:
