@@ -157,6 +157,8 @@ def phase_pipeline(port: int, username: str, password: str, store_dir: str) -> d
 def _child(target: Any, args: tuple[Any, ...], out: Any) -> None:
     figures = target(*args)
     figures["peak_rss_mb"] = _peak_rss_mb()
+    # The pipeline's parser processes have memory of their own: report the largest.
+    figures["child_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
     out.put(figures)
 
 
@@ -177,6 +179,8 @@ def report(name: str, figures: dict[str, Any], ceiling: dict[str, Any] | None) -
         f"{name:9s} {figures['messages']:7d} msgs {figures['seconds']:7.2f} s "
         f"{rate:8.0f} msg/s {mbps:7.1f} MB/s  peak RSS {figures['peak_rss_mb']:6.0f} MB"
     )
+    if figures.get("child_rss_mb"):
+        line += f" (+ parser process {figures['child_rss_mb']:.0f} MB)"
     if ceiling:
         line += f"  {rate / (ceiling['messages'] / ceiling['seconds']):.2f}x of imaplib"
     print(line, flush=True)
