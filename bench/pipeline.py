@@ -2,9 +2,9 @@
 
 Prints, from one run over the same messages: the bare parser in this process (the
 ceiling of one core), the full pipeline (parse in worker processes + rules + one writer
-committing each batch), and the write side alone (messages parsed and their raw copies
-prepared beforehand, as the parser processes hand them over), each in msg/s, plus the
-pipeline/parser ratio and the store's size. The store is a fresh SQLite
+committing each batch), and the write side alone (messages parsed and their row values
+and raw copies prepared beforehand, as the parser processes hand them over), each in
+msg/s, plus the pipeline/parser ratio and the store's size. The store is a fresh SQLite
 file in a temporary directory (or --dir), with the same PRAGMAs as the daemon's.
 
     python -m bench.pipeline [-n 20000] [--batch 1000] [--workers N] [--dir DIR]
@@ -29,7 +29,7 @@ from syncd.mail.parse import parse
 from syncd.mail.provenance import Provenance
 from syncd.pipeline import Pipeline, _Parsed
 from syncd.store import db
-from syncd.store.raw import prepare_parts
+from syncd.store.mailwriter import prepare
 
 TEAM = {"ada@example.com": (), "bob@example.com": ()}
 MAX_ATTACHMENT = 50 * 1024 * 1024
@@ -107,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parse_rate = _timed("parser alone (1 process)", args.n, bare)
     emails: list[Any] = parsed
     prepared: list[object] = [
-        _Parsed(e, prepare_parts(raw, e.attachments))
-        for (raw, _), e in zip(corpus, emails, strict=True)
+        _Parsed(e, prepare(e, raw)) for (raw, _), e in zip(corpus, emails, strict=True)
     ]
     root = args.dir or Path(tempfile.mkdtemp(prefix="syncd-bench-"))
     try:

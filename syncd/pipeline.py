@@ -1,14 +1,15 @@
 """The one path every source's mail takes: parse, apply the CRM rules, write once, commit.
 
-``Pipeline.ingest_batch`` parses each raw message and prepares its raw copy (in a pool
-of worker processes for large batches on a multi-core machine, so parsing streams in
-beside the single writer), then in ONE transaction plans and writes each message
-(``store.mailwriter.MailWriter``), runs the source's ``on_commit`` (an IMAP checkpoint, a spool
-deletion) and commits: the mail and the source's record of it land together or not at
-all. A message that cannot be parsed, or that fails in any
-unexpected way, goes to the quarantine with its reason inside the same transaction; a
-bad message never raises. Errors of the store itself (disk full, locked) abort the batch
-and raise ``StoreError``. One Pipeline owns one connection and is used by one thread.
+``Pipeline.ingest_batch`` parses each raw message and prepares its row values and raw
+copy (``store.mailwriter.prepare``) in a pool of worker processes for large batches on a
+multi-core machine, so parsing streams in beside the single writer; then in ONE
+transaction it plans and writes each message (``store.mailwriter.MailWriter``), runs the
+source's ``on_commit`` (an IMAP checkpoint, a spool deletion) and commits: the mail and
+the source's record of it land together or not at all. A message that cannot be parsed,
+or that fails in any unexpected way, goes to the quarantine with its reason inside the
+same transaction; a bad message never raises. Errors of the store itself (disk full,
+locked) abort the batch and raise ``StoreError``. One Pipeline owns one connection and
+is used by one thread.
 
 ``Outcome`` (crm/model.py) reports each message: logged, duplicate, skipped, quarantined.
 """
@@ -38,8 +39,7 @@ from syncd.mail.parse import Address, Attachment, Email, parse
 from syncd.mail.provenance import Provenance
 from syncd.store import crm as store
 from syncd.store.db import transaction
-from syncd.store.mailwriter import MailWriter
-from syncd.store.raw import RawCopy, prepare_parts
+from syncd.store.mailwriter import MailWriter, Prepared, prepare
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,11 @@ class _Refused:
 
 
 class _Parsed(NamedTuple):
-    """A parsed message and its raw copy, prepared in a parser process for the writer."""
+    """A parsed message and its row values and raw copy, prepared in a parser process
+    for the writer."""
 
     email: Email
-    copy: RawCopy | None  # None: the writer prepares it (and quarantines what fails)
+    prepared: Prepared | None  # None: the writer prepares it (and quarantines what fails)
 
 
 def _parse_one(raw: bytes, received_at: datetime, max_bytes: int | None) -> _Parsed | _Refused:
@@ -87,10 +88,10 @@ def _parse_one(raw: bytes, received_at: datetime, max_bytes: int | None) -> _Par
     except Exception as exc:  # a parser bug costs one message, never the batch
         return _Refused(f"parser failed: {type(exc).__name__}: {exc}")
     try:
-        copy = prepare_parts(raw, email.attachments)
+        prepared = prepare(email, raw)
     except Exception:
-        copy = None
-    return _Parsed(email, copy)
+        prepared = None
+    return _Parsed(email, prepared)
 
 
 def _parse_job(job: tuple[bytes, datetime, int | None]) -> _Parsed | _Refused:
@@ -226,14 +227,14 @@ class Pipeline:
         """Plan and write one message under a savepoint; failures become a quarantine outcome."""
         if isinstance(result, _Refused):
             return Outcome("quarantined", None, result.reason)
-        email, copy = result
+        email, prepared = result
         conn = self.conn
         conn.execute("SAVEPOINT message")
         try:
             everyone = ((email.from_,) if email.from_ else ()) + email.to + email.cc + email.bcc
             known = writer.known(a.email for a in everyone)
             plan = rules.plan(email, provenance, self.settings, known)
-            outcome = writer.write(email, raw, provenance, plan, copy)
+            outcome = writer.write(email, raw, provenance, plan, prepared)
         except sqlite3.Error as exc:
             if (exc.sqlite_errorname or "").startswith(STORE_FAILURES):
                 # The store itself is failing (disk full, I/O): no message is to blame.

@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from syncd.crm.model import ContactState, Outcome
 from syncd.crm.rules import ContactPlan, Plan, RulesSettings
@@ -36,6 +36,60 @@ from syncd.store.raw import RawCopy, insert_raw, prepare_raw, stored_digest
 
 if TYPE_CHECKING:
     from syncd.mail.parse import Email
+
+# An attachment's row without its engagement: sha256, filename, content type, size,
+# stored, note.
+AttachmentRow = tuple[str, str, str, int, int, str]
+
+
+class Prepared(NamedTuple):
+    """A message's row values and raw copy, made from the message alone.
+
+    Pure and free of the store (no file is written), so a parser process makes it beside
+    the writer and hands over plain strings, which also pickle faster than the objects
+    they come from."""
+
+    date: str
+    to_json: str
+    cc_json: str
+    bcc_json: str
+    addresses: str  # search text of every participant
+    defects: str
+    attachments: tuple[AttachmentRow, ...]
+    copy: RawCopy
+
+
+def prepare(email: Email, raw: bytes) -> Prepared:
+    """``Prepared`` for ``email``, parsed from ``raw``."""
+    sender = email.from_
+    everyone = ((sender,) if sender else ()) + email.to + email.cc + email.bcc
+    rows: list[AttachmentRow] = []
+    kept: list[tuple[str, bytes]] = []
+    for part in email.attachments:
+        data = part.data
+        digest = stored_digest(part)
+        if data is not None:
+            kept.append((digest, data))
+        rows.append(
+            (
+                digest,
+                safe_filename(part.filename),
+                part.content_type or "",
+                int(part.size),
+                int(data is not None),
+                "" if data is not None else OVERSIZED_NOTE,
+            )
+        )
+    return Prepared(
+        iso(email.date),
+        _addresses_json(email.to),
+        _addresses_json(email.cc),
+        _addresses_json(email.bcc),
+        " ".join(f"{a.name} {a.email}".strip() for a in everyone),
+        "; ".join(str(d) for d in email.defects),
+        tuple(rows),
+        prepare_raw(raw, kept),
+    )
 
 
 class MailWriter:
@@ -115,9 +169,9 @@ class MailWriter:
         raw: bytes,
         provenance: Provenance,
         plan: Plan,
-        copy: RawCopy | None = None,
+        prepared: Prepared | None = None,
     ) -> Outcome:
-        """Carry out ``plan`` for ``email``; ``copy`` is ``raw.prepare_raw``'s, if made."""
+        """Carry out ``plan`` for ``email``; ``prepared`` is ``prepare(email, raw)``'s, if made."""
         if plan.skip:
             return Outcome("skipped", email.key, plan.skip)
         conn = self.conn
@@ -132,11 +186,13 @@ class MailWriter:
             _add_sighting(conn, engagement_id, provenance)
             self._associate(engagement_id, replace(plan, direction=direction), date)
             return Outcome("duplicate", email.key, "already logged")
-        date = iso(email.date)
-        engagement_id = self._insert_email(email, plan, date)
+        if prepared is None:
+            prepared = prepare(email, raw)
+        date = prepared.date
+        engagement_id = self._insert_email(email, plan, prepared)
         _add_sighting(conn, engagement_id, provenance)
-        stored = self._store_attachments(engagement_id, email.attachments)
-        insert_raw(conn, engagement_id, raw, copy or prepare_raw(raw, stored))
+        self._store_attachments(engagement_id, email.attachments, prepared.attachments)
+        insert_raw(conn, engagement_id, raw, prepared.copy)
         self._associate(engagement_id, plan, date)
         return Outcome("logged", email.key, "")
 
@@ -209,17 +265,15 @@ class MailWriter:
         self._contacted.clear()
         self._company_activity.clear()
 
-    def _insert_email(self, email: Email, plan: Plan, date: str) -> int:
+    def _insert_email(self, email: Email, plan: Plan, prepared: Prepared) -> int:
         cur = self.conn.execute(
             "INSERT INTO engagements(type, occurred_at, created_at, owner) "
             "VALUES ('email', ?, ?, ?)",
-            (date, now_iso(), plan.sender),
+            (prepared.date, now_iso(), plan.sender),
         )
         engagement_id = int(cur.lastrowid or 0)
         sender = email.from_
-        everyone = ((sender,) if sender else ()) + email.to + email.cc + email.bcc
         subject, body = email.subject or "", email.text or ""
-        addresses = " ".join(f"{a.name} {a.email}".strip() for a in everyone)
         self.conn.execute(
             "INSERT INTO emails(engagement_id, message_key, message_id, thread_key, direction, "
             "from_addr, from_name, to_json, cc_json, bcc_json, subject, body, addresses, date, "
@@ -232,19 +286,19 @@ class MailWriter:
                 plan.direction,
                 sender.email if sender else None,
                 sender.name if sender else None,
-                _addresses_json(email.to),
-                _addresses_json(email.cc),
-                _addresses_json(email.bcc),
+                prepared.to_json,
+                prepared.cc_json,
+                prepared.bcc_json,
                 subject,
                 body,
-                addresses,
-                date,
+                prepared.addresses,
+                prepared.date,
                 int(bool(email.date_missing)),
                 int(email.size),
-                "; ".join(str(d) for d in email.defects),
+                prepared.defects,
             ),
         )
-        self._msg_search = (engagement_id, subject, body, addresses)
+        self._msg_search = (engagement_id, subject, body, prepared.addresses)
         return engagement_id
 
     def _associate(self, engagement_id: int, plan: Plan, date: str) -> None:
@@ -363,35 +417,18 @@ class MailWriter:
         return found
 
     def _store_attachments(
-        self, engagement_id: int, attachments: Iterable[Any]
-    ) -> list[tuple[str, bytes]]:
-        """Write each attachment's file once and its row; return (sha256, data) of those stored."""
-        stored: list[tuple[str, bytes]] = []
-        rows = []
-        for part in attachments:
-            data = part.data
-            digest = stored_digest(part)
-            if data is not None:
-                write_blob(self.attachments_dir, digest, data)
-                stored.append((digest, data))
-            rows.append(
-                (
-                    engagement_id,
-                    digest,
-                    safe_filename(part.filename),
-                    part.content_type or "",
-                    int(part.size),
-                    int(data is not None),
-                    "" if data is not None else OVERSIZED_NOTE,
-                )
-            )
+        self, engagement_id: int, parts: Iterable[Any], rows: Sequence[AttachmentRow]
+    ) -> None:
+        """Write each kept attachment's file once (before the rows that say it is stored)."""
+        for part, row in zip(parts, rows, strict=True):
+            if part.data is not None:
+                write_blob(self.attachments_dir, row[0], part.data)
         if rows:
             self.conn.executemany(
                 "INSERT INTO attachments(engagement_id, sha256, filename, content_type, size, "
                 "stored, note) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
+                [(engagement_id, *row) for row in rows],
             )
-        return stored
 
 
 def _addresses_json(addresses: Iterable[Any]) -> str:

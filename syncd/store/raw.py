@@ -134,11 +134,6 @@ def prepare_raw(raw: bytes, attachments: Iterable[tuple[str, bytes]]) -> RawCopy
     )
 
 
-def prepare_parts(raw: bytes, parts: Iterable[Any]) -> RawCopy:
-    """``prepare_raw`` for a parsed message's attachment parts: those whose data is kept."""
-    return prepare_raw(raw, [(stored_digest(p), p.data) for p in parts if p.data is not None])
-
-
 def insert_raw(conn: Any, engagement_id: int, raw: bytes, copy: RawCopy) -> None:
     """Insert the raw copy (from ``prepare_raw(raw, ...)``) of an engagement's message."""
     conn.execute(
