@@ -49,7 +49,8 @@ POOL_MIN_BATCH = 200
 # Jobs go to the pool in chunks; the first ones are small so the writer starts at once.
 POOL_FIRST_CHUNK = 8
 POOL_CHUNK = 64
-CACHE_KIB = 64 * 1024
+# 8 MiB of page cache: larger (64 MiB) measured no faster here and added ~80 MB of RSS.
+CACHE_KIB = 8 * 1024
 # SQLite errors that say the store, not the message, is at fault: the batch is aborted
 # (StoreError) rather than the message quarantined.
 STORE_FAILURES = (
