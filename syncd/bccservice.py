@@ -51,14 +51,9 @@ def sender_policy(config: Config) -> SenderPolicy:
     )
 
 
-def drain(pipeline: Pipeline, extra_bcc: list[str]) -> int:
-    """Everything spooled, through the pipeline; returns how many messages were taken."""
-    taken = 0
-    while True:
-        result = spool.drain_spool(pipeline.conn, pipeline.ingest_batch, extra_bcc=extra_bcc)
-        if result.taken == 0:
-            return taken
-        taken += result.taken
+def drain_batch(pipeline: Pipeline, extra_bcc: list[str]) -> int:
+    """One small batch from the spool through the pipeline; how many were taken."""
+    return spool.drain_spool(pipeline.conn, pipeline.ingest_batch, extra_bcc=extra_bcc).taken
 
 
 class BccService:
@@ -77,12 +72,13 @@ class BccService:
         self._draining = False
         self._state = "starting"
         self._outbox_conn: sqlite3.Connection | None = None
+        self._sending: asyncio.Future[None] | None = None
+        self._first_drain: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self, every: Every) -> None:
         self._loop = asyncio.get_running_loop()
         await self._store.run(lambda p: spool.abandon_held(p.conn))
-        await self._drain()
         bcc = self._bcc
         self._handler = BccHandler(
             addresses=bcc.addresses,
@@ -100,6 +96,8 @@ class BccService:
         )
         self._server = await start_server(self._handler, options)
         self._state = "listening"
+        # What a crash left in the spool is logged in the background: READY comes first.
+        self._first_drain = self._loop.create_task(self._drain())
         every(self._drain, DRAIN_SECONDS, "bcc-drain")
         if bcc.relay is not None and bcc.extra_bcc:
             every(self._send_outbox, OUTBOX_SECONDS, "outbox")
@@ -124,7 +122,10 @@ class BccService:
             return  # the running drain loops until the spool is empty
         self._draining = True
         try:
-            taken = await self._store.run(drain, list(self._bcc.extra_bcc))
+            taken = 0
+            # One store job per batch, so IMAP batches and the heartbeat interleave.
+            while batch := await self._store.run(drain_batch, list(self._bcc.extra_bcc)):
+                taken += batch
             if taken:
                 log.info("logged %d BCC message(s) from the spool", taken)
         except Exception:
@@ -133,7 +134,10 @@ class BccService:
             self._draining = False
 
     async def _send_outbox(self) -> None:
-        await asyncio.to_thread(self._send_outbox_now)
+        if self._sending is not None and not self._sending.done():
+            return
+        self._sending = asyncio.ensure_future(asyncio.to_thread(self._send_outbox_now))
+        await self._sending
 
     def _send_outbox_now(self) -> None:
         relay = self._bcc.relay
@@ -159,7 +163,11 @@ class BccService:
             await asyncio.to_thread(self._handler.close)
         await asyncio.to_thread(self._writer.close)
         await self._drain()  # what was acknowledged is logged now, or at the next start
-        if self._outbox_conn is not None:
+        if self._sending is not None:
+            # A copy sent but not yet marked would go out again at the next start.
+            left = max(1.0, deadline - time.monotonic())
+            await asyncio.wait([self._sending], timeout=left)
+        if self._outbox_conn is not None and (self._sending is None or self._sending.done()):
             self._outbox_conn.close()
 
     def reconfigure(self, config: Config) -> None:
@@ -169,6 +177,7 @@ class BccService:
         self._config, self._bcc = config, config.bcc
         self._handler.policy = sender_policy(config)
         self._handler.allowed = frozenset(a.lower() for a in config.bcc.addresses)
+        self._handler.credentials = self._credentials()
 
     def status(self) -> dict[str, Any]:
         return {"listen": str(self._bcc.listen), "state": self._state}

@@ -126,10 +126,10 @@ def status(app: App, as_json: bool) -> None:
     if as_json:
         emit_json(report)
     else:
-        _print_status(report)
+        _print_status(report, bcc=config.bcc is not None)
 
 
-def _print_status(report: dict[str, Any]) -> None:
+def _print_status(report: dict[str, Any], *, bcc: bool) -> None:
     d = report["daemon"]
     since = f" since {d['started_at']} (pid {d['pid']})" if d["state"] != "not running" else ""
     click.echo(f"daemon: {d['state']}{since}")
@@ -141,7 +141,7 @@ def _print_status(report: dict[str, Any]) -> None:
         for f in inbox["folders"]:
             click.echo(f"  {f['name']}: uidvalidity {f['uidvalidity']}, last uid {f['last_uid']},"
                        f" {f['logged']} logged")  # fmt: skip
-    if report["bcc"]:
+    if bcc and report["bcc"]:
         b, o = report["bcc"], report["outbox"]
         click.echo(f"bcc: {b['accepted']} accepted, {b['refused']} refused,"
                    f" spool {b['spool_depth']}")  # fmt: skip

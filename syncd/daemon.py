@@ -17,6 +17,7 @@ this module and the CLI read the environment and install signal handlers.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
@@ -24,13 +25,13 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from syncd.bccservice import BccService
 from syncd.config import Config
-from syncd.errors import ConfigError
+from syncd.errors import ConfigError, StoreError
 from syncd.imapservice import ImapService
 from syncd.metrics import MetricsService
 from syncd.schedule import Every
@@ -66,68 +67,92 @@ class Daemon:
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.state = "starting"
         self._stop = asyncio.Event()
-        self._reloading = False
+        self._reload_task: asyncio.Task[None] | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        self.store.open()
+        lock = _lock_store(self.config.store.path)
+        try:
+            self.store.open()
+            scheduler = AsyncIOScheduler(event_loop=loop)
+            try:
+                await self._start(loop, scheduler)
+            except BaseException:
+                # A part that cannot start (a port in use, a bad certificate) stops the
+                # parts already running before the error reaches the CLI.
+                await self._shutdown(scheduler)
+                raise
+            await self._stop.wait()
+            return await self._shutdown(scheduler)
+        finally:
+            lock.close()
+
+    async def _start(self, loop: asyncio.AbstractEventLoop, scheduler: AsyncIOScheduler) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload()))
-        scheduler = AsyncIOScheduler(event_loop=loop)
-        self.services = _build_services(self.config, self.store)
+        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
 
         def every(job: Callable[[], Any], seconds: float, name: str) -> None:
             scheduler.add_job(job, "interval", seconds=seconds, id=name)
 
-        for service in self.services:
+        for service in _build_services(self.config, self.store):
+            self.services.append(service)
             await service.start(every)
         beat = daemonstate.HEARTBEAT_SECONDS
-        scheduler.add_job(self._heartbeat, "interval", seconds=beat, id="heartbeat")
         interval = self.notifier.watchdog_interval()
         if interval:
-            scheduler.add_job(self.notifier.watchdog, "interval", seconds=interval, id="watchdog")
+            beat = min(beat, interval)  # the heartbeat also pings the watchdog
+        scheduler.add_job(self._heartbeat, "interval", seconds=beat, id="heartbeat")
         scheduler.start()
         self.state = "running"
         await self._heartbeat()
         self.notifier.ready()
         self._announce()
         log.info("syncd running (pid %d): %s", os.getpid(), self._summary())
-        await self._stop.wait()
-        return await self._shutdown(scheduler)
 
     def _request_stop(self, sig: signal.Signals) -> None:
         if not self._stop.is_set():
             log.info("received %s: stopping", sig.name)
             self._stop.set()
 
+    def _request_reload(self) -> None:
+        if self._reload_task is None or self._reload_task.done():
+            self._reload_task = asyncio.get_running_loop().create_task(self._reload())
+
     async def _reload(self) -> None:
-        if self._reloading or self._stop.is_set():
+        if self._stop.is_set():
             return
-        self._reloading = True
         self.notifier.reloading()
         try:
             config = Config.from_yaml(self.config_path)
+            for warning in config.warnings:
+                log.warning("%s", warning)
+            # The store first: if it cannot take the new rules, nothing has changed yet.
+            await asyncio.to_thread(self.store.reconfigure, config)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused, keeping the running config: %s", problem)
+        except Exception as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
         else:
             self.config = config
-            await asyncio.to_thread(self.store.reconfigure, config)
             for service in self.services:
                 service.reconfigure(config)
             log.info("configuration reloaded from %s", self.config_path)
         finally:
-            self._reloading = False
             self.notifier.ready()
             self._announce()
 
     async def _heartbeat(self) -> None:
+        """Record the daemon's state; only a heartbeat that reached the store pings the
+        systemd watchdog, so a wedged store thread gets the daemon restarted."""
         detail = {service.name: service.status() for service in self.services}
         try:
             await self.store.run(_save_state, os.getpid(), self.started_at, self.state, detail)
         except Exception:
             log.exception("could not record the daemon's state for `syncd status`")
+            return
+        self.notifier.watchdog()
 
     def _summary(self) -> str:
         return "; ".join(s.summary() for s in self.services) or "nothing configured to run"
@@ -140,8 +165,12 @@ class Daemon:
         self.notifier.stopping()
         self.notifier.status("stopping: finishing what is in flight")
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        scheduler.shutdown(wait=False)
-        for service in reversed(self.services):
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+        if self._reload_task is not None:
+            await asyncio.wait([self._reload_task], timeout=STOP_GRACE_SECONDS / 4)
+        # In build order: the BCC endpoint stops accepting first and keeps its grace.
+        for service in self.services:
             try:
                 await service.stop(deadline)
             except Exception:
@@ -151,6 +180,19 @@ class Daemon:
         await asyncio.to_thread(self.store.close)
         log.info("syncd stopped")
         return 0
+
+
+def _lock_store(path: Path) -> IO[bytes]:
+    """One daemon per store: a second ``syncd run`` on it exits 75 instead of syncing
+    the same inboxes twice and overwriting the first one's heartbeat."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path.with_name(path.name + ".lock"), "ab")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreError(f"another `syncd run` is using the store {path}") from None
+    return handle
 
 
 def _save_state(pipeline: Any, pid: int, started: str, state: str, detail: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ In the daemon each inbox has a thread::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import threading
@@ -28,7 +29,7 @@ from syncd.errors import InboxError
 from syncd.pipeline import Pipeline
 from syncd.schedule import Every
 from syncd.sources import syncplan
-from syncd.sources.imap import InboxResult, Progress, sync_inbox
+from syncd.sources.imap import InboxResult, Progress, RetryPolicy, sync_inbox
 from syncd.sources.imap_conn import ImapSession, connect
 from syncd.store import syncstate
 from syncd.store.db import transaction
@@ -48,6 +49,7 @@ def inbox_pass(
     dry_run: bool = False,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], Any] = time.sleep,
 ) -> tuple[InboxResult, int]:
     """One sync pass of ``inbox``; returns its result and the consecutive failure count."""
 
@@ -64,6 +66,7 @@ def inbox_pass(
         today=datetime.now(UTC),
         dry_run=dry_run,
         progress=progress,
+        retry=RetryPolicy(sleep=sleep),  # the daemon's stop event cuts a reconnect wait short
     )
     failures = 0 if dry_run else call(_record, result)
     return result, failures
@@ -97,6 +100,7 @@ class ImapService:
         self._states: dict[str, str] = {name: "starting" for name in self._inboxes}
         self._idling: dict[str, ImapSession] = {}
         self._crashes: dict[str, int] = {}  # unexpected errors in a row, for the backoff
+        self._no_idle: set[str] = set()  # inboxes whose server has no IDLE: poll only
 
     async def start(self, every: Every) -> None:
         for name in self._inboxes:
@@ -109,8 +113,13 @@ class ImapService:
         self._stop.set()
         for session in list(self._idling.values()):
             session.interrupt()  # ends an IDLE wait at once; a pass stops at its next batch
-        for thread in self._threads:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        # Joined in worker threads: the event loop keeps serving while IMAP winds down.
+        await asyncio.gather(
+            *(
+                asyncio.to_thread(t.join, max(0.0, deadline - time.monotonic()))
+                for t in self._threads
+            )
+        )
 
     def reconfigure(self, config: Config) -> None:
         # Settings of existing inboxes apply from their next pass; adding or removing
@@ -126,30 +135,37 @@ class ImapService:
         return f"IMAP: {len(self._inboxes)} inbox(es)"
 
     def _loop(self, name: str) -> None:
-        while not self._stop.is_set():
-            inbox = self._inboxes[name]
-            self._states[name] = "syncing"
-            try:
-                result, failures = inbox_pass(
-                    inbox, self._store.call, should_stop=self._stop.is_set
-                )
-            except Stopping:
-                return
-            except Exception:
-                log.exception("inbox %s: sync pass failed", name)
-                result = InboxResult(name, state="failed", error="internal error")
-                failures = self._crashes[name] = self._crashes.get(name, 0) + 1
-            if result.state == "ok":
-                self._crashes.pop(name, None)
-            self._states[name] = result.state
-            self._log_pass(result)
-            delay = syncplan.inbox_retry_delay(
-                result.state, failures, random.random(), poll_interval=inbox.sync.poll_interval
-            )
-            if result.state == "ok" and inbox.sync.idle:
-                self._idle(inbox, delay)
-            else:
-                self._stop.wait(delay)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._cycle(name)
+                except Stopping:
+                    return
+                except Exception:  # nothing may end an inbox's thread but a stop
+                    log.exception("inbox %s: sync loop failed; retrying", name)
+                    self._states[name] = "failed"
+                    crashes = self._crashes[name] = self._crashes.get(name, 0) + 1
+                    self._stop.wait(syncplan.backoff_delay(crashes, random.random()))
+        finally:
+            self._states[name] = "stopped"
+
+    def _cycle(self, name: str) -> None:
+        """One pass, then the wait before the next: IDLE, poll interval or backoff."""
+        inbox = self._inboxes[name]
+        self._states[name] = "syncing"
+        result, failures = inbox_pass(
+            inbox, self._store.call, should_stop=self._stop.is_set, sleep=self._stop.wait
+        )
+        self._crashes.pop(name, None)
+        self._states[name] = result.state
+        self._log_pass(result)
+        delay = syncplan.inbox_retry_delay(
+            result.state, failures, random.random(), poll_interval=inbox.sync.poll_interval
+        )
+        if result.state == "ok" and inbox.sync.idle and name not in self._no_idle:
+            self._idle(inbox, delay)
+        else:
+            self._stop.wait(delay)
 
     def _idle(self, inbox: Inbox, timeout: float) -> None:
         """Wait for new mail on INBOX (or the poll interval); polling if IDLE fails."""
@@ -163,9 +179,15 @@ class ImapService:
             return
         self._idling[inbox.name] = session
         try:
-            if not self._stop.is_set() and session.idle_wait(max(0.0, deadline - time.monotonic())):
+            if not session.client.has_capability("IDLE"):
+                log.warning("inbox %s: the server has no IDLE; polling", inbox.name)
+                self._no_idle.add(inbox.name)
+                self._stop.wait(timeout)
+            elif not self._stop.is_set() and session.idle_wait(
+                max(0.0, deadline - time.monotonic())
+            ):
                 log.info("inbox %s: new mail", inbox.name)
-        except InboxError as exc:
+        except Exception as exc:  # a refused EXAMINE or IDLE: poll, never end the thread
             if not self._stop.is_set():
                 log.warning("inbox %s: IDLE ended (%s); next pass now", inbox.name, exc)
         finally:

@@ -49,7 +49,8 @@ def _daemon(conn: sqlite3.Connection) -> dict[str, Any]:
     age = datetime.now(UTC) - datetime.fromisoformat(state["updated_at"])
     fresh = age < timedelta(seconds=3 * daemonstate.HEARTBEAT_SECONDS)
     if state["state"] == "stopped" or not (fresh and _alive(state["pid"])):
-        state["state"] = "not running"
+        # What a dead daemon last said about its listener and threads is no longer true.
+        return {k: state[k] for k in ("pid", "started_at", "updated_at")} | {"state": "not running"}
     return state
 
 

@@ -175,3 +175,21 @@ def test_metrics_and_health(tmp_path: Path, notify: Notify) -> None:
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_second_daemon_on_the_same_store_exits_75(tmp_path: Path, notify: Notify) -> None:
+    proc = start(tmp_path, notify)
+    try:
+        notify.wait_for("READY=1")
+        second = subprocess.run(
+            [sys.executable, "-m", "syncd", "--config", str(tmp_path / "syncd.yaml"), "run"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert second.returncode == 75
+        assert "another `syncd run` is using the store" in second.stderr
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=25) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
