@@ -44,8 +44,9 @@ from syncd.store.mailwriter import MailWriter, Prepared, prepare
 log = logging.getLogger(__name__)
 
 # Below this many messages a batch is parsed in-process: starting work in the pool
-# costs more than it saves.
-POOL_MIN_BATCH = 200
+# costs more than it saves. IMAP batches are cut at 4 MB, so batches with attachments
+# are often well under 200 messages and still want the pool.
+POOL_MIN_BATCH = 32
 # Jobs go to the pool in chunks; the first ones are small so the writer starts at once.
 POOL_FIRST_CHUNK = 8
 POOL_CHUNK = 64

@@ -55,8 +55,8 @@ class Limits:
 
     meta_chunk: int = 1000  # UIDs per metadata FETCH
     batch_count: int = 200  # messages per body FETCH and per deliver() transaction
-    batch_bytes: int = 8 * 1024 * 1024  # RFC822.SIZE bytes per body FETCH
-    queue_batches: int = 3  # batches fetched ahead of the writer
+    batch_bytes: int = 4 * 1024 * 1024  # RFC822.SIZE bytes per body FETCH
+    queue_batches: int = 2  # batches fetched ahead of the writer
 
 
 @dataclass(frozen=True)
