@@ -228,8 +228,28 @@ def search(conn: sqlite3.Connection, text: str, *, limit: int = 50) -> list[dict
     ]
 
 
-def _links(conn: sqlite3.Connection, sql: str, record_id: int) -> list[Any]:
-    return [r[0] for r in conn.execute(sql, (record_id,))]
+def _with_links(
+    conn: sqlite3.Connection, rows: list[sqlite3.Row], kind: str
+) -> list[dict[str, Any]]:
+    """Deal or ticket rows with their contacts' primary addresses and companies' names.
+    ``kind`` is "deal" or "ticket", never user input: it only names fixed tables."""
+    contacts = (
+        f"SELECT a.address FROM {kind}_contacts l JOIN contact_addresses a "
+        f"ON a.contact_id = l.contact_id AND a.is_primary = 1 WHERE l.{kind}_id = ? "
+        "ORDER BY a.address"
+    )
+    companies = (
+        f"SELECT c.name FROM {kind}_companies l JOIN companies c ON c.id = l.company_id "
+        f"WHERE l.{kind}_id = ? ORDER BY c.name"
+    )
+    return [
+        {
+            **dict(r),
+            "contacts": [x[0] for x in conn.execute(contacts, (r["id"],))],
+            "companies": [x[0] for x in conn.execute(companies, (r["id"],))],
+        }
+        for r in rows
+    ]
 
 
 def deals_list(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -237,50 +257,14 @@ def deals_list(conn: sqlite3.Connection) -> list[dict[str, Any]]:
         "SELECT id, name, pipeline, stage, state, amount, close_date, owner, created_at "
         "FROM deals ORDER BY id"
     ).fetchall()
-    return [
-        {
-            **dict(r),
-            "contacts": _links(
-                conn,
-                "SELECT a.address FROM deal_contacts d JOIN contact_addresses a "
-                "ON a.contact_id = d.contact_id AND a.is_primary = 1 WHERE d.deal_id = ? "
-                "ORDER BY a.address",
-                r["id"],
-            ),
-            "companies": _links(
-                conn,
-                "SELECT c.name FROM deal_companies d JOIN companies c ON c.id = d.company_id "
-                "WHERE d.deal_id = ? ORDER BY c.name",
-                r["id"],
-            ),
-        }
-        for r in rows
-    ]
+    return _with_links(conn, rows, "deal")
 
 
 def tickets_list(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT id, subject, pipeline, status, state, owner, created_at FROM tickets ORDER BY id"
     ).fetchall()
-    return [
-        {
-            **dict(r),
-            "contacts": _links(
-                conn,
-                "SELECT a.address FROM ticket_contacts t JOIN contact_addresses a "
-                "ON a.contact_id = t.contact_id AND a.is_primary = 1 WHERE t.ticket_id = ? "
-                "ORDER BY a.address",
-                r["id"],
-            ),
-            "companies": _links(
-                conn,
-                "SELECT c.name FROM ticket_companies t JOIN companies c ON c.id = t.company_id "
-                "WHERE t.ticket_id = ? ORDER BY c.name",
-                r["id"],
-            ),
-        }
-        for r in rows
-    ]
+    return _with_links(conn, rows, "ticket")
 
 
 def quarantine_list(conn: sqlite3.Connection) -> list[dict[str, Any]]:
