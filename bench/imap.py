@@ -148,6 +148,7 @@ def phase_pipeline(port: int, username: str, password: str, store_dir: str) -> d
             checkpoint_of=lambda i, f: syncstate.get_checkpoint(conn, i, f),
             known_contacts=pipeline.contact_emails,
             today=datetime.now(UTC),
+            parse_ahead=pipeline.parse_ahead,
         )
         seconds = time.perf_counter() - started
     assert result.state == "ok", result.error
@@ -157,6 +158,9 @@ def phase_pipeline(port: int, username: str, password: str, store_dir: str) -> d
 def _child(target: Any, args: tuple[Any, ...], out: Any) -> None:
     figures = target(*args)
     figures["peak_rss_mb"] = _peak_rss_mb()
+    own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    figures["cpu_self"] = own.ru_utime + own.ru_stime
+    figures["cpu_children"] = kids.ru_utime + kids.ru_stime
     # The pipeline's parser processes have memory of their own: report the largest.
     figures["child_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
     out.put(figures)
@@ -181,6 +185,10 @@ def report(name: str, figures: dict[str, Any], ceiling: dict[str, Any] | None) -
     )
     if figures.get("child_rss_mb"):
         line += f" (+ parser process {figures['child_rss_mb']:.0f} MB)"
+    # CPU per message: this process (all its threads), then its parser processes.
+    line += f"  CPU {figures['cpu_self'] * 1e6 / max(figures['messages'], 1):.0f} µs/msg"
+    if figures.get("cpu_children"):
+        line += f" + parsers {figures['cpu_children'] * 1e6 / max(figures['messages'], 1):.0f}"
     if ceiling:
         line += f"  {rate / (ceiling['messages'] / ceiling['seconds']):.2f}x of imaplib"
     print(line, flush=True)

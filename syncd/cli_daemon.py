@@ -71,7 +71,11 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
     try:
         for inbox in inboxes:
             result, _ = inbox_pass(
-                inbox, lambda fn, *a: fn(pipeline, *a), dry_run=dry_run, progress=progress
+                inbox,
+                lambda fn, *a: fn(pipeline, *a),
+                dry_run=dry_run,
+                progress=progress,
+                parse_ahead=pipeline.parse_ahead,
             )
             report["inboxes"].append(result.as_json())
             for folder in result.folders:

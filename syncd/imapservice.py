@@ -29,7 +29,7 @@ from syncd.errors import InboxError
 from syncd.pipeline import Pipeline
 from syncd.schedule import Every
 from syncd.sources import syncplan
-from syncd.sources.imap import InboxResult, Progress, RetryPolicy, sync_inbox
+from syncd.sources.imap import InboxResult, ParseAhead, Progress, RetryPolicy, sync_inbox
 from syncd.sources.imap_conn import ImapSession, connect
 from syncd.store import syncstate
 from syncd.store.db import transaction
@@ -48,10 +48,13 @@ def inbox_pass(
     *,
     dry_run: bool = False,
     progress: Progress | None = None,
+    parse_ahead: ParseAhead | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     sleep: Callable[[float], Any] = time.sleep,
 ) -> tuple[InboxResult, int]:
-    """One sync pass of ``inbox``; returns its result and the consecutive failure count."""
+    """One sync pass of ``inbox``; returns its result and the consecutive failure count.
+    ``parse_ahead`` is the pipeline's (called on the fetching thread, not through
+    ``call``, so parsing starts while the store is busy with the batch before)."""
 
     def deliver(items: list[Any], checkpoint: syncplan.FolderCheckpoint) -> Sequence[Any]:
         if should_stop():
@@ -66,6 +69,7 @@ def inbox_pass(
         today=datetime.now(UTC),
         dry_run=dry_run,
         progress=progress,
+        parse_ahead=parse_ahead,
         retry=RetryPolicy(sleep=sleep),  # the daemon's stop event cuts a reconnect wait short
     )
     failures = 0 if dry_run else call(_record, result)
@@ -154,7 +158,11 @@ class ImapService:
         inbox = self._inboxes[name]
         self._states[name] = "syncing"
         result, failures = inbox_pass(
-            inbox, self._store.call, should_stop=self._stop.is_set, sleep=self._stop.wait
+            inbox,
+            self._store.call,
+            parse_ahead=self._store.parse_ahead,
+            should_stop=self._stop.is_set,
+            sleep=self._stop.wait,
         )
         self._crashes.pop(name, None)
         self._states[name] = result.state

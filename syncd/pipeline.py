@@ -21,8 +21,9 @@ import logging
 import multiprocessing
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +39,7 @@ from syncd.errors import MessageError, StoreError
 from syncd.mail.parse import Address, Attachment, Email, parse
 from syncd.mail.provenance import Provenance
 from syncd.store import crm as store
+from syncd.store.blobs import write_blob
 from syncd.store.db import transaction
 from syncd.store.mailwriter import MailWriter, Prepared, prepare
 
@@ -82,7 +84,12 @@ class _Parsed(NamedTuple):
     prepared: Prepared | None  # None: the writer prepares it (and quarantines what fails)
 
 
-def _parse_one(raw: bytes, received_at: datetime, max_bytes: int | None) -> _Parsed | _Refused:
+Job = tuple[bytes, datetime, int | None, Path | None]
+
+
+def _parse_one(
+    raw: bytes, received_at: datetime, max_bytes: int | None, attachments_dir: Path | None
+) -> _Parsed | _Refused:
     try:
         email = parse(raw, received_at=received_at, max_attachment_bytes=max_bytes)
     except MessageError as exc:
@@ -92,16 +99,47 @@ def _parse_one(raw: bytes, received_at: datetime, max_bytes: int | None) -> _Par
     try:
         prepared = prepare(email, raw)
     except Exception:
-        prepared = None
+        return _Parsed(email, None)
+    if attachments_dir is not None and email.attachments:
+        email = _with_attachments_written(email, prepared, attachments_dir)
     return _Parsed(email, prepared)
 
 
-def _parse_job(job: tuple[bytes, datetime, int | None]) -> _Parsed | _Refused:
-    return _parse_one(*job)
+def _with_attachments_written(email: Email, prepared: Prepared, directory: Path) -> Email:
+    """Write the attachment files here, in the parser process, and drop their bytes, so
+    megabytes of attachments never travel back to the writer. A file written for a
+    message the writer then rolls back is harmless: its name is its content. If a write
+    fails, the bytes stay and the writer writes them, and reports the failure."""
+    kept = []
+    for part, row in zip(email.attachments, prepared.attachments, strict=True):
+        if part.data is not None:
+            try:
+                write_blob(directory, row[0], part.data)
+            except (OSError, ValueError):
+                return email
+            part = dataclasses.replace(part, data=None)
+        kept.append(part)
+    return dataclasses.replace(email, attachments=tuple(kept))
 
 
-def _parse_chunk(jobs: list[tuple[bytes, datetime, int | None]]) -> list[_Parsed | _Refused]:
+def _parse_chunk(jobs: list[Job]) -> list[_Parsed | _Refused]:
     return [_parse_one(*job) for job in jobs]
+
+
+class Parsing(list[tuple[bytes, Provenance]]):
+    """A batch whose parsing started in the parser processes when it was fetched
+    (``Pipeline.parse_ahead``): the items themselves, plus the pool's pending chunks.
+    Passed to ``ingest_batch`` like any list of items."""
+
+    def __init__(
+        self,
+        items: Sequence[tuple[bytes, Provenance]],
+        pool: ProcessPoolExecutor,
+        jobs: list[Job],
+        chunks: list[Future[list[_Parsed | _Refused]]],
+    ) -> None:
+        super().__init__(items)
+        self.pool, self.jobs, self.chunks = pool, jobs, chunks
 
 
 def _plain_pickling(cls: type) -> None:
@@ -134,6 +172,8 @@ class Pipeline:
         # Default: the writer keeps one core, parser processes get the others.
         self.workers = workers if workers is not None else (os.cpu_count() or 1) - 1
         self._pool: ProcessPoolExecutor | None = None
+        self._pool_lock = threading.Lock()  # parse_ahead runs on the fetching threads
+        self._closed = False  # a closed pipeline (replaced on reload) starts no pool
         # A page cache that holds a batch's index pages: FTS merges then stay in memory.
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
 
@@ -157,9 +197,11 @@ class Pipeline:
 
     def close(self) -> None:
         """Stop the parser processes, if any were started."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+            self._closed = True
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> Pipeline:
         return self
@@ -260,39 +302,71 @@ class Pipeline:
             "quarantined", email.key, f"could not be logged: {type(exc).__name__}: {exc}"
         )
 
+    def parse_ahead(self, items: Sequence[tuple[bytes, Provenance]]) -> list[Any]:
+        """Start parsing ``items`` in the parser processes now, from any thread, and return
+        them as a ``Parsing`` for a later ``ingest_batch``: a fetching thread calls this
+        as soon as a batch arrives, so the parsers work ahead while the writer writes and
+        commits the batch before. Without parser processes the items come back as they are."""
+        if self.workers < 1 or not items:
+            return list(items)
+        jobs = self._jobs(items, self.attachments_dir)
+        with self._pool_lock:
+            if self._closed:
+                return list(items)
+            pool = self._start_pool()
+            chunks = self._submit(pool, jobs)
+        return Parsing(items, pool, jobs, chunks)
+
+    def _jobs(self, items: Sequence[tuple[bytes, Provenance]], directory: Path | None) -> list[Job]:
+        limit = self.max_attachment_bytes
+        return [(raw, prov.received_at, limit, directory) for raw, prov in items]
+
     def _parse(self, items: Sequence[tuple[bytes, Provenance]]) -> Iterator[_Parsed | _Refused]:
         """Parsed messages in order. Small batches are parsed before the transaction
         starts; large ones stream from the worker pool while the writer writes."""
-        limit = self.max_attachment_bytes
-        jobs = [(raw, prov.received_at, limit) for raw, prov in items]
-        if self.workers < 1 or len(jobs) < POOL_MIN_BATCH:
-            return iter(_parse_chunk(jobs))
-        return self._pooled(jobs)
+        if isinstance(items, Parsing) and items.pool is self._pool:
+            return self._collect(items.jobs, items.chunks)
+        if self.workers < 1 or len(items) < POOL_MIN_BATCH:
+            return iter(_parse_chunk(self._jobs(items, None)))
+        jobs = self._jobs(items, self.attachments_dir)
+        with self._pool_lock:
+            chunks = self._submit(self._start_pool(), jobs)
+        return self._collect(jobs, chunks)
 
-    def _pooled(
-        self, jobs: list[tuple[bytes, datetime, int | None]]
-    ) -> Iterator[_Parsed | _Refused]:
+    def _start_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # forkserver: workers never inherit the daemon's threads or open sockets.
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["syncd.pipeline"])
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
-        # All chunks are queued at once: the pool parses ahead while the writer writes.
-        chunks: list[Future[list[_Parsed | _Refused]]] = []
+        return self._pool
+
+    @staticmethod
+    def _submit(
+        pool: ProcessPoolExecutor, jobs: list[Job]
+    ) -> list[Future[list[_Parsed | _Refused]]]:
+        # All chunks are queued at once: the pool parses ahead while the writer writes;
+        # the first ones are small so the writer starts at once.
+        chunks = []
         start, size = 0, POOL_FIRST_CHUNK
         while start < len(jobs):
-            chunks.append(self._pool.submit(_parse_chunk, jobs[start : start + size]))
+            chunks.append(pool.submit(_parse_chunk, jobs[start : start + size]))
             start, size = start + size, min(size * 2, POOL_CHUNK)
+        return chunks
+
+    def _collect(
+        self, jobs: list[Job], chunks: list[Future[list[_Parsed | _Refused]]]
+    ) -> Iterator[_Parsed | _Refused]:
         done = 0
         try:
             for chunk in chunks:
                 for result in chunk.result():
                     yield result
                     done += 1
-        except BrokenProcessPool:
+        except (BrokenProcessPool, CancelledError):
             log.warning("parser processes died; parsing the rest of the batch in-process")
             self.close()
-            yield from (_parse_job(job) for job in jobs[done:])
+            yield from _parse_chunk(jobs[done:])
         finally:
             for chunk in chunks:
                 chunk.cancel()

@@ -50,6 +50,12 @@ class StoreWorker:
         self._config = config
         self.call(swap)
 
+    def parse_ahead(self, items: list[Any]) -> list[Any]:
+        """The current pipeline's ``parse_ahead``, from any thread (it touches only the
+        parser processes, never the connection)."""
+        pipeline = self._pipeline
+        return list(items) if pipeline is None else pipeline.parse_ahead(items)
+
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         return self._executor.submit(self._invoke, fn, *args)
 

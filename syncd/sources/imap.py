@@ -47,6 +47,9 @@ Body = tuple[int, bytes, datetime | None]  # uid, raw message, INTERNALDATE
 Deliver = Callable[[list[Item], FolderCheckpoint], Sequence[Any]]
 CheckpointOf = Callable[[str, str], FolderCheckpoint | None]
 Progress = Callable[[str, int, int], None]  # folder, messages done, messages planned
+# Called on the fetching thread with each batch as it arrives; what it returns is what
+# ``deliver`` gets (the pipeline starts parsing there, ahead of the writer).
+ParseAhead = Callable[[list[Item]], list[Item]]
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,7 @@ def sync_inbox(
     today: date | datetime,
     dry_run: bool = False,
     progress: Progress | None = None,
+    parse_ahead: ParseAhead | None = None,
     limits: Limits = Limits(),
     retry: RetryPolicy = RetryPolicy(),
 ) -> InboxResult:
@@ -163,7 +167,7 @@ def sync_inbox(
     started = _start_instant(today)
     contacts = known_contacts() if inbox_cfg.sync.people == "contacts" else set()
     run = _InboxRun(inbox_cfg, deliver, checkpoint_of, contacts, started, dry_run, progress)
-    run.limits, run.retry = limits, retry
+    run.limits, run.retry, run.parse_ahead = limits, retry, parse_ahead
     return run.execute()
 
 
@@ -178,6 +182,7 @@ class _InboxRun:
 
     limits: Limits
     retry: RetryPolicy
+    parse_ahead: ParseAhead | None
 
     def __init__(
         self,
@@ -391,6 +396,8 @@ class _Fetcher:
             (raw, self.run_.provenance(self.folder, uid, internal))
             for uid, raw, internal in fetched
         ]
+        if items and self.run_.parse_ahead is not None:
+            items = self.run_.parse_ahead(items)
         if stuck is not None:
             checkpoint = plan.checkpoint_before(stuck.uid)
             if (items or checkpoint != self.checkpoint) and not self._put(

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from syncd.crm.model import ContactState, Outcome
 from syncd.crm.rules import ContactPlan, Plan, RulesSettings
 from syncd.mail.provenance import Provenance
-from syncd.store.blobs import write_blob
+from syncd.store.blobs import blob_path, write_blob
 from syncd.store.crm import (
     ASSOCIATION,
     OVERSIZED_NOTE,
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 # An attachment's row without its engagement: sha256, filename, content type, size,
 # stored, note.
 AttachmentRow = tuple[str, str, str, int, int, str]
+MISSING_NOTE = "file removed before the message was logged"
 
 
 class Prepared(NamedTuple):
@@ -419,15 +420,23 @@ class MailWriter:
     def _store_attachments(
         self, engagement_id: int, parts: Iterable[Any], rows: Sequence[AttachmentRow]
     ) -> None:
-        """Write each kept attachment's file once (before the rows that say it is stored)."""
+        """Write each kept attachment's file once, before the rows that say it is stored.
+
+        A parser process may have written the file already and dropped the bytes; then
+        the file must still be there (an erase may have removed it meanwhile), or the row
+        says it is not stored."""
+        checked: list[AttachmentRow] = []
         for part, row in zip(parts, rows, strict=True):
             if part.data is not None:
                 write_blob(self.attachments_dir, row[0], part.data)
-        if rows:
+            elif row[4] and not blob_path(self.attachments_dir, row[0]).exists():
+                row = (*row[:4], 0, MISSING_NOTE)
+            checked.append(row)
+        if checked:
             self.conn.executemany(
                 "INSERT INTO attachments(engagement_id, sha256, filename, content_type, size, "
                 "stored, note) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(engagement_id, *row) for row in rows],
+                [(engagement_id, *row) for row in checked],
             )
 
 

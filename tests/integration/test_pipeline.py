@@ -164,17 +164,53 @@ def test_import_twice_gives_the_same_store(conn, tmp_path) -> None:
 
 
 def test_parser_pool_gives_the_same_outcomes_as_in_process(tmp_path) -> None:
+    """In-process, in the pool, and parsed ahead (batches handed over as they are
+    fetched, the pool writing attachment files): the same outcomes, rows and files."""
     corpus = [*generate(250, seed=5), (b"", NOW)]
     provenance = Provenance("import", NOW, owner=ADA)
+    items = [(raw, provenance) for raw, _ in corpus]
     results = []
-    for workers in (0, 2):
-        connection = db.connect(tmp_path / f"w{workers}.sqlite3")
-        with Pipeline(connection, rules(), attachments_dir=tmp_path / "a",
+    for mode, workers in (("inline", 0), ("pool", 2), ("ahead", 2)):
+        connection = db.connect(tmp_path / f"{mode}.sqlite3")
+        attachments = tmp_path / mode
+        with Pipeline(connection, rules(), attachments_dir=attachments,
                       max_attachment_bytes=None, workers=workers) as pipeline:  # fmt: skip
-            results.append(pipeline.ingest_batch([(raw, provenance) for raw, _ in corpus]))
-            results.append(queries.counts(connection))
+            if mode == "ahead":
+                batches = [pipeline.parse_ahead(items[i : i + 60]) for i in range(0, 251, 60)]
+                outcomes = [o for batch in batches for o in pipeline.ingest_batch(batch)]
+            else:
+                outcomes = pipeline.ingest_batch(items)
+        stored = connection.execute(
+            "SELECT sha256, stored FROM attachments ORDER BY id"
+        ).fetchall()
+        files = sorted(p.name for p in attachments.rglob("*") if p.is_file())
+        results.append((outcomes, queries.counts(connection), stored, files))
         connection.close()
-    assert results[0] == results[2] and results[1] == results[3]
+    assert results[0][2], "the corpus has attachments"
+    assert results[0] == results[1] == results[2]
+
+
+def test_parsed_ahead_batch_survives_a_closed_pool_and_a_lost_file(conn, tmp_path) -> None:
+    attachments = tmp_path / "store" / "attachments"
+    pipeline = Pipeline(conn, rules(), attachments_dir=attachments,
+                        max_attachment_bytes=None, workers=1)  # fmt: skip
+    ahead = pipeline.parse_ahead([(with_attachment("<a1@x>", b"A" * 4000), BCC)])
+    assert [o.status for o in pipeline.ingest_batch(ahead)] == ["logged"]
+    # The parser process wrote the file; an erase removes it before the writer logs
+    # the next message that carries it: the row must not claim it is stored.
+    again = pipeline.parse_ahead([(with_attachment("<a2@x>", b"A" * 4000), BCC)])
+    list(again.chunks[0].result())
+    for path in attachments.rglob("*"):
+        if path.is_file():
+            path.unlink()
+    assert [o.status for o in pipeline.ingest_batch(again)] == ["logged"]
+    rows = conn.execute("SELECT stored, note FROM attachments ORDER BY id").fetchall()
+    assert [tuple(r) for r in rows][1] == (0, "file removed before the message was logged")
+    pipeline.close()
+    # A pipeline closed by a reload hands batches back unparsed, and still logs them.
+    late = pipeline.parse_ahead([(message(msgid="<late@x>"), BCC)])
+    assert type(late) is list
+    assert [o.status for o in pipeline.ingest_batch(late)] == ["logged"]
 
 
 def test_timeline_newest_first_and_records_follow(conn, tmp_path) -> None:
