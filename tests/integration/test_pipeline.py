@@ -180,9 +180,7 @@ def test_parser_pool_gives_the_same_outcomes_as_in_process(tmp_path) -> None:
                 outcomes = [o for batch in batches for o in pipeline.ingest_batch(batch)]
             else:
                 outcomes = pipeline.ingest_batch(items)
-        stored = connection.execute(
-            "SELECT sha256, stored FROM attachments ORDER BY id"
-        ).fetchall()
+        stored = connection.execute("SELECT sha256, stored FROM attachments ORDER BY id").fetchall()
         files = sorted(p.name for p in attachments.rglob("*") if p.is_file())
         results.append((outcomes, queries.counts(connection), stored, files))
         connection.close()
