@@ -26,7 +26,7 @@ from syncd.sources.files import MailFiles
 from syncd.store import queries
 from syncd.store.backup import backup as backup_store
 from syncd.store.erase import erase as erase_address
-from syncd.store.erase import scan
+from syncd.store.erase import raw_copies_naming, scan
 from syncd.store.export import export_csv, export_json, export_vcard
 
 BATCH = 500
@@ -164,6 +164,7 @@ def erase(ctx: click.Context, email: str) -> None:
     with open_store(ctx) as (config, conn):
         report = erase_address(conn, email, Path(config.store.attachments_dir))
         store_path = Path(config.store.path)
+        packed = sum(raw_copies_naming(conn, a) for a in report.addresses)
     if not report.found:
         fail(f"no trace of {email} in the store")
     click.echo(
@@ -178,6 +179,8 @@ def erase(ctx: click.Context, email: str) -> None:
         for address in report.addresses
         for hit in scan([p for p in paths if p.exists()], address)
     ]
+    if packed:
+        left.append(Path(f"{store_path} ({packed} raw copies)"))
     if report.wal_busy or left:
         where = ", ".join(sorted({str(p) for p in left})) or f"{store_path}-wal"
         fail(f"traces remain in {where}; stop the daemon and run erase again")

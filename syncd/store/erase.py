@@ -3,7 +3,8 @@
 An engagement that concerned no other contact is deleted with its email row, raw bytes,
 sightings and attachments; one shared with other contacts is redacted (the address and
 its name leave the headers, subject and text; the raw bytes are dropped, since encoded
-copies of the address may hide in them). Quarantined, spooled and outbox mail carrying
+copies of the address may hide in them). Raw copies are searched unpacked (they are
+stored deflated). Quarantined, spooled and outbox mail carrying
 the address, and
 attachment files no remaining email uses, are deleted. Then the full-text index is
 rebuilt from what is left, the file is VACUUMed with ``secure_delete`` on, and the WAL
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from syncd.store.blobs import blob_path
 from syncd.store.db import transaction
+from syncd.store.raw import unpack
 
 ERASED = "[erased]"
 
@@ -48,7 +50,7 @@ def erase(conn: sqlite3.Connection, address: str, attachments_dir: Path) -> Eras
     address = address.strip().lower()
     _pattern(address)  # refuses a needle that is not an address before anything is touched
     report = EraseReport()
-    conn.create_function("mentions", 2, _mentions, deterministic=True)
+    _functions(conn)
     conn.execute("PRAGMA secure_delete = ON")
     with transaction(conn):
         contact_ids = [
@@ -111,7 +113,8 @@ def _erase_engagements(
                 "OR mentions(subject, ?1) OR mentions(body, ?1) OR mentions(message_key, ?1) "
                 "OR mentions(from_addr, ?1) "
                 "UNION SELECT id FROM engagements WHERE mentions(body, ?1) "
-                "UNION SELECT engagement_id FROM raw_messages WHERE mentions(raw, ?1)",
+                "UNION SELECT engagement_id FROM raw_messages "
+                "WHERE mentions(unpack(raw, codec), ?1)",
                 (needle,),
             )
         )
@@ -136,6 +139,20 @@ def _erase_engagements(
             conn.execute("DELETE FROM engagements WHERE id = ?", (engagement_id,))
             report.deleted += 1
     return hashes
+
+
+def _functions(conn: sqlite3.Connection) -> None:
+    conn.create_function("mentions", 2, _mentions, deterministic=True)
+    conn.create_function("unpack", 2, unpack, deterministic=True)
+
+
+def raw_copies_naming(conn: sqlite3.Connection, address: str) -> int:
+    """How many raw copies still name ``address`` once unpacked: the byte scan of the store
+    directory cannot see into deflated copies, so erase's check asks the store too."""
+    _functions(conn)
+    return conn.execute(
+        "SELECT count(*) FROM raw_messages WHERE mentions(unpack(raw, codec), ?)", (address,)
+    ).fetchone()[0]
 
 
 def _scrub(text: str | None, addresses: Iterable[str]) -> str | None:
@@ -219,7 +236,6 @@ def _drop_files(
 ) -> int:
     """Unlink blobs nothing uses any more, and blobs that contain the addresses."""
     removed = 0
-    needles = [a.encode() for a in addresses]
     for digest in sorted(hashes):
         try:
             path = blob_path(directory, digest)
@@ -228,7 +244,7 @@ def _drop_files(
         used = conn.execute(
             "SELECT count(*) FROM attachments WHERE sha256 = ? AND stored = 1", (digest,)
         ).fetchone()[0]
-        if used and not (path.exists() and _contains(path, needles)):
+        if used and not (path.exists() and any(_contains(path, a) for a in addresses)):
             continue
         conn.execute(
             "UPDATE attachments SET stored = 0, note = 'removed by erase' WHERE sha256 = ?",

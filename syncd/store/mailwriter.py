@@ -193,7 +193,7 @@ class MailWriter:
         engagement_id = self._insert_email(email, plan, prepared)
         _add_sighting(conn, engagement_id, provenance)
         self._store_attachments(engagement_id, email.attachments, prepared.attachments)
-        insert_raw(conn, engagement_id, raw, prepared.copy)
+        insert_raw(conn, engagement_id, prepared.copy)
         self._associate(engagement_id, plan, date)
         return Outcome("logged", email.key, "")
 

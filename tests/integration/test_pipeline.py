@@ -47,12 +47,14 @@ def message(
     return (head + "\r\n" + body + "\r\n").encode()
 
 
-def with_attachment(msgid: str, payload: bytes, name: str = "report.pdf") -> bytes:
+def with_attachment(
+    msgid: str, payload: bytes, name: str = "report.pdf", to: str = "carol@acme.com"
+) -> bytes:
     import base64
 
     encoded = base64.encodebytes(payload).decode()
     return (
-        f"From: {ADA}\r\nTo: carol@acme.com\r\nSubject: files\r\nMessage-ID: {msgid}\r\n"
+        f"From: {ADA}\r\nTo: {to}\r\nSubject: files\r\nMessage-ID: {msgid}\r\n"
         "Date: Wed, 01 May 2024 09:00:00 +0000\r\nMIME-Version: 1.0\r\n"
         'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
         "--b1\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
@@ -360,6 +362,27 @@ def test_erase_leaves_no_byte_of_the_address(conn, tmp_path) -> None:
     (left,) = queries.timeline(conn, "dan@other.org")
     assert left["to"] == ["dan@other.org"] and left["subject"] == "cc [erased]"
     assert queries.search(conn, "carol") == []
+
+
+def test_erase_finds_the_address_inside_deflated_raw_copies(conn, tmp_path) -> None:
+    """An address only in a header nothing else keeps is found in the (deflated) raw
+    copy; an attachment another contact's mail still uses stays on disk."""
+    from syncd.store.erase import raw_copies_naming
+
+    attachments = tmp_path / "store" / "attachments"
+    pipeline = make(conn, tmp_path, max_attachment_bytes=100_000)
+    pipeline.ingest(message(to="carol@acme.com", msgid="<c@x>"), BCC)
+    hidden = message(to="dan@other.org", msgid="<h@x>", extra="X-Original-To: carol@acme.com\r\n")
+    pipeline.ingest(hidden, BCC)
+    pipeline.ingest(with_attachment("<a1@x>", b"quarterly figures " * 60), BCC)
+    pipeline.ingest(with_attachment("<a2@x>", b"quarterly figures " * 60, to="dan@other.org"), BCC)
+    codecs = {r[0] for r in conn.execute("SELECT codec FROM raw_messages")}
+    assert codecs == {"zlib"} and raw_copies_naming(conn, "carol@acme.com") == 3
+    report = erase(conn, "carol@acme.com", attachments)
+    assert (report.deleted, report.redacted, report.files) == (2, 1, 0)
+    assert raw_copies_naming(conn, "carol@acme.com") == 0
+    assert scan([tmp_path / "store"], "carol@acme.com") == []
+    assert len([p for p in attachments.rglob("*") if p.is_file()]) == 1  # dan's mail uses it
 
 
 def test_erasing_an_address_that_is_no_contact_redacts_others_mail(conn, tmp_path) -> None:

@@ -1,0 +1,3 @@
+-- Raw copies are compressed from now on: `codec` says how each one's bytes are kept
+-- ('' as they are, as in stores made before this version; 'zlib' deflated).
+ALTER TABLE raw_messages ADD COLUMN codec TEXT NOT NULL DEFAULT '';
