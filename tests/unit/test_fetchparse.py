@@ -1,0 +1,100 @@
+"""FETCH responses in imaplib's shape, read by syncd.sources.fetchparse."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from syncd.sources.fetchparse import FetchParseError, internal_date, parse_fetch
+
+DATE = b'"17-Jul-1996 02:44:25 -0700"'
+HEADERS = b"BODY[HEADER.FIELDS (FROM TO CC BCC)]"
+
+CASES: list[tuple[str, list[Any], dict[int, dict[bytes, Any]]]] = [
+    (
+        "dovecot order",
+        [(b"1 (UID 5 INTERNALDATE " + DATE + b" BODY[] {5}", b"hello"), b")"],
+        {5: {b"UID": 5, b"INTERNALDATE": DATE[1:-1], b"BODY[]": b"hello"}},
+    ),
+    (
+        "fields after the literal",
+        [(b"1 (UID 5 BODY[] {3}", b"a)b"), b' INTERNALDATE "01-Jan-2024 00:00:00 +0000")'],
+        {5: {b"UID": 5, b"BODY[]": b"a)b", b"INTERNALDATE": b"01-Jan-2024 00:00:00 +0000"}},
+    ),
+    (
+        "expunged: NIL body, and an unsolicited flag update without UID",
+        [b"2 (UID 7 BODY[] NIL)", b"3 (FLAGS (\\Seen))"],
+        {7: {b"UID": 7, b"BODY[]": None}},
+    ),
+    (
+        "header fields key holds spaces and parentheses",
+        [(b"1 (UID 9 RFC822.SIZE 1234 " + HEADERS + b" {11}", b"From: a\r\n\r\n"), b")"],
+        {9: {b"UID": 9, b"RFC822.SIZE": 1234, HEADERS: b"From: a\r\n\r\n"}},
+    ),
+    (
+        "two literals in one message, lower-case keys",
+        [(b"1 (uid 4 body[header] {3}", b"abc"), (b" body[] {2}", b"xy"), b")"],
+        {4: {b"UID": 4, b"BODY[HEADER]": b"abc", b"BODY[]": b"xy"}},
+    ),
+    (
+        "gmail extras, lists, quoted escapes, empty literal",
+        [
+            (
+                b'1 (X-GM-THRID 123 X-GM-LABELS ("\\\\Inbox" "a \\"b\\"") MODSEQ (45) UID 8 '
+                b"BODY[] {0}",
+                b"",
+            ),
+            b")",
+        ],
+        {
+            8: {
+                b"X-GM-THRID": 123,
+                b"X-GM-LABELS": [b"\\Inbox", b'a "b"'],
+                b"MODSEQ": [45],
+                b"UID": 8,
+                b"BODY[]": b"",
+            }
+        },
+    ),
+    ("nothing", [None], {}),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_parse_fetch(data: list[Any], expected: dict[int, dict[bytes, Any]]) -> None:
+    assert parse_fetch(data) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        [(b"1 (UID 5 BODY[]", b"hello"), b")"],  # literal without its marker
+        [b"1 (UID 5 BODY[] NIL"],  # cut short
+        [b"1 (UID 5 ]] )"],  # not IMAP
+        [b"1 UID 5"],  # fields not in parentheses
+        [b"1 (UID 5))"],  # unbalanced
+        [12],
+    ],
+)
+def test_broken_fetch_responses_raise_one_error(data: list[Any]) -> None:
+    with pytest.raises(FetchParseError):
+        parse_fetch(data)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (DATE[1:-1], datetime(1996, 7, 17, 2, 44, 25, tzinfo=timezone(timedelta(hours=-7)))),
+        (b" 1-Jan-2024 00:00:00 +0000", datetime(2024, 1, 1, tzinfo=UTC)),
+        (b"01-JAN-2024 10:00:00 +0530", datetime(2024, 1, 1, 4, 30, tzinfo=UTC)),
+        (b"01-Foo-2024 00:00:00 +0000", None),
+        (b"01-Jan-2024 00:00:00", None),
+        (b"31-Feb-2024 00:00:00 +0000", None),
+        (None, None),
+        (42, None),
+    ],
+)
+def test_internal_date(value: Any, expected: datetime | None) -> None:
+    assert internal_date(value) == expected
