@@ -3,10 +3,9 @@
 An engagement that concerned no other contact is deleted with its email row, raw bytes,
 sightings and attachments; one shared with other contacts is redacted (the address and
 its name leave the headers, subject and text; the raw bytes are dropped, since encoded
-copies of the address may hide in them). Raw copies are searched unpacked (they are
-stored deflated). Quarantined, spooled and outbox mail carrying
-the address, and
-attachment files no remaining email uses, are deleted. Then the full-text index is
+copies of the address may hide in them; raw copies are searched decompressed).
+Quarantined, spooled and outbox mail carrying the address, and attachment files no
+remaining email uses, are deleted. Then the full-text index is
 rebuilt from what is left, the file is VACUUMed with ``secure_delete`` on, and the WAL
 is checkpointed and truncated, so the freed pages holding the old text are gone from the
 store directory. ``scan`` checks that claim byte by byte.
@@ -148,7 +147,7 @@ def _functions(conn: sqlite3.Connection) -> None:
 
 def raw_copies_naming(conn: sqlite3.Connection, address: str) -> int:
     """How many raw copies still name ``address`` once unpacked: the byte scan of the store
-    directory cannot see into deflated copies, so erase's check asks the store too."""
+    directory cannot see into compressed copies, so erase's check asks the store too."""
     _functions(conn)
     return conn.execute(
         "SELECT count(*) FROM raw_messages WHERE mentions(unpack(raw, codec), ?)", (address,)

@@ -364,8 +364,8 @@ def test_erase_leaves_no_byte_of_the_address(conn, tmp_path) -> None:
     assert queries.search(conn, "carol") == []
 
 
-def test_erase_finds_the_address_inside_deflated_raw_copies(conn, tmp_path) -> None:
-    """An address only in a header nothing else keeps is found in the (deflated) raw
+def test_erase_finds_the_address_inside_compressed_raw_copies(conn, tmp_path) -> None:
+    """An address only in a header nothing else keeps is found in the (compressed) raw
     copy; an attachment another contact's mail still uses stays on disk."""
     from syncd.store.erase import raw_copies_naming
 
@@ -377,7 +377,7 @@ def test_erase_finds_the_address_inside_deflated_raw_copies(conn, tmp_path) -> N
     pipeline.ingest(with_attachment("<a1@x>", b"quarterly figures " * 60), BCC)
     pipeline.ingest(with_attachment("<a2@x>", b"quarterly figures " * 60, to="dan@other.org"), BCC)
     codecs = {r[0] for r in conn.execute("SELECT codec FROM raw_messages")}
-    assert codecs == {"zlib"} and raw_copies_naming(conn, "carol@acme.com") == 3
+    assert codecs == {"zstd"} and raw_copies_naming(conn, "carol@acme.com") == 3
     report = erase(conn, "carol@acme.com", attachments)
     assert (report.deleted, report.redacted, report.files) == (2, 1, 0)
     assert raw_copies_naming(conn, "carol@acme.com") == 0
