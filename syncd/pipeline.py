@@ -38,6 +38,7 @@ from syncd.crm.rules import RulesSettings
 from syncd.errors import MessageError, StoreError
 from syncd.mail.parse import Address, Attachment, Email, parse
 from syncd.mail.provenance import Provenance
+from syncd.memory import return_large_buffers
 from syncd.store import crm as store
 from syncd.store.blobs import write_blob
 from syncd.store.db import transaction
@@ -174,6 +175,7 @@ class Pipeline:
         self._pool: ProcessPoolExecutor | None = None
         self._pool_lock = threading.Lock()  # parse_ahead runs on the fetching threads
         self._closed = False  # a closed pipeline (replaced on reload) starts no pool
+        return_large_buffers()
         # A page cache that holds a batch's index pages: FTS merges then stay in memory.
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
 
