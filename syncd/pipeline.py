@@ -198,10 +198,13 @@ class Pipeline:
         )
 
     def close(self) -> None:
-        """Stop the parser processes, if any were started."""
+        """Stop the parser processes, if any were started; parse_ahead starts no more."""
+        self._drop_pool(closing=True)
+
+    def _drop_pool(self, *, closing: bool = False) -> None:
         with self._pool_lock:
             pool, self._pool = self._pool, None
-            self._closed = True
+            self._closed = self._closed or closing
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -367,7 +370,7 @@ class Pipeline:
                     done += 1
         except (BrokenProcessPool, CancelledError):
             log.warning("parser processes died; parsing the rest of the batch in-process")
-            self.close()
+            self._drop_pool()  # the next batch starts fresh ones
             yield from _parse_chunk(jobs[done:])
         finally:
             for chunk in chunks:

@@ -15,7 +15,7 @@ from bench.corpus import generate
 from syncd.crm.rules import InboxRule, RulesSettings
 from syncd.errors import StoreError
 from syncd.mail.provenance import Provenance
-from syncd.pipeline import Pipeline
+from syncd.pipeline import Parsing, Pipeline
 from syncd.sources.files import MailFiles
 from syncd.store import crm as store
 from syncd.store import db, queries, records
@@ -188,6 +188,25 @@ def test_parser_pool_gives_the_same_outcomes_as_in_process(tmp_path) -> None:
         connection.close()
     assert results[0][2], "the corpus has attachments"
     assert results[0] == results[1] == results[2]
+
+
+def test_killed_parser_processes_lose_nothing_and_come_back(conn, tmp_path) -> None:
+    import os
+    import signal
+
+    pipeline = Pipeline(conn, rules(), attachments_dir=tmp_path / "a",
+                        max_attachment_bytes=None, workers=1)  # fmt: skip
+    batch = [(message(msgid=f"<k{i}@x>"), BCC) for i in range(40)]
+    ahead = pipeline.parse_ahead(batch)
+    for pid in list(ahead.pool._processes):
+        os.kill(pid, signal.SIGKILL)
+    assert {o.status for o in pipeline.ingest_batch(ahead)} == {"logged"}
+    # The next batch gets fresh parser processes.
+    again = pipeline.parse_ahead([(message(msgid=f"<n{i}@x>"), BCC) for i in range(40)])
+    assert isinstance(again, Parsing) and again.pool is not ahead.pool
+    assert {o.status for o in pipeline.ingest_batch(again)} == {"logged"}
+    assert count(conn, "emails") == 80
+    pipeline.close()
 
 
 def test_parsed_ahead_batch_survives_a_closed_pool_and_a_lost_file(conn, tmp_path) -> None:
