@@ -12,7 +12,6 @@ about 15% of the sync's speed in page faults. Elsewhere than glibc this does not
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import logging
 
@@ -26,10 +25,8 @@ THRESHOLD = 1024 * 1024
 @functools.cache
 def return_large_buffers() -> bool:
     """Set glibc's mmap and trim thresholds once per process; False where it cannot."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = getattr(libc, "mallopt", None)
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the C library loaded
     except OSError:
         mallopt = None
     if mallopt is None:

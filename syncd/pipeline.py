@@ -40,7 +40,7 @@ from syncd.mail.parse import Address, Attachment, Email, parse
 from syncd.mail.provenance import Provenance
 from syncd.memory import return_large_buffers
 from syncd.store import crm as store
-from syncd.store.blobs import write_blob
+from syncd.store.blobs import discard_staged, purge_staging, stage_blob
 from syncd.store.db import transaction
 from syncd.store.mailwriter import MailWriter, Prepared, prepare
 
@@ -102,29 +102,43 @@ def _parse_one(
     except Exception:
         return _Parsed(email, None)
     if attachments_dir is not None and email.attachments:
-        email = _with_attachments_written(email, prepared, attachments_dir)
+        email, prepared = _with_attachments_staged(email, prepared, attachments_dir)
     return _Parsed(email, prepared)
 
 
-def _with_attachments_written(email: Email, prepared: Prepared, directory: Path) -> Email:
-    """Write the attachment files here, in the parser process, and drop their bytes, so
-    megabytes of attachments never travel back to the writer. A file written for a
-    message the writer then rolls back is harmless: its name is its content. If a write
-    fails, the bytes stay and the writer writes them, and reports the failure."""
-    kept = []
-    for part, row in zip(email.attachments, prepared.attachments, strict=True):
-        if part.data is not None:
-            try:
-                write_blob(directory, row[0], part.data)
-            except (OSError, ValueError):
-                return email
-            part = dataclasses.replace(part, data=None)
-        kept.append(part)
-    return dataclasses.replace(email, attachments=tuple(kept))
+def _with_attachments_staged(
+    email: Email, prepared: Prepared, directory: Path
+) -> tuple[Email, Prepared]:
+    """Stage the attachment files here, in the parser process, and drop their bytes, so
+    megabytes of attachments never travel back to the writer. The writer adopts the
+    staged files of mail it logs; the rest are discarded after the batch. If a write
+    fails, the bytes stay and the writer writes them (and reports the failure)."""
+    kept: list[Attachment] = []
+    staged: list[str] = []
+    try:
+        for part, row in zip(email.attachments, prepared.attachments, strict=True):
+            stage = ""
+            if part.data is not None:
+                stage = stage_blob(directory, row[0], part.data)
+                part = dataclasses.replace(part, data=None)
+            kept.append(part)
+            staged.append(stage)
+    except (OSError, ValueError):
+        discard_staged(staged)
+        return email, prepared
+    return dataclasses.replace(email, attachments=tuple(kept)), prepared._replace(
+        staged=tuple(staged)
+    )
 
 
 def _parse_chunk(jobs: list[Job]) -> list[_Parsed | _Refused]:
+    return_large_buffers()  # once per process, parser processes included
     return [_parse_one(*job) for job in jobs]
+
+
+def _staged(result: _Parsed | _Refused) -> tuple[str, ...]:
+    prepared = result.prepared if isinstance(result, _Parsed) else None
+    return prepared.staged if prepared is not None else ()
 
 
 class Parsing(list[tuple[bytes, Provenance]]):
@@ -176,6 +190,7 @@ class Pipeline:
         self._pool_lock = threading.Lock()  # parse_ahead runs on the fetching threads
         self._closed = False  # a closed pipeline (replaced on reload) starts no pool
         return_large_buffers()
+        purge_staging(self.attachments_dir)  # left by a crash mid-batch
         # A page cache that holds a batch's index pages: FTS merges then stay in memory.
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
 
@@ -199,12 +214,15 @@ class Pipeline:
 
     def close(self) -> None:
         """Stop the parser processes, if any were started; parse_ahead starts no more."""
-        self._drop_pool(closing=True)
-
-    def _drop_pool(self, *, closing: bool = False) -> None:
         with self._pool_lock:
-            pool, self._pool = self._pool, None
-            self._closed = self._closed or closing
+            self._closed = True
+        self._retire(None)
+
+    def _retire(self, pool: ProcessPoolExecutor | None) -> None:
+        """Stop ``pool`` (None: the current one); the next batch starts fresh processes."""
+        with self._pool_lock:
+            if pool is None or pool is self._pool:
+                pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -231,9 +249,11 @@ class Pipeline:
         parsed = self._parse(items)
         writer = MailWriter(self.conn, self.settings, self.attachments_dir)
         outcomes: list[Outcome] = []
+        staged: list[str] = []
         try:
             with transaction(self.conn):
                 for (raw, provenance), result in zip(items, parsed, strict=True):
+                    staged.extend(_staged(result))
                     outcome = self._apply(writer, raw, provenance, result)
                     if outcome.status == "quarantined":
                         store.quarantine(self.conn, raw, provenance, outcome.reason)
@@ -243,6 +263,8 @@ class Pipeline:
                     on_commit(self.conn)
         except sqlite3.Error as exc:
             raise StoreError(f"store write failed: {exc}") from exc
+        finally:
+            discard_staged(staged)
         return outcomes
 
     def retry_quarantined(self, ids: Sequence[int] | None = None) -> list[tuple[int, Outcome]]:
@@ -252,9 +274,11 @@ class Pipeline:
         parsed = self._parse(items)
         writer = MailWriter(self.conn, self.settings, self.attachments_dir)
         results: list[tuple[int, Outcome]] = []
+        staged: list[str] = []
         try:
             with transaction(self.conn):
                 for row, (raw, provenance), result in zip(rows, items, parsed, strict=True):
+                    staged.extend(_staged(result))
                     outcome = self._apply(writer, raw, provenance, result)
                     if outcome.status == "quarantined":
                         store.requarantine(self.conn, row["id"], outcome.reason)
@@ -264,6 +288,8 @@ class Pipeline:
                 writer.flush()
         except sqlite3.Error as exc:
             raise StoreError(f"store write failed: {exc}") from exc
+        finally:
+            discard_staged(staged)
         return results
 
     def _apply(
@@ -311,16 +337,11 @@ class Pipeline:
         """Start parsing ``items`` in the parser processes now, from any thread, and return
         them as a ``Parsing`` for a later ``ingest_batch``: a fetching thread calls this
         as soon as a batch arrives, so the parsers work ahead while the writer writes and
-        commits the batch before. Without parser processes the items come back as they are."""
+        commits the batch before. Never raises: without parser processes (none configured,
+        a closed pipeline, a pool that will not start) the items come back as they are."""
         if self.workers < 1 or not items:
             return list(items)
-        jobs = self._jobs(items, self.attachments_dir)
-        with self._pool_lock:
-            if self._closed:
-                return list(items)
-            pool = self._start_pool()
-            chunks = self._submit(pool, jobs)
-        return Parsing(items, pool, jobs, chunks)
+        return self._pooled(items) or list(items)
 
     def _jobs(self, items: Sequence[tuple[bytes, Provenance]], directory: Path | None) -> list[Job]:
         limit = self.max_attachment_bytes
@@ -329,22 +350,34 @@ class Pipeline:
     def _parse(self, items: Sequence[tuple[bytes, Provenance]]) -> Iterator[_Parsed | _Refused]:
         """Parsed messages in order. Small batches are parsed before the transaction
         starts; large ones stream from the worker pool while the writer writes."""
-        if isinstance(items, Parsing) and items.pool is self._pool:
-            return self._collect(items.jobs, items.chunks)
-        if self.workers < 1 or len(items) < POOL_MIN_BATCH:
+        parsing = items if isinstance(items, Parsing) and items.pool is self._pool else None
+        if parsing is None and self.workers >= 1 and len(items) >= POOL_MIN_BATCH:
+            parsing = self._pooled(items)
+        if parsing is None:
             return iter(_parse_chunk(self._jobs(items, None)))
-        jobs = self._jobs(items, self.attachments_dir)
-        with self._pool_lock:
-            chunks = self._submit(self._start_pool(), jobs)
-        return self._collect(jobs, chunks)
+        return self._collect(parsing)
 
-    def _start_pool(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # forkserver: workers never inherit the daemon's threads or open sockets.
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["syncd.pipeline"])
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
-        return self._pool
+    def _pooled(self, items: Sequence[tuple[bytes, Provenance]]) -> Parsing | None:
+        """``items`` submitted to the parser processes, or None if there are none to take
+        them. A pool whose process died refuses work at once (even before the writer
+        reaches the batch that saw it die): it is replaced once."""
+        jobs = self._jobs(items, self.attachments_dir)
+        for _attempt in range(2):
+            with self._pool_lock:
+                if self._closed:
+                    return None
+                if self._pool is None:
+                    # forkserver: workers never inherit the daemon's threads or sockets.
+                    context = multiprocessing.get_context("forkserver")
+                    context.set_forkserver_preload(["syncd.pipeline"])
+                    self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+                pool = self._pool
+                try:
+                    return Parsing(items, pool, jobs, self._submit(pool, jobs))
+                except (BrokenProcessPool, RuntimeError):
+                    pass
+            self._retire(pool)
+        return None
 
     @staticmethod
     def _submit(
@@ -359,19 +392,17 @@ class Pipeline:
             start, size = start + size, min(size * 2, POOL_CHUNK)
         return chunks
 
-    def _collect(
-        self, jobs: list[Job], chunks: list[Future[list[_Parsed | _Refused]]]
-    ) -> Iterator[_Parsed | _Refused]:
+    def _collect(self, parsing: Parsing) -> Iterator[_Parsed | _Refused]:
         done = 0
         try:
-            for chunk in chunks:
+            for chunk in parsing.chunks:
                 for result in chunk.result():
                     yield result
                     done += 1
         except (BrokenProcessPool, CancelledError):
-            log.warning("parser processes died; parsing the rest of the batch in-process")
-            self._drop_pool()  # the next batch starts fresh ones
-            yield from _parse_chunk(jobs[done:])
+            log.warning("parser processes stopped; parsing the rest of the batch in-process")
+            self._retire(parsing.pool)  # the next batch starts fresh ones
+            yield from _parse_chunk(parsing.jobs[done:])
         finally:
-            for chunk in chunks:
+            for chunk in parsing.chunks:
                 chunk.cancel()

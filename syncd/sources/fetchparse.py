@@ -26,7 +26,7 @@ _TOKEN = re.compile(
     rb'\s*(?:(?P<open>\()|(?P<close>\))|"(?P<quoted>(?:[^"\\]|\\.)*)"'
     rb'|(?P<atom>[^\s()"\[\]]+(?:\[[^\]]*\](?:<\d+>)?)?|\[[^\]]*\]))'
 )
-_LITERAL = re.compile(rb"\{(\d+)\+?\}\s*$")
+_LITERAL = re.compile(rb"~?\{(\d+)\+?\}\s*$")  # ~{N}: a literal8 (RFC 3516)
 _ESCAPE = re.compile(rb"\\(.)")
 # INTERNALDATE month names are always English (RFC 3501 date-month).
 _MONTHS = {
@@ -83,7 +83,9 @@ def parse_fetch(data: list[Any]) -> dict[int, Fields]:
                 msg[key.upper()] = fields[i + 1]
         uid = msg.get(b"UID")
         if isinstance(uid, int):
-            out[uid] = msg
+            # A server may answer for one message in several responses (a flag update
+            # arriving mid-fetch): they add up.
+            out.setdefault(uid, {}).update(msg)
     return out
 
 

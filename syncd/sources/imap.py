@@ -290,6 +290,7 @@ class _InboxRun:
                 done += len(item.items)
                 if self.progress is not None:
                     self.progress(result.name, done, item.planned)
+                del item  # its parse results are not to wait in memory for the next batch
         finally:
             stop.set()
             thread.join()

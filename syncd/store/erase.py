@@ -20,7 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from syncd.store.blobs import blob_path
+from syncd.errors import StoreError
+from syncd.store.blobs import STAGING, blob_path
 from syncd.store.db import transaction
 from syncd.store.raw import unpack
 
@@ -88,6 +89,7 @@ def erase(conn: sqlite3.Connection, address: str, attachments_dir: Path) -> Eras
             _redact_column(conn, "tickets", "id", "subject", needle)
         conn.executemany("DELETE FROM contacts WHERE id = ?", [(c,) for c in contact_ids])
         report.files = _drop_files(conn, hashes, addresses, attachments_dir)
+        report.files += _drop_staged(attachments_dir, addresses)
     compact(conn, report)
     return report
 
@@ -142,7 +144,16 @@ def _erase_engagements(
 
 def _functions(conn: sqlite3.Connection) -> None:
     conn.create_function("mentions", 2, _mentions, deterministic=True)
-    conn.create_function("unpack", 2, unpack, deterministic=True)
+    conn.create_function("unpack", 2, _unpacked, deterministic=True)
+
+
+def _unpacked(blob: bytes | None, codec: str) -> bytes | None:
+    """A raw copy's bytes for ``mentions``; one that will not decompress is searched as
+    stored (what a byte scan would see) rather than stopping the erase."""
+    try:
+        return unpack(blob, codec)
+    except StoreError:
+        return blob
 
 
 def raw_copies_naming(conn: sqlite3.Connection, address: str) -> int:
@@ -253,6 +264,16 @@ def _drop_files(
             path.unlink()
             removed += 1
     return removed
+
+
+def _drop_staged(directory: Path, addresses: set[str]) -> int:
+    """Unlink staged attachment files (of mail being logged right now, or left by a
+    crash) that contain the addresses."""
+    staged = [p for p in (directory / STAGING).glob("*") if p.is_file()]
+    hits = [p for p in staged if any(_contains(p, a) for a in addresses)]
+    for path in hits:
+        path.unlink(missing_ok=True)
+    return len(hits)
 
 
 def compact(conn: sqlite3.Connection, report: EraseReport | None = None) -> None:

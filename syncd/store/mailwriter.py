@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from syncd.crm.model import ContactState, Outcome
 from syncd.crm.rules import ContactPlan, Plan, RulesSettings
 from syncd.mail.provenance import Provenance
-from syncd.store.blobs import blob_path, write_blob
+from syncd.store.blobs import adopt_blob, write_blob
 from syncd.store.crm import (
     ASSOCIATION,
     OVERSIZED_NOTE,
@@ -58,6 +58,7 @@ class Prepared(NamedTuple):
     defects: str
     attachments: tuple[AttachmentRow, ...]
     copy: RawCopy
+    staged: tuple[str, ...] = ()  # per attachment: its staged file ('' none), see blobs
 
 
 def prepare(email: Email, raw: bytes) -> Prepared:
@@ -192,8 +193,10 @@ class MailWriter:
         date = prepared.date
         engagement_id = self._insert_email(email, plan, prepared)
         _add_sighting(conn, engagement_id, provenance)
-        self._store_attachments(engagement_id, email.attachments, prepared.attachments)
-        insert_raw(conn, engagement_id, prepared.copy)
+        copy = prepared.copy
+        if not self._store_attachments(engagement_id, email.attachments, prepared):
+            copy = prepare_raw(raw, [])  # no holes: an attachment file to refill one is gone
+        insert_raw(conn, engagement_id, copy)
         self._associate(engagement_id, plan, date)
         return Outcome("logged", email.key, "")
 
@@ -418,26 +421,28 @@ class MailWriter:
         return found
 
     def _store_attachments(
-        self, engagement_id: int, parts: Iterable[Any], rows: Sequence[AttachmentRow]
-    ) -> None:
-        """Write each kept attachment's file once, before the rows that say it is stored.
-
-        A parser process may have written the file already and dropped the bytes; then
-        the file must still be there (an erase may have removed it meanwhile), or the row
-        says it is not stored."""
-        checked: list[AttachmentRow] = []
-        for part, row in zip(parts, rows, strict=True):
+        self, engagement_id: int, parts: Sequence[Any], prepared: Prepared
+    ) -> bool:
+        """Put each kept attachment's file in place before the rows that say it is stored:
+        write it, or adopt the file a parser process staged. False if a file that should
+        be stored is gone (an erase removed it meanwhile): its row then says so."""
+        complete = True
+        rows: list[AttachmentRow] = []
+        staged = prepared.staged or ("",) * len(parts)
+        for part, row, stage in zip(parts, prepared.attachments, staged, strict=True):
             if part.data is not None:
                 write_blob(self.attachments_dir, row[0], part.data)
-            elif row[4] and not blob_path(self.attachments_dir, row[0]).exists():
+            elif row[4] and not adopt_blob(self.attachments_dir, row[0], stage):
                 row = (*row[:4], 0, MISSING_NOTE)
-            checked.append(row)
-        if checked:
+                complete = False
+            rows.append(row)
+        if rows:
             self.conn.executemany(
                 "INSERT INTO attachments(engagement_id, sha256, filename, content_type, size, "
                 "stored, note) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(engagement_id, *row) for row in checked],
+                [(engagement_id, *row) for row in rows],
             )
+        return complete
 
 
 def _addresses_json(addresses: Iterable[Any]) -> str:

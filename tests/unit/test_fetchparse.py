@@ -58,6 +58,11 @@ CASES: list[tuple[str, list[Any], dict[int, dict[bytes, Any]]]] = [
             }
         },
     ),
+    (
+        "one message answered in two responses, a literal8",
+        [(b"1 (UID 5 BODY[] ~{5}", b"hello"), b")", b"1 (UID 5 FLAGS (\\Seen))"],
+        {5: {b"UID": 5, b"BODY[]": b"hello", b"FLAGS": [b"\\Seen"]}},
+    ),
     ("nothing", [None], {}),
 ]
 
