@@ -132,7 +132,6 @@ def _with_attachments_staged(
 
 
 def _parse_chunk(jobs: list[Job]) -> list[_Parsed | _Refused]:
-    return_large_buffers()  # once per process, parser processes included
     return [_parse_one(*job) for job in jobs]
 
 
