@@ -53,8 +53,8 @@ POOL_MIN_BATCH = 32
 # Jobs go to the pool in chunks; the first ones are small so the writer starts at once.
 POOL_FIRST_CHUNK = 8
 POOL_CHUNK = 64
-# 8 MiB of page cache: larger (64 MiB) measured no faster here and added ~80 MB of RSS.
-CACHE_KIB = 8 * 1024
+# 4 MiB of page cache: 8 MiB measured no faster and held 6 MB more, 64 MiB ~80 MB more.
+CACHE_KIB = 4 * 1024
 # SQLite errors that say the store, not the message, is at fault: the batch is aborted
 # (StoreError) rather than the message quarantined.
 STORE_FAILURES = (
