@@ -16,7 +16,6 @@ writes less than half the bytes per message. ``unpack`` gives the bytes back, fo
 
 from __future__ import annotations
 
-import binascii
 import json
 import threading
 import zlib
@@ -25,6 +24,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pybase64
 import zstandard
 
 from syncd.errors import StoreError
@@ -38,7 +38,7 @@ _local = threading.local()  # a zstd context is not for two threads at once
 
 def _encode(data: bytes, width: int, eol: bytes) -> bytes:
     """``data`` as base64 in lines of ``width`` characters joined by ``eol`` (no final eol)."""
-    encoded = memoryview(binascii.b2a_base64(data, newline=False))
+    encoded = memoryview(pybase64.b64encode(data))
     if width <= 0 or width >= len(encoded):
         return bytes(encoded)
     return eol.join([encoded[i : i + width] for i in range(0, len(encoded), width)])
@@ -50,7 +50,7 @@ def _locate(raw: bytes, data: bytes, start: int) -> tuple[int, int, int, str] | 
     The candidate is checked without building the wrapped text: its line breaks must sit
     every ``width`` characters (an extended slice) and the text between them must be the
     encoding of ``data``, so ``_encode`` gives back exactly these bytes."""
-    encoded = binascii.b2a_base64(data, newline=False)
+    encoded = pybase64.b64encode(data)
     if len(encoded) < _MIN_HOLE:
         return None
     probe = encoded[:64]

@@ -376,3 +376,34 @@ ADDRESS_FORMS = [
 def test_address_forms(value: str, want: list[tuple[str, str]]) -> None:
     raw = f"Message-ID: <a@x>\r\nTo: {value}\r\n\r\nbody".encode()
     assert [(a.name, a.email) for a in parse(raw, received_at=RECEIVED).to] == want
+
+
+def test_fast_base64_decodes_exactly_as_binascii() -> None:
+    """The SIMD decoder stands in for binascii only where both give the same bytes, or
+    the same error: junk, line breaks, bad lengths and padding in the middle included."""
+    import binascii
+
+    from syncd.mail.headers import a2b_base64
+
+    rng = random.Random(7)
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    noise = [b"=", b"==", b"\n", b"\r\n", b"\r", b" ", b"\t", b"!", b"\x00", b"\xff", b"-"]
+    for _ in range(20_000):
+        data = bytearray(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        for _ in range(rng.randint(0, 5)):
+            at = rng.randint(0, len(data))
+            data[at:at] = rng.choice(noise)
+        expected: bytes | str
+        try:
+            expected = binascii.a2b_base64(bytes(data))
+        except binascii.Error:
+            expected = "error"
+        try:
+            got: bytes | str = a2b_base64(bytes(data))
+        except binascii.Error:
+            got = "error"
+        assert got == expected, bytes(data)
+    blob = bytes(range(256)) * 400
+    wrapped = binascii.b2a_base64(blob, newline=False)
+    lines = b"\r\n".join(wrapped[i : i + 76] for i in range(0, len(wrapped), 76))
+    assert a2b_base64(lines) == blob
