@@ -43,6 +43,7 @@ from syncd.store import crm as store
 from syncd.store.blobs import discard_staged, purge_staging, stage_blob
 from syncd.store.db import transaction
 from syncd.store.mailwriter import MailWriter, Prepared, prepare
+from syncd.store.walcheckpoint import WalCheckpointer
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ class Pipeline:
         purge_staging(self.attachments_dir)  # left by a crash mid-batch
         # A page cache that holds a batch's index pages: FTS merges then stay in memory.
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        self._checkpoints = WalCheckpointer.for_connection(conn)
 
     @classmethod
     def from_config(cls, config: Any, conn: sqlite3.Connection, **kwargs: Any) -> Pipeline:
@@ -216,6 +218,8 @@ class Pipeline:
         with self._pool_lock:
             self._closed = True
         self._retire(None)
+        if self._checkpoints is not None:
+            self._checkpoints.close()
 
     def _retire(self, pool: ProcessPoolExecutor | None) -> None:
         """Stop ``pool`` (None: the current one); the next batch starts fresh processes."""
@@ -264,6 +268,7 @@ class Pipeline:
             raise StoreError(f"store write failed: {exc}") from exc
         finally:
             discard_staged(staged)
+        self._committed()
         return outcomes
 
     def retry_quarantined(self, ids: Sequence[int] | None = None) -> list[tuple[int, Outcome]]:
@@ -289,7 +294,13 @@ class Pipeline:
             raise StoreError(f"store write failed: {exc}") from exc
         finally:
             discard_staged(staged)
+        self._committed()
         return results
+
+    def _committed(self) -> None:
+        """After a COMMIT: the WAL is checkpointed on a thread, not in the next one."""
+        if self._checkpoints is not None:
+            self._checkpoints.poke()
 
     def _apply(
         self,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import mailbox
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -393,6 +395,39 @@ def test_on_commit_runs_inside_the_batch_transaction(conn, tmp_path) -> None:
     with pytest.raises(RuntimeError):
         pipeline.ingest_batch([(message(msgid="<rolled@x>"), BCC)], on_commit=fail)
     assert count(conn, "emails") == 1 and count(conn, "contacts") == 1
+
+
+def test_wal_is_checkpointed_off_the_writer_and_the_thread_ends(conn, tmp_path) -> None:
+    """The writer's own automatic checkpoint only bounds the WAL (16 MiB); a thread moves
+    each commit's pages into the database file, and ends when idle or closed."""
+    from syncd.store.walcheckpoint import FALLBACK_PAGES, WalCheckpointer
+
+    path = tmp_path / "store" / "syncd.sqlite3"
+    pipeline = make(conn, tmp_path)
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == FALLBACK_PAGES
+    before = path.stat().st_size
+    text = " ".join(f"word{i}" for i in range(40_000))  # ~350 KB: far below the fallback
+    items = [(message(msgid=f"<wal{i}@x>", body=text), BCC) for i in range(3)]
+    assert [o.status for o in pipeline.ingest_batch(items)] == ["logged"] * 3
+    deadline = time.monotonic() + 10
+    while path.stat().st_size < before + 500_000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.stat().st_size >= before + 500_000  # the pages reached the database file
+    pipeline.close()
+    name = f"wal-checkpoint:{path}"  # other tests' pipelines may still have theirs
+    assert not [t for t in threading.enumerate() if t.name == name]
+
+    idle = WalCheckpointer(path)
+    idle.IDLE_SECONDS = 0.1
+    idle.poke()
+    deadline = time.monotonic() + 10
+    while any(t.name == name for t in threading.enumerate()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    idle.poke()  # a poke after it ended starts it again
+    idle.close()
+    assert not [t for t in threading.enumerate() if t.name == name]
+    assert queries.search(conn, "word39999")
 
 
 def test_erase_leaves_no_byte_of_the_address(conn, tmp_path) -> None:

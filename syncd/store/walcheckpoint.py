@@ -1,0 +1,105 @@
+"""WAL checkpoints on a thread of their own, off the pipeline writer's commit path.
+
+SQLite's automatic checkpoint runs inside the COMMIT of whichever connection pushes the
+WAL past 1,000 pages: on a bulk sync that is the pipeline's writer, which then copies
+the WAL into the database file and fsyncs it while every other stage waits for it (a
+third of its commit time, measured on batches of 88 messages). ``WalCheckpointer``
+takes that work to a thread with its own connection: the writer's connection raises
+its automatic threshold to ``FALLBACK_PAGES`` (a bound on the WAL should the thread
+fall behind) and pokes the thread after each commit; the thread runs a PASSIVE
+checkpoint, which takes no lock a writer needs and copies only frames already
+committed. Pokes that arrive while a checkpoint runs fold into one more. Durability is
+unchanged: a commit is durable once its WAL frames are synced, checkpointed or not.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# 16 MiB of 4 KiB pages: the writer checkpoints itself only if this thread falls behind.
+FALLBACK_PAGES = 4096
+
+
+class WalCheckpointer:
+    """Checkpoints the WAL of the database at ``path`` whenever ``poke`` is called.
+
+    The thread starts at the first poke and ends after ``IDLE_SECONDS`` without one, so
+    a pipeline nobody closes leaves no thread or connection behind for long."""
+
+    IDLE_SECONDS = 5.0
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    @classmethod
+    def for_connection(cls, conn: sqlite3.Connection) -> WalCheckpointer | None:
+        """A checkpointer for ``conn``'s database file, after moving ``conn``'s own
+        automatic checkpoint to ``FALLBACK_PAGES``; None for a database not in WAL mode
+        or without a file (nothing to do)."""
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        path = conn.execute("PRAGMA database_list").fetchone()[2]
+        if str(mode).lower() != "wal" or not path:
+            return None
+        conn.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_PAGES}")
+        return cls(Path(path))
+
+    def poke(self) -> None:
+        """A transaction committed: checkpoint what it wrote, soon, on the thread."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._wake.set()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"wal-checkpoint:{self._path}", daemon=True
+                )
+                self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread after the checkpoint it may be running."""
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+            self._wake.set()
+        if thread is not None:
+            thread.join()
+
+    def _idle(self) -> bool:
+        """Wait for a poke; True (and the thread forgotten) when none came in time."""
+        if self._wake.wait(self.IDLE_SECONDS):
+            return False
+        with self._lock:
+            if self._wake.is_set():  # poked just now: go on
+                return False
+            self._thread = None
+            return True
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(self._path, check_same_thread=False)
+        except sqlite3.Error as exc:
+            log.warning("WAL checkpoints stay with the writer: %s", exc)
+            with self._lock:
+                self._thread = None
+            return
+        try:
+            conn.execute("PRAGMA busy_timeout = 1000")
+            while not self._idle():
+                self._wake.clear()
+                if self._stopping:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:  # the writer's fallback still bounds the WAL
+                    log.warning("WAL checkpoint failed: %s", exc)
+        finally:
+            conn.close()
