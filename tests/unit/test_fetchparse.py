@@ -64,6 +64,32 @@ CASES: list[tuple[str, list[Any], dict[int, dict[bytes, Any]]]] = [
         {5: {b"UID": 5, b"BODY[]": b"hello", b"FLAGS": [b"\\Seen"]}},
     ),
     ("nothing", [None], {}),
+    (
+        "metadata in the common shape, one UID answered twice",
+        [
+            b"1 (UID 3 INTERNALDATE " + DATE + b" RFC822.SIZE 49401)",
+            b"2 (UID 4 INTERNALDATE " + DATE + b" RFC822.SIZE 0)",
+            b"2 (UID 4 INTERNALDATE " + DATE + b" RFC822.SIZE 7)",
+        ],
+        {
+            3: {b"UID": 3, b"INTERNALDATE": DATE[1:-1], b"RFC822.SIZE": 49401},
+            4: {b"UID": 4, b"INTERNALDATE": DATE[1:-1], b"RFC822.SIZE": 7},
+        },
+    ),
+    (
+        "common shapes mixed with an unsolicited update: the general reader takes all",
+        [
+            (b"1 (UID 5 INTERNALDATE " + DATE + b" BODY[] {5}", b"hello"),
+            b")",
+            b"2 (FLAGS (\\Seen))",
+            (b"3 (UID 6 INTERNALDATE " + DATE + b" BODY[] {2}", b"hi"),
+            b" FLAGS ())",
+        ],
+        {
+            5: {b"UID": 5, b"INTERNALDATE": DATE[1:-1], b"BODY[]": b"hello"},
+            6: {b"UID": 6, b"INTERNALDATE": DATE[1:-1], b"BODY[]": b"hi", b"FLAGS": []},
+        },
+    ),
 ]
 
 
