@@ -27,10 +27,11 @@ from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain, islice
 from multiprocessing.reduction import ForkingPickler
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from syncd.crm import rules
 from syncd.crm.model import Outcome
@@ -42,7 +43,7 @@ from syncd.memory import return_large_buffers
 from syncd.store import crm as store
 from syncd.store.blobs import discard_staged, purge_staging, stage_blob
 from syncd.store.db import transaction
-from syncd.store.mailwriter import MailWriter, Prepared, prepare
+from syncd.store.mailwriter import MailWriter, Prepared, all_addresses, prepare
 from syncd.store.walcheckpoint import WalCheckpointer
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ POOL_MIN_BATCH = 32
 # Jobs go to the pool in chunks; the first ones are small so the writer starts at once.
 POOL_FIRST_CHUNK = 8
 POOL_CHUNK = 64
+# Messages whose participants' contacts, deals and tickets the writer looks up together.
+PREFETCH = 64
 # 4 MiB of page cache: 8 MiB measured no faster and held 6 MB more, 64 MiB ~80 MB more.
 CACHE_KIB = 4 * 1024
 # SQLite errors that say the store, not the message, is at fault: the batch is aborted
@@ -87,6 +90,7 @@ class _Parsed(NamedTuple):
 
 
 Job = tuple[bytes, datetime, int | None, Path | None]
+T = TypeVar("T", bound=tuple[Any, ...])
 
 
 def _parse_one(
@@ -134,6 +138,14 @@ def _with_attachments_staged(
 
 def _parse_chunk(jobs: list[Job]) -> list[_Parsed | _Refused]:
     return [_parse_one(*job) for job in jobs]
+
+
+def _groups(results: Iterator[T], writer: MailWriter) -> Iterator[list[T]]:
+    """``results`` (pairs ending in a parse result) in groups of ``PREFETCH``, each group's
+    contacts looked up by the writer before it writes the first of them."""
+    while group := list(islice(results, PREFETCH)):
+        writer.prefetch(r[-1].email for r in group if isinstance(r[-1], _Parsed))
+        yield group
 
 
 def _staged(result: _Parsed | _Refused) -> tuple[str, ...]:
@@ -255,12 +267,13 @@ class Pipeline:
         staged: list[str] = []
         try:
             with transaction(self.conn):
-                for (raw, provenance), result in zip(items, parsed, strict=True):
-                    staged.extend(_staged(result))
-                    outcome = self._apply(writer, raw, provenance, result)
-                    if outcome.status == "quarantined":
-                        store.quarantine(self.conn, raw, provenance, outcome.reason)
-                    outcomes.append(outcome)
+                for group in _groups(zip(items, parsed, strict=True), writer):
+                    for (raw, provenance), result in group:
+                        staged.extend(_staged(result))
+                        outcome = self._apply(writer, raw, provenance, result)
+                        if outcome.status == "quarantined":
+                            store.quarantine(self.conn, raw, provenance, outcome.reason)
+                        outcomes.append(outcome)
                 writer.flush()
                 if on_commit is not None:
                     on_commit(self.conn)
@@ -281,7 +294,8 @@ class Pipeline:
         staged: list[str] = []
         try:
             with transaction(self.conn):
-                for row, (raw, provenance), result in zip(rows, items, parsed, strict=True):
+                grouped = _groups(zip(rows, items, parsed, strict=True), writer)
+                for row, (raw, provenance), result in chain.from_iterable(grouped):
                     staged.extend(_staged(result))
                     outcome = self._apply(writer, raw, provenance, result)
                     if outcome.status == "quarantined":
@@ -316,8 +330,7 @@ class Pipeline:
         conn = self.conn
         conn.execute("SAVEPOINT message")
         try:
-            everyone = ((email.from_,) if email.from_ else ()) + email.to + email.cc + email.bcc
-            known = writer.known(a.email for a in everyone)
+            known = writer.known(a.email for a in all_addresses(email))
             plan = rules.plan(email, provenance, self.settings, known)
             outcome = writer.write(email, raw, provenance, plan, prepared)
         except sqlite3.Error as exc:

@@ -341,6 +341,32 @@ def test_mail_is_associated_with_recent_open_deals_and_tickets(conn, tmp_path) -
     assert newest["associations"]["tickets"] == [ticket]
 
 
+def test_a_batch_looks_up_each_contacts_own_recent_deals(conn, tmp_path) -> None:
+    """Contacts and their open deals are looked up for many messages at once: each
+    message still gets its own contacts' most recent ones, up to max_deals each."""
+    pipeline = make(conn, tmp_path, max_deals=2)
+    pipeline.ingest(message(msgid="<seed@x>", to="carol@acme.com, dave@bolt.io"), BCC)
+    deals: dict[str, list[int]] = {}
+    with db.transaction(conn):
+        for person in ("carol@acme.com", "dave@bolt.io"):
+            ids = records.contact_ids_for(conn, [person])
+            deals[person] = [
+                records.create_deal(conn, rules().pipelines.deals, f"{person}{i}", ids)
+                for i in range(3)
+            ]
+    batch = [
+        (message(msgid="<c@x>", to="carol@acme.com"), BCC),
+        (message(msgid="<d@x>", to="dave@bolt.io, erin@new.io"), BCC),
+        (message(msgid="<e@x>", to="erin@new.io"), BCC),
+    ]
+    assert [o.status for o in pipeline.ingest_batch(batch)] == ["logged"] * 3
+    by_id = {e["message_id"]: e for e in queries.timeline(conn, "carol@acme.com")}
+    assert by_id["c@x"]["associations"]["deals"] == sorted(deals["carol@acme.com"][1:])
+    by_id = {e["message_id"]: e for e in queries.timeline(conn, "erin@new.io")}
+    assert by_id["d@x"]["associations"]["deals"] == sorted(deals["dave@bolt.io"][1:])
+    assert by_id["e@x"]["associations"]["deals"] == []
+
+
 def test_engagement_cap_stops_associations_not_storage(conn, tmp_path) -> None:
     pipeline = make(conn, tmp_path, max_engagements_per_record=2)
     for n in range(3):
