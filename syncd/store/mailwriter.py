@@ -471,8 +471,12 @@ def all_addresses(email: Email) -> tuple[Any, ...]:
     return ((email.from_,) if email.from_ else ()) + email.to + email.cc + email.bcc
 
 
-def _addresses_json(addresses: Iterable[Any]) -> str:
-    return json.dumps([[a.name, a.email] for a in addresses], ensure_ascii=False)
+# json.dumps builds a new encoder for every call with a non-default option.
+_JSON = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _addresses_json(addresses: Sequence[Any]) -> str:
+    return _JSON([[a.name, a.email] for a in addresses]) if addresses else "[]"
 
 
 def _add_sighting(conn: sqlite3.Connection, engagement_id: int, provenance: Provenance) -> None:
