@@ -267,13 +267,13 @@ class Pipeline:
         staged: list[str] = []
         try:
             with transaction(self.conn):
-                for group in _groups(zip(items, parsed, strict=True), writer):
-                    for (raw, provenance), result in group:
-                        staged.extend(_staged(result))
-                        outcome = self._apply(writer, raw, provenance, result)
-                        if outcome.status == "quarantined":
-                            store.quarantine(self.conn, raw, provenance, outcome.reason)
-                        outcomes.append(outcome)
+                grouped = _groups(zip(items, parsed, strict=True), writer)
+                for (raw, provenance), result in chain.from_iterable(grouped):
+                    staged.extend(_staged(result))
+                    outcome = self._apply(writer, raw, provenance, result)
+                    if outcome.status == "quarantined":
+                        store.quarantine(self.conn, raw, provenance, outcome.reason)
+                    outcomes.append(outcome)
                 writer.flush()
                 if on_commit is not None:
                     on_commit(self.conn)
