@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -21,6 +20,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from syncd import statusreport
 from syncd.config import Config
 from syncd.schedule import Every
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("syncd.metrics")
 
@@ -92,6 +94,8 @@ class MetricsService:
         self._runner: web.AppRunner | None = None
 
     async def start(self, every: Every) -> None:
+        from aiohttp import web  # only with metrics.listen set: aiohttp costs ~10 MB of RSS
+
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/health", self._health)
@@ -103,10 +107,14 @@ class MetricsService:
         return await asyncio.to_thread(statusreport.gather, self._config)
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         body = render(await self._report())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _health(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         try:
             report = await self._report()
         except Exception as exc:

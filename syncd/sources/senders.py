@@ -30,7 +30,6 @@ from email.policy import compat32
 from email.utils import getaddresses
 from typing import Any, Literal, Protocol
 
-import dkim
 import spf
 
 from syncd.crm.domains import registrable_domain
@@ -289,11 +288,15 @@ class Dkim:
     def __init__(
         self, dnsfunc: Callable[..., Any] | None = None, *, minkey: int = 1024, max_sigs: int = 5
     ) -> None:
+        import dkim  # here, not at the top: only ``verify_sender: dkim`` needs its 2.4 MB
+
+        self._dkim = dkim
         self.dnsfunc = dnsfunc or dkim.dnsplug.get_txt
         self.minkey = minkey
         self.max_sigs = max_sigs
 
     def __call__(self, raw: bytes) -> tuple[list[str], bool]:
+        dkim = self._dkim
         temporary = False
 
         def lookup(name: Any, timeout: float = 5) -> Any:
