@@ -111,6 +111,29 @@ def check_config(app: App, show: bool) -> None:
         click.echo(f"{app.config_path}: ok", err=True)
 
 
+def _config_here(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.find_object(App).config_path = value  # type: ignore[union-attr]
+
+
+def _accept_config_everywhere(group: click.Group) -> None:
+    """PRODUCT.md: every command takes ``--config PATH``. Besides ``syncd --config PATH
+    CMD``, each command and subgroup also takes it after its name (``syncd sync --config
+    PATH``); the group's callback has made ``App`` by the time a command parses it."""
+    for command in group.commands.values():
+        command.params.append(
+            click.Option(
+                ["--config"],
+                type=click.Path(dir_okay=False, path_type=Path),
+                expose_value=False,
+                callback=_config_here,
+                help="Configuration file (as before the command).",
+            )
+        )
+        if isinstance(command, click.Group):
+            _accept_config_everywhere(command)
+
+
 def _register_all() -> None:
     # Imported here, not at the top: the command modules import App and helpers from here.
     from syncd import cli_daemon, cli_data, cli_records
@@ -118,6 +141,7 @@ def _register_all() -> None:
     cli_data.register(main)
     cli_records.register(main)
     cli_daemon.register(main)
+    _accept_config_everywhere(main)
 
 
 _register_all()

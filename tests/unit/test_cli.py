@@ -40,6 +40,20 @@ def test_example_config_is_valid() -> None:
     assert result.stdout == ""
 
 
+def test_config_after_the_command_name_too(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD)
+    assert syncd("check-config", "--config", "syncd.yaml.example").returncode == 0
+    assert syncd("check-config", "--config", str(bad)).returncode == 78
+    # after the command, it wins over the one before it
+    assert (
+        syncd("--config", str(bad), "check-config", "--config", "syncd.yaml.example").returncode
+        == 0
+    )
+    listed = syncd("contacts", "list", "--config", str(bad), "--json")
+    assert listed.returncode == 78 and "two weeks" in listed.stderr
+
+
 def test_bad_config_reports_every_problem_and_exits_78(tmp_path: Path) -> None:
     path = tmp_path / "syncd.yaml"
     path.write_text(BAD)
