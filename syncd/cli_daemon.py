@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from syncd import daemon, statusreport
+from syncd import statusreport
 from syncd.cli import (
     EX_PROBLEMS,
     EX_TEMPFAIL,
@@ -23,7 +23,6 @@ from syncd.cli import (
     emit_json,
     fail,
 )
-from syncd.doctor import run_checks
 from syncd.imapservice import inbox_pass
 from syncd.pipeline import Pipeline
 from syncd.store import db
@@ -41,6 +40,10 @@ def run(app: App) -> None:
     accepting, finishes or spools what is in flight and exits 0.
     """
     config = app.config()
+    # Imported here: the daemon's parts (SMTP, SPF, the scheduler) are for `run` alone,
+    # and `syncd sync` of a large mailbox should not carry them.
+    from syncd import daemon
+
     try:
         code = daemon.run(app.config_path, config, os.environ)
     except OSError as exc:
@@ -160,6 +163,8 @@ def _print_status(report: dict[str, Any], *, bcc: bool) -> None:
 def doctor(app: App, as_json: bool) -> None:
     """Try each IMAP login, the BCC listener, DNS for the BCC domain and the store's
     integrity; exit 1 if any check fails."""
+    from syncd.doctor import run_checks
+
     checks = run_checks(app.config())
     if as_json:
         emit_json([c.as_json() for c in checks])

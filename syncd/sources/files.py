@@ -20,8 +20,6 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-import vobject
-
 from syncd.crm.model import CSV_FIELDS, ContactRecord
 
 
@@ -167,6 +165,8 @@ def _csv(text: str, name: str) -> list[ContactRecord]:
 
 
 def _vcards(text: str, name: str) -> list[ContactRecord]:
+    import vobject  # only vCard files need it (about 1 MB)
+
     records = []
     try:
         cards = list(vobject.readComponents(text, ignoreUnreadable=True))

@@ -10,8 +10,6 @@ import io
 import sqlite3
 from typing import Any
 
-import vobject
-
 from syncd.crm.model import CSV_FIELDS
 from syncd.store.queries import (
     CONTACT_SQL,
@@ -106,6 +104,8 @@ def _cell(text: str | None) -> str:
 
 def export_vcard(conn: sqlite3.Connection) -> str:
     """Contacts as vCard 3.0, one card each."""
+    import vobject  # only vCard export needs it (about 1 MB)
+
     cards = []
     for contact in _contacts(conn):
         card = vobject.vCard()
