@@ -127,7 +127,7 @@ def _accept_config_everywhere(group: click.Group) -> None:
                 type=click.Path(dir_okay=False, path_type=Path),
                 expose_value=False,
                 callback=_config_here,
-                help="Configuration file (as before the command).",
+                help="Configuration file; wins over one given before the command.",
             )
         )
         if isinstance(command, click.Group):

@@ -92,10 +92,12 @@ class MetricsService:
         self._config = config
         self._listen = config.metrics.listen
         self._runner: web.AppRunner | None = None
+        self._web: Any = None  # the aiohttp.web module, once serving
 
     async def start(self, every: Every) -> None:
         from aiohttp import web  # only with metrics.listen set: aiohttp costs ~10 MB of RSS
 
+        self._web = web
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/health", self._health)
@@ -107,14 +109,11 @@ class MetricsService:
         return await asyncio.to_thread(statusreport.gather, self._config)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        from aiohttp import web
-
         body = render(await self._report())
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return self._web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _health(self, request: web.Request) -> web.Response:
-        from aiohttp import web
-
+        web = self._web
         try:
             report = await self._report()
         except Exception as exc:

@@ -43,7 +43,7 @@ from syncd.memory import return_large_buffers
 from syncd.store import crm as store
 from syncd.store.blobs import discard_staged, purge_staging, stage_blob
 from syncd.store.db import transaction
-from syncd.store.mailwriter import MailWriter, Prepared, all_addresses, prepare
+from syncd.store.mailwriter import MailWriter, Prepared, prepare
 from syncd.store.walcheckpoint import WalCheckpointer
 
 log = logging.getLogger(__name__)
@@ -141,11 +141,15 @@ def _parse_chunk(jobs: list[Job]) -> list[_Parsed | _Refused]:
 
 
 def _groups(results: Iterator[T], writer: MailWriter) -> Iterator[list[T]]:
-    """``results`` (pairs ending in a parse result) in groups of ``PREFETCH``, each group's
-    contacts looked up by the writer before it writes the first of them."""
-    while group := list(islice(results, PREFETCH)):
+    """``results`` (tuples ending in a parse result) in groups, each group's contacts
+    looked up by the writer before it writes the first of them. Groups grow as the
+    pool's chunks do (8, 16, 32, then ``PREFETCH``), so the writer never waits for more
+    parsing than the pool hands back at once."""
+    size = POOL_FIRST_CHUNK
+    while group := list(islice(results, size)):
         writer.prefetch(r[-1].email for r in group if isinstance(r[-1], _Parsed))
         yield group
+        size = min(size * 2, PREFETCH)
 
 
 def _staged(result: _Parsed | _Refused) -> tuple[str, ...]:
@@ -330,7 +334,7 @@ class Pipeline:
         conn = self.conn
         conn.execute("SAVEPOINT message")
         try:
-            known = writer.known(a.email for a in all_addresses(email))
+            known = writer.known(a.email for a in email.addresses())
             plan = rules.plan(email, provenance, self.settings, known)
             outcome = writer.write(email, raw, provenance, plan, prepared)
         except sqlite3.Error as exc:

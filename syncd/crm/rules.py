@@ -172,14 +172,12 @@ class Plan:
 def participants(email: Email, settings: RulesSettings) -> dict[str, str]:
     """Participant address -> display name, in header order (From, To, Cc, Bcc)."""
     found: dict[str, str] = {}
-    headers = ((email.from_,) if email.from_ else (), email.to, email.cc, email.bcc)
-    for group in headers:
-        for address in group:
-            key = address.email.lower()
-            if not key or "@" not in key or settings.is_internal(key):
-                continue
-            if key not in found or (not found[key] and address.name):
-                found[key] = address.name or ""
+    for address in email.addresses():
+        key = address.email.lower()
+        if not key or "@" not in key or settings.is_internal(key):
+            continue
+        if key not in found or (not found[key] and address.name):
+            found[key] = address.name or ""
     return found
 
 

@@ -76,6 +76,10 @@ class Email:
     attachments: tuple[Attachment, ...]
     defects: tuple[str, ...]
 
+    def addresses(self) -> tuple[Address, ...]:
+        """Every address on the message: From, To, Cc, Bcc, in that order."""
+        return ((self.from_,) if self.from_ else ()) + self.to + self.cc + self.bcc
+
 
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\r\n"
 _PARAM = re.compile(r'([^\s=;"]+)\s*=\s*(?:"([^"]*)"|([^;]*))')

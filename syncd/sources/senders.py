@@ -290,13 +290,13 @@ class Dkim:
     ) -> None:
         import dkim  # here, not at the top: only ``verify_sender: dkim`` needs its 2.4 MB
 
-        self._dkim = dkim
         self.dnsfunc = dnsfunc or dkim.dnsplug.get_txt
         self.minkey = minkey
         self.max_sigs = max_sigs
 
     def __call__(self, raw: bytes) -> tuple[list[str], bool]:
-        dkim = self._dkim
+        import dkim
+
         temporary = False
 
         def lookup(name: Any, timeout: float = 5) -> Any:

@@ -63,7 +63,7 @@ class Prepared(NamedTuple):
 
 def prepare(email: Email, raw: bytes) -> Prepared:
     """``Prepared`` for ``email``, parsed from ``raw``."""
-    everyone = all_addresses(email)
+    everyone = email.addresses()
     rows: list[AttachmentRow] = []
     kept: list[tuple[str, bytes]] = []
     for part in email.attachments:
@@ -142,13 +142,10 @@ class MailWriter:
     def prefetch(self, emails: Iterable[Email]) -> None:
         """Look up the contacts of several messages' participants, and their open deals
         and tickets, with one query each instead of a few per message."""
-        everyone = {a.email for e in emails for a in all_addresses(e)}
+        everyone = {a.email for e in emails for a in e.addresses()}
         ids = sorted({state.contact_id for state in self.known(everyone).values()})
-        limits = (("deal", self.settings.max_deals), ("ticket", self.settings.max_tickets))
-        for kind, limit in limits:
-            missing = [i for i in ids if (kind, i) not in self._open]
-            if limit > 0 and missing:
-                self._load_open(kind, missing, limit)
+        self._ensure_open("deal", ids, self.settings.max_deals)
+        self._ensure_open("ticket", ids, self.settings.max_tickets)
 
     def known(self, addresses: Iterable[str]) -> dict[str, ContactState]:
         """Existing contacts by any of their addresses, as ``lookup_contacts`` finds them."""
@@ -416,12 +413,16 @@ class MailWriter:
         found: list[int] = []
         if limit <= 0:
             return found
-        missing = [i for i in contact_ids if (kind, i) not in self._open]
-        if missing:
-            self._load_open(kind, missing, limit)
+        self._ensure_open(kind, contact_ids, limit)
         for contact_id in contact_ids:
             found.extend(i for i in self._open[(kind, contact_id)] if i not in found)
         return found
+
+    def _ensure_open(self, kind: str, contact_ids: Sequence[int], limit: int) -> None:
+        """Cache the open deals (or tickets) of those ``contact_ids`` not cached yet."""
+        missing = [i for i in contact_ids if (kind, i) not in self._open]
+        if missing and limit > 0:
+            self._load_open(kind, missing, limit)
 
     def _load_open(self, kind: str, contact_ids: Sequence[int], limit: int) -> None:
         table = "deals" if kind == "deal" else "tickets"
@@ -466,17 +467,12 @@ class MailWriter:
         return complete
 
 
-def all_addresses(email: Email) -> tuple[Any, ...]:
-    """Every address on ``email``: From, To, Cc, Bcc."""
-    return ((email.from_,) if email.from_ else ()) + email.to + email.cc + email.bcc
-
-
 # json.dumps builds a new encoder for every call with a non-default option.
 _JSON = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def _addresses_json(addresses: Sequence[Any]) -> str:
-    return _JSON([[a.name, a.email] for a in addresses]) if addresses else "[]"
+    return _JSON([[a.name, a.email] for a in addresses])
 
 
 def _add_sighting(conn: sqlite3.Connection, engagement_id: int, provenance: Provenance) -> None:

@@ -24,10 +24,10 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import pybase64
 import zstandard
 
 from syncd.errors import StoreError
+from syncd.mail.headers import b2a_base64
 from syncd.store.blobs import HEX64, blob_path
 
 _EOL = {"lf": b"\n", "crlf": b"\r\n"}
@@ -38,7 +38,7 @@ _local = threading.local()  # a zstd context is not for two threads at once
 
 def _encode(data: bytes, width: int, eol: bytes) -> bytes:
     """``data`` as base64 in lines of ``width`` characters joined by ``eol`` (no final eol)."""
-    encoded = memoryview(pybase64.b64encode(data))
+    encoded = memoryview(b2a_base64(data))
     if width <= 0 or width >= len(encoded):
         return bytes(encoded)
     return eol.join([encoded[i : i + width] for i in range(0, len(encoded), width)])
@@ -50,7 +50,7 @@ def _locate(raw: bytes, data: bytes, start: int) -> tuple[int, int, int, str] | 
     The candidate is checked without building the wrapped text: its line breaks must sit
     every ``width`` characters (an extended slice) and the text between them must be the
     encoding of ``data``, so ``_encode`` gives back exactly these bytes."""
-    encoded = pybase64.b64encode(data)
+    encoded = b2a_base64(data)
     if len(encoded) < _MIN_HOLE:
         return None
     probe = encoded[:64]

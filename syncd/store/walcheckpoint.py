@@ -29,7 +29,9 @@ class WalCheckpointer:
     """Checkpoints the WAL of the database at ``path`` whenever ``poke`` is called.
 
     The thread starts at the first poke and ends after ``IDLE_SECONDS`` without one, so
-    a pipeline nobody closes leaves no thread or connection behind for long."""
+    a pipeline nobody closes leaves no thread or connection behind for long; ``close``
+    waits for every thread it started, one that is just ending included. If the thread
+    cannot open the database, checkpoints stay with the writer from then on."""
 
     IDLE_SECONDS = 5.0
 
@@ -37,8 +39,10 @@ class WalCheckpointer:
         self._path = path
         self._wake = threading.Event()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._serving: threading.Thread | None = None  # the thread that takes pokes
+        self._started: list[threading.Thread] = []
         self._stopping = False
+        self._disabled = False
 
     @classmethod
     def for_connection(cls, conn: sqlite3.Connection) -> WalCheckpointer | None:
@@ -55,51 +59,61 @@ class WalCheckpointer:
     def poke(self) -> None:
         """A transaction committed: checkpoint what it wrote, soon, on the thread."""
         with self._lock:
-            if self._stopping:
+            if self._stopping or self._disabled:
                 return
             self._wake.set()
-            if self._thread is None:
-                self._thread = threading.Thread(
+            if self._serving is None:
+                thread = threading.Thread(
                     target=self._run, name=f"wal-checkpoint:{self._path}", daemon=True
                 )
-                self._thread.start()
+                self._started = [t for t in self._started if t.is_alive()] + [thread]
+                self._serving = thread
+                thread.start()
 
     def close(self) -> None:
         """Stop the thread after the checkpoint it may be running."""
         with self._lock:
             self._stopping = True
-            thread = self._thread
             self._wake.set()
-        if thread is not None:
+            started = list(self._started)
+        for thread in started:
             thread.join()
 
     def _idle(self) -> bool:
-        """Wait for a poke; True (and the thread forgotten) when none came in time."""
+        """Wait for a poke; True (and no longer serving) when none came in time."""
         if self._wake.wait(self.IDLE_SECONDS):
             return False
         with self._lock:
             if self._wake.is_set():  # poked just now: go on
                 return False
-            self._thread = None
+            self._serving = None
             return True
 
     def _run(self) -> None:
         try:
-            conn = sqlite3.connect(self._path, check_same_thread=False)
-        except sqlite3.Error as exc:
-            log.warning("WAL checkpoints stay with the writer: %s", exc)
-            with self._lock:
-                self._thread = None
-            return
-        try:
-            conn.execute("PRAGMA busy_timeout = 1000")
-            while not self._idle():
-                self._wake.clear()
-                if self._stopping:
-                    return
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error as exc:  # the writer's fallback still bounds the WAL
-                    log.warning("WAL checkpoint failed: %s", exc)
+            try:
+                # mode=rw: never create the store; it exists while a pipeline uses it.
+                conn = sqlite3.connect(
+                    f"{self._path.resolve().as_uri()}?mode=rw", uri=True, check_same_thread=False
+                )
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoints stay with the writer: %s", exc)
+                self._disabled = True
+                return
+            try:
+                conn.execute("PRAGMA busy_timeout = 1000")
+                conn.execute("PRAGMA synchronous = FULL")
+                while not self._idle():
+                    self._wake.clear()
+                    if self._stopping:
+                        return
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    except sqlite3.Error as exc:  # the writer's fallback bounds the WAL
+                        log.warning("WAL checkpoint failed: %s", exc)
+            finally:
+                conn.close()
         finally:
-            conn.close()
+            with self._lock:
+                if self._serving is threading.current_thread():
+                    self._serving = None

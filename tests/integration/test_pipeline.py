@@ -455,6 +455,18 @@ def test_wal_is_checkpointed_off_the_writer_and_the_thread_ends(conn, tmp_path) 
     assert not [t for t in threading.enumerate() if t.name == name]
     assert queries.search(conn, "word39999")
 
+    missing = tmp_path / "gone" / "syncd.sqlite3"  # cannot open: the writer keeps the work
+    gone = WalCheckpointer(missing)
+    gone.poke()
+    deadline = time.monotonic() + 10
+    while any(t.name == f"wal-checkpoint:{missing}" for t in threading.enumerate()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    gone.poke()  # no new thread for every commit after that
+    assert not [t for t in threading.enumerate() if t.name == f"wal-checkpoint:{missing}"]
+    gone.close()
+    assert not missing.parent.exists()
+
 
 def test_erase_leaves_no_byte_of_the_address(conn, tmp_path) -> None:
     pipeline = make(conn, tmp_path, max_attachment_bytes=100_000)
