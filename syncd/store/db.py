@@ -17,6 +17,12 @@ from pathlib import Path
 
 from syncd.errors import StoreError
 
+# New stores use 16 KiB pages: most `emails` rows (their search text) and raw copies
+# then fit in one page instead of spilling into overflow pages. Alternated end-to-end
+# syncs of 10,000 messages ran 826 -> 919 msg/s (medians of 10, 16 KiB ahead in 8) for a
+# store 9% larger. An existing store keeps its page size (changing it needs a VACUUM).
+PAGE_SIZE = 16384
+
 
 def _migrations() -> list[tuple[int, str, str]]:
     found = []
@@ -55,6 +61,8 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA busy_timeout = 10000")
     if not readonly:
+        # Takes effect only while the file is still empty (a new store); see PAGE_SIZE.
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode = WAL")
         # FULL: a commit that acknowledges mail (a BCC 250, an IMAP checkpoint) is on disk.
         conn.execute("PRAGMA synchronous = FULL")

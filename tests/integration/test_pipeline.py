@@ -528,6 +528,22 @@ def test_erasing_an_address_that_is_no_contact_redacts_others_mail(conn, tmp_pat
     assert item["cc"] == [] and scan([tmp_path / "store"], "eve@third.example") == []
 
 
+def test_new_stores_get_16_kib_pages_and_old_ones_keep_theirs(tmp_path) -> None:
+    fresh = db.connect(tmp_path / "new.sqlite3")
+    assert fresh.execute("PRAGMA page_size").fetchone()[0] == db.PAGE_SIZE == 16384
+    fresh.close()
+    old = tmp_path / "old.sqlite3"
+    legacy = sqlite3.connect(old)
+    legacy.execute("PRAGMA page_size = 4096")
+    legacy.execute("PRAGMA journal_mode = WAL")
+    legacy.execute("CREATE TABLE t (x)")
+    legacy.close()
+    reopened = db.connect(old)
+    assert reopened.execute("PRAGMA page_size").fetchone()[0] == 4096
+    assert reopened.execute("PRAGMA user_version").fetchone()[0] == db.latest_version()
+    reopened.close()
+
+
 def test_newer_store_is_refused(tmp_path) -> None:
     path = tmp_path / "new.sqlite3"
     raw = sqlite3.connect(path)
