@@ -31,7 +31,7 @@ from itertools import chain, islice
 from multiprocessing.reduction import ForkingPickler
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 from syncd.crm import rules
 from syncd.crm.model import Outcome
@@ -90,7 +90,6 @@ class _Parsed(NamedTuple):
 
 
 Job = tuple[bytes, datetime, int | None, Path | None]
-T = TypeVar("T", bound=tuple[Any, ...])
 
 
 def _parse_one(
@@ -140,14 +139,17 @@ def _parse_chunk(jobs: list[Job]) -> list[_Parsed | _Refused]:
     return [_parse_one(*job) for job in jobs]
 
 
-def _groups(results: Iterator[T], writer: MailWriter) -> Iterator[list[T]]:
-    """``results`` (tuples ending in a parse result) in groups, each group's contacts
-    looked up by the writer before it writes the first of them. Groups grow as the
-    pool's chunks do (8, 16, 32, then ``PREFETCH``), so the writer never waits for more
-    parsing than the pool hands back at once."""
+Pair = tuple[tuple[bytes, Provenance], _Parsed | _Refused]
+
+
+def _groups(pairs: Iterator[Pair], writer: MailWriter) -> Iterator[list[Pair]]:
+    """(item, parse result) pairs in groups, each group's contacts looked up by the
+    writer before it writes the first of them. Groups grow as the pool's chunks do (8,
+    16, 32, then ``PREFETCH``), so the writer never waits for more parsing than the pool
+    hands back at once."""
     size = POOL_FIRST_CHUNK
-    while group := list(islice(results, size)):
-        writer.prefetch(r[-1].email for r in group if isinstance(r[-1], _Parsed))
+    while group := list(islice(pairs, size)):
+        writer.prefetch(r.email for _, r in group if isinstance(r, _Parsed))
         yield group
         size = min(size * 2, PREFETCH)
 
@@ -265,6 +267,35 @@ class Pipeline:
         on_commit: Callable[[sqlite3.Connection], None] | None = None,
     ) -> list[Outcome]:
         """Log a batch in one transaction; ``on_commit`` runs inside it, before COMMIT."""
+
+        def settle(_index: int, raw: bytes, provenance: Provenance, outcome: Outcome) -> None:
+            if outcome.status == "quarantined":
+                store.quarantine(self.conn, raw, provenance, outcome.reason)
+
+        return self._write(items, settle, on_commit)
+
+    def retry_quarantined(self, ids: Sequence[int] | None = None) -> list[tuple[int, Outcome]]:
+        """Run quarantined mail through the pipeline again; what logs leaves the quarantine."""
+        rows = store.quarantined(self.conn, ids)
+        items = [(bytes(r["raw"]), store.provenance_from_json(r["provenance"])) for r in rows]
+
+        def settle(index: int, _raw: bytes, _provenance: Provenance, outcome: Outcome) -> None:
+            if outcome.status == "quarantined":
+                store.requarantine(self.conn, rows[index]["id"], outcome.reason)
+            else:
+                store.release(self.conn, rows[index]["id"])
+
+        outcomes = self._write(items, settle, None)
+        return [(row["id"], outcome) for row, outcome in zip(rows, outcomes, strict=True)]
+
+    def _write(
+        self,
+        items: Sequence[tuple[bytes, Provenance]],
+        settle: Callable[[int, bytes, Provenance, Outcome], None],
+        on_commit: Callable[[sqlite3.Connection], None] | None,
+    ) -> list[Outcome]:
+        """Parse, plan and write ``items`` in one transaction; ``settle`` records each
+        outcome with the source (quarantine, release) inside it, ``on_commit`` last."""
         parsed = self._parse(items)
         writer = MailWriter(self.conn, self.settings, self.attachments_dir)
         outcomes: list[Outcome] = []
@@ -272,11 +303,10 @@ class Pipeline:
         try:
             with transaction(self.conn):
                 grouped = _groups(zip(items, parsed, strict=True), writer)
-                for (raw, provenance), result in chain.from_iterable(grouped):
+                for index, ((raw, provenance), result) in enumerate(chain.from_iterable(grouped)):
                     staged.extend(_staged(result))
                     outcome = self._apply(writer, raw, provenance, result)
-                    if outcome.status == "quarantined":
-                        store.quarantine(self.conn, raw, provenance, outcome.reason)
+                    settle(index, raw, provenance, outcome)
                     outcomes.append(outcome)
                 writer.flush()
                 if on_commit is not None:
@@ -287,33 +317,6 @@ class Pipeline:
             discard_staged(staged)
         self._committed()
         return outcomes
-
-    def retry_quarantined(self, ids: Sequence[int] | None = None) -> list[tuple[int, Outcome]]:
-        """Run quarantined mail through the pipeline again; what logs leaves the quarantine."""
-        rows = store.quarantined(self.conn, ids)
-        items = [(bytes(r["raw"]), store.provenance_from_json(r["provenance"])) for r in rows]
-        parsed = self._parse(items)
-        writer = MailWriter(self.conn, self.settings, self.attachments_dir)
-        results: list[tuple[int, Outcome]] = []
-        staged: list[str] = []
-        try:
-            with transaction(self.conn):
-                grouped = _groups(zip(rows, items, parsed, strict=True), writer)
-                for row, (raw, provenance), result in chain.from_iterable(grouped):
-                    staged.extend(_staged(result))
-                    outcome = self._apply(writer, raw, provenance, result)
-                    if outcome.status == "quarantined":
-                        store.requarantine(self.conn, row["id"], outcome.reason)
-                    else:
-                        store.release(self.conn, row["id"])
-                    results.append((row["id"], outcome))
-                writer.flush()
-        except sqlite3.Error as exc:
-            raise StoreError(f"store write failed: {exc}") from exc
-        finally:
-            discard_staged(staged)
-        self._committed()
-        return results
 
     def _committed(self) -> None:
         """After a COMMIT: the WAL is checkpointed on a thread, not in the next one."""

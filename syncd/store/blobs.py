@@ -29,18 +29,9 @@ def blob_path(directory: Path, digest: str) -> Path:
 
 
 def write_blob(directory: Path, digest: str, data: bytes) -> None:
-    """Write once: an existing file with this name already holds these bytes."""
-    path = blob_path(directory, digest)
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{digest}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        # The row that says "stored" commits right after: the bytes must be on disk first.
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Write once: an existing file with this name already holds these bytes. The file
+    is on disk before this returns: the row that says "stored" commits right after."""
+    adopt_blob(directory, digest, stage_blob(directory, digest, data))
 
 
 STAGING = ".staging"
