@@ -468,6 +468,31 @@ def test_wal_is_checkpointed_off_the_writer_and_the_thread_ends(conn, tmp_path) 
     assert not missing.parent.exists()
 
 
+def test_pipeline_commits_leave_the_fsync_to_the_checkpoint_but_the_spool_does_not(
+    conn, tmp_path
+) -> None:
+    """The pipeline commits with synchronous=NORMAL (each commit carries the source's own
+    record, so a power cut rolls both back together); the spool, whose commit answers a
+    sender with 250, stays FULL. Closing the pipeline moves every commit into the file."""
+    from syncd.store.spool import SpoolWriter
+
+    path = tmp_path / "store" / "syncd.sqlite3"
+    pipeline = make(conn, tmp_path)
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert pipeline.ingest(message(msgid="<n1@x>"), BCC).status == "logged"
+    pipeline.close()
+    # immutable=1 reads the database file alone, never the WAL.
+    reader = sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True)
+    assert reader.execute("SELECT message_id FROM emails").fetchall() == [("n1@x",)]
+    reader.close()
+
+    spool = SpoolWriter(path)
+    try:
+        assert spool._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        spool.close()
+
+
 def test_erase_leaves_no_byte_of_the_address(conn, tmp_path) -> None:
     pipeline = make(conn, tmp_path, max_attachment_bytes=100_000)
     pipeline.ingest(message(to="Carol <carol@acme.com>", body="write to carol@acme.com"), BCC)
