@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from syncd.store.db import transaction
 from syncd.store.raw import unpack
 
 ERASED = "[erased]"
+TRUNCATE_WAIT_SECONDS = 5.0
 
 
 @dataclass
@@ -282,9 +284,15 @@ def compact(conn: sqlite3.Connection, report: EraseReport | None = None) -> None
         conn.execute("INSERT INTO emails_fts(emails_fts) VALUES ('rebuild')")
         conn.execute("INSERT INTO emails_fts(emails_fts) VALUES ('optimize')")
     conn.execute("VACUUM")
-    busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-    if report is not None:
-        report.wal_busy = bool(busy)
+    # A checkpoint already running elsewhere (a daemon's checkpoint thread after each
+    # commit) makes this one return busy at once, without waiting: try again a while.
+    deadline = time.monotonic() + TRUNCATE_WAIT_SECONDS
+    while conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+        if time.monotonic() >= deadline:
+            if report is not None:
+                report.wal_busy = True
+            return
+        time.sleep(0.05)
 
 
 def _contains(path: Path, address: str, chunk: int = 1 << 20) -> bool:
