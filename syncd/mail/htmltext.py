@@ -14,9 +14,6 @@ from __future__ import annotations
 import html
 import re
 
-from lxml import etree
-from lxml import html as lxml_html
-
 # Converting is linear but not free; past this much HTML the extra text adds little to search
 # and a lot to the time one message holds the pipeline.
 MAX_HTML_CHARS = 4 * 1024 * 1024
@@ -56,6 +53,11 @@ def html_to_text(markup: str) -> str:
 
 
 def _tree_text(markup: str) -> str:
+    # Imported on first use: about 8 MB that the syncing process, which hands its bulk
+    # parsing to the parser processes, would otherwise carry at its peak.
+    from lxml import etree
+    from lxml import html as lxml_html
+
     root = lxml_html.document_fromstring(markup)
     etree.strip_elements(root, *_DROPPED, etree.Comment, etree.PI, with_tail=False)
     for el in root.iter(*_BLOCKS):
