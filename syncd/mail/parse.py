@@ -44,6 +44,8 @@ MAX_HEADER_BYTES = 100 * 1024
 MAX_MIME_DEPTH = 100
 MAX_TEXT_BYTES = 1024 * 1024
 MAX_DEFECTS = 50  # notes kept per message; a hostile one could produce thousands
+# Forwards of forwards: each level is read again by the one inside, so keep them few.
+MAX_FORWARD_LEVELS = 5
 _DIGEST_BODY_BYTES = 4096
 
 
@@ -71,7 +73,9 @@ class Email:
     references: tuple[str, ...]
     gm_thrid: str | None
     thread_key: str
-    text: str  # search text: text/plain parts joined, else HTML as text; at most 1 MiB
+    # search text: text/plain parts joined, else HTML as text, then the subject and text
+    # of each message attached whole (a forward as attachment); at most 1 MiB
+    text: str
     size: int
     attachments: tuple[Attachment, ...]
     defects: tuple[str, ...]
@@ -232,14 +236,18 @@ def _date(value: str | None, received_at: datetime, defects: list[str]) -> tuple
 class _Collected:
     max_att: int | None
     defects: list[str]
+    forward_level: int = 0  # 1: inside a message attached whole, 2: inside one in that...
     plain: list[str] = field(default_factory=list)
     html: list[str] = field(default_factory=list)
+    forwarded: list[str] = field(default_factory=list)  # text of messages attached whole
     attachments: list[Attachment] = field(default_factory=list)
 
     def text(self) -> str:
         text = "\n\n".join(t for t in self.plain if t.strip())
         if not text and self.html:
             text = html_to_text("\n".join(self.html))
+        if self.forwarded:
+            text = "\n\n".join(t for t in (text, *self.forwarded) if t.strip())
         text = text.replace("\r\n", "\n").replace("\x00", "")
         if len(text) * 4 > MAX_TEXT_BYTES:
             encoded = text.encode("utf-8")
@@ -327,7 +335,33 @@ def _walk(fields: dict[str, list[str]], body: bytes, depth: int, acc: _Collected
             return
         acc.defects.append(f"{meta.ctype} without a usable boundary: body read as text")
         meta = _PLAIN_META
-    _leaf(meta, first(fields, "content-transfer-encoding"), body, acc)
+    data = _leaf(meta, first(fields, "content-transfer-encoding"), body, acc)
+    if meta.ctype == "message/rfc822" and data:
+        _forwarded(data, depth, acc)
+
+
+def _forwarded(data: bytes, depth: int, acc: _Collected) -> None:
+    """Search text of a message attached whole (message/rfc822: a forward as attachment):
+    its subject and text, after the outer message's own. The part itself is an attachment
+    (the .eml file); what it holds stays inside that file and is not listed again."""
+    if acc.forward_level >= MAX_FORWARD_LEVELS:
+        acc.defects.append(
+            f"messages attached within messages over {MAX_FORWARD_LEVELS} levels: "
+            "the deeper ones are not searchable"
+        )
+        return
+    blank = _blank_line(data, 0, MAX_HEADER_BYTES + 4)
+    if blank is None or blank[0] > MAX_HEADER_BYTES:
+        return
+    fields = split_fields(data[: blank[0]], acc.defects)
+    if not fields:
+        return
+    inner = _Collected(acc.max_att, acc.defects, acc.forward_level + 1)
+    _walk(fields, data[blank[1] :], depth + 1, inner)
+    subject = decode_words(first(fields, "subject") or "", acc.defects)
+    text = "\n\n".join(t for t in (subject, inner.text()) if t.strip())
+    if text:
+        acc.forwarded.append(text)
 
 
 def _split_multipart(body: bytes, boundary: str, defects: list[str]) -> list[bytes] | None:
@@ -372,14 +406,18 @@ def _split_part(part: bytes, defects: list[str]) -> tuple[dict[str, list[str]], 
     return split_fields(part[: blank[0]], defects), part[blank[1] :]
 
 
-def _leaf(meta: _Meta, cte: str | None, body: bytes, acc: _Collected) -> None:
+def _leaf(meta: _Meta, cte: str | None, body: bytes, acc: _Collected) -> bytes:
+    """Collect one part: its text, or (not inside a forwarded message) an attachment.
+    Returns the part's decoded bytes."""
     ctype = meta.ctype
     data = _transfer_decode(body, (cte or "").strip().lower(), ctype, acc.defects)
     attached = meta.disposition == "attachment" or meta.filename is not None
     if ctype in ("text/plain", "text/html") and not attached:
         text = decode_bytes(data, meta.charset, acc.defects)
         (acc.plain if ctype == "text/plain" else acc.html).append(text)
-        return
+        return data
+    if acc.forward_level:
+        return data
     keep = acc.max_att is None or len(data) <= acc.max_att
     name = decode_words(meta.filename, acc.defects) if meta.filename else ""
     acc.attachments.append(
@@ -391,6 +429,7 @@ def _leaf(meta: _Meta, cte: str | None, body: bytes, acc: _Collected) -> None:
             data=data if keep else None,
         )
     )
+    return data
 
 
 def _transfer_decode(body: bytes, cte: str, ctype: str, defects: list[str]) -> bytes:

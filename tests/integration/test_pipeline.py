@@ -24,6 +24,7 @@ from syncd.store import db, queries, records
 from syncd.store.erase import erase, scan
 from syncd.store.raw import raw_message
 
+DATA = Path(__file__).resolve().parent.parent / "data"
 NOW = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
 BCC = Provenance("bcc", NOW)
 ADA, BOB = "ada@example.com", "bob@example.com"
@@ -298,6 +299,12 @@ def test_search_finds_new_mail_at_once(conn, tmp_path) -> None:
     assert queries.search(conn, "blimp")[0]["snippet"] == "about the [blimp]"
     assert queries.search(conn, "carol@acme.com")[0]["subject"] == "Quarterly zeppelin order"
     assert queries.search(conn, 'AND OR "( NEAR') == []  # operators are words, not syntax
+
+    # A forward as attachment (message/rfc822) is found by the forwarded mail's words.
+    forward = (DATA / "forwarded-as-attachment.eml").read_bytes()
+    assert pipeline.ingest(forward, BCC).status == "logged"
+    (hit,) = queries.search(conn, "revised price")
+    assert hit["subject"] == "Fwd: Quote 7781"
 
 
 def test_deal_stage_effects(conn, tmp_path) -> None:

@@ -155,6 +155,14 @@ CASES: list[tuple[str, dict[str, Any]]] = [
         "date": datetime(2025, 3, 22, 9, 0, tzinfo=UTC),
         "text": "Здравствуйте, счёт во вложении.\n",
     }),
+    ("forwarded-as-attachment.eml", {
+        # The forwarded mail's subject and text are searchable; the .eml is the one
+        # attachment, and the PDF inside it is not listed again.
+        "text": "See Carol's mail below.\n\nQuote 7781 – revised\n\n"
+                "The revised price is 980 € per seat.",
+        "attachments": [("", "message/rfc822", 1304)],
+        "defects": (),
+    }),
 ]  # fmt: skip
 
 
@@ -407,3 +415,31 @@ def test_fast_base64_decodes_exactly_as_binascii() -> None:
     wrapped = binascii.b2a_base64(blob, newline=False)
     lines = b"\r\n".join(wrapped[i : i + 76] for i in range(0, len(wrapped), 76))
     assert a2b_base64(lines) == blob
+
+
+def test_forwards_of_forwards_are_searchable_five_levels_deep() -> None:
+    """Each level a message attached whole inside the one before, the third one base64
+    encoded; past five levels the text is left out and a defect says so."""
+    import base64
+
+    inner = b"Subject: level 7\r\n\r\nwords of level 7\r\n"
+    for level in range(6, -1, -1):
+        cte = b"Content-Transfer-Encoding: base64\r\n" if level == 3 else b""
+        body = base64.encodebytes(inner) if level == 3 else inner
+        inner = (
+            f"Subject: level {level}\r\nMIME-Version: 1.0\r\n".encode()
+            + f'Content-Type: multipart/mixed; boundary="b{level}"\r\n\r\n'.encode()
+            + f"--b{level}\r\nContent-Type: text/plain\r\n\r\n".encode()
+            + f"words of level {level}\r\n--b{level}\r\n".encode()
+            + b"Content-Type: message/rfc822\r\n"
+            + cte
+            + b"\r\n"
+            + body
+            + f"\r\n--b{level}--\r\n".encode()
+        )
+    email = parse(b"Message-ID: <f@x>\r\n" + inner, received_at=RECEIVED)
+    for level in range(6):
+        assert f"words of level {level}" in email.text
+    assert "level 6" not in email.text and "level 7" not in email.text
+    assert any("over 5 levels" in d for d in email.defects)
+    assert [a.content_type for a in email.attachments] == ["message/rfc822"]
