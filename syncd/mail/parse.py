@@ -353,15 +353,20 @@ def _forwarded(data: bytes, depth: int, acc: _Collected) -> None:
     blank = _blank_line(data, 0, MAX_HEADER_BYTES + 4)
     if blank is None or blank[0] > MAX_HEADER_BYTES:
         return
-    fields = split_fields(data[: blank[0]], acc.defects)
-    if not fields:
-        return
-    inner = _Collected(acc.max_att, acc.defects, acc.forward_level + 1)
-    _walk(fields, data[blank[1] :], depth + 1, inner)
-    subject = decode_words(first(fields, "subject") or "", acc.defects)
-    text = "\n\n".join(t for t in (subject, inner.text()) if t.strip())
-    if text:
-        acc.forwarded.append(text)
+    # Its defects are its own: they are reported as the forwarded message's.
+    inner = _Collected(acc.max_att, [], acc.forward_level + 1)
+    try:
+        fields = split_fields(data[: blank[0]], inner.defects)
+        if fields:
+            _walk(fields, data[blank[1] :], depth + 1, inner)
+            subject = decode_words(first(fields, "subject") or "", inner.defects)
+            text = "\n\n".join(t for t in (subject, inner.text()) if t.strip())
+            if text:
+                acc.forwarded.append(text)
+    except MessageError as exc:  # what is wrong inside a forward costs its text, no more
+        inner.defects.append(f"not searchable: {exc.reason}")
+    prefix = "forwarded message: "
+    acc.defects.extend(d if d.startswith(prefix) else prefix + d for d in inner.defects)
 
 
 def _split_multipart(body: bytes, boundary: str, defects: list[str]) -> list[bytes] | None:
@@ -408,11 +413,15 @@ def _split_part(part: bytes, defects: list[str]) -> tuple[dict[str, list[str]], 
 
 def _leaf(meta: _Meta, cte: str | None, body: bytes, acc: _Collected) -> bytes:
     """Collect one part: its text, or (not inside a forwarded message) an attachment.
-    Returns the part's decoded bytes."""
+    Returns the part's decoded bytes; inside a forwarded message, b'' for what holds no
+    text (it is never decoded: the .eml keeps it)."""
     ctype = meta.ctype
-    data = _transfer_decode(body, (cte or "").strip().lower(), ctype, acc.defects)
     attached = meta.disposition == "attachment" or meta.filename is not None
-    if ctype in ("text/plain", "text/html") and not attached:
+    text_part = ctype in ("text/plain", "text/html") and not attached
+    if acc.forward_level and not text_part and ctype != "message/rfc822":
+        return b""
+    data = _transfer_decode(body, (cte or "").strip().lower(), ctype, acc.defects)
+    if text_part:
         text = decode_bytes(data, meta.charset, acc.defects)
         (acc.plain if ctype == "text/plain" else acc.html).append(text)
         return data

@@ -443,3 +443,27 @@ def test_forwards_of_forwards_are_searchable_five_levels_deep() -> None:
     assert "level 6" not in email.text and "level 7" not in email.text
     assert any("over 5 levels" in d for d in email.defects)
     assert [a.content_type for a in email.attachments] == ["message/rfc822"]
+
+
+def test_a_broken_forward_costs_its_own_text_not_the_message() -> None:
+    """MIME nested past the limit inside a forwarded message: the outer mail parses, its
+    own text and the .eml attachment stay, and a defect names the forward."""
+    nested = b"text inside\r\n"
+    for level in range(120):
+        nested = (
+            f'Content-Type: multipart/mixed; boundary="n{level}"\r\n\r\n--n{level}\r\n'.encode()
+            + nested
+            + f"\r\n--n{level}--\r\n".encode()
+        )
+    raw = (
+        b"Message-ID: <deep@x>\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="top"\r\n\r\n'
+        b"--top\r\nContent-Type: text/plain\r\n\r\nthe outer words\r\n"
+        b"--top\r\nContent-Type: message/rfc822\r\n\r\nSubject: deep one\r\n"
+        + nested
+        + b"\r\n--top--\r\n"
+    )
+    email = parse(raw, received_at=RECEIVED)
+    assert email.text == "the outer words"
+    assert [a.content_type for a in email.attachments] == ["message/rfc822"]
+    assert "forwarded message: not searchable: MIME nesting over 100 levels" in email.defects
