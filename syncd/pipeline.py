@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import chain, islice
@@ -211,14 +212,6 @@ class Pipeline:
         purge_staging(self.attachments_dir)  # left by a crash mid-batch
         # A page cache that holds a batch's index pages: FTS merges then stay in memory.
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-        # NORMAL: COMMIT writes the WAL but does not fsync it; the checkpoint thread does,
-        # right after. Every commit here carries the source's own record of the mail (an
-        # IMAP checkpoint, a spool or quarantine row deleted), so a power cut can only
-        # roll both back together and the source hands the mail over again: still exactly
-        # once. Whatever answers a sender (the spool's 250) commits FULL on its own
-        # connection. The fsync left the writer's critical path: COMMIT 130-167 -> 55-65
-        # us per message in 88-message batches.
-        conn.execute("PRAGMA synchronous = NORMAL")
         self._checkpoints = WalCheckpointer.for_connection(conn)
 
     @classmethod
@@ -313,7 +306,7 @@ class Pipeline:
         outcomes: list[Outcome] = []
         staged: list[str] = []
         try:
-            with transaction(self.conn):
+            with self._synced_after(), transaction(self.conn):
                 grouped = _groups(zip(items, parsed, strict=True), writer)
                 for index, ((raw, provenance), result) in enumerate(chain.from_iterable(grouped)):
                     staged.extend(_staged(result))
@@ -329,6 +322,28 @@ class Pipeline:
             discard_staged(staged)
         self._committed()
         return outcomes
+
+    @contextmanager
+    def _synced_after(self) -> Iterator[None]:
+        """A transaction whose COMMIT writes the WAL but does not wait for its fsync: the
+        checkpoint thread syncs it right after (``_committed``).
+
+        Safe for a batch because it carries the source's own record of its mail (the IMAP
+        checkpoint, the spool or quarantine rows it deletes): a power cut can only roll
+        both back together, and the source hands the mail over again, still exactly once.
+        Every other commit on the connection stays FULL, as does this one without a
+        checkpoint thread, and whatever answers a sender (the spool's 250) commits FULL
+        on its own connection. The fsync left the writer's path: COMMIT 130-167 -> 55-65
+        us per message in 88-message batches."""
+        if self._checkpoints is None or not self._checkpoints.active:
+            yield
+            return
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            yield
+        finally:
+            with suppress(sqlite3.Error):  # a failing store has raised what matters
+                self.conn.execute("PRAGMA synchronous = FULL")
 
     def _committed(self) -> None:
         """After a COMMIT: the WAL is checkpointed on a thread, not in the next one."""
@@ -411,7 +426,8 @@ class Pipeline:
                 if self._pool is None:
                     # forkserver: workers never inherit the daemon's threads or sockets.
                     context = multiprocessing.get_context("forkserver")
-                    context.set_forkserver_preload(["syncd.pipeline"])
+                    # lxml is imported on first use (htmltext): load it here once.
+                    context.set_forkserver_preload(["syncd.pipeline", "lxml.html"])
                     self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
                 pool = self._pool
                 try:

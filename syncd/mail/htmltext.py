@@ -6,7 +6,8 @@ elements end a line, table cells are separated by a space, runs of spaces collap
 all search and snippets need, at a tenth of inscriptis' cost on table-heavy newsletters (39
 ms vs 3 ms for a 27 KB table), which matters at thousands of messages a second. When lxml
 refuses a document, tags are stripped with a regex instead, so a broken HTML part still
-gives searchable words. Pure: str in, str out, never raises.
+gives searchable words. Pure: str in, str out; raises only ImportError, for a broken
+install.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def html_to_text(markup: str) -> str:
             text = _tree_text(markup)
         except ValueError:  # libxml2 refuses C0 controls; rare, so only strip them then
             text = _tree_text(_CONTROLS.sub("", markup))
+    except ImportError:  # a broken install: say so (the message is quarantined), loudly
+        raise
     except Exception:
         # lxml rejects a few inputs outright (an XML declaration inside a str, documents it
         # finds empty); the crude path is good enough for search.

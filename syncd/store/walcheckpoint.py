@@ -8,13 +8,17 @@ takes that work to a thread with its own connection: the writer's connection rai
 its automatic threshold to ``FALLBACK_PAGES`` (a bound on the WAL should the thread
 fall behind) and pokes the thread after each commit; the thread runs a PASSIVE
 checkpoint, which takes no lock a writer needs and copies only frames already
-committed. Pokes that arrive while a checkpoint runs fold into one more. Durability is
-unchanged: a commit is durable once its WAL frames are synced, checkpointed or not.
+committed. Pokes that arrive while a checkpoint runs fold into one more. After each
+checkpoint the thread also fdatasyncs the WAL file: a writer that commits with
+``synchronous=NORMAL`` (the pipeline's batches) leaves that fsync to it, and a PASSIVE
+checkpoint syncs the WAL only when it copies frames, which a reader's open snapshot can
+prevent.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -56,6 +60,11 @@ class WalCheckpointer:
         conn.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_PAGES}")
         return cls(Path(path))
 
+    @property
+    def active(self) -> bool:
+        """True while pokes are served: a commit may leave its WAL fsync to the thread."""
+        return not (self._stopping or self._disabled)
+
     def poke(self) -> None:
         """A transaction committed: checkpoint what it wrote, soon, on the thread."""
         with self._lock:
@@ -78,6 +87,21 @@ class WalCheckpointer:
             started = list(self._started)
         for thread in started:
             thread.join()
+
+    def _sync_wal(self) -> None:
+        try:
+            fd = os.open(f"{self._path}-wal", os.O_RDONLY)
+        except FileNotFoundError:  # no WAL: nothing committed is waiting for a sync
+            return
+        except OSError as exc:
+            log.warning("cannot sync the WAL: %s", exc)
+            return
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            log.warning("cannot sync the WAL: %s", exc)
+        finally:
+            os.close(fd)
 
     def _idle(self) -> bool:
         """Wait for a poke; True (and no longer serving) when none came in time."""
@@ -111,6 +135,7 @@ class WalCheckpointer:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     except sqlite3.Error as exc:  # the writer's fallback bounds the WAL
                         log.warning("WAL checkpoint failed: %s", exc)
+                    self._sync_wal()
             finally:
                 conn.close()
         finally:

@@ -475,29 +475,26 @@ def test_wal_is_checkpointed_off_the_writer_and_the_thread_ends(conn, tmp_path) 
     assert not missing.parent.exists()
 
 
-def test_pipeline_commits_leave_the_fsync_to_the_checkpoint_but_the_spool_does_not(
+def test_batches_leave_their_fsync_to_the_checkpoint_thread_and_nothing_else_does(
     conn, tmp_path
 ) -> None:
-    """The pipeline commits with synchronous=NORMAL (each commit carries the source's own
-    record, so a power cut rolls both back together); the spool, whose commit answers a
-    sender with 250, stays FULL. Closing the pipeline moves every commit into the file."""
-    from syncd.store.spool import SpoolWriter
-
+    """A batch commits with synchronous=NORMAL (it carries the source's own record, so a
+    power cut rolls both back together) and the checkpoint thread syncs the WAL; every
+    other commit on the connection stays FULL. Closing the pipeline moves every commit
+    into the database file."""
     path = tmp_path / "store" / "syncd.sqlite3"
     pipeline = make(conn, tmp_path)
-    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-    assert pipeline.ingest(message(msgid="<n1@x>"), BCC).status == "logged"
+    inside: list[int] = []
+    item = [(message(msgid="<n1@x>"), BCC)]
+    on_commit = lambda c: inside.append(c.execute("PRAGMA synchronous").fetchone()[0])  # noqa: E731
+    assert [o.status for o in pipeline.ingest_batch(item, on_commit=on_commit)] == ["logged"]
+    assert inside == [1]  # NORMAL inside the batch
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again after it
     pipeline.close()
     # immutable=1 reads the database file alone, never the WAL.
     reader = sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True)
     assert reader.execute("SELECT message_id FROM emails").fetchall() == [("n1@x",)]
     reader.close()
-
-    spool = SpoolWriter(path)
-    try:
-        assert spool._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    finally:
-        spool.close()
 
 
 def test_erase_leaves_no_byte_of_the_address(conn, tmp_path) -> None:
