@@ -286,13 +286,19 @@ def compact(conn: sqlite3.Connection, report: EraseReport | None = None) -> None
     conn.execute("VACUUM")
     # A checkpoint already running elsewhere (a daemon's checkpoint thread after each
     # commit) makes this one return busy at once, without waiting: try again a while.
-    deadline = time.monotonic() + TRUNCATE_WAIT_SECONDS
-    while conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
-        if time.monotonic() >= deadline:
-            if report is not None:
-                report.wal_busy = True
-            return
-        time.sleep(0.05)
+    # Each try holds writers off while it waits for readers, so it waits 1 s at most.
+    waited = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    conn.execute("PRAGMA busy_timeout = 1000")
+    try:
+        deadline = time.monotonic() + TRUNCATE_WAIT_SECONDS
+        while conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+            if time.monotonic() >= deadline:
+                if report is not None:
+                    report.wal_busy = True
+                return
+            time.sleep(0.05)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(waited)}")
 
 
 def _contains(path: Path, address: str, chunk: int = 1 << 20) -> bool:
