@@ -233,7 +233,8 @@ class Pipeline:
         )
 
     def close(self) -> None:
-        """Stop the parser processes, if any were started; parse_ahead starts no more."""
+        """Stop the parser processes, if any were started (parse_ahead starts no more),
+        and the checkpoint thread, then checkpoint what the WAL still holds."""
         with self._pool_lock:
             self._closed = True
         self._retire(None)
@@ -241,6 +242,8 @@ class Pipeline:
             self._checkpoints.close()
             try:  # what the thread had no time for: the last commits reach the disk
                 self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.ProgrammingError:  # the connection was closed first
+                pass
             except sqlite3.Error as exc:
                 log.warning("final WAL checkpoint failed: %s", exc)
 

@@ -47,6 +47,7 @@ class WalCheckpointer:
         self._started: list[threading.Thread] = []
         self._stopping = False
         self._disabled = False
+        self._unsynced = False  # the WAL could not be synced here
 
     @classmethod
     def for_connection(cls, conn: sqlite3.Connection) -> WalCheckpointer | None:
@@ -63,7 +64,7 @@ class WalCheckpointer:
     @property
     def active(self) -> bool:
         """True while pokes are served: a commit may leave its WAL fsync to the thread."""
-        return not (self._stopping or self._disabled)
+        return not (self._stopping or self._disabled or self._unsynced)
 
     def poke(self) -> None:
         """A transaction committed: checkpoint what it wrote, soon, on the thread."""
@@ -91,17 +92,15 @@ class WalCheckpointer:
     def _sync_wal(self) -> None:
         try:
             fd = os.open(f"{self._path}-wal", os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
         except FileNotFoundError:  # no WAL: nothing committed is waiting for a sync
-            return
-        except OSError as exc:
-            log.warning("cannot sync the WAL: %s", exc)
-            return
-        try:
-            os.fdatasync(fd)
-        except OSError as exc:
-            log.warning("cannot sync the WAL: %s", exc)
-        finally:
-            os.close(fd)
+            pass
+        except OSError as exc:  # writers sync their own commits from now on
+            log.warning("cannot sync the WAL, commits sync it themselves: %s", exc)
+            self._unsynced = True
 
     def _idle(self) -> bool:
         """Wait for a poke; True (and no longer serving) when none came in time."""
