@@ -227,13 +227,12 @@ def report(name: str, figures: dict[str, Any], ceiling: dict[str, Any] | None) -
         # Everything the machine spent, Dovecot and the kernel included (and anything else
         # running: keep the machine quiet): how fast this much CPU per message could go
         # with every core busy, whatever the pipeline's shape.
-        ours = figures["cpu_self"] + figures["cpu_parsers"]
-        others = max(figures["cpu_machine"] - ours, 0.0)
+        ours = (figures["cpu_self"] + figures["cpu_parsers"]) * per
+        every = max(figures["cpu_machine"] * per, ours)
         cores = os.cpu_count() or 1
-        every = (ours + others) * per
         print(
             f"{'':9s} machine {figures['machine_busy']:.0%} busy; all CPU per message "
-            f"{every:.0f} µs (Dovecot, kernel, the rest {others * per:.0f}): {cores} cores "
+            f"{every:.0f} µs (Dovecot, kernel, the rest {every - ours:.0f}): {cores} cores "
             f"allow at most {cores * 1e6 / every:.0f} msg/s",
             flush=True,
         )
