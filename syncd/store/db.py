@@ -64,7 +64,8 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
         # Takes effect only while the file is still empty (a new store); see PAGE_SIZE.
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode = WAL")
-        # FULL: a commit that acknowledges mail (a BCC 250, an IMAP checkpoint) is on disk.
+        # FULL: a commit that acknowledges mail (a BCC 250) is on disk. A pipeline batch
+        # relaxes it for its own commit (Pipeline._synced_after), then puts it back.
         conn.execute("PRAGMA synchronous = FULL")
         migrate(conn, path)
     else:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# 16 MiB of 4 KiB pages: the writer checkpoints itself only if this thread falls behind.
+# 4,096 pages (64 MiB with the 16 KiB pages of new stores, 16 MiB with 4 KiB ones): the
+# writer checkpoints itself only if this thread falls behind.
 FALLBACK_PAGES = 4096
 
 

@@ -431,7 +431,7 @@ def test_on_commit_runs_inside_the_batch_transaction(conn, tmp_path) -> None:
 
 
 def test_wal_is_checkpointed_off_the_writer_and_the_thread_ends(conn, tmp_path) -> None:
-    """The writer's own automatic checkpoint only bounds the WAL (16 MiB); a thread moves
+    """The writer's own automatic checkpoint only bounds the WAL (4,096 pages); a thread moves
     each commit's pages into the database file, and ends when idle or closed."""
     from syncd.store.walcheckpoint import FALLBACK_PAGES, WalCheckpointer
 
