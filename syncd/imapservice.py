@@ -8,6 +8,7 @@ in one transaction (the pipeline's ``on_commit``).
 In the daemon each inbox has a thread::
 
     pass --ok, idle on--> IDLE on INBOX until new mail or poll_interval --> pass
+                          IDLE failed: wait 5 s doubling (at most what is left) --> pass
          --ok, no idle--> sleep poll_interval --> pass
          --failed------> sleep inbox_retry_delay (backoff; an hour after a refused login)
     stop requested: the current batch commits, the pass ends at the next batch
@@ -105,6 +106,7 @@ class ImapService:
         self._idling: dict[str, ImapSession] = {}
         self._crashes: dict[str, int] = {}  # unexpected errors in a row, for the backoff
         self._no_idle: set[str] = set()  # inboxes whose server has no IDLE: poll only
+        self._idle_failures: dict[str, int] = {}  # IDLE errors in a row, for the backoff
 
     async def start(self, every: Every) -> None:
         for name in self._inboxes:
@@ -195,9 +197,19 @@ class ImapService:
                 max(0.0, deadline - time.monotonic())
             ):
                 log.info("inbox %s: new mail", inbox.name)
-        except Exception as exc:  # a refused EXAMINE or IDLE: poll, never end the thread
+            self._idle_failures.pop(inbox.name, None)
+        except Exception as exc:  # a refused EXAMINE or IDLE: never end the thread
             if not self._stop.is_set():
-                log.warning("inbox %s: IDLE ended (%s); next pass now", inbox.name, exc)
+                failures = self._idle_failures[inbox.name] = (
+                    self._idle_failures.get(inbox.name, 0) + 1
+                )
+                delay = syncplan.idle_retry_delay(
+                    failures, random.random(), left=deadline - time.monotonic()
+                )
+                log.warning(
+                    "inbox %s: IDLE ended (%s); next pass in %.0f s", inbox.name, exc, delay
+                )
+                self._stop.wait(delay)
         finally:
             self._idling.pop(inbox.name, None)
             session.close()

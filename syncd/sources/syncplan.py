@@ -301,6 +301,13 @@ def inbox_retry_delay(state: str, failures: int, jitter: float, *, poll_interval
     return poll_interval
 
 
+def idle_retry_delay(failures: int, jitter: float, *, left: float) -> float:
+    """How long to wait after the ``failures``-th IDLE in a row ended in an error, at most
+    the ``left`` of the poll interval: 5 s doubling, so a server that drops IDLE at once
+    gets a pass every few minutes at worst, not a pass per round trip."""
+    return min(max(left, 0.0), backoff_delay(failures - 1, jitter, base=5.0))
+
+
 def idle_slices(timeout: float, max_idle: float = MAX_IDLE_SECONDS) -> list[float]:
     """Split a wait into IDLE commands no longer than ``max_idle`` each."""
     out: list[float] = []

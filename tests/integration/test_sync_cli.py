@@ -95,7 +95,15 @@ def test_sync_unknown_inbox_and_bad_password(tmp_path: Path, imap_user: ImapUser
 
 
 def test_daemon_logs_new_mail_within_seconds_by_idle(tmp_path: Path, imap_user: ImapUser) -> None:
+    """IDLE delivers new mail within seconds, while a second inbox whose password is
+    refused is marked failed and not tried again: one failing inbox stops nothing."""
     config = write_config(tmp_path, imap_user, folders=["INBOX"])
+    settings = json.loads(config.read_text())
+    bob = json.loads(json.dumps(settings["inboxes"][0]))
+    bob.update(name="bob", kind="team", owner=None, address="support@example.com")
+    bob["imap"]["password"] = "wrong-password"
+    settings["inboxes"].append(bob)
+    config.write_text(json.dumps(settings))
     proc = subprocess.Popen(
         [sys.executable, "-m", "syncd", "--config", str(config), "run"],
         cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
@@ -113,11 +121,18 @@ def test_daemon_logs_new_mail_within_seconds_by_idle(tmp_path: Path, imap_user: 
         while engagements(tmp_path) < 1:
             assert time.monotonic() - started < 10, "new mail not logged within 10 s"
             time.sleep(0.2)
+        status = json.loads(syncd(tmp_path, config, "status", "--json").stdout)
+        states = {inbox["name"]: inbox["state"] for inbox in status["inboxes"]}
+        assert states == {"ada": "ok", "bob": "auth_failed"}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:
         proc.kill()
-        proc.communicate()
+        _, stderr = proc.communicate()
+    assert "wrong-password" not in stderr
+    # The refused login was tried once in all that time (it waits an hour to try again).
+    refused = [ln for ln in imap_user.server.log().splitlines() if "auth failed" in ln]
+    assert len(refused) == 1, refused
 
 
 def _has_table(store: Path, name: str) -> bool:

@@ -1,0 +1,64 @@
+"""The daemon's per-inbox loop, with the IMAP pass and session replaced by stand-ins:
+what it does between passes (IDLE, its failures) is timing, not protocol."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from syncd import imapservice
+from syncd.sources.imap import InboxResult
+from syncd.sources.syncplan import idle_retry_delay
+
+
+class RefusedIdle:
+    """A session whose server answers IDLE with an error at once."""
+
+    client = SimpleNamespace(has_capability=lambda name: True)
+
+    def idle_wait(self, timeout: float) -> bool:
+        raise imapservice.InboxError("ada", "IDLE refused")
+
+    def interrupt(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_refused_idle_does_not_start_pass_after_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    passes: list[float] = []
+
+    def one_pass(*args: Any, **kwargs: Any) -> tuple[InboxResult, int]:
+        passes.append(time.monotonic())
+        return InboxResult("ada"), 0
+
+    monkeypatch.setattr(imapservice, "inbox_pass", one_pass)
+    monkeypatch.setattr(imapservice, "connect", lambda *a, **k: RefusedIdle())
+    inbox = SimpleNamespace(
+        name="ada", imap=SimpleNamespace(timeout=10.0),
+        sync=SimpleNamespace(idle=True, poll_interval=3600.0),
+    )  # fmt: skip
+    service = imapservice.ImapService(SimpleNamespace(inboxes=[inbox]), store=SimpleNamespace(
+        call=None, parse_ahead=None))  # fmt: skip
+    thread = threading.Thread(target=service._loop, args=("ada",))
+    thread.start()
+    time.sleep(1.0)
+    service._stop.set()
+    thread.join(5)
+    # Before the fix, a refused IDLE meant the next pass at once: tens of thousands a second.
+    assert len(passes) == 1
+    assert service.status()["inboxes"]["ada"] == "stopped"
+
+
+@pytest.mark.parametrize(
+    ("failures", "jitter", "left", "expected"),
+    [(1, 1.0, 3600.0, 5.0), (1, 0.0, 3600.0, 2.5), (3, 1.0, 3600.0, 20.0),
+     (20, 1.0, 3600.0, 300.0), (20, 1.0, 40.0, 40.0), (1, 1.0, -3.0, 0.0)],
+)  # fmt: skip
+def test_idle_retry_delay(failures: int, jitter: float, left: float, expected: float) -> None:
+    assert idle_retry_delay(failures, jitter, left=left) == pytest.approx(expected)
