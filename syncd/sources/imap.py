@@ -68,7 +68,7 @@ class Limits:
 class RetryPolicy:
     """Reconnects within one pass, for a connection lost mid-sync."""
 
-    attempts: int = 4
+    attempts: int = 4  # lost connections in a row with no batch committed between them
     base: float = 1.0
     cap: float = 30.0
     sleep: Callable[[float], None] = time.sleep
@@ -287,6 +287,7 @@ class _InboxRun:
                 )
                 for name, value in counts.items():
                     setattr(result, name, getattr(result, name) + value)
+                self.failures = 0  # committed progress: a flaky link may cut us again
                 done += len(item.items)
                 if self.progress is not None:
                     self.progress(result.name, done, item.planned)

@@ -3,6 +3,7 @@ UIDVALIDITY changes, read-only access, lost connections, SIGKILL, auth failures,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -270,6 +271,31 @@ def test_connection_cut_mid_fetch_resumes_without_gap_or_duplicate(imap_user: Im
     assert len(sleeps) >= 1  # it did reconnect
     uids = [uid for _, uid, _ in rec.seen]
     assert sorted(uids) == list(range(1, 13))  # every UID exactly once
+
+
+def test_each_cut_after_progress_gets_its_own_retries(imap_user: ImapUser) -> None:
+    """A long sync on a flaky link: the retry budget counts cuts in a row, not per pass."""
+    for n in range(40):
+        imap_user.append("INBOX", message(n), datetime(2024, 5, 1, tzinfo=UTC))
+    rec = Recorder()
+    kicked: list[int] = []
+
+    def deliver(items: list, checkpoint: FolderCheckpoint) -> list[str]:
+        out = rec.deliver(items, checkpoint)
+        if rec.calls in (2, 7, 12):
+            with contextlib.suppress(RuntimeError):  # nobody to kick: not reconnected yet
+                imap_user.server.doveadm("kick", imap_user.name)
+                kicked.append(rec.calls)
+        return out
+
+    result = sync_inbox(
+        inbox_for(imap_user), deliver=deliver, checkpoint_of=rec.checkpoint_of,
+        known_contacts=set, today=TODAY, limits=Limits(batch_count=2, queue_batches=1),
+        retry=RetryPolicy(attempts=1, base=0.01, cap=0.05, sleep=lambda s: None),
+    )  # fmt: skip
+    assert result.state == "ok", result.error
+    assert len(kicked) >= 2, kicked
+    assert sorted(uid for _, uid, _ in rec.seen) == list(range(1, 41))
 
 
 def test_message_expunged_between_search_and_fetch_is_skipped(imap_user: ImapUser) -> None:
