@@ -67,6 +67,7 @@ def inbox_pass(
         deliver=deliver,
         checkpoint_of=lambda name, folder: call(_checkpoint, name, folder),
         known_contacts=lambda: call(Pipeline.contact_emails),
+        known_keys=lambda keys: call(Pipeline.known_keys, keys),
         today=datetime.now(UTC),
         dry_run=dry_run,
         progress=progress,

@@ -265,6 +265,10 @@ class Pipeline:
         """Every address of every contact, now."""
         return store.contact_emails(self.conn)
 
+    def known_keys(self, keys: set[str]) -> set[str]:
+        """Those of ``keys`` (message keys) already logged."""
+        return store.logged_keys(self.conn, keys)
+
     def ingest(self, raw: bytes, provenance: Provenance) -> Outcome:
         return self.ingest_batch([(raw, provenance)])[0]
 

@@ -108,9 +108,7 @@ def header_addresses(raw_headers: bytes) -> tuple[Address, ...]:
     A prefilter: it never raises and returns what it can read.
     """
     try:
-        block = raw_headers[: MAX_HEADER_BYTES + 4]
-        blank = _blank_line(block, 0, len(block))
-        fields = split_fields(block[: blank[0]] if blank else block, [])
+        fields = _block_fields(raw_headers)
         seen: dict[str, Address] = {}
         for name in ("from", "to", "cc", "bcc"):
             for addr in parse_addresses(fields.get(name), []):
@@ -118,6 +116,21 @@ def header_addresses(raw_headers: bytes) -> tuple[Address, ...]:
         return tuple(seen.values())
     except Exception:
         return ()
+
+
+def header_message_key(raw_headers: bytes) -> str | None:
+    """The key ``parse`` gives a message with this header block when its Message-ID is
+    usable; None when the key would be a digest, which needs the body. Never raises."""
+    try:
+        return _message_id(_block_fields(raw_headers), [])
+    except Exception:
+        return None
+
+
+def _block_fields(raw_headers: bytes) -> dict[str, list[str]]:
+    block = raw_headers[: MAX_HEADER_BYTES + 4]
+    blank = _blank_line(block, 0, len(block))
+    return split_fields(block[: blank[0]] if blank else block, [])
 
 
 def _parse(raw: bytes, received_at: datetime, max_att: int | None) -> Email:

@@ -37,6 +37,7 @@ from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
 from syncd.errors import InboxError
+from syncd.mail.parse import header_message_key
 from syncd.mail.provenance import Provenance
 from syncd.sources import syncplan
 from syncd.sources.imap_conn import ConnectionLost, FolderError, ImapSession, connect
@@ -50,6 +51,8 @@ Progress = Callable[[str, int, int], None]  # folder, messages done, messages pl
 # Called on the fetching thread with each batch as it arrives; what it returns is what
 # ``deliver`` gets (the pipeline starts parsing there, ahead of the writer).
 ParseAhead = Callable[[list[Item]], list[Item]]
+# Those of the given message keys already logged; called on the delivering thread.
+KnownKeys = Callable[[set[str]], set[str]]
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,14 @@ class _Batch:
 
 
 @dataclass(frozen=True)
+class _Lookup:
+    """The fetcher asks the delivering thread, which owns the store, which keys are logged."""
+
+    keys: list[str]  # one per UID, repeats kept: the duplicates are counted per message
+    answer: queue.Queue[set[str]]
+
+
+@dataclass(frozen=True)
 class _Done:
     would_fetch: int
 
@@ -161,15 +172,19 @@ def sync_inbox(
     dry_run: bool = False,
     progress: Progress | None = None,
     parse_ahead: ParseAhead | None = None,
+    known_keys: KnownKeys | None = None,
     limits: Limits = Limits(),
     retry: RetryPolicy = RetryPolicy(),
 ) -> InboxResult:
     """One pass over the inbox. ``today`` is the pass's start instant (a date means now
-    on that day); windows are computed from it for folders not yet synced."""
+    on that day); windows are computed from it for folders not yet synced. With
+    ``known_keys``, a folder rescanned after a UIDVALIDITY change fetches no body whose
+    Message-ID is already logged: those count as duplicates, as a fetched copy would."""
     started = _start_instant(today)
     contacts = known_contacts() if inbox_cfg.sync.people == "contacts" else set()
     run = _InboxRun(inbox_cfg, deliver, checkpoint_of, contacts, started, dry_run, progress)
     run.limits, run.retry, run.parse_ahead = limits, retry, parse_ahead
+    run.known_keys = known_keys
     return run.execute()
 
 
@@ -185,6 +200,7 @@ class _InboxRun:
     limits: Limits
     retry: RetryPolicy
     parse_ahead: ParseAhead | None
+    known_keys: KnownKeys | None
 
     def __init__(
         self,
@@ -262,7 +278,9 @@ class _InboxRun:
 
     def _sync_folder(self, session: ImapSession, result: FolderResult) -> None:
         checkpoint = self.checkpoint_of(self.cfg.name, result.name)
-        batches: queue.Queue[_Batch | _Done | _Failed] = queue.Queue(self.limits.queue_batches)
+        batches: queue.Queue[_Batch | _Lookup | _Done | _Failed] = queue.Queue(
+            self.limits.queue_batches
+        )
         stop = threading.Event()
         fetcher = _Fetcher(self, session, result.name, checkpoint, batches, stop)
         thread = threading.Thread(target=fetcher.run, name=f"imap-{self.cfg.name}", daemon=True)
@@ -272,6 +290,11 @@ class _InboxRun:
         try:
             while True:
                 item = batches.get()
+                if isinstance(item, _Lookup):
+                    known = self.known_keys(set(item.keys)) if self.known_keys else set()
+                    result.duplicates += sum(key in known for key in item.keys)
+                    item.answer.put(known)
+                    continue
                 if isinstance(item, _Failed):
                     if isinstance(item.error, FolderError):
                         result.error = str(item.error)
@@ -319,7 +342,7 @@ class _Fetcher:
         session: ImapSession,
         folder: str,
         checkpoint: FolderCheckpoint | None,
-        out: queue.Queue[_Batch | _Done | _Failed],
+        out: queue.Queue[_Batch | _Lookup | _Done | _Failed],
         stop: threading.Event,
     ) -> None:
         self.run_, self.session, self.folder = run, session, folder
@@ -331,7 +354,7 @@ class _Fetcher:
         except BaseException as exc:  # handed to the writer thread, which decides
             self._put(_Failed(exc))
 
-    def _put(self, item: _Batch | _Done | _Failed) -> bool:
+    def _put(self, item: _Batch | _Lookup | _Done | _Failed) -> bool:
         while not self.stop.is_set():
             try:
                 self.out.put(item, timeout=0.2)
@@ -378,9 +401,11 @@ class _Fetcher:
         self._put(_Done(wanted))
 
     def _select(self, plan: FolderPlan, chunk: list[int]) -> list[tuple[int, int]]:
-        """(uid, size) of the messages in ``chunk`` that the window and people filter keep."""
-        headers = plan.people_before is not None
-        kept = []
+        """(uid, size) of the messages in ``chunk`` that the window and people filter keep,
+        less, on a rescan, those already logged."""
+        rescan = plan.rescan and self.run_.known_keys is not None
+        headers = plan.people_before is not None or rescan
+        kept: list[tuple[int, int, bytes | None]] = []
         for uid, size, internal, header in self.session.fetch_meta(chunk, headers=headers):
             if not syncplan.in_window(internal, plan):
                 continue
@@ -391,7 +416,30 @@ class _Fetcher:
                 and not syncplan.involves_contact(header, self.run_.contacts)
             ):
                 continue
-            kept.append((uid, size))
+            kept.append((uid, size, header))
+        if rescan:
+            kept = self._not_logged(kept)
+        return [(uid, size) for uid, size, _ in kept]
+
+    def _not_logged(
+        self, kept: list[tuple[int, int, bytes | None]]
+    ) -> list[tuple[int, int, bytes | None]]:
+        """Those of ``kept`` whose Message-ID is not logged yet (mail without one is kept:
+        its key is a digest of the whole message)."""
+        keys = {
+            uid: key for uid, _, header in kept if header and (key := header_message_key(header))
+        }
+        if not keys:
+            return kept
+        answer: queue.Queue[set[str]] = queue.Queue(1)
+        if not self._put(_Lookup(list(keys.values()), answer)):
+            return kept  # stopping: nothing more is delivered
+        while not self.stop.is_set():
+            try:
+                known = answer.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            return [k for k in kept if keys.get(k[0]) not in known]
         return kept
 
     def _deliver_bodies(self, plan: FolderPlan, uids: list[int], planned: int, last: bool) -> bool:

@@ -31,7 +31,7 @@ from syncd.errors import InboxError
 from syncd.sources.fetchparse import FetchParseError, Fields, internal_date, parse_fetch
 from syncd.sources.syncplan import FolderStatus, idle_slices
 
-HEADER_FIELDS = "BODY.PEEK[HEADER.FIELDS (FROM TO CC BCC)]"
+HEADER_FIELDS = "BODY.PEEK[HEADER.FIELDS (FROM TO CC BCC MESSAGE-ID)]"
 CONNECT_TIMEOUT = 20.0
 
 
@@ -218,7 +218,7 @@ class ImapSession:
     def fetch_meta(
         self, uids: Sequence[int], *, headers: bool
     ) -> list[tuple[int, int, datetime | None, bytes | None]]:
-        """(uid, size, internaldate, participant headers) for each UID still there. A UID
+        """(uid, size, internaldate, From/To/Cc/Bcc/Message-ID) for each UID still there. A UID
         the server leaves out but still has comes back as (uid, 0, None, None): unknown
         metadata, so the caller keeps it rather than filter it out on a guess."""
         items = "INTERNALDATE RFC822.SIZE" + (f" {HEADER_FIELDS}" if headers else "")

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from syncd.crm.model import ContactState
 from syncd.mail.provenance import Provenance
@@ -42,23 +42,32 @@ def now_iso() -> str:
 
 def lookup_contacts(conn: sqlite3.Connection, addresses: Iterable[str]) -> dict[str, ContactState]:
     """Existing contacts by any of their addresses (lower-case)."""
-    wanted = sorted({a.lower() for a in addresses})
-    found: dict[str, ContactState] = {}
-    # In slices: a message may carry more recipients than SQLite allows bound variables.
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        rows = conn.execute(
-            "SELECT a.address, c.id, c.owner, c.legal_basis, c.lifecycle_stage "
-            "FROM contact_addresses a JOIN contacts c ON c.id = a.contact_id "
-            f"WHERE a.address IN ({','.join('?' * len(chunk))})",
-            chunk,
-        )
-        found.update((r[0], ContactState(r[1], r[2], r[3], r[4])) for r in rows)
-    return found
+    rows = select_in(
+        conn,
+        "SELECT a.address, c.id, c.owner, c.legal_basis, c.lifecycle_stage "
+        "FROM contact_addresses a JOIN contacts c ON c.id = a.contact_id "
+        "WHERE a.address IN ({marks})",
+        sorted({a.lower() for a in addresses}),
+    )
+    return {r[0]: ContactState(r[1], r[2], r[3], r[4]) for r in rows}
+
+
+def select_in(conn: sqlite3.Connection, sql: str, values: Sequence[Any]) -> Iterator[Any]:
+    """Rows of ``sql`` whose ``IN ({marks})`` takes ``values``, asked in slices of 500:
+    a message may carry more recipients than SQLite allows bound variables."""
+    for start in range(0, len(values), 500):
+        chunk = values[start : start + 500]
+        yield from conn.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
 
 
 def contact_emails(conn: sqlite3.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT address FROM contact_addresses")}
+
+
+def logged_keys(conn: sqlite3.Connection, keys: Iterable[str]) -> set[str]:
+    """Those of ``keys`` that an email in the store has as its message key."""
+    sql = "SELECT message_key FROM emails WHERE message_key IN ({marks})"
+    return {row[0] for row in select_in(conn, sql, list(keys))}
 
 
 def record_team(

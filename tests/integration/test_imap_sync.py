@@ -231,6 +231,33 @@ def test_uidvalidity_change_rescans_the_folder(imap_user: ImapUser) -> None:
     assert rec.ids() == sorted([f"m{n}@test.example" for n in range(3)] * 2)
 
 
+def test_uidvalidity_rescan_fetches_no_body_already_logged(imap_user: ImapUser) -> None:
+    for n in range(3):
+        imap_user.append("INBOX", message(n), datetime(2024, 5, 1, tzinfo=UTC))
+    rec = Recorder()
+    inbox = inbox_for(imap_user)
+    asked: list[set[str]] = []
+
+    def known_keys(keys: set[str]) -> set[str]:
+        asked.append(keys)
+        return keys & set(rec.ids())
+
+    run(inbox, rec, known_keys=known_keys)
+    assert asked == []  # no rescan, no lookup
+    imap_user.server.doveadm(
+        "mailbox", "update", "-u", imap_user.name, "--uid-validity", "4242", "INBOX"
+    )
+    imap_user.append("INBOX", message(7), datetime(2024, 5, 2, tzinfo=UTC))
+    result = run(inbox, rec, known_keys=known_keys)
+    (folder,) = result.folders
+    assert (folder.logged, folder.duplicates) == (1, 3)
+    assert asked == [{f"m{n}@test.example" for n in (0, 1, 2, 7)}]
+    # Only the new message's body came over: the three logged ones were not fetched again.
+    assert rec.ids() == sorted(f"m{n}@test.example" for n in (0, 1, 2, 7))
+    cp = rec.checkpoint_of("ada", "INBOX")
+    assert cp is not None and cp.uidvalidity == 4242 and cp.last_uid == 4 and cp.initial_done
+
+
 def test_sync_leaves_flags_unchanged(imap_user: ImapUser) -> None:
     imap_user.append("INBOX", message(1), datetime(2024, 5, 1, tzinfo=UTC))
     imap_user.append("INBOX", message(2), datetime(2024, 5, 1, tzinfo=UTC), flags=(b"\\Flagged",))
@@ -606,7 +633,8 @@ def test_end_to_end_one_engagement_per_message(imap_user: ImapUser, tmp_path: Pa
             return sync_inbox(
                 config.inboxes[0], deliver=deliver,
                 checkpoint_of=lambda i, f: syncstate.get_checkpoint(conn, i, f),
-                known_contacts=pipeline.contact_emails, today=TODAY,
+                known_contacts=pipeline.contact_emails, known_keys=pipeline.known_keys,
+                today=TODAY,
             )  # fmt: skip
 
         first = once()

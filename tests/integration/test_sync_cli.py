@@ -77,6 +77,15 @@ def test_sync_json_counts_and_rerun_logs_nothing(tmp_path: Path, imap_user: Imap
     again = json.loads(syncd(tmp_path, config, "sync", "--json").stdout)
     assert (again["logged"], again["duplicates"]) == (0, 0)
 
+    # A new UIDVALIDITY rescans INBOX; its mail is known by Message-ID, so nothing is
+    # fetched or logged again.
+    imap_user.server.doveadm(
+        "mailbox", "update", "-u", imap_user.name, "--uid-validity", "999", "INBOX"
+    )
+    rescan = json.loads(syncd(tmp_path, config, "sync", "--json").stdout)
+    assert (rescan["logged"], rescan["duplicates"]) == (0, 3)
+    assert engagements(tmp_path) == 3
+
     status = syncd(tmp_path, config, "status", "--json")
     assert status.returncode == 0, status.stderr
     (inbox,) = json.loads(status.stdout)["inboxes"]

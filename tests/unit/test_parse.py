@@ -18,7 +18,7 @@ import pytest
 
 from bench.corpus import generate
 from syncd.errors import MessageError
-from syncd.mail.parse import Address, Email, header_addresses, parse
+from syncd.mail.parse import Address, Email, header_addresses, header_message_key, parse
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 RECEIVED = datetime(2025, 4, 1, 12, 0, tzinfo=UTC)
@@ -283,6 +283,25 @@ def test_header_addresses_for_the_people_prefilter() -> None:
     assert _emails(header_addresses(fetched)) == ["a@x.example", "b@y.example", "c@z.example"]
     assert header_addresses(b"") == ()
     assert header_addresses(b"\xff\xfe garbage") == ()
+
+
+def test_header_message_key_is_the_key_parse_gives() -> None:
+    """The UIDVALIDITY rescan skips a body when this key is logged: it must be parse's."""
+    for path in sorted(DATA.glob("*.eml")):
+        raw = path.read_bytes()
+        try:
+            key = parse(raw, received_at=RECEIVED).key
+        except MessageError:
+            continue
+        head = raw.replace(b"\r\n", b"\n").split(b"\n\n")[0] + b"\n\n"
+        expected = None if key.startswith("sha256:") else key
+        assert header_message_key(head) == expected, path.name
+    assert (
+        header_message_key(b"Message-ID:\r\n <A.1@X.example>\r\n\r\n")
+        == parse(b"Message-ID:\r\n <A.1@X.example>\r\n\r\nhi", received_at=RECEIVED).key
+    )
+    assert header_message_key(b"") is None
+    assert header_message_key(b"\xff\xfe garbage") is None
 
 
 def test_encoded_display_name_cannot_inject_an_address() -> None:
