@@ -7,8 +7,10 @@ participant headers, then BODY.PEEK[] in batches bounded by count and bytes) and
 batches on a bounded queue; the calling thread hands each batch with the checkpoint that
 covers it to ``deliver``, which commits both in one transaction. A lost connection
 reconnects with exponential backoff and jitter and resumes from the last committed
-checkpoint; a refused login stops the inbox at once (no retry storm); a folder the server
-refuses is reported and the others go on. The engine never imports the store or the
+checkpoint (up to ``RetryPolicy.attempts`` cuts in a row; a committed batch restores the
+budget); a refused login stops the inbox at once (no retry storm); a folder the server
+refuses is reported and the others go on. A folder rescanned after a UIDVALIDITY change
+also fetches Message-ID with the metadata and skips the bodies the store already holds. The engine never imports the store or the
 pipeline: it is given ``deliver``, ``checkpoint_of`` and ``known_contacts``.
 
 No message is skipped without a reason. The UIDs whose body comes back are compared with
