@@ -10,8 +10,9 @@ reconnects with exponential backoff and jitter and resumes from the last committ
 checkpoint (up to ``RetryPolicy.attempts`` cuts in a row; a committed batch restores the
 budget); a refused login stops the inbox at once (no retry storm); a folder the server
 refuses is reported and the others go on. A folder rescanned after a UIDVALIDITY change
-also fetches Message-ID with the metadata and skips the bodies the store already holds. The engine never imports the store or the
-pipeline: it is given ``deliver``, ``checkpoint_of`` and ``known_contacts``.
+also fetches Message-ID with the metadata and skips the bodies the store already holds.
+The engine never imports the store or the pipeline: it is given ``deliver``,
+``checkpoint_of``, ``known_contacts`` and ``known_keys``.
 
 No message is skipped without a reason. The UIDs whose body comes back are compared with
 the UIDs asked for; each missing one is fetched alone, and one that is still missing is

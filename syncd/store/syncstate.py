@@ -69,7 +69,11 @@ def add_counts(
     )
 
 
-def record_folder_error(conn: sqlite3.Connection, inbox: str, folder: str, error: str) -> None:
+def record_folder_error(
+    conn: sqlite3.Connection, inbox: str, folder: str, error: str | None
+) -> None:
+    """Set (or with None clear) a folder's last error; a folder with no cursor has no row,
+    and its error shows in the inbox's."""
     conn.execute(
         "UPDATE sync_folders SET last_error = ? WHERE inbox = ? AND folder = ?",
         (error, inbox, folder),
@@ -131,8 +135,8 @@ def record_pass(conn: sqlite3.Connection, result: _InboxReport) -> int:
     inbox state. Returns the inbox's consecutive failure count."""
     for folder in result.folders:
         add_counts(conn, result.name, folder.name, {c: getattr(folder, c) for c in COUNT_COLUMNS})
-        if folder.error:
-            record_folder_error(conn, result.name, folder.name, folder.error)
+        # A pass that had nothing to commit still clears the error of the one before.
+        record_folder_error(conn, result.name, folder.name, folder.error)
     return record_inbox_state(conn, result.name, result.state, result.error)
 
 

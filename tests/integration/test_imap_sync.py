@@ -538,6 +538,20 @@ def test_syncstate_records_a_pass(imap_user: ImapUser, tmp_path: Path) -> None:
     assert row["state"] == "ok" and "Nope" in row["last_error"] and row["last_sync"]
     assert [(f["name"], f["logged"], f["last_uid"]) for f in row["folders"]] == [("INBOX", 1, 1)]
 
+    # A folder error stays until a pass ends that folder without one, new mail or not.
+    with db.transaction(conn):
+        syncstate.record_folder_error(conn, "ada", "INBOX", "UID 9 exists but cannot be fetched")
+    assert syncstate.status_rows(conn)[0]["folders"][0]["last_error"]
+    again = sync_inbox(
+        inbox_for(imap_user), deliver=deliver,
+        checkpoint_of=lambda i, f: syncstate.get_checkpoint(conn, i, f),
+        known_contacts=set, today=TODAY,
+    )  # fmt: skip
+    with db.transaction(conn):
+        syncstate.record_pass(conn, again)
+    (row,) = syncstate.status_rows(conn)
+    assert row["last_error"] is None and row["folders"][0]["last_error"] is None
+
 
 CHILD = textwrap.dedent(
     """

@@ -91,6 +91,11 @@ def test_sync_json_counts_and_rerun_logs_nothing(tmp_path: Path, imap_user: Imap
     (inbox,) = json.loads(status.stdout)["inboxes"]
     assert inbox["state"] == "ok"
     assert {f["name"]: f["logged"] for f in inbox["folders"]} == {"INBOX": 3, "Archive": 0}
+    text = syncd(tmp_path, config, "status").stdout.splitlines()
+    assert text[1].startswith("inbox ada: ok, last sync ")
+    assert text[2].startswith("  INBOX: uidvalidity 999, last uid ")
+    assert text[2].endswith("initial sync done; 3 logged, 3 duplicates, 0 skipped, 0 quarantined")
+    assert text[3].endswith("initial sync done; 0 logged, 1 duplicates, 0 skipped, 0 quarantined")
 
 
 def test_sync_unknown_inbox_and_bad_password(tmp_path: Path, imap_user: ImapUser) -> None:
