@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 import click
@@ -68,7 +69,9 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
     if not inboxes:
         fail(f"no inbox named {only!r}" if only else "no inboxes configured", EX_USAGE)
     pipeline = Pipeline.from_config(config, db.connect(config.store.path))
-    progress = _Progress() if sys.stderr.isatty() and not as_json else None
+    progress: _Progress | _Lines | None = None
+    if not as_json:
+        progress = _Progress() if sys.stderr.isatty() else _Lines()
     report: dict[str, Any] = {c: 0 for c in COUNTS} | {"inboxes": []}
     code = 0
     try:
@@ -108,6 +111,25 @@ class _Progress:
 
     def clear(self) -> None:
         click.echo("\r\x1b[K", nl=False, err=True)
+
+
+class _Lines:
+    """Plain progress lines where stderr is a log or a pipe: the first batch, then one
+    line every ``EVERY`` seconds at most, so a 50,000-message sync shows it is moving."""
+
+    EVERY = 10.0
+
+    def __init__(self) -> None:
+        self._last = -self.EVERY
+
+    def __call__(self, folder: str, done: int, planned: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.EVERY:
+            self._last = now
+            click.echo(f"  {folder}: {done}/{planned}", err=True)
+
+    def clear(self) -> None:
+        self._last = -self.EVERY  # the next inbox's first batch gets its line
 
 
 def _print_inbox(result: dict[str, Any], dry_run: bool) -> None:

@@ -98,6 +98,19 @@ def test_sync_json_counts_and_rerun_logs_nothing(tmp_path: Path, imap_user: Imap
     assert text[3].endswith("initial sync done; 0 logged, 1 duplicates, 0 skipped, 0 quarantined")
 
 
+def test_sync_prints_plain_progress_lines_off_a_terminal(
+    tmp_path: Path, imap_user: ImapUser
+) -> None:
+    for n in range(2):
+        imap_user.append("INBOX", message(n), NOW - timedelta(days=1))
+    result = syncd(tmp_path, write_config(tmp_path, imap_user, folders=["INBOX"]), "sync")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert "  INBOX: 2/2" in lines and "\r" not in result.stderr  # no terminal codes in a log
+    assert lines[-1] == "ada/INBOX: 2 logged, 0 duplicates, 0 skipped, 0 quarantined"
+
+
 def test_sync_unknown_inbox_and_bad_password(tmp_path: Path, imap_user: ImapUser) -> None:
     config = write_config(tmp_path, imap_user)
     assert syncd(tmp_path, config, "sync", "--inbox", "nope").returncode == 2

@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+import syncd.cli  # first: cli_daemon imports it and is one of its commands' modules
+from syncd.cli_daemon import _Lines
+
 ROOT = Path(__file__).resolve().parents[2]
 BAD = """\
 team:
@@ -107,3 +112,12 @@ def test_help_describes_every_command() -> None:
         assert f"  {command} " in result.stdout
     for command in ("run", "sync", "status", "doctor"):
         assert syncd(command, "--help").returncode == 0
+
+
+def test_plain_progress_lines_are_throttled(capsys: pytest.CaptureFixture[str]) -> None:
+    lines = _Lines()
+    for done in (200, 400, 600):
+        lines("INBOX", done, 50_000)  # within 10 s of the first: one line
+    lines.clear()  # the next inbox starts with a line of its own
+    lines("Sent", 200, 300)
+    assert capsys.readouterr().err == "  INBOX: 200/50000\n  Sent: 200/300\n"
