@@ -42,15 +42,15 @@ from enum import StrEnum
 from syncd.mail.parse import header_addresses
 
 FROM_MONTHS = {"1m": 1, "3m": 3, "6m": 6, "1y": 12}
-# Names of junk and trash folders on servers without SPECIAL-USE (compared case-folded,
-# on the last path component).
-JUNK_TRASH_NAMES = frozenset(
-    {
-        "junk", "junk e-mail", "junk email", "spam", "bulk mail", "trash", "deleted",
-        "deleted items", "deleted messages", "bin", "papierkorb", "corbeille", "papelera",
-    }
-)  # fmt: skip
-JUNK_TRASH_FLAGS = frozenset({"\\junk", "\\trash"})
+# SPECIAL-USE flag -> the names (case-folded, last path component) that mean the same
+# on a server where no folder has that flag.
+LEFT_OUT = {
+    "\\junk": frozenset({"junk", "junk e-mail", "junk email", "spam", "bulk mail"}),
+    "\\trash": frozenset({
+        "trash", "deleted", "deleted items", "deleted messages", "bin", "papierkorb",
+        "corbeille", "papelera",
+    }),
+}  # fmt: skip
 UNSELECTABLE_FLAGS = frozenset({"\\noselect", "\\nonexistent"})
 MAX_IDLE_SECONDS = 9 * 60.0  # RFC 2177: re-issue IDLE at least every 29 min; servers cut at 10+
 
@@ -225,8 +225,10 @@ def choose_folders(
     entries = [(frozenset(_flag(f) for f in flags), name) for flags, name in listing]
     selectable = [(flags, name) for flags, name in entries if not flags & UNSELECTABLE_FLAGS]
     if wanted == "all":
-        use_flags = any(flags & JUNK_TRASH_FLAGS for flags, _ in entries)
-        chosen = [name for flags, name in selectable if not _junk_or_trash(flags, name, use_flags)]
+        # Per use: a server that flags its Trash but not its Junk still has its Junk
+        # found by name.
+        flagged = {use for flags, _ in entries for use in flags if use in LEFT_OUT}
+        chosen = [name for flags, name in selectable if not _left_out(flags, name, flagged)]
         return FolderChoice(tuple(_inbox_first(chosen)), ())
     by_key = {_folder_key(name): name for _, name in selectable}
     folders: list[str] = []
@@ -250,11 +252,10 @@ def _folder_key(name: str) -> str:
     return "INBOX" if name.upper() == "INBOX" else name
 
 
-def _junk_or_trash(flags: frozenset[str], name: str, use_flags: bool) -> bool:
-    if use_flags:
-        return bool(flags & JUNK_TRASH_FLAGS)
-    leaf = name.replace("\\", "/").split("/")[-1].split(".")[-1]
-    return leaf.casefold() in JUNK_TRASH_NAMES
+def _left_out(flags: frozenset[str], name: str, flagged: set[str]) -> bool:
+    """Junk or Trash: by its SPECIAL-USE flag, or by name for a use no folder is flagged."""
+    leaf = name.replace("\\", "/").split("/")[-1].split(".")[-1].casefold()
+    return any(use in flags if use in flagged else leaf in names for use, names in LEFT_OUT.items())
 
 
 def _inbox_first(names: list[str]) -> list[str]:

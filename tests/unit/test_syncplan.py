@@ -254,6 +254,10 @@ NO_SPECIAL = [
         (SPECIAL, ["inbox", "Sent", "Nope", "[Gmail]"], ("INBOX", "Sent"), ("Nope", "[Gmail]")),
         (SPECIAL, ["Spam Folder", "Entwürfe", "Entwürfe"], ("Spam Folder", "Entwürfe"), ()),
         (SPECIAL, ["sent"], (), ("sent",)),  # only INBOX is case-insensitive
+        # Only Trash is flagged: Junk is still known by its name, and a Trash-named
+        # folder that is not the flagged one is mail like any other.
+        ([((b"\\Trash",), "Deleted"), ((), "Junk"), ((), "Trash"), ((), "INBOX")], "all",
+         ("INBOX", "Trash"), ()),
         ([], "all", (), ()),
     ],
 )  # fmt: skip
