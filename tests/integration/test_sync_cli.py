@@ -12,6 +12,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bench.corpus import generate
+from bench.imap import fill_maildir
+from syncd.mail.parse import parse
 from tests.integration.conftest import ImapUser
 
 NOW = datetime.now(UTC)
@@ -109,6 +112,45 @@ def test_sync_prints_plain_progress_lines_off_a_terminal(
     lines = result.stderr.splitlines()
     assert "  INBOX: 2/2" in lines and "\r" not in result.stderr  # no terminal codes in a log
     assert lines[-1] == "ada/INBOX: 2 logged, 0 duplicates, 0 skipped, 0 quarantined"
+
+
+def test_sync_killed_mid_pass_resumes_exactly_once(tmp_path: Path, imap_user: ImapUser) -> None:
+    """The real CLI, parser processes and store, killed with SIGKILL mid-pass: the next
+    pass hands over exactly the UIDs above the committed checkpoint, and the store ends
+    with one email per message key."""
+    total = 3000
+    fill_maildir(imap_user, total)
+    keys = {parse(raw, received_at=when).key for raw, when in generate(total, seed=1)}
+    config = write_config(tmp_path, imap_user, folders=["INBOX"], **{"from": "2000-01-01"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "--config", str(config), "sync", "--json"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while _logged_so_far(tmp_path) == 0:
+            assert proc.poll() is None and time.monotonic() < deadline, "no batch committed"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the parser processes too
+        proc.communicate()
+    with sqlite3.connect(tmp_path / "var" / "syncd.sqlite3") as conn:
+        (committed_uid,) = conn.execute("SELECT last_uid FROM sync_folders").fetchone()
+    assert 0 < committed_uid < total, "the kill did not land mid-pass"
+
+    second = syncd(tmp_path, config, "sync", "--json")
+    assert second.returncode == 0, second.stderr
+    report = json.loads(second.stdout)
+    handed = sum(report[c] for c in ("logged", "duplicates", "skipped", "quarantined"))
+    assert handed == total - committed_uid  # no gap, nothing handed over twice
+    assert engagements(tmp_path) == len(keys)
+
+
+def _logged_so_far(tmp_path: Path) -> int:
+    try:
+        return engagements(tmp_path)
+    except sqlite3.OperationalError:  # the store or its tables are not there yet
+        return 0
 
 
 def test_sync_unknown_inbox_and_bad_password(tmp_path: Path, imap_user: ImapUser) -> None:
