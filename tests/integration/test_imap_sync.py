@@ -94,12 +94,14 @@ def run(inbox: Inbox, rec: Recorder, contacts: set[str] | None = None, **kw: Any
     )
 
 
-def test_imaplib_debug_is_off_after_connect(imap_user: ImapUser) -> None:
-    session = connect("ada", inbox_for(imap_user).imap)
+def test_imaplib_debug_is_off_and_reads_time_out_after_connect(imap_user: ImapUser) -> None:
+    session = connect("ada", inbox_for(imap_user).imap, timeout=7.5)
     try:
         # imapclient 4.1.0 sets 5, which costs 5x on large fetches; we reset it.
         assert hasattr(session.client._imap, "debug")
         assert session.client._imap.debug == 0
+        # A server that stops answering ends a read, never hangs the inbox's thread.
+        assert session.client._imap.sock.gettimeout() == 7.5
     finally:
         session.close()
 
