@@ -169,11 +169,10 @@ def _print_status(report: dict[str, Any], *, bcc: bool) -> None:
         )
         for f in inbox["folders"]:
             initial = "initial sync done" if f["initial_done"] else "initial sync in progress"
-            error = f"; last error: {f['last_error']}" if f["last_error"] else ""
-            counts = ", ".join(f"{f[c]} {c}" for c in ("logged", "duplicates", "skipped",
-                                                         "quarantined"))  # fmt: skip
+            counts = ", ".join(f"{f[c]} {c}" for c in COUNTS)
+            failed = f"; last error: {f['last_error']}" if f["last_error"] else ""
             click.echo(f"  {f['name']}: uidvalidity {f['uidvalidity']}, last uid {f['last_uid']},"
-                       f" {initial}; {counts}{error}")  # fmt: skip
+                       f" {initial}; {counts}{failed}")  # fmt: skip
     if bcc and report["bcc"]:
         b, o = report["bcc"], report["outbox"]
         click.echo(f"bcc: {b['accepted']} accepted, {b['refused']} refused,"

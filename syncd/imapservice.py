@@ -62,12 +62,17 @@ def inbox_pass(
             raise Stopping
         return call(_ingest, items, checkpoint)
 
+    def known_keys(label: str, keys: set[str]) -> set[str]:
+        if should_stop():  # a rescan of logged mail delivers nothing for a long while
+            raise Stopping
+        return call(Pipeline.sighted_keys, label, keys)
+
     result = sync_inbox(
         inbox,
         deliver=deliver,
         checkpoint_of=lambda name, folder: call(_checkpoint, name, folder),
         known_contacts=lambda: call(Pipeline.contact_emails),
-        known_keys=lambda keys: call(Pipeline.known_keys, keys),
+        known_keys=known_keys,
         today=datetime.now(UTC),
         dry_run=dry_run,
         progress=progress,
@@ -98,7 +103,16 @@ class ImapService:
 
     name = "imap"
 
-    def __init__(self, config: Config, store: Any) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Any,
+        *,
+        run_pass: Callable[..., tuple[InboxResult, int]] = inbox_pass,
+        open_session: Callable[..., ImapSession] = connect,
+    ) -> None:
+        # run_pass and open_session are the IMAP boundary, given so tests can stand in.
+        self._run_pass, self._open_session = run_pass, open_session
         self._inboxes = {inbox.name: inbox for inbox in config.inboxes}
         self._store = store
         self._stop = threading.Event()
@@ -160,7 +174,7 @@ class ImapService:
         """One pass, then the wait before the next: IDLE, poll interval or backoff."""
         inbox = self._inboxes[name]
         self._states[name] = "syncing"
-        result, failures = inbox_pass(
+        result, failures = self._run_pass(
             inbox,
             self._store.call,
             parse_ahead=self._store.parse_ahead,
@@ -183,7 +197,7 @@ class ImapService:
         self._states[inbox.name] = "idle"
         deadline = time.monotonic() + timeout
         try:
-            session = connect(inbox.name, inbox.imap, timeout=inbox.imap.timeout + 30)
+            session = self._open_session(inbox.name, inbox.imap, timeout=inbox.imap.timeout + 30)
         except InboxError as exc:
             log.warning("inbox %s: cannot IDLE (%s); polling", inbox.name, exc)
             self._stop.wait(timeout)

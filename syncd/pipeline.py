@@ -265,9 +265,9 @@ class Pipeline:
         """Every address of every contact, now."""
         return store.contact_emails(self.conn)
 
-    def known_keys(self, keys: set[str]) -> set[str]:
-        """Those of ``keys`` (message keys) already logged."""
-        return store.logged_keys(self.conn, keys)
+    def sighted_keys(self, label: str, keys: set[str]) -> set[str]:
+        """Those of ``keys`` (message keys) already logged from the source ``label``."""
+        return store.sighted_keys(self.conn, label, keys)
 
     def ingest(self, raw: bytes, provenance: Provenance) -> Outcome:
         return self.ingest_batch([(raw, provenance)])[0]

@@ -120,7 +120,8 @@ def header_addresses(raw_headers: bytes) -> tuple[Address, ...]:
 
 def header_message_key(raw_headers: bytes) -> str | None:
     """The key ``parse`` gives a message with this header block when its Message-ID is
-    usable; None when the key would be a digest, which needs the body. Never raises."""
+    usable; None when the key would be a digest, which needs the body. Never raises. (A
+    header block over 100 KiB still gets a key here, though ``parse`` refuses it.)"""
     try:
         return _message_id(_block_fields(raw_headers), [])
     except Exception:

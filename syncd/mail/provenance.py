@@ -27,5 +27,9 @@ class Provenance:
     @property
     def label(self) -> str:
         if self.source == "imap":
-            return f"imap:{self.inbox}/{self.folder}"
+            return imap_label(self.inbox or "", self.folder or "")
         return self.source
+
+
+def imap_label(inbox: str, folder: str) -> str:
+    return f"imap:{inbox}/{folder}"

@@ -1,18 +1,18 @@
 """The IMAP sync engine: one pass over an inbox's folders, mail handed to ``deliver``.
 
 ``sync_inbox`` connects (``imap_conn``), chooses folders, and for each folder asks
-``syncplan`` what to fetch given the stored checkpoint. A fetcher thread does the IMAP
-work (SEARCH, a metadata FETCH of INTERNALDATE, size and, under ``people: contacts``, the
-participant headers, then BODY.PEEK[] in batches bounded by count and bytes) and puts
+``syncplan`` what to fetch given the stored checkpoint. A fetcher thread
+(``imap_fetch.Fetcher``) does the IMAP work (SEARCH, a metadata FETCH of INTERNALDATE,
+size and, when a filter needs them, headers, then BODY.PEEK[] in batches) and puts
 batches on a bounded queue; the calling thread hands each batch with the checkpoint that
 covers it to ``deliver``, which commits both in one transaction. A lost connection
 reconnects with exponential backoff and jitter and resumes from the last committed
 checkpoint (up to ``RetryPolicy.attempts`` cuts in a row; a committed batch restores the
 budget); a refused login stops the inbox at once (no retry storm); a folder the server
-refuses is reported and the others go on. A folder rescanned after a UIDVALIDITY change
-also fetches Message-ID with the metadata and skips the bodies the store already holds.
-The engine never imports the store or the pipeline: it is given ``deliver``,
-``checkpoint_of``, ``known_contacts`` and ``known_keys``.
+refuses is reported and the others go on. A folder scanned again after a UIDVALIDITY
+change (or a scan resumed) also fetches Message-ID with the metadata and skips the bodies
+already logged from that folder. The engine never imports the store or the pipeline: it
+is given ``deliver``, ``checkpoint_of``, ``known_contacts`` and ``known_keys``.
 
 No message is skipped without a reason. The UIDs whose body comes back are compared with
 the UIDs asked for; each missing one is fetched alone, and one that is still missing is
@@ -40,22 +40,21 @@ from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
 from syncd.errors import InboxError
-from syncd.mail.parse import header_message_key
 from syncd.mail.provenance import Provenance
 from syncd.sources import syncplan
 from syncd.sources.imap_conn import ConnectionLost, FolderError, ImapSession, connect
-from syncd.sources.syncplan import Action, FolderCheckpoint, FolderPlan
+from syncd.sources.imap_fetch import Batch, Done, Failed, Fetcher, Item, Lookup, Unfetchable
+from syncd.sources.syncplan import FolderCheckpoint
 
-Item = tuple[bytes, Provenance]
-Body = tuple[int, bytes, datetime | None]  # uid, raw message, INTERNALDATE
 Deliver = Callable[[list[Item], FolderCheckpoint], Sequence[Any]]
 CheckpointOf = Callable[[str, str], FolderCheckpoint | None]
 Progress = Callable[[str, int, int], None]  # folder, messages done, messages planned
 # Called on the fetching thread with each batch as it arrives; what it returns is what
 # ``deliver`` gets (the pipeline starts parsing there, ahead of the writer).
 ParseAhead = Callable[[list[Item]], list[Item]]
-# Those of the given message keys already logged; called on the delivering thread.
-KnownKeys = Callable[[set[str]], set[str]]
+# Those of the given message keys logged from the source with that label (a folder);
+# called on the delivering thread.
+KnownKeys = Callable[[str, set[str]], set[str]]
 
 
 @dataclass(frozen=True)
@@ -128,43 +127,6 @@ class InboxSettings(Protocol):
     sync: Any
 
 
-class Unfetchable(FolderError):
-    """A message the folder still holds but whose body the server will not give us."""
-
-    def __init__(self, uid: int, why: str, *, session_lost: bool = False) -> None:
-        super().__init__(
-            f"UID {uid} exists but cannot be fetched ({why}); this folder's sync stops"
-            " before it and retries it on the next pass"
-        )
-        self.uid = uid
-        self.session_lost = session_lost
-
-
-@dataclass(frozen=True)
-class _Batch:
-    items: list[Item]
-    checkpoint: FolderCheckpoint
-    planned: int
-
-
-@dataclass(frozen=True)
-class _Lookup:
-    """The fetcher asks the delivering thread, which owns the store, which keys are logged."""
-
-    keys: list[str]  # one per UID, repeats kept: the duplicates are counted per message
-    answer: queue.Queue[set[str]]
-
-
-@dataclass(frozen=True)
-class _Done:
-    would_fetch: int
-
-
-@dataclass(frozen=True)
-class _Failed:
-    error: BaseException
-
-
 def sync_inbox(
     inbox_cfg: InboxSettings,
     *,
@@ -181,8 +143,9 @@ def sync_inbox(
 ) -> InboxResult:
     """One pass over the inbox. ``today`` is the pass's start instant (a date means now
     on that day); windows are computed from it for folders not yet synced. With
-    ``known_keys``, a folder rescanned after a UIDVALIDITY change fetches no body whose
-    Message-ID is already logged: those count as duplicates, as a fetched copy would."""
+    ``known_keys``, a folder scanned again (UIDVALIDITY changed, or a scan resumed)
+    fetches no body whose Message-ID is logged from it already: those count as
+    duplicates, as a copy handed over again would."""
     started = _start_instant(today)
     contacts = known_contacts() if inbox_cfg.sync.people == "contacts" else set()
     run = _InboxRun(inbox_cfg, deliver, checkpoint_of, contacts, started, dry_run, progress)
@@ -281,11 +244,11 @@ class _InboxRun:
 
     def _sync_folder(self, session: ImapSession, result: FolderResult) -> None:
         checkpoint = self.checkpoint_of(self.cfg.name, result.name)
-        batches: queue.Queue[_Batch | _Lookup | _Done | _Failed] = queue.Queue(
+        batches: queue.Queue[Batch | Lookup | Done | Failed] = queue.Queue(
             self.limits.queue_batches
         )
         stop = threading.Event()
-        fetcher = _Fetcher(self, session, result.name, checkpoint, batches, stop)
+        fetcher = Fetcher(self, session, result.name, checkpoint, batches, stop)
         thread = threading.Thread(target=fetcher.run, name=f"imap-{self.cfg.name}", daemon=True)
         thread.start()
         done = 0
@@ -293,18 +256,17 @@ class _InboxRun:
         try:
             while True:
                 item = batches.get()
-                if isinstance(item, _Lookup):
-                    known = self.known_keys(set(item.keys)) if self.known_keys else set()
-                    result.duplicates += sum(key in known for key in item.keys)
-                    item.answer.put(known)
+                if isinstance(item, Lookup):
+                    assert self.known_keys is not None  # the fetcher asks only then
+                    item.answer.put(self.known_keys(item.label, item.keys))
                     continue
-                if isinstance(item, _Failed):
+                if isinstance(item, Failed):
                     if isinstance(item.error, FolderError):
                         result.error = str(item.error)
                         lost = isinstance(item.error, Unfetchable) and item.error.session_lost
                         return
                     raise item.error
-                if isinstance(item, _Done):
+                if isinstance(item, Done):
                     if self.dry_run:
                         result.would_fetch = item.would_fetch
                     return
@@ -313,6 +275,8 @@ class _InboxRun:
                 )
                 for name, value in counts.items():
                     setattr(result, name, getattr(result, name) + value)
+                # Counted once committed: a pass that reconnects skips them again.
+                result.duplicates += item.logged_before
                 self.failures = 0  # committed progress: a flaky link may cut us again
                 done += len(item.items)
                 if self.progress is not None:
@@ -334,175 +298,3 @@ class _InboxRun:
             owner=self.cfg.owner,
             internal_date=internal_date,
         )
-
-
-class _Fetcher:
-    """The IMAP side of one folder, run in a worker thread; talks only through the queue."""
-
-    def __init__(
-        self,
-        run: _InboxRun,
-        session: ImapSession,
-        folder: str,
-        checkpoint: FolderCheckpoint | None,
-        out: queue.Queue[_Batch | _Lookup | _Done | _Failed],
-        stop: threading.Event,
-    ) -> None:
-        self.run_, self.session, self.folder = run, session, folder
-        self.checkpoint, self.out, self.stop = checkpoint, out, stop
-
-    def run(self) -> None:
-        try:
-            self._fetch()
-        except BaseException as exc:  # handed to the writer thread, which decides
-            self._put(_Failed(exc))
-
-    def _put(self, item: _Batch | _Lookup | _Done | _Failed) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.out.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _fetch(self) -> None:
-        status = self.session.examine(self.folder)
-        plan = syncplan.plan_folder(
-            self.checkpoint,
-            status,
-            inbox=self.run_.cfg.name,
-            folder=self.folder,
-            from_=self.run_.cfg.sync.from_,
-            people=self.run_.cfg.sync.people,
-            now=self.run_.started,
-        )
-        if plan.action is Action.NOTHING:
-            if not self.run_.dry_run and plan.base != self.checkpoint:
-                self._put(_Batch([], plan.base, 0))  # e.g. a new HIGHESTMODSEQ
-            self._put(_Done(0))
-            return
-        uids = self.session.search_uids(plan.after_uid, plan.scan_top, plan.since)
-        wanted = 0
-        pending: list[int] = []
-        for chunk in syncplan.chunks(uids, self.run_.limits.meta_chunk):
-            selected = self._select(plan, chunk)
-            wanted += len(selected)
-            if self.run_.dry_run:
-                continue
-            for batch in syncplan.body_batches(
-                selected,
-                max_count=self.run_.limits.batch_count,
-                max_bytes=self.run_.limits.batch_bytes,
-            ):
-                if pending and not self._deliver_bodies(plan, pending, len(uids), last=False):
-                    return
-                pending = batch
-        # The last batch (possibly empty) carries the checkpoint that closes the plan.
-        if not self.run_.dry_run and not self._deliver_bodies(plan, pending, len(uids), last=True):
-            return
-        self._put(_Done(wanted))
-
-    def _select(self, plan: FolderPlan, chunk: list[int]) -> list[tuple[int, int]]:
-        """(uid, size) of the messages in ``chunk`` that the window and people filter keep,
-        less, on a rescan, those already logged."""
-        rescan = plan.rescan and self.run_.known_keys is not None
-        headers = plan.people_before is not None or rescan
-        kept: list[tuple[int, int, bytes | None]] = []
-        for uid, size, internal, header in self.session.fetch_meta(chunk, headers=headers):
-            if not syncplan.in_window(internal, plan):
-                continue
-            # header None: the server would not say; keep the message rather than guess.
-            if (
-                syncplan.needs_people_check(internal, plan)
-                and header is not None
-                and not syncplan.involves_contact(header, self.run_.contacts)
-            ):
-                continue
-            kept.append((uid, size, header))
-        if rescan:
-            kept = self._not_logged(kept)
-        return [(uid, size) for uid, size, _ in kept]
-
-    def _not_logged(
-        self, kept: list[tuple[int, int, bytes | None]]
-    ) -> list[tuple[int, int, bytes | None]]:
-        """Those of ``kept`` whose Message-ID is not logged yet (mail without one is kept:
-        its key is a digest of the whole message)."""
-        keys = {
-            uid: key for uid, _, header in kept if header and (key := header_message_key(header))
-        }
-        if not keys:
-            return kept
-        answer: queue.Queue[set[str]] = queue.Queue(1)
-        if not self._put(_Lookup(list(keys.values()), answer)):
-            return kept  # stopping: nothing more is delivered
-        while not self.stop.is_set():
-            try:
-                known = answer.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            return [k for k in kept if keys.get(k[0]) not in known]
-        return kept
-
-    def _deliver_bodies(self, plan: FolderPlan, uids: list[int], planned: int, last: bool) -> bool:
-        fetched, stuck = self._fetch_all(uids)
-        items = [
-            (raw, self.run_.provenance(self.folder, uid, internal))
-            for uid, raw, internal in fetched
-        ]
-        if items and self.run_.parse_ahead is not None:
-            items = self.run_.parse_ahead(items)
-        if stuck is not None:
-            checkpoint = plan.checkpoint_before(stuck.uid)
-            if (items or checkpoint != self.checkpoint) and not self._put(
-                _Batch(items, checkpoint, planned)
-            ):
-                return False
-            self.checkpoint = checkpoint
-            raise stuck
-        checkpoint = plan.checkpoint_after(uids, last=last)
-        if not items and checkpoint == self.checkpoint:
-            return True
-        self.checkpoint = checkpoint
-        return self._put(_Batch(items, checkpoint, planned))
-
-    def _fetch_all(self, uids: list[int]) -> tuple[list[Body], Unfetchable | None]:
-        """Bodies of ``uids`` in order, less the expunged ones; at the first UID that exists
-        but cannot be fetched, the bodies below it and that UID's error."""
-        if not uids:
-            return [], None
-        suspects = self.run_.suspects.get(self.folder, set())
-        whole = self._bodies(uids) if suspects.isdisjoint(uids) else None
-        got = {body[0]: body for body in whole or ()}
-        out: list[Body] = []
-        for uid in uids:
-            if uid not in got:
-                try:
-                    alone = self._bodies([uid])
-                except Unfetchable as exc:
-                    return out, exc
-                if alone:
-                    got[uid] = alone[0]
-                elif self.session.uid_exists(uid):
-                    why = "the server refused the FETCH" if alone is None else "no body returned"
-                    return out, Unfetchable(uid, why)
-                else:
-                    continue  # expunged since the SEARCH: nothing left to log
-            out.append(got[uid])
-        return out, None
-
-    def _bodies(self, uids: list[int]) -> list[Body] | None:
-        """BODY[] of those ``uids`` the server returns; None when it refuses (NO/BAD)."""
-        try:
-            return self.session.fetch_bodies(uids)
-        except FolderError:
-            return None
-        except ConnectionLost:
-            suspects = self.run_.suspects.setdefault(self.folder, set())
-            if len(uids) == 1 and uids[0] in suspects:
-                raise Unfetchable(
-                    uids[0], "the connection dropped each time it was fetched", session_lost=True
-                ) from None
-            suspects.update(uids)
-            raise

@@ -95,7 +95,9 @@ class FolderPlan:
     window_start: datetime | None  # exact INTERNALDATE filter, None for none
     people_before: datetime | None  # the people filter applies to mail older than this
     base: FolderCheckpoint  # the cursor to advance batch by batch
-    rescan: bool = False  # UIDVALIDITY changed: the folder is scanned again
+    # An INITIAL scan of a folder that has a cursor (a UIDVALIDITY rescan, or a scan
+    # resumed): some of its mail may be logged from it already.
+    check_logged: bool = False
 
     def checkpoint_after(self, uids: Sequence[int], *, last: bool) -> FolderCheckpoint:
         """The cursor once the batch ``uids`` is committed; ``last`` closes the plan."""
@@ -175,7 +177,7 @@ def plan_folder(
             start,
             started if people == "contacts" else None,
             base,
-            rescan,
+            checkpoint is not None,
         )
     if scan_top <= base.last_uid:
         return FolderPlan(Action.NOTHING, base.last_uid, base.last_uid, None, None, None, base)

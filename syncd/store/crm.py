@@ -52,22 +52,30 @@ def lookup_contacts(conn: sqlite3.Connection, addresses: Iterable[str]) -> dict[
     return {r[0]: ContactState(r[1], r[2], r[3], r[4]) for r in rows}
 
 
-def select_in(conn: sqlite3.Connection, sql: str, values: Sequence[Any]) -> Iterator[Any]:
-    """Rows of ``sql`` whose ``IN ({marks})`` takes ``values``, asked in slices of 500:
-    a message may carry more recipients than SQLite allows bound variables."""
+def select_in(
+    conn: sqlite3.Connection, sql: str, values: Sequence[Any], params: Sequence[Any] = ()
+) -> Iterator[Any]:
+    """Rows of ``sql`` whose ``IN ({marks})`` takes ``values`` (after ``params``), asked in
+    slices of 500: a list of recipients or keys may be longer than SQLite allows bound
+    variables in one statement."""
     for start in range(0, len(values), 500):
         chunk = values[start : start + 500]
-        yield from conn.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
+        sql_chunk = sql.format(marks=",".join("?" * len(chunk)))
+        yield from conn.execute(sql_chunk, [*params, *chunk])
 
 
 def contact_emails(conn: sqlite3.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT address FROM contact_addresses")}
 
 
-def logged_keys(conn: sqlite3.Connection, keys: Iterable[str]) -> set[str]:
-    """Those of ``keys`` that an email in the store has as its message key."""
-    sql = "SELECT message_key FROM emails WHERE message_key IN ({marks})"
-    return {row[0] for row in select_in(conn, sql, list(keys))}
+def sighted_keys(conn: sqlite3.Connection, label: str, keys: Iterable[str]) -> set[str]:
+    """Those of ``keys`` (message keys) logged with a sighting under ``label``: mail that
+    source already handed over, so handing it over again would add nothing."""
+    sql = (
+        "SELECT DISTINCT e.message_key FROM emails e JOIN sightings s"
+        " ON s.engagement_id = e.engagement_id AND s.label = ? WHERE e.message_key IN ({marks})"
+    )
+    return {row[0] for row in select_in(conn, sql, list(keys), (label,))}
 
 
 def record_team(

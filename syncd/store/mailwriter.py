@@ -31,6 +31,7 @@ from syncd.store.crm import (
     iso,
     now_iso,
     safe_filename,
+    select_in,
 )
 from syncd.store.raw import RawCopy, insert_raw, prepare_raw, stored_digest
 
@@ -152,24 +153,22 @@ class MailWriter:
         wanted = {a.lower() for a in addresses}
         ids = self._address_ids
         missing = sorted(a for a in wanted if a not in ids)
-        # In slices: a message may carry more recipients than SQLite allows bound variables.
-        for start in range(0, len(missing), 500):
-            chunk = missing[start : start + 500]
-            rows = self.conn.execute(
-                "SELECT a.address, c.id, c.owner, c.legal_basis, c.lifecycle_stage, "
-                "c.company_id, c.engagement_count "
-                "FROM contact_addresses a JOIN contacts c ON c.id = a.contact_id "
-                f"WHERE a.address IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            for address, contact_id, owner, basis, stage, company_id, count in rows:
-                ids[address] = contact_id
-                if contact_id not in self._states:
-                    self._states[contact_id] = ContactState(contact_id, owner, basis, stage)
-                    self._company_of[contact_id] = company_id
-                    self._counts[("contact", contact_id)] = count
-            for address in chunk:
-                ids.setdefault(address, None)
+        rows = select_in(
+            self.conn,
+            "SELECT a.address, c.id, c.owner, c.legal_basis, c.lifecycle_stage, "
+            "c.company_id, c.engagement_count "
+            "FROM contact_addresses a JOIN contacts c ON c.id = a.contact_id "
+            "WHERE a.address IN ({marks})",
+            missing,
+        )
+        for address, contact_id, owner, basis, stage, company_id, count in rows:
+            ids[address] = contact_id
+            if contact_id not in self._states:
+                self._states[contact_id] = ContactState(contact_id, owner, basis, stage)
+                self._company_of[contact_id] = company_id
+                self._counts[("contact", contact_id)] = count
+        for address in missing:
+            ids.setdefault(address, None)
         return {a: self._states[i] for a in wanted if (i := ids[a]) is not None}
 
     def write(
@@ -427,20 +426,19 @@ class MailWriter:
     def _load_open(self, kind: str, contact_ids: Sequence[int], limit: int) -> None:
         table = "deals" if kind == "deal" else "tickets"
         link = "deal_contacts" if kind == "deal" else "ticket_contacts"
-        for start in range(0, len(contact_ids), 500):  # SQLite's bound-variable limit
-            chunk = contact_ids[start : start + 500]
-            for contact_id in chunk:
-                self._open[(kind, contact_id)] = []
-            rows = self.conn.execute(
-                f"SELECT l.contact_id, r.id FROM {link} l JOIN {table} r ON r.id = l.{kind}_id "
-                f"WHERE l.contact_id IN ({','.join('?' * len(chunk))}) AND r.state = 'open' "
-                "ORDER BY l.contact_id, r.updated_at DESC, r.id DESC",
-                chunk,
-            )
-            for contact_id, record_id in rows:
-                ids = self._open[(kind, contact_id)]
-                if len(ids) < limit:
-                    ids.append(record_id)
+        for contact_id in contact_ids:
+            self._open[(kind, contact_id)] = []
+        rows = select_in(
+            self.conn,
+            f"SELECT l.contact_id, r.id FROM {link} l JOIN {table} r ON r.id = l.{kind}_id "
+            "WHERE l.contact_id IN ({marks}) AND r.state = 'open' "
+            "ORDER BY l.contact_id, r.updated_at DESC, r.id DESC",
+            contact_ids,
+        )
+        for contact_id, record_id in rows:
+            ids = self._open[(kind, contact_id)]
+            if len(ids) < limit:
+                ids.append(record_id)
 
     def _store_attachments(
         self, engagement_id: int, parts: Sequence[Any], prepared: Prepared

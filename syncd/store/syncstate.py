@@ -135,8 +135,10 @@ def record_pass(conn: sqlite3.Connection, result: _InboxReport) -> int:
     inbox state. Returns the inbox's consecutive failure count."""
     for folder in result.folders:
         add_counts(conn, result.name, folder.name, {c: getattr(folder, c) for c in COUNT_COLUMNS})
-        # A pass that had nothing to commit still clears the error of the one before.
-        record_folder_error(conn, result.name, folder.name, folder.error)
+        # A pass that got through a folder clears its error, even with nothing to commit;
+        # a pass that failed may have left the folder before reaching the error again.
+        if folder.error or result.state == "ok":
+            record_folder_error(conn, result.name, folder.name, folder.error)
     return record_inbox_state(conn, result.name, result.state, result.error)
 
 

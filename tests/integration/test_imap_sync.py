@@ -234,30 +234,44 @@ def test_uidvalidity_change_rescans_the_folder(imap_user: ImapUser) -> None:
 
 
 def test_uidvalidity_rescan_fetches_no_body_already_logged(imap_user: ImapUser) -> None:
-    for n in range(3):
+    """A rescan skips the bodies logged from the folder before, and goes on skipping them
+    after a lost connection resumes it; each skipped message counts once, as committed."""
+    for n in range(6):
         imap_user.append("INBOX", message(n), datetime(2024, 5, 1, tzinfo=UTC))
     rec = Recorder()
     inbox = inbox_for(imap_user)
-    asked: list[set[str]] = []
+    asked: list[str] = []
+    logged: set[str] = set()
 
-    def known_keys(keys: set[str]) -> set[str]:
-        asked.append(keys)
-        return keys & set(rec.ids())
+    def known_keys(label: str, keys: set[str]) -> set[str]:
+        asked.append(label)
+        if len(asked) == 2:  # m0 is committed (UID 1): cut the rescan after it
+            imap_user.server.doveadm("kick", imap_user.name)
+        return keys & logged
 
     run(inbox, rec, known_keys=known_keys)
-    assert asked == []  # no rescan, no lookup
+    assert asked == []  # a folder's first scan has nothing logged from it to skip
     imap_user.server.doveadm(
         "mailbox", "update", "-u", imap_user.name, "--uid-validity", "4242", "INBOX"
     )
     imap_user.append("INBOX", message(7), datetime(2024, 5, 2, tzinfo=UTC))
-    result = run(inbox, rec, known_keys=known_keys)
+    logged.update(f"m{n}@test.example" for n in range(2, 6))  # as if m0, m1 never were
+    first_pass = len(rec.seen)
+    sleeps: list[float] = []
+    result = sync_inbox(
+        inbox, deliver=rec.deliver, checkpoint_of=rec.checkpoint_of, known_contacts=set,
+        known_keys=known_keys, today=TODAY, limits=Limits(batch_count=1, meta_chunk=2),
+        retry=RetryPolicy(attempts=3, base=0.01, cap=0.05, sleep=sleeps.append),
+    )  # fmt: skip
     (folder,) = result.folders
-    assert (folder.logged, folder.duplicates) == (1, 3)
-    assert asked == [{f"m{n}@test.example" for n in (0, 1, 2, 7)}]
-    # Only the new message's body came over: the three logged ones were not fetched again.
-    assert rec.ids() == sorted(f"m{n}@test.example" for n in (0, 1, 2, 7))
+    assert result.state == "ok" and sleeps, "the connection was cut and resumed"
+    assert set(asked) == {"imap:ada/INBOX"}
+    # m2-m5 were skipped, before the cut and after; only m0, m1 and the new m7 came over.
+    again = [m for _, _, m in rec.seen[first_pass:]]
+    assert again == ["m0@test.example", "m1@test.example", "m7@test.example"]
+    assert (folder.logged, folder.duplicates) == (3, 4)
     cp = rec.checkpoint_of("ada", "INBOX")
-    assert cp is not None and cp.uidvalidity == 4242 and cp.last_uid == 4 and cp.initial_done
+    assert cp is not None and cp.uidvalidity == 4242 and cp.last_uid == 7 and cp.initial_done
 
 
 def test_sync_leaves_flags_unchanged(imap_user: ImapUser) -> None:
@@ -649,7 +663,7 @@ def test_end_to_end_one_engagement_per_message(imap_user: ImapUser, tmp_path: Pa
             return sync_inbox(
                 config.inboxes[0], deliver=deliver,
                 checkpoint_of=lambda i, f: syncstate.get_checkpoint(conn, i, f),
-                known_contacts=pipeline.contact_emails, known_keys=pipeline.known_keys,
+                known_contacts=pipeline.contact_emails, known_keys=pipeline.sighted_keys,
                 today=TODAY,
             )  # fmt: skip
 
@@ -657,14 +671,25 @@ def test_end_to_end_one_engagement_per_message(imap_user: ImapUser, tmp_path: Pa
         assert first.state == "ok", first.error
         counts = {f.name: (f.logged, f.duplicates) for f in first.folders}
         assert counts == {"INBOX": (3, 0), "Archive": (0, 3)}
-        imap_user.server.doveadm(
+        imap_user.append("Archive", message(9), when)
+        assert once().folders[1].logged == 1  # m9 logged from Archive only
+        imap_user.append("INBOX", message(9), when)  # then also filed in INBOX, and
+        imap_user.server.doveadm(  # INBOX's UIDVALIDITY changes before the next pass
             "mailbox", "update", "-u", imap_user.name, "--uid-validity", "777", "INBOX"
         )
         second = once()
+        # m0-m2 were logged from INBOX: skipped. m9 was not, so its body is fetched and
+        # the copy adds where it was seen.
         assert {f.name: (f.logged, f.duplicates) for f in second.folders} == {
-            "INBOX": (0, 3),
+            "INBOX": (0, 4),
             "Archive": (0, 0),
         }
-    assert conn.execute("SELECT count(*) FROM engagements").fetchone()[0] == 3
-    labels = {r[0] for r in conn.execute("SELECT DISTINCT label FROM sightings")}
-    assert labels == {"imap:ada/INBOX", "imap:ada/Archive"}
+    assert conn.execute("SELECT count(*) FROM engagements").fetchone()[0] == 4
+    sightings = conn.execute(
+        "SELECT e.message_id, group_concat(s.label, ' ') FROM sightings s"
+        " JOIN emails e ON e.engagement_id = s.engagement_id GROUP BY 1"
+    ).fetchall()
+    both = "imap:ada/Archive imap:ada/INBOX"
+    assert sorted((m, " ".join(sorted(set(labels.split())))) for m, labels in sightings) == [
+        (f"m{n}@test.example", both) for n in (0, 1, 2, 9)
+    ]

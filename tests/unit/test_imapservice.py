@@ -1,16 +1,17 @@
-"""The daemon's per-inbox loop, with the IMAP pass and session replaced by stand-ins:
-what it does between passes (IDLE, its failures) is timing, not protocol."""
+"""The daemon's per-inbox loop, with the IMAP pass and session given as stand-ins (its
+IMAP boundary): what it does between passes (IDLE, its failures) is timing, not protocol."""
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from syncd import imapservice
+from syncd.errors import InboxError
+from syncd.imapservice import ImapService
 from syncd.sources.imap import InboxResult
 from syncd.sources.syncplan import idle_retry_delay
 
@@ -21,7 +22,7 @@ class RefusedIdle:
     client = SimpleNamespace(has_capability=lambda name: True)
 
     def idle_wait(self, timeout: float) -> bool:
-        raise imapservice.InboxError("ada", "IDLE refused")
+        raise InboxError("ada", "IDLE refused")
 
     def interrupt(self) -> None:
         pass
@@ -30,26 +31,28 @@ class RefusedIdle:
         pass
 
 
-def test_a_refused_idle_does_not_start_pass_after_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_refused_idle_does_not_start_pass_after_pass() -> None:
     passes: list[float] = []
 
     def one_pass(*args: Any, **kwargs: Any) -> tuple[InboxResult, int]:
         passes.append(time.monotonic())
         return InboxResult("ada"), 0
 
-    monkeypatch.setattr(imapservice, "inbox_pass", one_pass)
-    monkeypatch.setattr(imapservice, "connect", lambda *a, **k: RefusedIdle())
     inbox = SimpleNamespace(
         name="ada", imap=SimpleNamespace(timeout=10.0),
         sync=SimpleNamespace(idle=True, poll_interval=3600.0),
     )  # fmt: skip
-    service = imapservice.ImapService(SimpleNamespace(inboxes=[inbox]), store=SimpleNamespace(
-        call=None, parse_ahead=None))  # fmt: skip
-    thread = threading.Thread(target=service._loop, args=("ada",))
-    thread.start()
-    time.sleep(1.0)
-    service._stop.set()
-    thread.join(5)
+    service = ImapService(
+        SimpleNamespace(inboxes=[inbox]), SimpleNamespace(call=None, parse_ahead=None),
+        run_pass=one_pass, open_session=lambda *a, **k: RefusedIdle(),
+    )  # fmt: skip
+
+    async def run_for_a_second() -> None:
+        await service.start(every=None)  # type: ignore[arg-type]
+        await asyncio.sleep(1.0)
+        await service.stop(time.monotonic() + 5)
+
+    asyncio.run(run_for_a_second())
     # Before the fix, a refused IDLE meant the next pass at once: tens of thousands a second.
     assert len(passes) == 1
     assert service.status()["inboxes"]["ada"] == "stopped"

@@ -65,15 +65,16 @@ EARLIER = NOW - timedelta(days=3)
 
 
 @pytest.mark.parametrize(
-    ("checkpoint", "status", "people", "action", "after", "top", "people_before", "rescan"),
+    ("checkpoint", "status", "people", "action", "after", "top", "people_before", "check_logged"),
     [
         # first sync: the past scan up to UIDNEXT-1, people filter for mail before now
         (None, FolderStatus(7, 51), "contacts", Action.INITIAL, 0, 50, NOW, False),
         (None, FolderStatus(7, 51), "all", Action.INITIAL, 0, 50, None, False),
         (None, FolderStatus(7, 1), "all", Action.INITIAL, 0, 0, None, False),  # empty folder
-        # resumed past scan keeps its start instant (window and people cut-off)
+        # resumed past scan keeps its start instant (window and people cut-off); mail from
+        # it may be logged already
         (cp(initial_done=False), FolderStatus(7, 51), "contacts", Action.INITIAL, 10, 50,
-         EARLIER, False),
+         EARLIER, True),
         # live: up to date, or new UIDs without any filter
         (cp(), FolderStatus(7, 11), "contacts", Action.NOTHING, 10, 10, None, False),
         (cp(), FolderStatus(7, 5), "all", Action.NOTHING, 10, 10, None, False),  # expunged
@@ -91,14 +92,14 @@ def test_plan_folder(
     after: int,
     top: int,
     people_before: datetime | None,
-    rescan: bool,
+    check_logged: bool,
 ) -> None:
     plan = syncplan.plan_folder(
         checkpoint, status, inbox="ada", folder="INBOX", from_="3m", people=people, now=NOW
     )
     assert (plan.action, plan.after_uid, plan.scan_top) == (action, after, top)
     assert plan.people_before == people_before
-    assert plan.rescan is rescan
+    assert plan.check_logged is check_logged
     assert plan.base.uidvalidity == status.uidvalidity
 
 

@@ -1,0 +1,252 @@
+"""The IMAP side of one folder's sync, run on a worker thread: metadata, filters, bodies.
+
+``Fetcher`` EXAMINEs the folder, asks ``syncplan`` for the plan, SEARCHes, fetches
+metadata in chunks (INTERNALDATE, size and, when a filter needs them, the participant
+and Message-ID headers), keeps what the window, the people filter and (on a scan again)
+the logged-keys lookup allow, then fetches bodies in batches bounded by count and bytes.
+It talks to the delivering thread only through a bounded queue: ``Batch`` (mail with the
+checkpoint that covers it), ``Lookup`` (which keys are logged; the delivering thread owns
+the store), ``Done`` and ``Failed``. How a missing or unfetchable UID is handled is told
+in ``sources.imap``'s docstring.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from syncd.mail.parse import header_message_key
+from syncd.mail.provenance import Provenance, imap_label
+from syncd.sources import syncplan
+from syncd.sources.imap_conn import ConnectionLost, FolderError, ImapSession
+from syncd.sources.syncplan import Action, FolderCheckpoint, FolderPlan
+
+if TYPE_CHECKING:
+    from syncd.sources.imap import _InboxRun
+
+Item = tuple[bytes, Provenance]
+Body = tuple[int, bytes, datetime | None]  # uid, raw message, INTERNALDATE
+
+
+class Unfetchable(FolderError):
+    """A message the folder still holds but whose body the server will not give us."""
+
+    def __init__(self, uid: int, why: str, *, session_lost: bool = False) -> None:
+        super().__init__(
+            f"UID {uid} exists but cannot be fetched ({why}); this folder's sync stops"
+            " before it and retries it on the next pass"
+        )
+        self.uid = uid
+        self.session_lost = session_lost
+
+
+@dataclass(frozen=True)
+class Batch:
+    items: list[Item]
+    checkpoint: FolderCheckpoint
+    planned: int
+    logged_before: int = 0  # messages the checkpoint covers that were skipped as logged
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """The fetcher asks the delivering thread, which owns the store, which keys are logged."""
+
+    label: str
+    keys: set[str]
+    answer: queue.Queue[set[str]]
+
+
+@dataclass(frozen=True)
+class Done:
+    would_fetch: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: BaseException
+
+
+class Fetcher:
+    """The IMAP side of one folder, run in a worker thread; talks only through the queue."""
+
+    def __init__(
+        self,
+        run: _InboxRun,
+        session: ImapSession,
+        folder: str,
+        checkpoint: FolderCheckpoint | None,
+        out: queue.Queue[Batch | Lookup | Done | Failed],
+        stop: threading.Event,
+    ) -> None:
+        self.run_, self.session, self.folder = run, session, folder
+        self.checkpoint, self.out, self.stop = checkpoint, out, stop
+        self.skipped: list[int] = []  # UIDs skipped as logged, not yet under a checkpoint
+
+    def run(self) -> None:
+        try:
+            self._fetch()
+        except BaseException as exc:  # handed to the writer thread, which decides
+            self._put(Failed(exc))
+
+    def _put(self, item: Batch | Lookup | Done | Failed) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.out.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fetch(self) -> None:
+        status = self.session.examine(self.folder)
+        plan = syncplan.plan_folder(
+            self.checkpoint,
+            status,
+            inbox=self.run_.cfg.name,
+            folder=self.folder,
+            from_=self.run_.cfg.sync.from_,
+            people=self.run_.cfg.sync.people,
+            now=self.run_.started,
+        )
+        if plan.action is Action.NOTHING:
+            if not self.run_.dry_run and plan.base != self.checkpoint:
+                self._put(Batch([], plan.base, 0))  # e.g. a new HIGHESTMODSEQ
+            self._put(Done(0))
+            return
+        uids = self.session.search_uids(plan.after_uid, plan.scan_top, plan.since)
+        wanted = 0
+        pending: list[int] = []
+        for chunk in syncplan.chunks(uids, self.run_.limits.meta_chunk):
+            if self.stop.is_set():
+                return
+            selected = self._select(plan, chunk)
+            wanted += len(selected)
+            if self.run_.dry_run:
+                continue
+            for batch in syncplan.body_batches(
+                selected,
+                max_count=self.run_.limits.batch_count,
+                max_bytes=self.run_.limits.batch_bytes,
+            ):
+                if pending and not self._deliver_bodies(plan, pending, len(uids), last=False):
+                    return
+                pending = batch
+        # The last batch (possibly empty) carries the checkpoint that closes the plan.
+        if not self.run_.dry_run and not self._deliver_bodies(plan, pending, len(uids), last=True):
+            return
+        self._put(Done(wanted))
+
+    def _select(self, plan: FolderPlan, chunk: list[int]) -> list[tuple[int, int]]:
+        """(uid, size) of the messages in ``chunk`` that the window and people filter keep,
+        less, on a scan again, those already logged from this folder."""
+        check_logged = plan.check_logged and self.run_.known_keys is not None
+        headers = plan.people_before is not None or check_logged
+        kept: list[tuple[int, int, bytes | None]] = []
+        for uid, size, internal, header in self.session.fetch_meta(chunk, headers=headers):
+            if not syncplan.in_window(internal, plan):
+                continue
+            # header None: the server would not say; keep the message rather than guess.
+            if (
+                syncplan.needs_people_check(internal, plan)
+                and header is not None
+                and not syncplan.involves_contact(header, self.run_.contacts)
+            ):
+                continue
+            kept.append((uid, size, header))
+        if check_logged:
+            kept = self._not_logged(kept)
+        return [(uid, size) for uid, size, _ in kept]
+
+    def _not_logged(
+        self, kept: list[tuple[int, int, bytes | None]]
+    ) -> list[tuple[int, int, bytes | None]]:
+        """Those of ``kept`` whose Message-ID is not logged from this folder yet (mail
+        without one is kept: its key is a digest of the whole message)."""
+        keys = {
+            uid: key for uid, _, header in kept if header and (key := header_message_key(header))
+        }
+        if not keys:
+            return kept
+        answer: queue.Queue[set[str]] = queue.Queue(1)
+        label = imap_label(self.run_.cfg.name, self.folder)
+        if not self._put(Lookup(label, set(keys.values()), answer)):
+            return kept  # stopping: nothing more is delivered
+        while not self.stop.is_set():
+            try:
+                known = answer.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self.skipped += [uid for uid, _, _ in kept if keys.get(uid) in known]
+            return [k for k in kept if keys.get(k[0]) not in known]
+        return kept
+
+    def _batch(self, items: list[Item], checkpoint: FolderCheckpoint, planned: int) -> bool:
+        """Hand a batch over, with the count of skipped UIDs its checkpoint now covers."""
+        covered = sum(uid <= checkpoint.last_uid for uid in self.skipped)
+        self.skipped = [uid for uid in self.skipped if uid > checkpoint.last_uid]
+        self.checkpoint = checkpoint
+        return self._put(Batch(items, checkpoint, planned, covered))
+
+    def _deliver_bodies(self, plan: FolderPlan, uids: list[int], planned: int, last: bool) -> bool:
+        fetched, stuck = self._fetch_all(uids)
+        items = [
+            (raw, self.run_.provenance(self.folder, uid, internal))
+            for uid, raw, internal in fetched
+        ]
+        if items and self.run_.parse_ahead is not None:
+            items = self.run_.parse_ahead(items)
+        if stuck is not None:
+            checkpoint = plan.checkpoint_before(stuck.uid)
+            if (items or checkpoint != self.checkpoint) and not self._batch(
+                items, checkpoint, planned
+            ):
+                return False
+            raise stuck
+        checkpoint = plan.checkpoint_after(uids, last=last)
+        if not items and checkpoint == self.checkpoint:
+            return True
+        return self._batch(items, checkpoint, planned)
+
+    def _fetch_all(self, uids: list[int]) -> tuple[list[Body], Unfetchable | None]:
+        """Bodies of ``uids`` in order, less the expunged ones; at the first UID that exists
+        but cannot be fetched, the bodies below it and that UID's error."""
+        if not uids:
+            return [], None
+        suspects = self.run_.suspects.get(self.folder, set())
+        whole = self._bodies(uids) if suspects.isdisjoint(uids) else None
+        got = {body[0]: body for body in whole or ()}
+        out: list[Body] = []
+        for uid in uids:
+            if uid not in got:
+                try:
+                    alone = self._bodies([uid])
+                except Unfetchable as exc:
+                    return out, exc
+                if alone:
+                    got[uid] = alone[0]
+                elif self.session.uid_exists(uid):
+                    why = "the server refused the FETCH" if alone is None else "no body returned"
+                    return out, Unfetchable(uid, why)
+                else:
+                    continue  # expunged since the SEARCH: nothing left to log
+            out.append(got[uid])
+        return out, None
+
+    def _bodies(self, uids: list[int]) -> list[Body] | None:
+        """BODY[] of those ``uids`` the server returns; None when it refuses (NO/BAD)."""
+        try:
+            return self.session.fetch_bodies(uids)
+        except FolderError:
+            return None
+        except ConnectionLost:
+            suspects = self.run_.suspects.setdefault(self.folder, set())
+            if len(uids) == 1 and uids[0] in suspects:
+                raise Unfetchable(
+                    uids[0], "the connection dropped each time it was fetched", session_lost=True
+                ) from None
+            suspects.update(uids)
+            raise
