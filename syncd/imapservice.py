@@ -67,18 +67,25 @@ def inbox_pass(
             raise Stopping
         return call(Pipeline.sighted_keys, label, keys)
 
-    result = sync_inbox(
-        inbox,
-        deliver=deliver,
-        checkpoint_of=lambda name, folder: call(_checkpoint, name, folder),
-        known_contacts=lambda: call(Pipeline.contact_emails),
-        known_keys=known_keys,
-        today=datetime.now(UTC),
-        dry_run=dry_run,
-        progress=progress,
-        parse_ahead=parse_ahead,
-        retry=RetryPolicy(sleep=sleep),  # the daemon's stop event cuts a reconnect wait short
-    )
+    result = InboxResult(inbox.name)
+    try:
+        sync_inbox(
+            inbox,
+            deliver=deliver,
+            checkpoint_of=lambda name, folder: call(_checkpoint, name, folder),
+            known_contacts=lambda: call(Pipeline.contact_emails),
+            known_keys=known_keys,
+            today=datetime.now(UTC),
+            dry_run=dry_run,
+            progress=progress,
+            parse_ahead=parse_ahead,
+            retry=RetryPolicy(sleep=sleep),  # the daemon's stop event cuts a reconnect wait short
+            result=result,
+        )
+    except Stopping:
+        if not dry_run:  # the batches committed before the stop are counted all the same
+            call(_record_counts, result)
+        raise
     failures = 0 if dry_run else call(_record, result)
     return result, failures
 
@@ -91,6 +98,11 @@ def _ingest(pipeline: Pipeline, items: list[Any], checkpoint: syncplan.FolderChe
 
 def _checkpoint(pipeline: Pipeline, inbox: str, folder: str) -> syncplan.FolderCheckpoint | None:
     return syncstate.get_checkpoint(pipeline.conn, inbox, folder)
+
+
+def _record_counts(pipeline: Pipeline, result: InboxResult) -> None:
+    with transaction(pipeline.conn):
+        syncstate.add_pass_counts(pipeline.conn, result)
 
 
 def _record(pipeline: Pipeline, result: InboxResult) -> int:

@@ -14,18 +14,7 @@ change (or a scan resumed) also fetches Message-ID with the metadata and skips t
 already logged from that folder. The engine never imports the store or the pipeline: it
 is given ``deliver``, ``checkpoint_of``, ``known_contacts`` and ``known_keys``.
 
-No message is skipped without a reason. The UIDs whose body comes back are compared with
-the UIDs asked for; each missing one is fetched alone, and one that is still missing is
-looked up with UID SEARCH: gone means expunged since the SEARCH (nothing to log), present
-means unfetchable. A body fetch that loses the connection marks its UIDs suspect for the
-rest of the pass, so after the reconnect they are fetched one by one, and a suspect UID
-whose lone fetch loses the connection again is unfetchable too (Dovecot answers BYE when
-it cannot read a message file). For an unfetchable UID the engine commits the mail below
-it with a checkpoint just before it, reports a folder error naming the UID (``syncd
-status`` shows it) and leaves that folder for this pass; every pass retries from that UID
-until it is fetched or expunged. We chose this over quarantining a placeholder after a
-second failure: that needs a failure count per UID kept across passes, which the
-checkpoint does not carry, and a loud stall loses nothing.
+How a missing or unfetchable UID is handled is told in ``imap_fetch``.
 """
 
 from __future__ import annotations
@@ -140,17 +129,22 @@ def sync_inbox(
     known_keys: KnownKeys | None = None,
     limits: Limits = Limits(),
     retry: RetryPolicy = RetryPolicy(),
+    result: InboxResult | None = None,
 ) -> InboxResult:
     """One pass over the inbox. ``today`` is the pass's start instant (a date means now
     on that day); windows are computed from it for folders not yet synced. With
     ``known_keys``, a folder scanned again (UIDVALIDITY changed, or a scan resumed)
     fetches no body whose Message-ID is logged from it already: those count as
-    duplicates, as a copy handed over again would."""
+    duplicates, as a copy handed over again would. ``result``, if given, is filled as the
+    pass goes, so a caller whose ``deliver`` raises to stop still has the counts of what
+    committed."""
     started = _start_instant(today)
     contacts = known_contacts() if inbox_cfg.sync.people == "contacts" else set()
     run = _InboxRun(inbox_cfg, deliver, checkpoint_of, contacts, started, dry_run, progress)
     run.limits, run.retry, run.parse_ahead = limits, retry, parse_ahead
     run.known_keys = known_keys
+    if result is not None:
+        run.result = result
     return run.execute()
 
 
@@ -257,8 +251,7 @@ class _InboxRun:
             while True:
                 item = batches.get()
                 if isinstance(item, Lookup):
-                    assert self.known_keys is not None  # the fetcher asks only then
-                    item.answer.put(self.known_keys(item.label, item.keys))
+                    item.answer.put(item.ask())
                     continue
                 if isinstance(item, Failed):
                     if isinstance(item.error, FolderError):
@@ -269,6 +262,7 @@ class _InboxRun:
                 if isinstance(item, Done):
                     if self.dry_run:
                         result.would_fetch = item.would_fetch
+                        result.duplicates += item.logged
                     return
                 counts = syncplan.count_outcomes(
                     getattr(o, "status", o) for o in self.deliver(item.items, item.checkpoint)

@@ -6,16 +6,30 @@ and Message-ID headers), keeps what the window, the people filter and (on a scan
 the logged-keys lookup allow, then fetches bodies in batches bounded by count and bytes.
 It talks to the delivering thread only through a bounded queue: ``Batch`` (mail with the
 checkpoint that covers it), ``Lookup`` (which keys are logged; the delivering thread owns
-the store), ``Done`` and ``Failed``. How a missing or unfetchable UID is handled is told
-in ``sources.imap``'s docstring.
+the store), ``Done`` and ``Failed``.
+
+No message is skipped without a reason. The UIDs whose body comes back are compared with
+the UIDs asked for; each missing one is fetched alone, and one that is still missing is
+looked up with UID SEARCH: gone means expunged since the SEARCH (nothing to log), present
+means unfetchable. A body fetch that loses the connection marks its UIDs suspect for the
+rest of the pass, so after the reconnect they are fetched one by one, and a suspect UID
+whose lone fetch loses the connection again is unfetchable too (Dovecot answers BYE when
+it cannot read a message file). For an unfetchable UID the engine commits the mail below
+it with a checkpoint just before it, reports a folder error naming the UID (``syncd
+status`` shows it) and leaves that folder for this pass; every pass retries from that UID
+until it is fetched or expunged. We chose this over quarantining a placeholder after a
+second failure: that needs a failure count per UID kept across passes, which the
+checkpoint does not carry, and a loud stall loses nothing.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING
 
 from syncd.mail.parse import header_message_key
@@ -53,16 +67,16 @@ class Batch:
 
 @dataclass(frozen=True)
 class Lookup:
-    """The fetcher asks the delivering thread, which owns the store, which keys are logged."""
+    """A question for the delivering thread, which owns the store: which keys are logged."""
 
-    label: str
-    keys: set[str]
+    ask: Callable[[], set[str]]
     answer: queue.Queue[set[str]]
 
 
 @dataclass(frozen=True)
 class Done:
     would_fetch: int
+    logged: int = 0  # dry run: messages left out because they are logged already
 
 
 @dataclass(frozen=True)
@@ -138,7 +152,7 @@ class Fetcher:
         # The last batch (possibly empty) carries the checkpoint that closes the plan.
         if not self.run_.dry_run and not self._deliver_bodies(plan, pending, len(uids), last=True):
             return
-        self._put(Done(wanted))
+        self._put(Done(wanted, len(self.skipped)))
 
     def _select(self, plan: FolderPlan, chunk: list[int]) -> list[tuple[int, int]]:
         """(uid, size) of the messages in ``chunk`` that the window and people filter keep,
@@ -172,9 +186,11 @@ class Fetcher:
         if not keys:
             return kept
         answer: queue.Queue[set[str]] = queue.Queue(1)
+        known_keys = self.run_.known_keys
+        assert known_keys is not None  # _select asks only then
         label = imap_label(self.run_.cfg.name, self.folder)
-        if not self._put(Lookup(label, set(keys.values()), answer)):
-            return kept  # stopping: nothing more is delivered
+        if not self._put(Lookup(partial(known_keys, label, set(keys.values())), answer)):
+            return []  # stopping: nothing more is fetched or delivered
         while not self.stop.is_set():
             try:
                 known = answer.get(timeout=0.2)
@@ -182,7 +198,7 @@ class Fetcher:
                 continue
             self.skipped += [uid for uid, _, _ in kept if keys.get(uid) in known]
             return [k for k in kept if keys.get(k[0]) not in known]
-        return kept
+        return []
 
     def _batch(self, items: list[Item], checkpoint: FolderCheckpoint, planned: int) -> bool:
         """Hand a batch over, with the count of skipped UIDs its checkpoint now covers."""

@@ -130,11 +130,17 @@ class _InboxReport(Protocol):
     folders: Iterable[_FolderReport]
 
 
+def add_pass_counts(conn: sqlite3.Connection, result: _InboxReport) -> None:
+    """Add a pass's outcome counts to its folders' totals."""
+    for folder in result.folders:
+        add_counts(conn, result.name, folder.name, {c: getattr(folder, c) for c in COUNT_COLUMNS})
+
+
 def record_pass(conn: sqlite3.Connection, result: _InboxReport) -> int:
     """Store a pass's report (``sources.imap.InboxResult`` shape): counts, folder errors,
     inbox state. Returns the inbox's consecutive failure count."""
+    add_pass_counts(conn, result)
     for folder in result.folders:
-        add_counts(conn, result.name, folder.name, {c: getattr(folder, c) for c in COUNT_COLUMNS})
         # A pass that got through a folder clears its error, even with nothing to commit;
         # a pass that failed may have left the folder before reaching the error again.
         if folder.error or result.state == "ok":

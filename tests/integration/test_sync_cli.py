@@ -85,6 +85,8 @@ def test_sync_json_counts_and_rerun_logs_nothing(tmp_path: Path, imap_user: Imap
     imap_user.server.doveadm(
         "mailbox", "update", "-u", imap_user.name, "--uid-validity", "999", "INBOX"
     )
+    dry = json.loads(syncd(tmp_path, config, "sync", "--dry-run", "--json").stdout)
+    assert (dry["inboxes"][0]["folders"][0]["would_fetch"], dry["duplicates"]) == (0, 3)
     rescan = json.loads(syncd(tmp_path, config, "sync", "--json").stdout)
     assert (rescan["logged"], rescan["duplicates"]) == (0, 3)
     assert engagements(tmp_path) == 3
