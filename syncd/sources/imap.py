@@ -32,7 +32,16 @@ from syncd.errors import InboxError
 from syncd.mail.provenance import Provenance
 from syncd.sources import syncplan
 from syncd.sources.imap_conn import ConnectionLost, FolderError, ImapSession, connect
-from syncd.sources.imap_fetch import Batch, Done, Failed, Fetcher, Item, Lookup, Unfetchable
+from syncd.sources.imap_fetch import (
+    Batch,
+    Done,
+    Failed,
+    Fetcher,
+    Item,
+    KnownKeys,
+    Lookup,
+    Unfetchable,
+)
 from syncd.sources.syncplan import FolderCheckpoint
 
 Deliver = Callable[[list[Item], FolderCheckpoint], Sequence[Any]]
@@ -41,9 +50,6 @@ Progress = Callable[[str, int, int], None]  # folder, messages done, messages pl
 # Called on the fetching thread with each batch as it arrives; what it returns is what
 # ``deliver`` gets (the pipeline starts parsing there, ahead of the writer).
 ParseAhead = Callable[[list[Item]], list[Item]]
-# Those of the given message keys logged from the source with that label (a folder);
-# called on the delivering thread.
-KnownKeys = Callable[[str, set[str]], set[str]]
 
 
 @dataclass(frozen=True)

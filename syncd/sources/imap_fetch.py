@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 Item = tuple[bytes, Provenance]
 Body = tuple[int, bytes, datetime | None]  # uid, raw message, INTERNALDATE
+KnownKeys = Callable[[str, set[str]], set[str]]  # label, keys -> those logged under it
 
 
 class Unfetchable(FolderError):
@@ -157,8 +158,8 @@ class Fetcher:
     def _select(self, plan: FolderPlan, chunk: list[int]) -> list[tuple[int, int]]:
         """(uid, size) of the messages in ``chunk`` that the window and people filter keep,
         less, on a scan again, those already logged from this folder."""
-        check_logged = plan.check_logged and self.run_.known_keys is not None
-        headers = plan.people_before is not None or check_logged
+        known_keys = self.run_.known_keys if plan.check_logged else None
+        headers = plan.people_before is not None or known_keys is not None
         kept: list[tuple[int, int, bytes | None]] = []
         for uid, size, internal, header in self.session.fetch_meta(chunk, headers=headers):
             if not syncplan.in_window(internal, plan):
@@ -171,12 +172,12 @@ class Fetcher:
             ):
                 continue
             kept.append((uid, size, header))
-        if check_logged:
-            kept = self._not_logged(kept)
+        if known_keys is not None:
+            kept = self._not_logged(kept, known_keys)
         return [(uid, size) for uid, size, _ in kept]
 
     def _not_logged(
-        self, kept: list[tuple[int, int, bytes | None]]
+        self, kept: list[tuple[int, int, bytes | None]], known_keys: KnownKeys
     ) -> list[tuple[int, int, bytes | None]]:
         """Those of ``kept`` whose Message-ID is not logged from this folder yet (mail
         without one is kept: its key is a digest of the whole message)."""
@@ -186,8 +187,6 @@ class Fetcher:
         if not keys:
             return kept
         answer: queue.Queue[set[str]] = queue.Queue(1)
-        known_keys = self.run_.known_keys
-        assert known_keys is not None  # _select asks only then
         label = imap_label(self.run_.cfg.name, self.folder)
         if not self._put(Lookup(partial(known_keys, label, set(keys.values())), answer)):
             return []  # stopping: nothing more is fetched or delivered
