@@ -47,8 +47,14 @@ _CHARSET_ALIASES = {"iso-8859-8-i": "iso-8859-8", "x-mac-roman": "mac-roman", "g
 _ASCII_NAMES = {"us-ascii", "ascii", "ansi_x3.4-1968", "unknown-8bit", "x-unknown", "default"}
 
 
-def split_fields(block: bytes, defects: list[str]) -> dict[str, list[str]]:
-    """Header block -> {lower-case name: [raw values, still folded]}; bad lines skipped."""
+def split_fields(
+    block: bytes, defects: list[str], doubts: list[str] | None = None
+) -> dict[str, list[str]]:
+    """Header block -> {lower-case name: [raw values, still folded]}; bad lines skipped.
+
+    ``doubts`` collects the lines another reader could take differently (a line that is no
+    field, a space before the colon): the sender check refuses mail that has any.
+    """
     try:
         text = block.decode("utf-8")  # ASCII and RFC 6532 UTF-8 headers
     except UnicodeDecodeError:
@@ -58,14 +64,25 @@ def split_fields(block: bytes, defects: list[str]) -> dict[str, list[str]]:
     bad = 0
     for item in _FIELD_BREAK.split(text):
         name, colon, value = item.partition(":")
-        name = name.rstrip(" \t")
-        if colon and _FIELD_NAME.fullmatch(name):
-            fields.setdefault(name.lower(), []).append(value)
+        spaced = name.rstrip(" \t")
+        if colon and _FIELD_NAME.fullmatch(spaced):
+            if doubts is not None:
+                _doubt_field(spaced, len(spaced) != len(name), value, doubts)
+            fields.setdefault(spaced.lower(), []).append(value)
         elif item.strip():
             bad += 1
+            if doubts is not None:
+                doubts.append(f"a header line is not a field: {item.strip()[:40]!r}")
     if bad:
         defects.append(f"{bad} malformed header line(s) skipped")
     return fields
+
+
+def _doubt_field(name: str, spaced: bool, value: str, doubts: list[str]) -> None:
+    if spaced:
+        doubts.append(f"the header field name {name[:40]!r} has a space before its colon")
+    if "\0" in value or "\r" in value.replace("\r\n", ""):
+        doubts.append(f"the header field {name[:40]!r} holds a bare CR or NUL")
 
 
 def _decode_line(line: bytes) -> str:

@@ -38,7 +38,17 @@ from syncd.mail.headers import (
 from syncd.mail.htmltext import html_to_text
 from syncd.mail.threads import thread_key
 
-__all__ = ["Address", "Attachment", "Email", "MessageError", "header_addresses", "parse"]
+__all__ = [
+    "Address",
+    "Attachment",
+    "Email",
+    "HeaderTooLarge",
+    "MessageError",
+    "author",
+    "header_addresses",
+    "header_fields",
+    "parse",
+]
 
 MAX_HEADER_BYTES = 100 * 1024
 MAX_MIME_DEPTH = 100
@@ -85,6 +95,8 @@ class Email:
         return ((self.from_,) if self.from_ else ()) + self.to + self.cc + self.bcc
 
 
+_MBOX_FROM = re.compile(rb"From [ \t]*[^ \t:]")  # not "From :", a field with a stray space
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\r\n"
 _PARAM = re.compile(r'([^\s=;"]+)\s*=\s*(?:"([^"]*)"|([^;]*))')
 _MIME_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
@@ -134,22 +146,69 @@ def _block_fields(raw_headers: bytes) -> dict[str, list[str]]:
     return split_fields(block[: blank[0]] if blank else block, [])
 
 
-def _parse(raw: bytes, received_at: datetime, max_att: int | None) -> Email:
+def author(raw: bytes) -> Address:
+    """The one From address of ``raw``, read exactly as ``parse`` reads it for the log.
+
+    For deciding whose mail it is (the BCC sender check), so it refuses, with a
+    ``MessageError`` whose text is the reason, any header another reader could take
+    differently: a line that is no field, a space before a colon, no From or several From
+    fields, a From that does not read whole as one address. ``HeaderTooLarge`` when the
+    header block is over the parser's limit.
+    """
+    doubts: list[str] = []
+    fields, _body = _head(raw, [], doubts)
+    if doubts:
+        raise MessageError(doubts[0])
+    values = fields.get("from") or []
+    if len(values) != 1:
+        raise MessageError("no From header" if not values else "several From headers")
+    if any(c in _QUOTED.sub("", values[0]) for c in ":;"):
+        raise MessageError("the From header uses group syntax, which a From may not")
+    defects: list[str] = []
+    addresses = parse_addresses(values, defects)
+    if defects or not addresses:
+        raise MessageError(f"the From header cannot be read: {unfold(values[0]).strip()[:80]!r}")
+    if len({a.email for a in addresses}) > 1:
+        raise MessageError("the From header names several senders")
+    return addresses[0]
+
+
+def header_fields(raw: bytes) -> dict[str, list[str]]:
+    """The header fields of a whole message as ``parse`` splits them; {} if it has none."""
+    try:
+        return _head(raw, [])[0]
+    except MessageError:
+        return {}
+
+
+class HeaderTooLarge(MessageError):
+    def __init__(self) -> None:
+        super().__init__(f"header block over {MAX_HEADER_BYTES // 1024} KiB")
+
+
+def _head(
+    raw: bytes, defects: list[str], doubts: list[str] | None = None
+) -> tuple[dict[str, list[str]], bytes]:
+    """The one header splitter of a whole message: (fields, body)."""
     if not raw or not raw.strip():
         raise MessageError("empty message")
     start = 0
-    if raw.startswith(b"From "):  # an mbox separator line left at the top of a .eml
+    if _MBOX_FROM.match(raw):  # an mbox separator line left at the top of a .eml
         nl = raw.find(b"\n")
         start = len(raw) if nl < 0 else nl + 1
     blank = _blank_line(raw, start, start + MAX_HEADER_BYTES + 4)
     head_end = blank[0] if blank else len(raw)
     if head_end - start > MAX_HEADER_BYTES:
-        raise MessageError("header block over 100 KiB")
-    body = raw[blank[1] :] if blank else b""
-    defects: list[str] = []
-    fields = split_fields(raw[start:head_end], defects)
+        raise HeaderTooLarge()
+    fields = split_fields(raw[start:head_end], defects, doubts)
     if not fields:
         raise MessageError("no header fields: not an email")
+    return fields, raw[blank[1] :] if blank else b""
+
+
+def _parse(raw: bytes, received_at: datetime, max_att: int | None) -> Email:
+    defects: list[str] = []
+    fields, body = _head(raw, defects)
 
     message_id = _message_id(fields, defects)
     subject = decode_words(first(fields, "subject") or "", defects)

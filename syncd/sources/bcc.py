@@ -42,12 +42,11 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Se
 
 from syncd import secrets
 from syncd.config_rules import is_loopback
+from syncd.mail.parse import HeaderTooLarge
 from syncd.sources.senders import (
-    MAX_HEADER_BYTES,
     RELAY_DENIED,
     SenderDirectory,
     SenderPolicy,
-    header_block,
     recipient_reply,
 )
 
@@ -80,7 +79,6 @@ class Limits:
     idle_timeout: float = 120.0  # no bytes for this long: close (also during DATA)
     data_base_s: float = 120.0  # DATA deadline = base + max size / min rate
     data_min_rate: float = 64 * 1024.0  # bytes/s: a slow but honest uplink
-    max_header_bytes: int = MAX_HEADER_BYTES
     worker_threads: int = 32  # spool writes and DNS checks wait here, not in the loop
     command_call_limit: Mapping[str, int] = field(default_factory=_calls)
 
@@ -252,24 +250,22 @@ class BccHandler:
 
     async def _data(self, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
-        headers = header_block(raw)
-        if len(headers) > self.limits.max_header_bytes:
-            self.count("refused.headers")
-            kb = self.limits.max_header_bytes // 1024
-            return f"552 5.3.4 The header block is larger than {kb} KB"
         loop = asyncio.get_running_loop()
         check = partial(
             self.policy.check,
-            headers,
             raw,
             peer_ip=_peer_ip(session),
             helo=session.host_name or "",
             member=session.auth_data if session.authenticated else None,
         )
-        if self.policy.mode in ("spf", "dkim"):
-            decision = await loop.run_in_executor(self._executor, check)
-        else:
-            decision = check()
+        try:
+            if self.policy.mode in ("spf", "dkim"):
+                decision = await loop.run_in_executor(self._executor, check)
+            else:
+                decision = check()
+        except HeaderTooLarge as error:
+            self.count("refused.headers")
+            return f"552 5.3.4 The {error.reason}; the message cannot be logged"
         if not decision.accepted:
             self.count("tempfail" if (decision.reply or "").startswith("4") else "refused.sender")
             return decision.reply or TEMPFAIL

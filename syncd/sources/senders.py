@@ -7,8 +7,9 @@ decisions, as functions of plain values that tests drive by tables:
   for anything but a plain ``<local@domain>`` (no source routes, ``%`` hacks, quoted or
   commented local parts, address literals). aiosmtpd normalises those away, so the
   endpoint checks the raw argument here before aiosmtpd parses it.
-- ``header_block`` / ``from_addresses``: the header block alone, parsed with the stdlib
-  (compat32, headers only), so checking a 60 MB message costs a few microseconds.
+- ``check_from``: the From address read by ``mail.parse.author``, the parser's own header
+  splitter and strict address reader, so the address checked is the address logged; any
+  header another reader could take differently is refused.
 - ``SenderDirectory``: team members, their aliases and personal inboxes, and shared (team
   inbox) addresses; which member owns an address, and who may send as it.
 - ``SenderPolicy``: one decision per message for ``verify_sender`` = auth | spf | dkim |
@@ -25,17 +26,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-from email.utils import getaddresses
 from typing import Any, Literal, Protocol
 
 import spf
 
 from syncd.crm.domains import registrable_domain
+from syncd.errors import MessageError
+from syncd.mail.parse import HeaderTooLarge, author, header_fields
 
 MAX_RECIPIENTS = 100
-MAX_HEADER_BYTES = 1024 * 1024
 
 Mode = Literal["auth", "spf", "dkim", "none"]
 
@@ -45,7 +44,6 @@ _LOCAL = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})+"
 _PLAIN = re.compile(rf"<?({_LOCAL}@{_DOMAIN})>?")
-_HEADER_LINE = re.compile(rb"[!-9;-~]+[ \t]*:|[ \t]")
 
 RELAY_DENIED = "550 5.7.1 Relaying denied: this server only accepts mail for its logging address"
 TOO_MANY_RCPTS = f"452 4.5.3 Too many recipients (at most {MAX_RECIPIENTS} per message)"
@@ -73,32 +71,6 @@ def recipient_reply(raw_arg: str | None, allowed: frozenset[str], accepted: int)
     if accepted >= MAX_RECIPIENTS:
         return TOO_MANY_RCPTS
     return None
-
-
-def header_block(raw: bytes) -> bytes:
-    """The header block: up to the first empty line or the first line that is no header."""
-    pos = 0
-    length = len(raw)
-    while pos < length:
-        end = raw.find(b"\n", pos)
-        end = length if end < 0 else end + 1
-        line = raw[pos:end]
-        if line in (b"\r\n", b"\n") or not _HEADER_LINE.match(line):
-            return raw[:pos]
-        pos = end
-    return raw
-
-
-def from_addresses(headers: bytes) -> list[str]:
-    """Every address in every From header, lower-cased; unparseable ones are dropped."""
-    message = BytesHeaderParser(policy=compat32).parsebytes(headers)
-    values = [str(v) for v in message.get_all("From") or []]
-    found = []
-    for _name, address in getaddresses(values):
-        address = address.strip().lower()
-        if address.count("@") == 1 and all(address.split("@")):
-            found.append(address)
-    return found
 
 
 def domain_of(address: str) -> str:
@@ -173,17 +145,20 @@ class DkimCheck(Protocol):
     def __call__(self, raw: bytes) -> tuple[list[str], bool]: ...
 
 
-def check_from(headers: bytes, directory: SenderDirectory) -> Decision:
-    """Step one in every mode: exactly one From address, and it is the team's."""
-    addresses = from_addresses(headers)
-    if not addresses:
+def check_from(raw: bytes, directory: SenderDirectory) -> Decision:
+    """Step one in every mode: exactly one From address, read whole, and it is the team's.
+
+    ``HeaderTooLarge`` (from ``author``) is left to the caller, which answers 552.
+    """
+    try:
+        sender = author(raw).email
+    except HeaderTooLarge:
+        raise
+    except MessageError as error:
         return Decision(
-            "550 5.7.1 The message has no readable From header; "
-            "only mail sent by team members is logged"
+            f"550 5.7.1 Not logged: {error.reason}; only mail with one plain From header "
+            "from a team member is logged"
         )
-    if len(set(addresses)) > 1:
-        return Decision("550 5.7.1 The From header names several senders; send as one member")
-    sender = addresses[0]
     if not directory.is_known(sender):
         return Decision(
             f"550 5.7.1 {sender} is not a team member, alias or connected inbox; "
@@ -243,10 +218,8 @@ class SenderPolicy:
     def needs_auth(self) -> bool:
         return self.mode == "auth"
 
-    def check(
-        self, headers: bytes, raw: bytes, *, peer_ip: str, helo: str, member: str | None
-    ) -> Decision:
-        decision = check_from(headers, self.directory)
+    def check(self, raw: bytes, *, peer_ip: str, helo: str, member: str | None) -> Decision:
+        decision = check_from(raw, self.directory)
         if not decision.accepted or self.mode == "none":
             return decision
         sender = decision.sender or ""
@@ -308,7 +281,7 @@ class Dkim:
                 raise
 
         verified = []
-        count = len(re.findall(rb"(?im)^dkim-signature[ \t]*:", header_block(raw)))
+        count = len(header_fields(raw).get("dkim-signature", ()))
         for idx in range(min(count, self.max_sigs)):
             checker = dkim.DKIM(raw, minkey=self.minkey)
             try:

@@ -5,42 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from tests.integration.conftest import Notify
 
 MINIMAL = "team: [{name: Ada, email: ada@example.com}]\n"
-
-
-class Notify:
-    """A datagram socket standing in for systemd's notify socket."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(15)
-
-    def wait_for(self, key: str) -> list[str]:
-        """Messages received until one has a line starting with ``key``."""
-        seen: list[str] = []
-        while True:
-            lines = self.sock.recv(4096).decode().splitlines()
-            seen += lines
-            if any(line.startswith(key) for line in lines):
-                return seen
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[Notify]:
-    n = Notify(tmp_path / "notify.sock")
-    yield n
-    n.sock.close()
 
 
 def start(tmp_path: Path, notify: Notify, config: str = MINIMAL) -> subprocess.Popen[str]:

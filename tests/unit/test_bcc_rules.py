@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from syncd.mail.parse import HeaderTooLarge, parse
 from syncd.outbound.relay import Delivery, backoff, plan
 from syncd.sources.senders import (
     MAX_RECIPIENTS,
@@ -15,13 +18,12 @@ from syncd.sources.senders import (
     auth_verdict,
     check_from,
     dkim_verdict,
-    from_addresses,
-    header_block,
     plain_path,
     recipient_reply,
     spf_verdict,
 )
 
+NOW = datetime(2025, 11, 3, tzinfo=UTC)
 ALLOWED = frozenset({"log@crm.example.com"})
 DIRECTORY = SenderDirectory(
     {
@@ -89,60 +91,85 @@ def test_relay_reply_is_550_571() -> None:
     assert TOO_MANY_RCPTS.startswith("452 4.5.3 ")
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        (b"From: a@b.c\r\nSubject: x\r\n\r\nbody\r\n", b"From: a@b.c\r\nSubject: x\r\n"),
-        (b"From: a@b.c\nSubject: x\n\nbody\n", b"From: a@b.c\nSubject: x\n"),
-        (b"Subject: a\r\n  folded\r\n\r\nb", b"Subject: a\r\n  folded\r\n"),
-        (b"From: a@b.c\r\nnot a header line\r\nrest", b"From: a@b.c\r\n"),
-        (b"From: a@b.c\r\n", b"From: a@b.c\r\n"),
-        (b"\r\nbody only", b""),
-        (b"", b""),
-    ],
-)
-def test_header_block(raw: bytes, expected: bytes) -> None:
-    assert header_block(raw) == expected
+# Each From form an adversarial review tried, and more: the sender check either refuses it
+# with 550 5.7.1, or accepts it as exactly the address the parser logs.
+TAIL = b"To: bob@victim.example\r\nMessage-ID: <f1@x>\r\nSubject: We cancel\r\n\r\nforged\r\n"
+FROM_FORMS = [
+    (b"From: ada@example.com\r\n", "ada@example.com"),
+    (b"From: A <a.lovelace@example.com>\r\n", "a.lovelace@example.com"),
+    (b"From: Ada <Ada@Example.COM>\r\n", "ada@example.com"),
+    (b"FROM: ada@example.com\r\n", "ada@example.com"),
+    (b"From: support@example.com\r\n", "support@example.com"),
+    (b"From: =?utf-8?q?Ad=C3=A1?= <ada@example.com>\r\n", "ada@example.com"),
+    (b"From: =?utf-8?q?ceo=40customer.example?= <ada@example.com>\r\n", "ada@example.com"),
+    (b'From: "ceo@customer.example" <ada@example.com>\r\n', "ada@example.com"),
+    (b'From: "Lovelace, Ada" <ada@example.com>\r\n', "ada@example.com"),
+    (b"From: ada@example.com (ceo@customer.example)\r\n", "ada@example.com"),
+    (b"From:\r\n ada@example.com\r\n", "ada@example.com"),
+    (b"From: Ada \xff\xfe <ada@example.com>\r\n", "ada@example.com"),
+    (
+        b"From ceo@customer.example Mon Nov  3 10:00:00 2025\r\nFrom: ada@example.com\r\n",
+        "ada@example.com",
+    ),
+    (b"From: ada@example.com\n", "ada@example.com"),
+    (b"From: ada@example.com, ada@example.com\r\n", "ada@example.com"),
+    # refused: a space before a colon, here or on any field
+    (b"From : ceo@customer.example\r\nFrom: ada@example.com\r\n", "space before its colon"),
+    (b"From :x\r\nFrom: ada@example.com\r\n", "space before its colon"),
+    (
+        b"Subject: x\r\nFrom : ceo@customer.example\r\nFrom: ada@example.com\r\n",
+        "space before its colon",
+    ),
+    (b"From: ada@example.com\r\nFrom\t: ceo@customer.example\r\n", "space before its colon"),
+    (b"From: ada@example.com\r\nSubject : x\r\n", "space before its colon"),
+    # refused: a From that does not read whole as one address
+    (b"From: <ada@example.com\r\n", "cannot be read"),
+    (b"From: <ada@example.com>Dana\r\n", "cannot be read"),
+    (b"From: Ada <ada@example.com> <ceo@customer.example>\r\n", "cannot be read"),
+    (b"From: ada@example.com ceo@customer.example\r\n", "cannot be read"),
+    (b"From: Ada <ada@example.com>\r\n\tceo@customer.example\r\n", "cannot be read"),
+    (b'From: "ada@example.com"@evil.example\r\n', "cannot be read"),
+    (b"From: ada@example.com, bogus\r\n", "cannot be read"),
+    (b"From: undisclosed\r\n", "cannot be read"),
+    (b"From: <>\r\n", "cannot be read"),
+    (b"From: ceo@customer.example\rFrom: ada@example.com\r\n", "bare CR or NUL"),
+    (b"From: ada@example.com\r\nSubject: a\x00b\r\n", "bare CR or NUL"),
+    (b"From: ceo@customer.example: ada@example.com;\r\n", "group syntax"),
+    (b"From: Sales: ada@example.com;\r\n", "group syntax"),
+    # refused: no From, several From fields or senders
+    (b"Sender: ada@example.com\r\n", "no From header"),
+    (b"From: ada@example.com\r\nFrom: ceo@customer.example\r\n", "several From headers"),
+    (b"From: ada@example.com\r\nfrom: ada@example.com\r\n", "several From headers"),
+    (b"From: ada@example.com, eve@evil.example\r\n", "several senders"),
+    # refused: a line that is no field, before or after the From
+    (b"Subject x\r\nFrom: ada@example.com\r\n", "not a field"),
+    (b"From: ada@example.com\r\nnot a header\r\nFrom: ceo@customer.example\r\n", "not a field"),
+    (b"From: ada@example.com\r\n:ceo@customer.example\r\n", "not a field"),
+    # not the team's
+    (b"From: ceo@customer.example\r\n", "not a team member"),
+    (b"From: ada@example.com.evil.example\r\n", "not a team member"),
+]
 
 
-@pytest.mark.parametrize(
-    ("headers", "expected"),
-    [
-        (b"From: Ada <Ada@Example.COM>\r\n", ["ada@example.com"]),
-        (b"From: ada@example.com\r\n", ["ada@example.com"]),
-        (b"From: =?utf-8?q?Ad=C3=A1?= <ada@example.com>\r\n", ["ada@example.com"]),
-        (b'From: "Lovelace, Ada" <ada@example.com>\r\n', ["ada@example.com"]),
-        (b"From: a@x.example, b@y.example\r\n", ["a@x.example", "b@y.example"]),
-        (b"From: undisclosed\r\n", []),
-        (b"From: <>\r\n", []),
-        (b"Subject: no from\r\n", []),
-        (b"From: Ada \xff\xfe <ada@example.com>\r\n", ["ada@example.com"]),
-    ],
-)
-def test_from_addresses(headers: bytes, expected: list[str]) -> None:
-    assert from_addresses(headers) == expected
-
-
-@pytest.mark.parametrize(
-    ("headers", "accepted", "owner", "reason"),
-    [
-        (b"From: ada@example.com\r\n", True, "ada@example.com", ""),
-        (b"From: A <a.lovelace@example.com>\r\n", True, "ada@example.com", ""),
-        (b"From: support@example.com\r\n", True, None, ""),
-        (b"From: eve@evil.example\r\n", False, None, "not a team member"),
-        (b"From: ada@example.com.evil.example\r\n", False, None, "not a team member"),
-        (b"Subject: x\r\n", False, None, "no readable From"),
-        (b"From: ada@example.com, eve@evil.example\r\n", False, None, "several senders"),
-    ],
-)
-def test_check_from(headers: bytes, accepted: bool, owner: str | None, reason: str) -> None:
-    decision = check_from(headers, DIRECTORY)
-    assert decision.accepted is accepted
-    if accepted:
-        assert decision.owner == owner
+@pytest.mark.parametrize(("head", "expected"), FROM_FORMS)
+def test_the_checked_from_is_the_logged_from(head: bytes, expected: str) -> None:
+    raw = head + TAIL
+    decision = check_from(raw, DIRECTORY)
+    if "@" in expected:
+        assert decision.accepted, decision.reply
+        assert decision.sender == expected
+        assert parse(raw, received_at=NOW).from_.email == expected
     else:
         assert decision.reply is not None and decision.reply.startswith("550 5.7.1 ")
-        assert reason in decision.reply
+        assert expected in decision.reply
+
+
+def test_a_header_block_over_the_parsers_limit_is_left_to_the_endpoint() -> None:
+    raw = b"From: ada@example.com\r\nX-Pad: " + b"a" * (100 * 1024) + b"\r\n\r\nbody"
+    with pytest.raises(HeaderTooLarge):
+        check_from(raw, DIRECTORY)
+    with pytest.raises(HeaderTooLarge):
+        parse(raw, received_at=NOW)
 
 
 @pytest.mark.parametrize(
@@ -221,15 +248,15 @@ def test_policy_uses_injected_checks() -> None:
         return ("pass" if ip == "192.0.2.1" else "fail"), ""
 
     policy = SenderPolicy("spf", DIRECTORY, spf_check=fake_spf)
-    headers = b"From: ada@example.com\r\n"
-    assert policy.check(headers, headers, peer_ip="192.0.2.1", helo="h", member=None).accepted
-    refused = policy.check(headers, headers, peer_ip="198.51.100.1", helo="h", member=None)
+    raw = b"From: ada@example.com\r\n\r\n"
+    assert policy.check(raw, peer_ip="192.0.2.1", helo="h", member=None).accepted
+    refused = policy.check(raw, peer_ip="198.51.100.1", helo="h", member=None)
     assert refused.reply and refused.reply.startswith("550 5.7.1 SPF")
     assert spf_calls == [("192.0.2.1", "ada@example.com", "h")] * 1 + [
         ("198.51.100.1", "ada@example.com", "h")
     ]
     # A sender outside the team never reaches DNS.
-    policy.check(b"From: eve@evil.example\r\n", b"", peer_ip="192.0.2.1", helo="", member=None)
+    policy.check(b"From: eve@evil.example\r\n", peer_ip="192.0.2.1", helo="", member=None)
     assert len(spf_calls) == 2
 
 
