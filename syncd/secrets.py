@@ -4,12 +4,14 @@ One reader for every secret syncd uses (IMAP and relay passwords, OAuth2 tokens,
 AUTH password files), so they all behave alike: a file's trailing line break is not
 part of the secret, a command runs without a shell and with a time limit, and errors
 name the source (a path, a program) but never carry the secret or the command's output.
+``scrub`` takes secrets out of text a remote server sent, before it is stored or shown.
 """
 
 from __future__ import annotations
 
+import base64
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +58,23 @@ def read_password(settings: Any) -> str:
     if getattr(settings, "password_command", None):
         return from_command(settings.password_command)
     raise SecretError("no password, password_file or password_command is set")
+
+
+def scrub(text: str, secrets: Iterable[str | None], username: str | None = None) -> str:
+    """``text`` with each secret, and the base64 forms an SMTP AUTH exchange sent of it,
+    replaced by ``***``: a server that echoes what it was sent must not get it stored."""
+    for secret in secrets:
+        if not secret:
+            continue
+        forms = {secret, _b64(secret)}
+        if username is not None:
+            forms.add(_b64(f"\0{username}\0{secret}"))
+        for form in sorted(forms, key=len, reverse=True):
+            text = text.replace(form, "***")
+            if form != secret:  # an echo may drop base64 padding
+                text = text.replace(form.rstrip("="), "***")
+    return text
+
+
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode("utf-8")).decode("ascii")

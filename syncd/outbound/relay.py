@@ -11,7 +11,8 @@ relay: take the due items, send each, then mark it sent, failed for later or giv
        |---4xx / network error, younger than give_up_after--> queued, retry at backoff(n)
        '---5xx for every recipient left, or too old--> given_up (reason kept for status)
 
-The relay password is fetched by a callable at each connection, never stored in errors.
+The relay password is fetched by a callable at each send and scrubbed from the relay's
+replies (a relay may echo what it was sent) before they are kept for ``status``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+from syncd import secrets
 
 Security = Literal["tls", "starttls", "none"]
 
@@ -107,7 +110,7 @@ class Relay:
         s = self.settings
         return f"Relay({s.host}:{s.port}, {s.security}, user={s.username!r})"
 
-    def _connect(self) -> smtplib.SMTP:
+    def _connect(self, password: str | None) -> smtplib.SMTP:
         s = self.settings
         host = s.local_hostname or socket.gethostname()
         if s.security == "tls":
@@ -122,16 +125,31 @@ class Relay:
                 client.starttls(context=self._ssl)
                 client.ehlo()
             if s.username:
-                client.login(s.username, self._password() or "")
+                client.login(s.username, password or "")
         except BaseException:
             client.close()
             raise
         return client
 
     def send(self, raw: bytes, mail_from: str, recipients: Sequence[str]) -> Delivery:
-        """Deliver ``raw`` unchanged; never raises for SMTP or network trouble."""
+        """Deliver ``raw`` unchanged; never raises for SMTP or network trouble. The relay's
+        own words in the result never hold the password, even if it echoes it back."""
         try:
-            client = self._connect()
+            password = self._password() if self.settings.username else None
+        except secrets.SecretError as error:
+            return _all(recipients, temporary=str(error))
+        delivery = self._send(raw, mail_from, recipients, password)
+        if password:
+            for reasons in (delivery.temporary, delivery.permanent):
+                for rcpt, reason in reasons.items():
+                    reasons[rcpt] = secrets.scrub(reason, [password], self.settings.username)
+        return delivery
+
+    def _send(
+        self, raw: bytes, mail_from: str, recipients: Sequence[str], password: str | None
+    ) -> Delivery:
+        try:
+            client = self._connect(password)
         except smtplib.SMTPAuthenticationError as error:
             return _all(recipients, permanent=f"relay refused the login ({error.smtp_code})")
         except (OSError, smtplib.SMTPException) as error:

@@ -720,6 +720,37 @@ def test_relay_starttls_and_auth(tmp_path: Path, certificate: tuple[Path, Path])
     assert seen[0] == (b"syncd", b"s3cret") and len(sink.received) == 1
 
 
+def test_a_relay_echoing_the_password_never_gets_it_stored(tmp_path: Path) -> None:
+    secret = "s3cret-Pa55"
+    plain = base64.b64encode(b"\0syncd\0" + secret.encode()).decode()
+    login = base64.b64encode(secret.encode()).decode()
+    echo = [f"451 4.3.0 you sent {secret}", f"451 4.3.0 AUTH PLAIN {plain}",
+            f"554 5.7.1 AUTH LOGIN {login.rstrip('=')} refused"]  # fmt: skip
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any):
+        return AuthResult(success=data.password == secret.encode(), handled=False)
+
+    sink = Sink(echo, authenticator=authenticator, auth_require_tls=False)
+    conn = db.connect(tmp_path / "store.sqlite3")
+    outbox = Outbox(conn)
+    for _ in echo:
+        outbox.enqueue(message(), "ada@example.com", ["archive@example.net"], now=1000.0)
+    relay = Relay(RelaySettings("127.0.0.1", sink.port, "none", username="syncd"), lambda: secret)
+    try:
+        assert OutboxRunner(outbox, relay, clock=lambda: 1000.0).run_once() == {
+            "sent": 0, "retry": 2, "give_up": 1,
+        }  # fmt: skip
+    finally:
+        sink.close()
+    conn.commit()
+    shown = repr(status(conn)) + repr(conn.execute("SELECT * FROM outbox").fetchall())
+    assert "***" in shown
+    for form in (secret, plain, login, login.rstrip("=")):
+        assert form not in shown
+    dump = "\n".join(conn.iterdump())
+    assert secret not in dump and login.rstrip("=") not in dump
+
+
 @pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks not installed")
 def test_swaks_delivers(make_endpoint: Callable[..., Endpoint]) -> None:
     endpoint = make_endpoint()
