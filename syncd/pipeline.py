@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import select
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -134,6 +135,26 @@ def _with_attachments_staged(
     return dataclasses.replace(email, attachments=tuple(kept)), prepared._replace(
         staged=tuple(staged)
     )
+
+
+def _die_with(pid: int) -> None:
+    """Parser process initializer: end when process ``pid`` (the pool's owner) ends.
+
+    A killed owner never closes the pool, and a worker waiting on its call queue holds
+    that queue's write end itself, so it would wait for ever, keeping the forkserver and
+    the resource tracker alive with it. Its parent is the forkserver, not ``pid``, so a
+    parent-death signal cannot do this; a pidfd becomes readable when ``pid`` exits.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)
+
+    def wait() -> None:
+        select.select([fd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=wait, name="die-with-owner", daemon=True).start()
 
 
 def _parse_chunk(jobs: list[Job]) -> list[_Parsed | _Refused]:
@@ -435,7 +456,12 @@ class Pipeline:
                     context = multiprocessing.get_context("forkserver")
                     # lxml is imported on first use (htmltext): load it here once.
                     context.set_forkserver_preload(["syncd.pipeline", "lxml.html"])
-                    self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+                    self._pool = ProcessPoolExecutor(
+                        self.workers,
+                        mp_context=context,
+                        initializer=_die_with,
+                        initargs=(os.getpid(),),
+                    )
                 pool = self._pool
                 try:
                     return Parsing(items, pool, jobs, self._submit(pool, jobs))
