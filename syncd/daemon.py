@@ -201,12 +201,13 @@ def _save_state(pipeline: Any, pid: int, started: str, state: str, detail: dict[
 
 def _build_services(config: Config, store: StoreWorker) -> list[Service]:
     services: list[Service] = []
-    if config.bcc is not None:
-        services.append(BccService(config, store))
+    bcc = BccService(config, store) if config.bcc is not None else None
+    if bcc is not None:
+        services.append(bcc)
     if config.inboxes:
         services.append(ImapService(config, store))
     if config.metrics.listen is not None:
-        services.append(MetricsService(config))
+        services.append(MetricsService(config, bcc.unsaved_counts if bcc else None))
     return services
 
 
