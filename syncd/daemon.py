@@ -34,6 +34,7 @@ from syncd.config import Config
 from syncd.errors import ConfigError, StoreError
 from syncd.imapservice import ImapService
 from syncd.metrics import MetricsService
+from syncd.quarantineservice import QuarantineService
 from syncd.schedule import Every
 from syncd.sdnotify import Notifier
 from syncd.store import daemonstate
@@ -155,7 +156,9 @@ class Daemon:
         self.notifier.watchdog()
 
     def _summary(self) -> str:
-        return "; ".join(s.summary() for s in self.services) or "nothing configured to run"
+        return "; ".join(filter(None, (s.summary() for s in self.services))) or (
+            "nothing configured to run"
+        )
 
     def _announce(self) -> None:
         self.notifier.status(self._summary())
@@ -208,6 +211,7 @@ def _build_services(config: Config, store: StoreWorker) -> list[Service]:
         services.append(ImapService(config, store))
     if config.metrics.listen is not None:
         services.append(MetricsService(config, bcc.unsaved_counts if bcc else None))
+    services.append(QuarantineService(store))
     return services
 
 
