@@ -5,8 +5,9 @@ own connection with group commit). The store thread then drains the spool throug
 pipeline, a small batch at a time so the spool writer never waits long for the write
 lock; the spool row is deleted in the same transaction as the mail it became. Drains
 run at start (after a crash the spool still holds what was acknowledged), shortly
-after each accepted message, and every few seconds. extra_bcc copies leave from the
-durable outbox on a timer, in a worker thread.
+after each accepted message, and every few seconds; after a failed drain (a full or
+read-only store) the next waits twice as long, up to ``DRAIN_MAX_SECONDS``. extra_bcc
+copies leave from the durable outbox on a timer, in a worker thread.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from syncd.store import db, spool
 
 log = logging.getLogger("syncd.bcc")
 DRAIN_SECONDS = 2.0
+DRAIN_MAX_SECONDS = 120.0
 OUTBOX_SECONDS = 15.0
 STOP_GRACE_SECONDS = 10.0
 
@@ -70,6 +72,8 @@ class BccService:
         self._server: BccServer | None = None
         self._handler: BccHandler | None = None
         self._draining = False
+        self._drain_backoff = DRAIN_SECONDS
+        self._drain_after = 0.0  # monotonic; no drain before it, after a failure
         self._state = "starting"
         self._outbox_conn: sqlite3.Connection | None = None
         self._sending: asyncio.Future[None] | None = None
@@ -117,8 +121,12 @@ class BccService:
         self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
         return spool_id
 
+    def unsaved_counts(self) -> dict[str, int]:
+        """BCC counts the store has not taken yet (for ``/metrics``)."""
+        return dict(self._writer.unsaved())
+
     async def _drain(self) -> None:
-        if self._draining:
+        if self._draining or time.monotonic() < self._drain_after:
             return  # the running drain loops until the spool is empty
         self._draining = True
         try:
@@ -128,8 +136,12 @@ class BccService:
                 taken += batch
             if taken:
                 log.info("logged %d BCC message(s) from the spool", taken)
+            self._drain_backoff, self._drain_after = DRAIN_SECONDS, 0.0
         except Exception:
-            log.exception("draining the BCC spool failed; retrying in %.0f s", DRAIN_SECONDS)
+            wait = self._drain_backoff
+            log.exception("draining the BCC spool failed; retrying in %.0f s", wait)
+            self._drain_after = time.monotonic() + wait
+            self._drain_backoff = min(wait * 2, DRAIN_MAX_SECONDS)
         finally:
             self._draining = False
 

@@ -34,6 +34,7 @@ from syncd.config import Config
 from syncd.errors import ConfigError, StoreError
 from syncd.imapservice import ImapService
 from syncd.metrics import MetricsService
+from syncd.quarantineservice import QuarantineService
 from syncd.schedule import Every
 from syncd.sdnotify import Notifier
 from syncd.store import daemonstate
@@ -155,7 +156,9 @@ class Daemon:
         self.notifier.watchdog()
 
     def _summary(self) -> str:
-        return "; ".join(s.summary() for s in self.services) or "nothing configured to run"
+        return "; ".join(filter(None, (s.summary() for s in self.services))) or (
+            "nothing configured to run"
+        )
 
     def _announce(self) -> None:
         self.notifier.status(self._summary())
@@ -201,12 +204,14 @@ def _save_state(pipeline: Any, pid: int, started: str, state: str, detail: dict[
 
 def _build_services(config: Config, store: StoreWorker) -> list[Service]:
     services: list[Service] = []
-    if config.bcc is not None:
-        services.append(BccService(config, store))
+    bcc = BccService(config, store) if config.bcc is not None else None
+    if bcc is not None:
+        services.append(bcc)
     if config.inboxes:
         services.append(ImapService(config, store))
     if config.metrics.listen is not None:
-        services.append(MetricsService(config))
+        services.append(MetricsService(config, bcc.unsaved_counts if bcc else None))
+    services.append(QuarantineService(store))
     return services
 
 

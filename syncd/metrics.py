@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -35,6 +35,11 @@ def metrics_from(report: dict[str, Any]) -> Iterator[Metric]:
     for reason, value in sorted((bcc.get("refused_by_reason") or {}).items()):
         refused.add_metric([reason], value)
     yield refused
+    yield _counter(
+        "syncd_bcc_temporary_failures",
+        "BCC messages answered 451 (store or DNS trouble)",
+        bcc.get("temporary_failures", 0),
+    )
     yield _gauge(
         "syncd_bcc_spool_depth", "Messages acknowledged, not yet logged", bcc.get("spool_depth", 0)
     )
@@ -87,9 +92,12 @@ class MetricsService:
 
     name = "metrics"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, unsaved: Callable[[], Mapping[str, int]] | None = None
+    ) -> None:
         assert config.metrics.listen is not None
         self._config = config
+        self._unsaved = unsaved  # the BCC endpoint's counts not in the store yet
         self._listen = config.metrics.listen
         self._runner: web.AppRunner | None = None
         self._web: Any = None  # the aiohttp.web module, once serving
@@ -109,7 +117,15 @@ class MetricsService:
         return await asyncio.to_thread(statusreport.gather, self._config)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = render(await self._report())
+        try:
+            report = await self._report()
+        except Exception as exc:
+            # A store that cannot even be read still leaves the in-memory counts to show.
+            log.warning("metrics: cannot read the store: %s", exc)
+            report = {}
+        if self._unsaved is not None:
+            report = statusreport.with_unsaved(report, self._unsaved())
+        body = render(report)
         return self._web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _health(self, request: web.Request) -> web.Response:

@@ -8,7 +8,9 @@ source's ``on_commit`` (an IMAP checkpoint, a spool deletion) and commits: the m
 the source's record of it land together or not at all. A message that cannot be parsed,
 or that fails in any unexpected way, goes to the quarantine with its reason inside the
 same transaction; a bad message never raises. Errors of the store itself (disk full,
-locked) abort the batch and raise ``StoreError``. One Pipeline owns one connection and
+locked, read-only, and the same while an attachment's file is written) abort the batch
+and raise ``StoreError``: the source hands the mail over again, nothing is quarantined
+for a disk's fault. One Pipeline owns one connection and
 is used by one thread.
 
 ``Outcome`` (crm/model.py) reports each message: logged, duplicate, skipped, quarantined.
@@ -43,7 +45,7 @@ from syncd.mail.parse import Address, Attachment, Email, parse
 from syncd.mail.provenance import Provenance
 from syncd.memory import return_large_buffers
 from syncd.store import crm as store
-from syncd.store.blobs import discard_staged, purge_staging, stage_blob
+from syncd.store.blobs import discard_staged, purge_staging, stage_blob, storage_failure
 from syncd.store.db import transaction
 from syncd.store.mailwriter import MailWriter, Prepared, prepare
 from syncd.store.walcheckpoint import WalCheckpointer
@@ -344,7 +346,7 @@ class Pipeline:
                 writer.flush()
                 if on_commit is not None:
                     on_commit(self.conn)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # only storage failures get here (_apply)
             raise StoreError(f"store write failed: {exc}") from exc
         finally:
             discard_staged(staged)
@@ -398,6 +400,13 @@ class Pipeline:
         except sqlite3.Error as exc:
             if (exc.sqlite_errorname or "").startswith(STORE_FAILURES):
                 # The store itself is failing (disk full, I/O): no message is to blame.
+                conn.execute("ROLLBACK TO message")
+                conn.execute("RELEASE message")
+                writer.discard()
+                raise
+            return self._failed(writer, email, exc)
+        except OSError as exc:
+            if storage_failure(exc):  # an attachment's file: the disk is at fault, as above
                 conn.execute("ROLLBACK TO message")
                 conn.execute("RELEASE message")
                 writer.discard()

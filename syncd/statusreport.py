@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,6 +32,24 @@ def gather(config: Config) -> dict[str, Any]:
         return _from_store(conn, names)
     finally:
         conn.close()
+
+
+def with_unsaved(report: dict[str, Any], counts: Mapping[str, int]) -> dict[str, Any]:
+    """``report`` plus the running daemon's BCC counts the store has not taken yet (a
+    full or read-only store refuses them; the endpoint keeps them in memory)."""
+    bcc = dict(report.get("bcc") or {})
+    reasons = dict(bcc.get("refused_by_reason") or {})
+    for name, n in counts.items():
+        if name.startswith("refused."):
+            reason = name.removeprefix("refused.")
+            reasons[reason] = reasons.get(reason, 0) + n
+        elif name == "tempfail":
+            bcc["temporary_failures"] = bcc.get("temporary_failures", 0) + n
+        elif name == "accepted":
+            bcc["accepted"] = bcc.get("accepted", 0) + n
+    bcc["refused_by_reason"] = reasons
+    bcc["refused"] = sum(reasons.values())
+    return report | {"bcc": bcc}
 
 
 def _from_store(conn: sqlite3.Connection, names: list[str]) -> dict[str, Any]:

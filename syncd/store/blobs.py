@@ -6,11 +6,17 @@ Parser processes write attachments before the rules have decided whether their m
 is logged at all, so they write to ``.staging/`` (``stage_blob``); the writer moves a
 file into place when its message is logged (``adopt_blob``) and the pipeline discards
 the rest after the batch: mail that is skipped leaves no file behind.
+
+A write that fails because of the disk, not the message (``storage_failure``: full,
+over quota, read-only, I/O errors, out of file handles), is the store's failure: the
+pipeline aborts the batch as it does for SQLITE_FULL, and the source hands the mail
+over again later.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
@@ -19,6 +25,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# Errors that say the filesystem, not the attachment, is at fault; they pass with time.
+STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EMFILE, errno.ENFILE}
+)
+
+
+def storage_failure(exc: BaseException) -> bool:
+    """True for an OSError that the disk caused (see ``STORAGE_ERRNOS``)."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
 
 
 def blob_path(directory: Path, digest: str) -> Path:

@@ -23,7 +23,9 @@ Skipped (never_log), duplicate and quarantined mail is never forwarded.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -37,6 +39,8 @@ from typing import Any
 from syncd.errors import StoreError
 from syncd.mail.provenance import Provenance
 from syncd.store import db
+
+log = logging.getLogger(__name__)
 
 
 def _bump(conn: sqlite3.Connection, counts: Counter[str]) -> None:
@@ -87,6 +91,13 @@ class SpoolWriter:
     acknowledges many sessions and a lone client pays no thread hand-off. ``count(name)``
     adds to a status counter (refusals); counters ride with the next commit, and a
     background thread flushes them within ``flush_interval`` seconds when mail is quiet.
+
+    A store that cannot be written (disk full, read-only, I/O errors) fails each message
+    once, at once (the endpoint answers 451); nothing is retried in a loop. Counters
+    wait in memory (``unsaved()``, which the metrics endpoint adds to the store's) and
+    the background flush tries them again after ``flush_interval``, doubling after each
+    failure up to ``max_backoff``. ``close`` tries the counters once more and never
+    waits for the store beyond that one attempt.
     """
 
     def __init__(
@@ -97,6 +108,7 @@ class SpoolWriter:
         max_batch_bytes: int = 64 * 1024 * 1024,
         busy_timeout: float | None = None,
         flush_interval: float = 5.0,
+        max_backoff: float = 300.0,
     ) -> None:
         self._conn = db.connect(path)
         if busy_timeout is not None:
@@ -106,6 +118,12 @@ class SpoolWriter:
         self._cond = threading.Condition()
         self._pending: list[_Job] = []
         self._counts: Counter[str] = Counter()
+        self._writing: Counter[str] = Counter()  # counts in the commit under way
+        self._interval = flush_interval
+        self._max_backoff = max_backoff
+        self._backoff = flush_interval
+        self._counts_due = 0.0  # monotonic time before which a counters-only flush waits
+        self._failing = False  # the last commit was refused
         self._leading = False
         self._closed = False
         self.commits = 0  # transactions written; messages / commits = mean group size
@@ -130,22 +148,37 @@ class SpoolWriter:
         with self._cond:
             self._counts[name] += n
 
+    def unsaved(self) -> Counter[str]:
+        """Counts not in the store yet (waiting for a commit, or for a store that
+        refuses writes): add them to the store's ``bcc_counters`` for live figures."""
+        with self._cond:
+            return self._counts + self._writing
+
     def close(self) -> None:
-        """Stop taking mail, write counters still pending, close the connection."""
+        """Stop taking mail, try once to write the counters still pending, close the
+        connection. Counters the store refuses are logged, not waited for."""
         with self._cond:
             self._closed = True
         self._stop.set()
         self._flusher.join()
-        self._lead_until(None)
+        # One short attempt: the daemon's shutdown is bounded, a locked store is not.
+        self._conn.execute("PRAGMA busy_timeout = 2000")
+        self._lead_until(None, once=True)
+        lost = self.unsaved()
+        if lost:
+            log.warning("BCC counts not saved, the store refused them: %s", dict(lost))
         self._conn.close()
 
     def _flush_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            self._lead_until(None)
+            if time.monotonic() >= self._counts_due:
+                self._lead_until(None, once=True)
 
-    def _lead_until(self, done: threading.Event | None) -> None:
+    def _lead_until(self, done: threading.Event | None, *, once: bool = False) -> None:
         """Commit queued work as leader, or wait for the leader, until ``done`` is set
-        (``done`` None: until nothing is queued)."""
+        (``done`` None: until nothing is queued). ``once``: stop after a failed commit
+        rather than take the same counters again (a store that refuses writes would
+        otherwise be retried in a tight loop)."""
         while True:
             with self._cond:
                 while self._leading and not (done is not None and done.is_set()):
@@ -157,11 +190,13 @@ class SpoolWriter:
                     return
                 self._leading = True
             try:
-                self._commit(batch, counts)
+                ok = self._commit(batch, counts)
             finally:
                 with self._cond:
                     self._leading = False
                     self._cond.notify_all()
+            if once and not ok:
+                return
 
     def _take(self) -> tuple[list[_Job], Counter[str]]:
         batch: list[_Job] = []
@@ -173,9 +208,11 @@ class SpoolWriter:
             batch.append(job)
             size += len(job.raw)
         counts, self._counts = self._counts, Counter()
+        self._writing = counts.copy()
         return batch, counts
 
-    def _commit(self, batch: list[_Job], counts: Counter[str]) -> None:
+    def _commit(self, batch: list[_Job], counts: Counter[str]) -> bool:
+        """Write ``batch`` and ``counts`` in one transaction; False if the store refused."""
         if batch:
             counts["accepted"] += len(batch)
         try:
@@ -183,10 +220,30 @@ class SpoolWriter:
         except BaseException as error:
             for job in batch:
                 job.error = error
-            with self._cond:  # refusal counts are kept for the next try
-                self._counts.update({k: v for k, v in counts.items() if k != "accepted"})
+            if self._conn.in_transaction:  # a failed ROLLBACK must not wedge the next BEGIN
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            with self._cond:  # refusal counts are kept for the next try, after a pause
+                self._counts.update(self._writing)
+                self._writing = Counter()
+                self._counts_due = time.monotonic() + self._backoff
+                self._backoff = min(self._backoff * 2, self._max_backoff)
+                first, ok = not self._failing, False
+                self._failing = True
+            if first:  # once per outage: every refused message is logged by the endpoint
+                log.error("the BCC spool cannot be written, answering 451: %s", error)
+        else:
+            with self._cond:
+                self._writing = Counter()
+                self._counts_due = 0.0
+                self._backoff = self._interval
+                recovered = self._failing
+                self._failing, ok = False, True
+            if recovered:
+                log.info("the BCC spool can be written again")
         for job in batch:
             job.done.set()
+        return ok
 
     def _write(self, batch: list[_Job], counts: Counter[str]) -> None:
         now = time.time()
