@@ -175,7 +175,9 @@ class BccHandler:
             except Exception:
                 log.exception("BCC event counter failed")
 
-    def auth_allowed(self, session: Session) -> bool:
+    # Not named auth_*: aiosmtpd advertises every auth_* attribute of the handler as a
+    # mechanism.
+    def may_authenticate(self, session: Session) -> bool:
         if not self.policy.needs_auth or self.credentials is None:
             return False
         return session.ssl is not None or is_loopback(_peer_ip(session))
@@ -186,7 +188,7 @@ class BccHandler:
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list
     ) -> list[str]:
         session.host_name = hostname
-        if self.auth_allowed(session):
+        if self.may_authenticate(session):
             return responses
         return [r for r in responses if not r[4:].upper().startswith("AUTH")]
 
@@ -195,7 +197,7 @@ class BccHandler:
     ) -> Any:
         if not self.policy.needs_auth or self.credentials is None:
             return "502 5.5.1 AUTH is not offered here"
-        if not self.auth_allowed(session):
+        if not self.may_authenticate(session):
             return "538 5.7.11 Encryption required: use STARTTLS before AUTH"
         return MISSING
 

@@ -490,6 +490,19 @@ def test_auth_member_must_match_from(
     assert [r["owner"] for r in endpoint.rows()] == ["ada@example.com"]
 
 
+def test_only_plain_and_login_are_advertised(
+    make_endpoint: Callable[..., Endpoint], tmp_path: Path
+) -> None:
+    # aiosmtpd takes every auth_* attribute of the handler for a mechanism.
+    credentials = PasswordFiles({}, DIRECTORY)
+    endpoint = make_endpoint(policy=SenderPolicy("auth", DIRECTORY), credentials=credentials)
+    client = endpoint.client()
+    assert client.esmtp_features["auth"].split() == ["LOGIN", "PLAIN"]
+    code, text = client.docmd("AUTH", "ALLOWED")
+    assert (code, text) == (504, b"5.5.4 Unrecognized authentication type")
+    client.quit()
+
+
 def test_auth_needs_tls_off_loopback() -> None:
     handler = BccHandler(
         addresses=[LOG],
@@ -499,11 +512,11 @@ def test_auth_needs_tls_off_loopback() -> None:
     )
     session = Session(asyncio.new_event_loop())
     session.peer = ("192.0.2.10", 40000)
-    assert not handler.auth_allowed(session)
+    assert not handler.may_authenticate(session)
     session.ssl = {"cipher": "TLS_AES_128_GCM_SHA256"}
-    assert handler.auth_allowed(session)
+    assert handler.may_authenticate(session)
     session.ssl, session.peer = None, ("::1", 40000, 0, 0)
-    assert handler.auth_allowed(session)
+    assert handler.may_authenticate(session)
     handler.close()
 
 
