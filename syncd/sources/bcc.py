@@ -11,7 +11,8 @@ any failure there is ``451 4.3.0`` with no internals (aiosmtpd's default would b
 ``500 Error: (ExcType) msg``). Session flow::
 
     connect --over cap--> 421, close
-      EHLO (STARTTLS; AUTH only over TLS or from loopback, and only for verify_sender=auth)
+      EHLO (STARTTLS, 503 once TLS is on; AUTH only over TLS or from loopback, and
+      only for verify_sender=auth)
       MAIL (530 if auth is required and missing) -> RCPT (550 5.7.1 unless a logging
       address, 452 past 100) -> DATA (552 too big or header block too large;
       550 5.7.1 sender not the team's or not verified; 451 on DNS or store trouble)
@@ -38,7 +39,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import (
+    MISSING,
+    SMTP,
+    AuthResult,
+    Envelope,
+    LoginPassword,
+    Session,
+    syntax,
+)
 
 from syncd import secrets
 from syncd.config_rules import is_loopback
@@ -353,6 +362,14 @@ class BccSMTP(SMTP):
                 await self.push(reply)
                 return
         await super().smtp_RCPT(arg)
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # RFC 3207 4.2: no STARTTLS once TLS is on; aiosmtpd would nest a second handshake.
+        if self.session is not None and self.session.ssl is not None:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
         self._in_data = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import shutil
 import signal
@@ -464,6 +465,23 @@ def test_starttls_and_require_tls(
     assert client.data(message())[0] == 250
     client.quit()
     assert len(endpoint.rows()) == 1
+
+
+def test_starttls_inside_tls_gets_503(
+    make_endpoint: Callable[..., Endpoint],
+    certificate: tuple[Path, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cert, key = certificate
+    endpoint = make_endpoint(tls=tls_context(cert, key))
+    client = endpoint.client()
+    client.starttls(context=ssl.create_default_context(cafile=str(cert)))
+    client.ehlo()
+    with caplog.at_level(logging.DEBUG):
+        assert client.docmd("STARTTLS") == (503, b"5.5.1 TLS already active")
+        assert client.noop()[0] == 250  # the session goes on, still encrypted
+        client.quit()
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
 
 
 def test_auth_member_must_match_from(
