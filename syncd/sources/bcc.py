@@ -34,7 +34,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,8 +51,8 @@ from aiosmtpd.smtp import (
 
 from syncd import secrets
 from syncd.config_rules import is_loopback
+from syncd.sources.bcc_limits import Limits
 from syncd.sources.senders import (
-    MAX_HEADER_BYTES,
     RELAY_DENIED,
     SenderDirectory,
     SenderPolicy,
@@ -70,31 +70,6 @@ class Spool(Protocol):
     def __call__(
         self, raw: bytes, mail_from: str, peer_ip: str, owner: str | None = None
     ) -> object: ...
-
-
-def _calls() -> dict[str, int]:
-    # Per connection. MAIL/RCPT/DATA allow long sessions of a busy sending MTA.
-    return {
-        "MAIL": 1000, "RCPT": 20000, "DATA": 1000, "RSET": 1000, "NOOP": 100,
-        "EHLO": 10, "HELO": 10, "STARTTLS": 2, "AUTH": 3, "QUIT": 1, "*": 20,
-    }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Resource caps; the defaults suit a small team's endpoint on the public internet."""
-
-    max_connections: int = 200
-    max_per_ip: int = 32
-    idle_timeout: float = 120.0  # no bytes for this long: close (also during DATA)
-    data_base_s: float = 120.0  # DATA deadline = base + max size / min rate
-    data_min_rate: float = 64 * 1024.0  # bytes/s: a slow but honest uplink
-    max_header_bytes: int = MAX_HEADER_BYTES
-    worker_threads: int = 32  # spool writes and DNS checks wait here, not in the loop
-    command_call_limit: Mapping[str, int] = field(default_factory=_calls)
-
-    def data_deadline(self, max_bytes: int) -> float:
-        return self.data_base_s + max_bytes / self.data_min_rate
 
 
 class PasswordFiles:
@@ -320,7 +295,10 @@ class BccSMTP(SMTP):
         self._slot: str | None = None
         self._refused = False
         self._in_data = False
-        self._deadline = limits.data_deadline(max_bytes)
+        self._data_started = 0.0
+        self._received = 0  # bytes of this DATA so far
+        self._tail = b""  # last bytes seen, to spot the end of data across reads
+        self._rate_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._slot is None and not self._refused:
@@ -349,10 +327,44 @@ class BccSMTP(SMTP):
                 self._slot = None
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
         if self._in_data:
             # aiosmtpd resets its idle timer per command only; a long DATA keeps it alive.
             self._reset_timeout()
+            if self._rate_timer is not None:
+                self._received += len(data)
+                seen = self._tail + data
+                if b"\r\n.\r\n" in seen:
+                    self._stop_rate_clock()  # the rest is ours to do: checks, spool
+                self._tail = seen[-4:]
+        super().data_received(data)
+
+    def _start_rate_clock(self) -> None:
+        self._data_started = self.loop.time()
+        self._received, self._tail = 0, b"\r\n"
+        self._rate_timer = self.loop.call_at(self._data_due(), self._check_rate)
+
+    def _stop_rate_clock(self) -> None:
+        if self._rate_timer is not None:
+            self._rate_timer.cancel()
+            self._rate_timer = None
+
+    def _data_due(self) -> float:
+        return self.event_handler.limits.data_deadline(self._data_started, self._received)
+
+    def _check_rate(self) -> None:
+        # Checked when the deadline the bytes bought runs out, not per byte.
+        due = self._data_due()
+        if self.loop.time() < due:
+            self._rate_timer = self.loop.call_at(due, self._check_rate)
+            return
+        self._rate_timer = None
+        self.event_handler.count("refused.deadline")
+        log.info("BCC DATA from %s arrived too slowly; closed", self._slot)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.write(b"451 4.4.2 Timeout: data arrived too slowly\r\n")
+            transport.close()
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         envelope, session = self.envelope, self.session
@@ -373,15 +385,11 @@ class BccSMTP(SMTP):
 
     async def smtp_DATA(self, arg: str) -> None:
         self._in_data = True
+        self._start_rate_clock()
         try:
-            async with asyncio.timeout(self._deadline):
-                await super().smtp_DATA(arg)
-        except TimeoutError:
-            self.event_handler.count("refused.deadline")
-            log.info("BCC DATA deadline passed for %s", self._slot)
-            if self.transport is not None:
-                self.transport.close()
+            await super().smtp_DATA(arg)
         finally:
+            self._stop_rate_clock()
             self._in_data = False
 
     @property

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import logging
 import os
+import select
 import shutil
 import signal
 import smtplib
@@ -307,21 +308,63 @@ def test_slow_client_does_not_block_others(make_endpoint: Callable[..., Endpoint
     assert len(endpoint.rows()) == 1
 
 
-def test_data_deadline_closes_a_trickling_client(make_endpoint: Callable[..., Endpoint]) -> None:
-    endpoint = make_endpoint(limits=Limits(idle_timeout=5, data_base_s=1.0, data_min_rate=1e12))
-    client = endpoint.client()
-    client.mail("ada@example.com")
-    client.rcpt(LOG)
-    assert client.docmd("DATA")[0] == 354
+def open_data(endpoint: Endpoint) -> tuple[socket.socket, Any]:
+    """A raw session up to the 354, for senders that pace their bytes."""
+    sock = socket.create_connection(("127.0.0.1", endpoint.port), timeout=10)
+    reader = sock.makefile("rb")
+    reader.readline()
+    for line in (b"EHLO raw.test", b"MAIL FROM:<ada@example.com>", f"RCPT TO:<{LOG}>".encode()):
+        sock.sendall(line + b"\r\n")
+        while reader.readline()[3:4] == b"-":
+            pass
+    sock.sendall(b"DATA\r\n")
+    assert reader.readline().startswith(b"354")
+    return sock, reader
+
+
+def trickle(sock: socket.socket, chunk: bytes, every: float, seconds: float) -> bool:
+    """Send ``chunk`` every ``every`` seconds; False as soon as the server answers or
+    hangs up (a reply in the middle of DATA is always the end of it)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            sock.sendall(chunk)
+        except OSError:
+            return False
+        if select.select([sock], [], [], every)[0]:
+            return False
+    return True
+
+
+def test_sender_below_the_minimum_data_rate_is_cut(
+    make_endpoint: Callable[..., Endpoint],
+) -> None:
+    # 100 B/s against a 200 B/s floor: past the 0.5 s grace the bytes fall behind.
+    endpoint = make_endpoint(limits=Limits(idle_timeout=5, data_base_s=0.5, data_min_rate=200))
+    sock, reader = open_data(endpoint)
     started = time.monotonic()
-    with pytest.raises(OSError):
-        for _ in range(40):  # 8 s of trickle if nobody stops it
-            client.sock.sendall(b"From: ada@example.com\r\n")
-            time.sleep(0.2)
-            if client.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
-                raise ConnectionResetError
-    assert time.monotonic() - started < 3
+    cut = not trickle(sock, b"X-Slow: " + b"a" * 10 + b"\r\n", 0.2, 6)
+    assert cut and time.monotonic() - started < 3
+    assert reader.readline() == b"451 4.4.2 Timeout: data arrived too slowly\r\n"
+    assert reader.readline() == b""
+    sock.close()
     assert endpoint.rows() == []
+    assert endpoint.handler.stats["refused.deadline"] == 1
+
+
+def test_sender_above_the_minimum_rate_may_take_longer_than_the_grace(
+    make_endpoint: Callable[..., Endpoint],
+) -> None:
+    # 1,000 B/s against a 200 B/s floor for four times the grace: the deadline follows
+    # the bytes received.
+    endpoint = make_endpoint(limits=Limits(idle_timeout=5, data_base_s=0.5, data_min_rate=200))
+    sock, reader = open_data(endpoint)
+    sock.sendall(b"From: ada@example.com\r\n\r\n")
+    assert trickle(sock, b"a" * 98 + b"\r\n", 0.1, 2)
+    sock.sendall(b".\r\n")
+    assert reader.readline().startswith(b"250 ")
+    sock.close()
+    assert len(endpoint.rows()) == 1
 
 
 def test_connection_caps_answer_421(make_endpoint: Callable[..., Endpoint]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from syncd.outbound.relay import Delivery, backoff, plan
+from syncd.sources.bcc_limits import Limits
 from syncd.sources.senders import (
     MAX_RECIPIENTS,
     RELAY_DENIED,
@@ -292,3 +293,20 @@ def test_plan(
         assert decision.next_attempt_at == 1000.0 + age + backoff(attempts + 1)
     if action == "give_up":
         assert decision.reason
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "received", "too_slow"),
+    [
+        (119.0, 0, False),  # the grace
+        (121.0, 0, True),  # nothing after the grace
+        (121.0, 1000, False),  # 1,000 bytes buy 2 s
+        (123.0, 1000, True),
+        (3600.0, 1_741_000, False),  # just over 500 B/s, an hour long
+        (3600.0, 1_739_000, True),
+        (30.0, 50 * 1024 * 1024, False),  # a fast big message
+    ],
+)
+def test_minimum_data_rate(elapsed: float, received: int, too_slow: bool) -> None:
+    limits = Limits()  # 120 s of grace, then 500 B/s
+    assert (1000.0 + elapsed >= limits.data_deadline(1000.0, received)) is too_slow
