@@ -51,7 +51,7 @@ from aiosmtpd.smtp import (
 
 from syncd import secrets
 from syncd.config_rules import is_loopback
-from syncd.sources.bcc_limits import Limits
+from syncd.sources.bcc_limits import DataBudget, Limits
 from syncd.sources.senders import (
     RELAY_DENIED,
     SenderDirectory,
@@ -63,6 +63,8 @@ from syncd.sources.senders import (
 log = logging.getLogger(__name__)
 
 TEMPFAIL = "451 4.3.0 Temporary failure storing the message; please try again later"
+NO_ROOM = "452 4.3.1 Insufficient system storage, try later"
+TOO_SLOW = "451 4.4.2 Timeout: data arrived too slowly"
 ACCEPTED = "250 2.6.0 Message accepted for logging"
 
 
@@ -106,6 +108,7 @@ class Gate:
         self.total = 0
         self.per_ip: Counter[str] = Counter()
         self.sessions: set[BccSMTP] = set()
+        self.budget = DataBudget(limits.data_budget)
 
     def acquire(self, ip: str) -> bool:
         if self.total >= self.limits.max_connections or (self.per_ip[ip] >= self.limits.max_per_ip):
@@ -119,6 +122,14 @@ class Gate:
         self.per_ip[ip] -= 1
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]
+
+
+def _declared_size(mail_options: list[str]) -> int:
+    for option in mail_options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0
 
 
 def _peer_ip(session: Session) -> str:
@@ -297,6 +308,7 @@ class BccSMTP(SMTP):
         self._in_data = False
         self._data_started = 0.0
         self._received = 0  # bytes of this DATA so far
+        self._charged = 0  # what this session holds of the gate's DataBudget
         self._tail = b""  # last bytes seen, to spot the end of data across reads
         self._rate_timer: asyncio.TimerHandle | None = None
 
@@ -332,11 +344,29 @@ class BccSMTP(SMTP):
             self._reset_timeout()
             if self._rate_timer is not None:
                 self._received += len(data)
+                budget = self._gate.budget
+                self._charged = budget.grow(self._charged, self._received)
+                if budget.over(self._charged):
+                    self._hang_up(NO_ROOM, "refused.memory")
+                    return
                 seen = self._tail + data
                 if b"\r\n.\r\n" in seen:
                     self._stop_rate_clock()  # the rest is ours to do: checks, spool
                 self._tail = seen[-4:]
         super().data_received(data)
+
+    def _hang_up(self, reply: str, reason: str) -> None:
+        """End a DATA in the middle: the reply, then close. The message is dropped with
+        the connection; a sender still writing may see a reset instead of the reply,
+        which MTAs treat as a temporary failure too."""
+        self._stop_rate_clock()
+        self.event_handler.count(reason)
+        log.info("BCC DATA from %s cut: %s", self._slot, reply)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.write(reply.encode() + b"\r\n")
+            transport.close()
 
     def _start_rate_clock(self) -> None:
         self._data_started = self.loop.time()
@@ -358,13 +388,7 @@ class BccSMTP(SMTP):
             self._rate_timer = self.loop.call_at(due, self._check_rate)
             return
         self._rate_timer = None
-        self.event_handler.count("refused.deadline")
-        log.info("BCC DATA from %s arrived too slowly; closed", self._slot)
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.write(b"451 4.4.2 Timeout: data arrived too slowly\r\n")
-            transport.close()
+        self._hang_up(TOO_SLOW, "refused.deadline")
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         envelope, session = self.envelope, self.session
@@ -384,12 +408,23 @@ class BccSMTP(SMTP):
         await super().smtp_STARTTLS(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
+        envelope = self.envelope
+        declared = _declared_size(envelope.mail_options) if envelope is not None else 0
+        ready = envelope is not None and envelope.rcpt_tos and not arg
+        if ready and not self._gate.budget.admits(declared):
+            self.event_handler.count("refused.memory")
+            await self.push(NO_ROOM)
+            return
         self._in_data = True
+        self._charged = self._gate.budget.grow(0, declared)
         self._start_rate_clock()
         try:
             await super().smtp_DATA(arg)
         finally:
+            # Also on a lost connection: aiosmtpd cancels the session's task.
             self._stop_rate_clock()
+            self._gate.budget.release(self._charged)
+            self._charged = 0
             self._in_data = False
 
     @property

@@ -1,7 +1,8 @@
 """The BCC endpoint's resource rules, pure and driven by the caller's clock.
 
 ``Limits`` holds the caps (connections, DATA time, ...); its ``data_deadline`` is the
-minimum data rate rule. ``sources.bcc`` applies them on the event loop; nothing here
+minimum data rate rule. ``DataBudget`` counts the DATA bytes held in memory across
+sessions. ``sources.bcc`` applies them on the event loop; nothing here
 does I/O or reads the time itself, so the rules are tested by tables.
 """
 
@@ -31,6 +32,9 @@ class Limits:
     data_base_s: float = 120.0  # grace before the minimum data rate counts
     data_min_rate: float = 500.0  # bytes/s over the whole DATA, as Postfix's smtpd_min_data_rate
     max_header_bytes: int = MAX_HEADER_BYTES
+    # DATA bytes held in memory across all sessions; aiosmtpd keeps a message in memory
+    # until it is stored. A message alone always fits.
+    data_budget: int = 256 * 1024 * 1024
     worker_threads: int = 32  # spool writes and DNS checks wait here, not in the loop
     command_call_limit: Mapping[str, int] = field(default_factory=_calls)
 
@@ -38,3 +42,34 @@ class Limits:
         """When a DATA that began at ``started`` and has brought ``received`` bytes so
         far becomes too slow: each byte buys 1/min_rate seconds past the grace."""
         return started + self.data_base_s + received / self.data_min_rate
+
+
+class DataBudget:
+    """DATA bytes held in memory across sessions, against ``Limits.data_budget``.
+
+    A session is charged what it declared with ``SIZE=`` when DATA starts and then what
+    it has sent, whichever is more, until its message is stored or its connection ends.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+    def admits(self, declared: int) -> bool:
+        """May a DATA that declared ``declared`` bytes start now?"""
+        return self.in_flight == 0 or self.in_flight + declared <= self.limit
+
+    def grow(self, charged: int, received: int) -> int:
+        """A session charged ``charged`` has now received ``received``; its new charge."""
+        if received > charged:
+            self.in_flight += received - charged
+            return received
+        return charged
+
+    def over(self, charged: int) -> bool:
+        """Past the budget, with other sessions holding bytes too (alone, a message
+        always fits: the message size limit is its cap)."""
+        return self.in_flight > self.limit and self.in_flight > charged
+
+    def release(self, charged: int) -> None:
+        self.in_flight -= charged

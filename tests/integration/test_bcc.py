@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import select
@@ -365,6 +366,51 @@ def test_sender_above_the_minimum_rate_may_take_longer_than_the_grace(
     assert reader.readline().startswith(b"250 ")
     sock.close()
     assert len(endpoint.rows()) == 1
+
+
+NO_ROOM_LINE = b"452 4.3.1 Insufficient system storage, try later\r\n"
+
+
+def test_bytes_in_flight_over_the_budget_get_452(
+    make_endpoint: Callable[..., Endpoint],
+) -> None:
+    endpoint = make_endpoint(limits=Limits(data_budget=300_000))
+    line = b"a" * 998 + b"\r\n"
+    first, first_reader = open_data(endpoint)
+    first.sendall(b"From: ada@example.com\r\n\r\n" + line * 200)
+    time.sleep(0.3)
+    second, second_reader = open_data(endpoint)
+    with contextlib.suppress(OSError):  # the server may hang up before all is sent
+        second.sendall(line * 200)
+    # The reply comes before the end of the data: a reset may overtake it.
+    with contextlib.suppress(ConnectionResetError):
+        assert second_reader.readline() in (NO_ROOM_LINE, b"")
+        assert second_reader.readline() == b""
+    second.close()
+    first.sendall(b".\r\n")
+    assert first_reader.readline().startswith(b"250 ")
+    first.close()
+    # Released: a message larger than the budget passes alone.
+    assert send(endpoint, message(body=(("b" * 998 + "\r\n") * 400)))[0] == 250
+    assert len(endpoint.rows()) == 2
+    assert endpoint.handler.stats["refused.memory"] == 1
+
+
+def test_declared_size_over_the_budget_gets_452_before_data(
+    make_endpoint: Callable[..., Endpoint],
+) -> None:
+    endpoint = make_endpoint(limits=Limits(data_budget=300_000))
+    holder, _ = open_data(endpoint)
+    holder.sendall(b"From: ada@example.com\r\n\r\n" + (b"a" * 998 + b"\r\n") * 200)
+    time.sleep(0.3)
+    client = endpoint.client()
+    assert client.mail("ada@example.com", ["SIZE=200000"])[0] == 250
+    assert client.rcpt(LOG)[0] == 250
+    code, text = client.docmd("DATA")
+    assert (code, text) == (452, b"4.3.1 Insufficient system storage, try later")
+    assert client.noop()[0] == 250  # the session stays: the sender may try again
+    client.quit()
+    holder.close()
 
 
 def test_connection_caps_answer_421(make_endpoint: Callable[..., Endpoint]) -> None:
