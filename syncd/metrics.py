@@ -35,6 +35,13 @@ def metrics_from(report: dict[str, Any]) -> Iterator[Metric]:
     for reason, value in sorted((bcc.get("refused_by_reason") or {}).items()):
         refused.add_metric([reason], value)
     yield refused
+    # From the running daemon's heartbeat: since it started.
+    yield _counter("syncd_bcc_auth_failures", "Failed SMTP logins", bcc.get("auth_failures", 0))
+    yield _counter(
+        "syncd_bcc_auth_throttled",
+        "SMTP logins refused unchecked (454) while an IP or account was locked",
+        bcc.get("auth_throttled", 0),
+    )
     yield _gauge(
         "syncd_bcc_spool_depth", "Messages acknowledged, not yet logged", bcc.get("spool_depth", 0)
     )

@@ -31,6 +31,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -51,7 +52,7 @@ from aiosmtpd.smtp import (
 
 from syncd import secrets
 from syncd.config_rules import is_loopback
-from syncd.sources.bcc_limits import DataBudget, Limits
+from syncd.sources.bcc_limits import AuthThrottle, DataBudget, Limits
 from syncd.sources.senders import (
     RELAY_DENIED,
     SenderDirectory,
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 TEMPFAIL = "451 4.3.0 Temporary failure storing the message; please try again later"
 NO_ROOM = "452 4.3.1 Insufficient system storage, try later"
 TOO_SLOW = "451 4.4.2 Timeout: data arrived too slowly"
+THROTTLED = "454 4.7.0 Too many failed logins, try again later"
 ACCEPTED = "250 2.6.0 Message accepted for logging"
 
 
@@ -156,11 +158,19 @@ class BccHandler:
         self.credentials = credentials
         self.limits = limits or Limits()
         self.stats: Counter[str] = Counter()
+        self.throttle = AuthThrottle(self.limits)
         self._on_event = on_event
         self._executor = ThreadPoolExecutor(self.limits.worker_threads, "bcc-worker")
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+    def login_counts(self) -> dict[str, int]:  # not auth_*: see may_authenticate
+        """Failed and throttled logins since start, for ``/metrics``."""
+        return {
+            "auth_failures": self.stats["auth.failed"],
+            "auth_throttled": self.stats["auth.throttled"],
+        }
 
     def count(self, name: str) -> None:
         self.stats[name] += 1
@@ -194,6 +204,15 @@ class BccHandler:
             return "502 5.5.1 AUTH is not offered here"
         if not self.may_authenticate(session):
             return "538 5.7.11 Encryption required: use STARTTLS before AUTH"
+        ip = _peer_ip(session)
+        if self.throttle.refusal(ip, None, time.monotonic()) is not None:
+            self.count("auth.throttled")
+            return THROTTLED
+        # Growing with the IP's recent failures; the account's lock is checked with the
+        # login, in authenticator.
+        wait = self.throttle.delay(ip, time.monotonic())
+        if wait > 0:
+            await asyncio.sleep(wait)
         return MISSING
 
     def authenticator(
@@ -201,10 +220,25 @@ class BccHandler:
     ) -> AuthResult:
         if self.credentials is None or not isinstance(data, LoginPassword):
             return AuthResult(success=False, handled=False)
-        member = self.credentials(data.login.decode("utf-8", "replace"), data.password)
+        login, ip, now = data.login.decode("utf-8", "replace"), _peer_ip(session), time.monotonic()
+        # Checked again here, synchronously: parallel sessions may have locked it meanwhile.
+        if self.throttle.refusal(ip, login, now) is not None:
+            self.count("auth.throttled")
+            return AuthResult(success=False, handled=False, message=THROTTLED)
+        member = self.credentials(login, data.password)
         if member is None:
             self.count("refused.auth")
+            self.count("auth.failed")
+            for lock in self.throttle.failed(ip, login, now):
+                log.warning(
+                    "BCC AUTH: %s %r refused for %.0f s after %d failed logins",
+                    "IP" if lock.kind == "ip" else "account",
+                    lock.key[:80],
+                    lock.seconds,
+                    lock.failures,
+                )
             return AuthResult(success=False, handled=False)
+        self.throttle.succeeded(ip, login, now)
         return AuthResult(success=True, auth_data=member)
 
     async def handle_MAIL(

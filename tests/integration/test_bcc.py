@@ -37,6 +37,7 @@ import dns.rrset
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
+from syncd import metrics
 from syncd.outbound.relay import OutboxRunner, Relay, RelaySettings
 from syncd.sources.bcc import (
     BccHandler,
@@ -608,6 +609,71 @@ def test_only_plain_and_login_are_advertised(
     code, text = client.docmd("AUTH", "ALLOWED")
     assert (code, text) == (504, b"5.5.4 Unrecognized authentication type")
     client.quit()
+
+
+def plain(login: str, password: str) -> str:
+    return "PLAIN " + base64.b64encode(f"\0{login}\0{password}".encode()).decode()
+
+
+def auth_endpoint(make: Callable[..., Endpoint], tmp_path: Path, limits: Limits) -> Endpoint:
+    secret = tmp_path / "ada.smtp"
+    secret.write_text("correct horse\n")
+    credentials = PasswordFiles({"ada@example.com": secret}, DIRECTORY)
+    policy = SenderPolicy("auth", DIRECTORY)
+    return make(policy=policy, credentials=credentials, limits=limits)
+
+
+def try_login(endpoint: Endpoint, password: str, source: str = "127.0.0.1") -> int:
+    client = smtplib.SMTP(
+        "127.0.0.1", endpoint.port, local_hostname="c.test", timeout=10, source_address=(source, 0)
+    )
+    try:
+        client.ehlo()
+        return client.docmd("AUTH", plain("ada@example.com", password))[0]
+    finally:
+        client.close()
+
+
+def test_failed_logins_slow_then_lock_out_the_ip(
+    make_endpoint: Callable[..., Endpoint], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = Limits(
+        auth_free_failures=1, auth_delay_step=0.1, auth_ip_lock_after=4, auth_ip_lock_s=1.5
+    )
+    endpoint = auth_endpoint(make_endpoint, tmp_path, limits)
+    took = []
+    for _ in range(4):
+        started = time.monotonic()
+        assert try_login(endpoint, "wrong") == 535
+        took.append(time.monotonic() - started)
+    assert took[0] < 0.1 and took[3] >= 0.4  # 0, 0.1, 0.2, 0.4 s of waiting
+    # Locked: even the right password is not checked from this IP ...
+    assert [try_login(endpoint, "correct horse") for _ in range(5)] == [454] * 5
+    # ... but is from another one.
+    assert try_login(endpoint, "correct horse", source="127.0.0.2") == 235
+    time.sleep(1.6)
+    assert try_login(endpoint, "correct horse") == 235  # the lock is temporary
+    locks = [r for r in caplog.records if "failed logins" in r.getMessage()]
+    assert len(locks) == 1 and "127.0.0.1" in locks[0].getMessage()  # one line per burst
+    counts = endpoint.handler.login_counts()
+    assert counts == {"auth_failures": 4, "auth_throttled": 5}
+    text = metrics.render({"bcc": counts}).decode()
+    assert "syncd_bcc_auth_failures_total 4.0" in text
+    assert "syncd_bcc_auth_throttled_total 5.0" in text
+
+
+def test_account_lock_is_short_and_spares_known_ips(
+    make_endpoint: Callable[..., Endpoint], tmp_path: Path
+) -> None:
+    limits = Limits(auth_ip_lock_after=100, auth_account_lock_after=3, auth_account_lock_s=1.0)
+    endpoint = auth_endpoint(make_endpoint, tmp_path, limits)
+    assert try_login(endpoint, "correct horse", source="127.0.0.3") == 235  # ada's usual IP
+    for source in ("127.0.0.4", "127.0.0.5", "127.0.0.6"):  # a guesser on several IPs
+        assert try_login(endpoint, "wrong", source=source) == 535
+    assert try_login(endpoint, "correct horse", source="127.0.0.2") == 454
+    assert try_login(endpoint, "correct horse", source="127.0.0.3") == 235
+    time.sleep(1.1)
+    assert try_login(endpoint, "correct horse", source="127.0.0.2") == 235
 
 
 def test_auth_needs_tls_off_loopback() -> None:
