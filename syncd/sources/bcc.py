@@ -3,20 +3,22 @@
 aiosmtpd owns the protocol. ``BccSMTP`` narrows it (connection caps per server and per
 IP answered with 421, a strict look at the raw ``RCPT TO`` argument before aiosmtpd
 normalises source routes and quoting away, an idle timer that also runs during DATA, a
-DATA deadline sized for a full message at a slow but honest rate). ``BccHandler`` holds
-the decisions, through plain values it is given: the logging addresses, a
-``sources.senders.SenderPolicy`` and a ``spool(raw, mail_from, peer_ip, owner)`` callable
-that commits durably or raises. A message is answered 250 only after ``spool`` returned;
-any failure there is ``451 4.3.0`` with no internals (aiosmtpd's default would be
+minimum data rate, a budget of DATA bytes in memory across sessions, no STARTTLS inside
+TLS). ``BccHandler`` holds the decisions, through plain values it is given: the logging
+addresses, a ``sources.senders.SenderPolicy``, a ``spool(raw, mail_from, peer_ip,
+owner)`` callable that commits durably or raises, and the AUTH throttle of
+``sources.bcc_limits``. A message is answered 250 only after ``spool`` returned; any
+failure there is ``451 4.3.0`` with no internals (aiosmtpd's default would be
 ``500 Error: (ExcType) msg``). Session flow::
 
     connect --over cap--> 421, close
       EHLO (STARTTLS, 503 once TLS is on; AUTH only over TLS or from loopback, and
-      only for verify_sender=auth)
+      only for verify_sender=auth; 454 while the IP or account is locked)
       MAIL (530 if auth is required and missing) -> RCPT (550 5.7.1 unless a logging
-      address, 452 past 100) -> DATA (552 too big or header block too large;
-      550 5.7.1 sender not the team's or not verified; 451 on DNS or store trouble)
-      -> spool committed -> 250
+      address, 452 past 100) -> DATA (452 4.3.1 over the memory budget; 552 too big
+      or header block too large; 550 5.7.1 sender not the team's or not verified;
+      451 on DNS or store trouble; 451 4.4.2 and close when too slow, 452 4.3.1 and
+      close when its bytes cross the budget) -> spool committed -> 250
 
 The handler never touches the store: ``start_server`` and ``ThreadedEndpoint`` are what
 the daemon (and tests, and the benchmark) wire it with.
@@ -454,8 +456,12 @@ class BccSMTP(SMTP):
         self._start_rate_clock()
         try:
             await super().smtp_DATA(arg)
+        except asyncio.CancelledError as cancel:
+            # A lost connection cancels the session's task, which keeps the exception;
+            # its traceback holds aiosmtpd's frame with the message read so far, in a
+            # cycle through this session that only the cyclic GC would free.
+            raise cancel.with_traceback(None) from None
         finally:
-            # Also on a lost connection: aiosmtpd cancels the session's task.
             self._stop_rate_clock()
             self._gate.budget.release(self._charged)
             self._charged = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import logging
 import os
 import select
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -395,6 +397,35 @@ def test_bytes_in_flight_over_the_budget_get_452(
     assert send(endpoint, message(body=(("b" * 998 + "\r\n") * 400)))[0] == 250
     assert len(endpoint.rows()) == 2
     assert endpoint.handler.stats["refused.memory"] == 1
+
+
+def test_a_cut_session_frees_its_bytes_without_the_gc(
+    make_endpoint: Callable[..., Endpoint],
+) -> None:
+    # The budget is released when a session is cut; the bytes must go at the same time.
+    endpoint = make_endpoint(limits=Limits(data_budget=300_000))
+    lines = (b"a" * 998 + b"\r\n") * 200
+    holder, _ = open_data(endpoint)
+    holder.sendall(b"From: ada@example.com\r\n\r\n" + lines)
+    time.sleep(0.3)
+    second, second_reader = open_data(endpoint)
+    gc.disable()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        with contextlib.suppress(OSError):
+            second.sendall(lines)
+        with contextlib.suppress(ConnectionResetError):
+            second_reader.read()
+        time.sleep(0.2)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert endpoint.handler.stats["refused.memory"] == 1
+    assert kept < 30_000  # what was cut (about 100 KB) is not kept
+    second.close()
+    holder.close()
 
 
 def test_declared_size_over_the_budget_gets_452_before_data(
