@@ -342,7 +342,7 @@ class BccSMTP(SMTP):
         self._slot: str | None = None
         self._refused = False
         self._in_data = False
-        self._data_started = 0.0
+        self._due = 0.0  # when this DATA becomes too slow, in loop time
         self._received = 0  # bytes of this DATA so far
         self._charged = 0  # what this session holds of the gate's DataBudget
         self._tail = b""  # last bytes seen, to spot the end of data across reads
@@ -380,6 +380,9 @@ class BccSMTP(SMTP):
             self._reset_timeout()
             if self._rate_timer is not None:
                 self._received += len(data)
+                self._due = self.event_handler.limits.data_due(
+                    self._due, self.loop.time(), len(data)
+                )
                 budget = self._gate.budget
                 self._charged = budget.grow(self._charged, self._received)
                 if budget.over(self._charged):
@@ -405,23 +408,19 @@ class BccSMTP(SMTP):
             transport.close()
 
     def _start_rate_clock(self) -> None:
-        self._data_started = self.loop.time()
+        self._due = self.loop.time() + self.event_handler.limits.data_base_s
         self._received, self._tail = 0, b"\r\n"
-        self._rate_timer = self.loop.call_at(self._data_due(), self._check_rate)
+        self._rate_timer = self.loop.call_at(self._due, self._check_rate)
 
     def _stop_rate_clock(self) -> None:
         if self._rate_timer is not None:
             self._rate_timer.cancel()
             self._rate_timer = None
 
-    def _data_due(self) -> float:
-        return self.event_handler.limits.data_deadline(self._data_started, self._received)
-
     def _check_rate(self) -> None:
         # Checked when the deadline the bytes bought runs out, not per byte.
-        due = self._data_due()
-        if self.loop.time() < due:
-            self._rate_timer = self.loop.call_at(due, self._check_rate)
+        if self.loop.time() < self._due:
+            self._rate_timer = self.loop.call_at(self._due, self._check_rate)
             return
         self._rate_timer = None
         self._hang_up(TOO_SLOW, "refused.deadline")
@@ -452,7 +451,7 @@ class BccSMTP(SMTP):
             await self.push(NO_ROOM)
             return
         self._in_data = True
-        self._charged = self._gate.budget.grow(0, declared)
+        self._charged = 0
         self._start_rate_clock()
         try:
             await super().smtp_DATA(arg)
@@ -571,6 +570,11 @@ class ThreadedEndpoint:
         self._server = future.result(timeout=10)
         self.port = self._server.port
         return self
+
+    @property
+    def bytes_in_flight(self) -> int:
+        """DATA bytes held across sessions right now (the memory budget's count)."""
+        return self._server.gate.budget.in_flight if self._server is not None else 0
 
     def stop(self, grace: float = 5.0) -> None:
         if self._server is not None:

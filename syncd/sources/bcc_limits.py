@@ -1,7 +1,7 @@
 """The BCC endpoint's resource rules, pure and driven by the caller's clock.
 
 ``Limits`` holds the caps (connections, DATA time, AUTH failures, ...); its
-``data_deadline`` is the minimum data rate rule. ``DataBudget`` counts the DATA bytes
+``data_due`` is the minimum data rate rule. ``DataBudget`` counts the DATA bytes
 held in memory across sessions. ``AuthThrottle`` slows and then refuses failed logins
 per IP and per account. ``sources.bcc`` applies them on the event loop; nothing here
 does I/O or reads the time itself, so the rules are tested by tables.
@@ -32,7 +32,7 @@ class Limits:
     max_connections: int = 200
     max_per_ip: int = 32
     idle_timeout: float = 120.0  # no bytes for this long: close (also during DATA)
-    data_base_s: float = 120.0  # grace before the minimum data rate counts
+    data_base_s: float = 120.0  # grace before the minimum rate counts; the most bytes can bank
     data_min_rate: float = 500.0  # bytes/s over the whole DATA, as Postfix's smtpd_min_data_rate
     max_header_bytes: int = MAX_HEADER_BYTES
     # DATA bytes held in memory across all sessions; aiosmtpd keeps a message in memory
@@ -53,17 +53,19 @@ class Limits:
     worker_threads: int = 32  # spool writes and DNS checks wait here, not in the loop
     command_call_limit: Mapping[str, int] = field(default_factory=_calls)
 
-    def data_deadline(self, started: float, received: int) -> float:
-        """When a DATA that began at ``started`` and has brought ``received`` bytes so
-        far becomes too slow: each byte buys 1/min_rate seconds past the grace."""
-        return started + self.data_base_s + received / self.data_min_rate
+    def data_due(self, due: float, now: float, received: int) -> float:
+        """The DATA deadline after ``received`` more bytes arrived at ``now``: each byte
+        buys 1/min_rate seconds, banked at most data_base_s ahead (as Postfix does), so
+        a burst cannot buy a long silence. DATA starts with ``due = start + base``."""
+        return min(due + received / self.data_min_rate, now + self.data_base_s)
 
 
 class DataBudget:
     """DATA bytes held in memory across sessions, against ``Limits.data_budget``.
 
-    A session is charged what it declared with ``SIZE=`` when DATA starts and then what
-    it has sent, whichever is more, until its message is stored or its connection ends.
+    A session is charged what it has sent until its message is stored or its connection
+    ends. A declared ``SIZE=`` only decides whether a DATA may start: charging it would
+    let a sender hold the budget with promises.
     """
 
     def __init__(self, limit: int) -> None:

@@ -79,6 +79,13 @@ class Endpoint:
     port: int
     path: Path
     handler: BccHandler
+    threaded: ThreadedEndpoint
+
+    def wait_in_flight(self, at_least: int) -> None:
+        deadline = time.monotonic() + 10
+        while self.threaded.bytes_in_flight < at_least and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.threaded.bytes_in_flight >= at_least
 
     def client(self, **kwargs: Any) -> smtplib.SMTP:
         client = smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=10)
@@ -119,7 +126,7 @@ def make_endpoint(tmp_path: Path) -> Iterator[Callable[..., Endpoint]]:
         options.setdefault("hostname", "mx.test")
         endpoint = ThreadedEndpoint(handler, ServerOptions(port=0, **options)).start()
         started.append((endpoint, writer))
-        return Endpoint(endpoint.port, path, handler)
+        return Endpoint(endpoint.port, path, handler, endpoint)
 
     yield make
     for endpoint, writer in started:
@@ -356,6 +363,17 @@ def test_sender_below_the_minimum_data_rate_is_cut(
     assert endpoint.handler.stats["refused.deadline"] == 1
 
 
+def test_a_burst_does_not_buy_a_long_silence(make_endpoint: Callable[..., Endpoint]) -> None:
+    # 5,000 bytes at 200 B/s would buy 25 s; bytes bank at most the 0.5 s grace ahead.
+    endpoint = make_endpoint(limits=Limits(idle_timeout=5, data_base_s=0.5, data_min_rate=200))
+    sock, reader = open_data(endpoint)
+    sock.sendall(b"From: ada@example.com\r\n\r\n" + (b"a" * 98 + b"\r\n") * 50)
+    started = time.monotonic()
+    assert reader.readline() == b"451 4.4.2 Timeout: data arrived too slowly\r\n"
+    assert time.monotonic() - started < 2
+    sock.close()
+
+
 def test_sender_above_the_minimum_rate_may_take_longer_than_the_grace(
     make_endpoint: Callable[..., Endpoint],
 ) -> None:
@@ -381,7 +399,7 @@ def test_bytes_in_flight_over_the_budget_get_452(
     line = b"a" * 998 + b"\r\n"
     first, first_reader = open_data(endpoint)
     first.sendall(b"From: ada@example.com\r\n\r\n" + line * 200)
-    time.sleep(0.3)
+    endpoint.wait_in_flight(200_000)
     second, second_reader = open_data(endpoint)
     with contextlib.suppress(OSError):  # the server may hang up before all is sent
         second.sendall(line * 200)
@@ -407,7 +425,7 @@ def test_a_cut_session_frees_its_bytes_without_the_gc(
     lines = (b"a" * 998 + b"\r\n") * 200
     holder, _ = open_data(endpoint)
     holder.sendall(b"From: ada@example.com\r\n\r\n" + lines)
-    time.sleep(0.3)
+    endpoint.wait_in_flight(200_000)
     second, second_reader = open_data(endpoint)
     gc.disable()
     tracemalloc.start()
@@ -434,7 +452,7 @@ def test_declared_size_over_the_budget_gets_452_before_data(
     endpoint = make_endpoint(limits=Limits(data_budget=300_000))
     holder, _ = open_data(endpoint)
     holder.sendall(b"From: ada@example.com\r\n\r\n" + (b"a" * 998 + b"\r\n") * 200)
-    time.sleep(0.3)
+    endpoint.wait_in_flight(200_000)
     client = endpoint.client()
     assert client.mail("ada@example.com", ["SIZE=200000"])[0] == 250
     assert client.rcpt(LOG)[0] == 250

@@ -295,21 +295,32 @@ def test_plan(
         assert decision.reason
 
 
+def steady(rate: int, seconds: int) -> list[tuple[float, int]]:
+    return [(float(t), rate) for t in range(1, seconds + 1)]
+
+
 @pytest.mark.parametrize(
-    ("elapsed", "received", "too_slow"),
+    ("reads", "at", "too_slow"),
     [
-        (119.0, 0, False),  # the grace
-        (121.0, 0, True),  # nothing after the grace
-        (121.0, 1000, False),  # 1,000 bytes buy 2 s
-        (123.0, 1000, True),
-        (3600.0, 1_741_000, False),  # just over 500 B/s, an hour long
-        (3600.0, 1_739_000, True),
-        (30.0, 50 * 1024 * 1024, False),  # a fast big message
+        # (seconds since DATA began, bytes) of each read; 120 s of grace, then 500 B/s
+        ([], 119.0, False),
+        ([], 121.0, True),
+        ([(100.0, 1000)], 121.0, False),  # 1,000 bytes buy 2 s
+        ([(100.0, 1000)], 123.0, True),
+        ([(1.0, 1000)], 122.0, True),  # ... but bank at most 120 s ahead
+        ([(1.0, 50 * 1024 * 1024)], 200.0, True),  # a burst cannot buy a long silence
+        ([(1.0, 50 * 1024 * 1024)], 120.0, False),
+        (steady(500, 3600), 3600.5, False),  # an hour at 500 B/s
+        (steady(400, 700), 590.0, False),
+        (steady(400, 700), 610.0, True),  # 400 B/s falls behind at about 600 s
     ],
 )
-def test_minimum_data_rate(elapsed: float, received: int, too_slow: bool) -> None:
-    limits = Limits()  # 120 s of grace, then 500 B/s
-    assert (1000.0 + elapsed >= limits.data_deadline(1000.0, received)) is too_slow
+def test_minimum_data_rate(reads: list[tuple[float, int]], at: float, too_slow: bool) -> None:
+    limits = Limits()
+    due = 1000.0 + limits.data_base_s
+    for when, received in (r for r in reads if r[0] < at):
+        due = limits.data_due(due, 1000.0 + when, received)
+    assert (1000.0 + at >= due) is too_slow
 
 
 THROTTLE = Limits(
