@@ -192,7 +192,9 @@ class BccService:
         self._handler.credentials = self._credentials()
 
     def status(self) -> dict[str, Any]:
-        return {"listen": str(self._bcc.listen), "state": self._state}
+        # Login counters ride the heartbeat to `status` and /metrics; they restart at 0.
+        counts = self._handler.login_counts() if self._handler is not None else {}
+        return {"listen": str(self._bcc.listen), "state": self._state} | counts
 
     def summary(self) -> str:
         return f"BCC endpoint on {self._bcc.listen}"

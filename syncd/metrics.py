@@ -40,6 +40,13 @@ def metrics_from(report: dict[str, Any]) -> Iterator[Metric]:
         "BCC messages answered 451 (store or DNS trouble)",
         bcc.get("temporary_failures", 0),
     )
+    # From the running daemon's heartbeat: since it started.
+    yield _counter("syncd_bcc_auth_failures", "Failed SMTP logins", bcc.get("auth_failures", 0))
+    yield _counter(
+        "syncd_bcc_auth_throttled",
+        "SMTP logins refused unchecked (454) while an IP or account was locked",
+        bcc.get("auth_throttled", 0),
+    )
     yield _gauge(
         "syncd_bcc_spool_depth", "Messages acknowledged, not yet logged", bcc.get("spool_depth", 0)
     )

@@ -3,19 +3,22 @@
 aiosmtpd owns the protocol. ``BccSMTP`` narrows it (connection caps per server and per
 IP answered with 421, a strict look at the raw ``RCPT TO`` argument before aiosmtpd
 normalises source routes and quoting away, an idle timer that also runs during DATA, a
-DATA deadline sized for a full message at a slow but honest rate). ``BccHandler`` holds
-the decisions, through plain values it is given: the logging addresses, a
-``sources.senders.SenderPolicy`` and a ``spool(raw, mail_from, peer_ip, owner)`` callable
-that commits durably or raises. A message is answered 250 only after ``spool`` returned;
-any failure there is ``451 4.3.0`` with no internals (aiosmtpd's default would be
+minimum data rate, a budget of DATA bytes in memory across sessions, no STARTTLS inside
+TLS). ``BccHandler`` holds the decisions, through plain values it is given: the logging
+addresses, a ``sources.senders.SenderPolicy``, a ``spool(raw, mail_from, peer_ip,
+owner)`` callable that commits durably or raises, and the AUTH throttle of
+``sources.bcc_limits``. A message is answered 250 only after ``spool`` returned; any
+failure there is ``451 4.3.0`` with no internals (aiosmtpd's default would be
 ``500 Error: (ExcType) msg``). Session flow::
 
     connect --over cap--> 421, close
-      EHLO (STARTTLS; AUTH only over TLS or from loopback, and only for verify_sender=auth)
+      EHLO (STARTTLS, 503 once TLS is on; AUTH only over TLS or from loopback, and
+      only for verify_sender=auth; 454 while the IP or account is locked)
       MAIL (530 if auth is required and missing) -> RCPT (550 5.7.1 unless a logging
-      address, 452 past 100) -> DATA (552 too big or header block too large;
-      550 5.7.1 sender not the team's or not verified; 451 on DNS or store trouble)
-      -> spool committed -> 250
+      address, 452 past 100) -> DATA (452 4.3.1 over the memory budget; 552 too big
+      or header block too large; 550 5.7.1 sender not the team's or not verified;
+      451 on DNS or store trouble; 451 4.4.2 and close when too slow, 452 4.3.1 and
+      close when its bytes cross the budget) -> spool committed -> 250
 
 The handler never touches the store: ``start_server`` and ``ThreadedEndpoint`` are what
 the daemon (and tests, and the benchmark) wire it with.
@@ -30,19 +33,29 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import (
+    MISSING,
+    SMTP,
+    AuthResult,
+    Envelope,
+    LoginPassword,
+    Session,
+    syntax,
+)
 
 from syncd import secrets
 from syncd.config_rules import is_loopback
 from syncd.mail.parse import HeaderTooLarge
+from syncd.sources.bcc_limits import AuthThrottle, DataBudget, Limits
 from syncd.sources.senders import (
     RELAY_DENIED,
     SenderDirectory,
@@ -53,6 +66,9 @@ from syncd.sources.senders import (
 log = logging.getLogger(__name__)
 
 TEMPFAIL = "451 4.3.0 Temporary failure storing the message; please try again later"
+NO_ROOM = "452 4.3.1 Insufficient system storage, try later"
+TOO_SLOW = "451 4.4.2 Timeout: data arrived too slowly"
+THROTTLED = "454 4.7.0 Too many failed logins, try again later"
 ACCEPTED = "250 2.6.0 Message accepted for logging"
 
 
@@ -60,30 +76,6 @@ class Spool(Protocol):
     def __call__(
         self, raw: bytes, mail_from: str, peer_ip: str, owner: str | None = None
     ) -> object: ...
-
-
-def _calls() -> dict[str, int]:
-    # Per connection. MAIL/RCPT/DATA allow long sessions of a busy sending MTA.
-    return {
-        "MAIL": 1000, "RCPT": 20000, "DATA": 1000, "RSET": 1000, "NOOP": 100,
-        "EHLO": 10, "HELO": 10, "STARTTLS": 2, "AUTH": 3, "QUIT": 1, "*": 20,
-    }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Resource caps; the defaults suit a small team's endpoint on the public internet."""
-
-    max_connections: int = 200
-    max_per_ip: int = 32
-    idle_timeout: float = 120.0  # no bytes for this long: close (also during DATA)
-    data_base_s: float = 120.0  # DATA deadline = base + max size / min rate
-    data_min_rate: float = 64 * 1024.0  # bytes/s: a slow but honest uplink
-    worker_threads: int = 32  # spool writes and DNS checks wait here, not in the loop
-    command_call_limit: Mapping[str, int] = field(default_factory=_calls)
-
-    def data_deadline(self, max_bytes: int) -> float:
-        return self.data_base_s + max_bytes / self.data_min_rate
 
 
 class PasswordFiles:
@@ -120,6 +112,7 @@ class Gate:
         self.total = 0
         self.per_ip: Counter[str] = Counter()
         self.sessions: set[BccSMTP] = set()
+        self.budget = DataBudget(limits.data_budget)
 
     def acquire(self, ip: str) -> bool:
         if self.total >= self.limits.max_connections or (self.per_ip[ip] >= self.limits.max_per_ip):
@@ -133,6 +126,14 @@ class Gate:
         self.per_ip[ip] -= 1
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]
+
+
+def _declared_size(mail_options: list[str]) -> int:
+    for option in mail_options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0
 
 
 def _peer_ip(session: Session) -> str:
@@ -159,11 +160,19 @@ class BccHandler:
         self.credentials = credentials
         self.limits = limits or Limits()
         self.stats: Counter[str] = Counter()
+        self.throttle = AuthThrottle(self.limits)
         self._on_event = on_event
         self._executor = ThreadPoolExecutor(self.limits.worker_threads, "bcc-worker")
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+    def login_counts(self) -> dict[str, int]:  # not auth_*: see may_authenticate
+        """Failed and throttled logins since start, for ``/metrics``."""
+        return {
+            "auth_failures": self.stats["auth.failed"],
+            "auth_throttled": self.stats["auth.throttled"],
+        }
 
     def count(self, name: str) -> None:
         self.stats[name] += 1
@@ -173,7 +182,9 @@ class BccHandler:
             except Exception:
                 log.exception("BCC event counter failed")
 
-    def auth_allowed(self, session: Session) -> bool:
+    # Not named auth_*: aiosmtpd advertises every auth_* attribute of the handler as a
+    # mechanism.
+    def may_authenticate(self, session: Session) -> bool:
         if not self.policy.needs_auth or self.credentials is None:
             return False
         return session.ssl is not None or is_loopback(_peer_ip(session))
@@ -184,7 +195,7 @@ class BccHandler:
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list
     ) -> list[str]:
         session.host_name = hostname
-        if self.auth_allowed(session):
+        if self.may_authenticate(session):
             return responses
         return [r for r in responses if not r[4:].upper().startswith("AUTH")]
 
@@ -193,8 +204,17 @@ class BccHandler:
     ) -> Any:
         if not self.policy.needs_auth or self.credentials is None:
             return "502 5.5.1 AUTH is not offered here"
-        if not self.auth_allowed(session):
+        if not self.may_authenticate(session):
             return "538 5.7.11 Encryption required: use STARTTLS before AUTH"
+        ip = _peer_ip(session)
+        if self.throttle.refusal(ip, None, time.monotonic()) is not None:
+            self.count("auth.throttled")
+            return THROTTLED
+        # Growing with the IP's recent failures; the account's lock is checked with the
+        # login, in authenticator.
+        wait = self.throttle.delay(ip, time.monotonic())
+        if wait > 0:
+            await asyncio.sleep(wait)
         return MISSING
 
     def authenticator(
@@ -202,10 +222,25 @@ class BccHandler:
     ) -> AuthResult:
         if self.credentials is None or not isinstance(data, LoginPassword):
             return AuthResult(success=False, handled=False)
-        member = self.credentials(data.login.decode("utf-8", "replace"), data.password)
+        login, ip, now = data.login.decode("utf-8", "replace"), _peer_ip(session), time.monotonic()
+        # Checked again here, synchronously: parallel sessions may have locked it meanwhile.
+        if self.throttle.refusal(ip, login, now) is not None:
+            self.count("auth.throttled")
+            return AuthResult(success=False, handled=False, message=THROTTLED)
+        member = self.credentials(login, data.password)
         if member is None:
             self.count("refused.auth")
+            self.count("auth.failed")
+            for lock in self.throttle.failed(ip, login, now):
+                log.warning(
+                    "BCC AUTH: %s %r refused for %.0f s after %d failed logins",
+                    "IP" if lock.kind == "ip" else "account",
+                    lock.key[:80],
+                    lock.seconds,
+                    lock.failures,
+                )
             return AuthResult(success=False, handled=False)
+        self.throttle.succeeded(ip, login, now)
         return AuthResult(success=True, auth_data=member)
 
     async def handle_MAIL(
@@ -305,7 +340,11 @@ class BccSMTP(SMTP):
         self._slot: str | None = None
         self._refused = False
         self._in_data = False
-        self._deadline = limits.data_deadline(max_bytes)
+        self._due = 0.0  # when this DATA becomes too slow, in loop time
+        self._received = 0  # bytes of this DATA so far
+        self._charged = 0  # what this session holds of the gate's DataBudget
+        self._tail = b""  # last bytes seen, to spot the end of data across reads
+        self._rate_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._slot is None and not self._refused:
@@ -334,10 +373,55 @@ class BccSMTP(SMTP):
                 self._slot = None
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
         if self._in_data:
             # aiosmtpd resets its idle timer per command only; a long DATA keeps it alive.
             self._reset_timeout()
+            if self._rate_timer is not None:
+                self._received += len(data)
+                self._due = self.event_handler.limits.data_due(
+                    self._due, self.loop.time(), len(data)
+                )
+                budget = self._gate.budget
+                self._charged = budget.grow(self._charged, self._received)
+                if budget.over(self._charged):
+                    self._hang_up(NO_ROOM, "refused.memory")
+                    return
+                seen = self._tail + data
+                if b"\r\n.\r\n" in seen:
+                    self._stop_rate_clock()  # the rest is ours to do: checks, spool
+                self._tail = seen[-4:]
+        super().data_received(data)
+
+    def _hang_up(self, reply: str, reason: str) -> None:
+        """End a DATA in the middle: the reply, then close. The message is dropped with
+        the connection; a sender still writing may see a reset instead of the reply,
+        which MTAs treat as a temporary failure too."""
+        self._stop_rate_clock()
+        self.event_handler.count(reason)
+        log.info("BCC DATA from %s cut: %s", self._slot, reply)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.write(reply.encode() + b"\r\n")
+            transport.close()
+
+    def _start_rate_clock(self) -> None:
+        self._due = self.loop.time() + self.event_handler.limits.data_base_s
+        self._received, self._tail = 0, b"\r\n"
+        self._rate_timer = self.loop.call_at(self._due, self._check_rate)
+
+    def _stop_rate_clock(self) -> None:
+        if self._rate_timer is not None:
+            self._rate_timer.cancel()
+            self._rate_timer = None
+
+    def _check_rate(self) -> None:
+        # Checked when the deadline the bytes bought runs out, not per byte.
+        if self.loop.time() < self._due:
+            self._rate_timer = self.loop.call_at(self._due, self._check_rate)
+            return
+        self._rate_timer = None
+        self._hang_up(TOO_SLOW, "refused.deadline")
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         envelope, session = self.envelope, self.session
@@ -348,17 +432,36 @@ class BccSMTP(SMTP):
                 return
         await super().smtp_RCPT(arg)
 
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # RFC 3207 4.2: no STARTTLS once TLS is on; aiosmtpd would nest a second handshake.
+        if self.session is not None and self.session.ssl is not None:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
+
     async def smtp_DATA(self, arg: str) -> None:
+        envelope = self.envelope
+        declared = _declared_size(envelope.mail_options) if envelope is not None else 0
+        ready = envelope is not None and envelope.rcpt_tos and not arg
+        if ready and not self._gate.budget.admits(declared):
+            self.event_handler.count("refused.memory")
+            await self.push(NO_ROOM)
+            return
         self._in_data = True
+        self._charged = 0
+        self._start_rate_clock()
         try:
-            async with asyncio.timeout(self._deadline):
-                await super().smtp_DATA(arg)
-        except TimeoutError:
-            self.event_handler.count("refused.deadline")
-            log.info("BCC DATA deadline passed for %s", self._slot)
-            if self.transport is not None:
-                self.transport.close()
+            await super().smtp_DATA(arg)
+        except asyncio.CancelledError as cancel:
+            # A lost connection cancels the session's task, which keeps the exception;
+            # its traceback holds aiosmtpd's frame with the message read so far, in a
+            # cycle through this session that only the cyclic GC would free.
+            raise cancel.with_traceback(None) from None
         finally:
+            self._stop_rate_clock()
+            self._gate.budget.release(self._charged)
+            self._charged = 0
             self._in_data = False
 
     @property
@@ -465,6 +568,11 @@ class ThreadedEndpoint:
         self._server = future.result(timeout=10)
         self.port = self._server.port
         return self
+
+    @property
+    def bytes_in_flight(self) -> int:
+        """DATA bytes held across sessions right now (the memory budget's count)."""
+        return self._server.gate.budget.in_flight if self._server is not None else 0
 
     def stop(self, grace: float = 5.0) -> None:
         if self._server is not None:

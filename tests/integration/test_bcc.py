@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import gc
+import logging
 import os
+import select
 import shutil
 import signal
 import smtplib
@@ -20,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,6 +40,7 @@ import dns.rrset
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
+from syncd import metrics
 from syncd.mail.parse import MAX_HEADER_BYTES, parse
 from syncd.outbound.relay import OutboxRunner, Relay, RelaySettings
 from syncd.sources.bcc import (
@@ -75,6 +81,13 @@ class Endpoint:
     port: int
     path: Path
     handler: BccHandler
+    threaded: ThreadedEndpoint
+
+    def wait_in_flight(self, at_least: int) -> None:
+        deadline = time.monotonic() + 10
+        while self.threaded.bytes_in_flight < at_least and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.threaded.bytes_in_flight >= at_least
 
     def client(self, **kwargs: Any) -> smtplib.SMTP:
         client = smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=10)
@@ -115,7 +128,7 @@ def make_endpoint(tmp_path: Path) -> Iterator[Callable[..., Endpoint]]:
         options.setdefault("hostname", "mx.test")
         endpoint = ThreadedEndpoint(handler, ServerOptions(port=0, **options)).start()
         started.append((endpoint, writer))
-        return Endpoint(endpoint.port, path, handler)
+        return Endpoint(endpoint.port, path, handler, endpoint)
 
     yield make
     for endpoint, writer in started:
@@ -315,21 +328,148 @@ def test_slow_client_does_not_block_others(make_endpoint: Callable[..., Endpoint
     assert len(endpoint.rows()) == 1
 
 
-def test_data_deadline_closes_a_trickling_client(make_endpoint: Callable[..., Endpoint]) -> None:
-    endpoint = make_endpoint(limits=Limits(idle_timeout=5, data_base_s=1.0, data_min_rate=1e12))
-    client = endpoint.client()
-    client.mail("ada@example.com")
-    client.rcpt(LOG)
-    assert client.docmd("DATA")[0] == 354
+def open_data(endpoint: Endpoint) -> tuple[socket.socket, Any]:
+    """A raw session up to the 354, for senders that pace their bytes."""
+    sock = socket.create_connection(("127.0.0.1", endpoint.port), timeout=10)
+    reader = sock.makefile("rb")
+    reader.readline()
+    for line in (b"EHLO raw.test", b"MAIL FROM:<ada@example.com>", f"RCPT TO:<{LOG}>".encode()):
+        sock.sendall(line + b"\r\n")
+        while reader.readline()[3:4] == b"-":
+            pass
+    sock.sendall(b"DATA\r\n")
+    assert reader.readline().startswith(b"354")
+    return sock, reader
+
+
+def trickle(sock: socket.socket, chunk: bytes, every: float, seconds: float) -> bool:
+    """Send ``chunk`` every ``every`` seconds; False as soon as the server answers or
+    hangs up (a reply in the middle of DATA is always the end of it)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            sock.sendall(chunk)
+        except OSError:
+            return False
+        if select.select([sock], [], [], every)[0]:
+            return False
+    return True
+
+
+def test_sender_below_the_minimum_data_rate_is_cut(
+    make_endpoint: Callable[..., Endpoint],
+) -> None:
+    # 100 B/s against a 200 B/s floor: past the 0.5 s grace the bytes fall behind.
+    endpoint = make_endpoint(limits=Limits(idle_timeout=5, data_base_s=0.5, data_min_rate=200))
+    sock, reader = open_data(endpoint)
     started = time.monotonic()
-    with pytest.raises(OSError):
-        for _ in range(40):  # 8 s of trickle if nobody stops it
-            client.sock.sendall(b"From: ada@example.com\r\n")
-            time.sleep(0.2)
-            if client.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
-                raise ConnectionResetError
-    assert time.monotonic() - started < 3
+    cut = not trickle(sock, b"X-Slow: " + b"a" * 10 + b"\r\n", 0.2, 6)
+    assert cut and time.monotonic() - started < 3
+    assert reader.readline() == b"451 4.4.2 Timeout: data arrived too slowly\r\n"
+    assert reader.readline() == b""
+    sock.close()
     assert endpoint.rows() == []
+    assert endpoint.handler.stats["refused.deadline"] == 1
+
+
+def test_a_burst_does_not_buy_a_long_silence(make_endpoint: Callable[..., Endpoint]) -> None:
+    # 5,000 bytes at 200 B/s would buy 25 s; bytes bank at most the 0.5 s grace ahead.
+    endpoint = make_endpoint(limits=Limits(idle_timeout=5, data_base_s=0.5, data_min_rate=200))
+    sock, reader = open_data(endpoint)
+    sock.sendall(b"From: ada@example.com\r\n\r\n" + (b"a" * 98 + b"\r\n") * 50)
+    started = time.monotonic()
+    assert reader.readline() == b"451 4.4.2 Timeout: data arrived too slowly\r\n"
+    assert time.monotonic() - started < 2
+    sock.close()
+
+
+def test_sender_above_the_minimum_rate_may_take_longer_than_the_grace(
+    make_endpoint: Callable[..., Endpoint],
+) -> None:
+    # 1,000 B/s against a 200 B/s floor for four times the grace: the deadline follows
+    # the bytes received.
+    endpoint = make_endpoint(limits=Limits(idle_timeout=5, data_base_s=0.5, data_min_rate=200))
+    sock, reader = open_data(endpoint)
+    sock.sendall(b"From: ada@example.com\r\n\r\n")
+    assert trickle(sock, b"a" * 98 + b"\r\n", 0.1, 2)
+    sock.sendall(b".\r\n")
+    assert reader.readline().startswith(b"250 ")
+    sock.close()
+    assert len(endpoint.rows()) == 1
+
+
+NO_ROOM_LINE = b"452 4.3.1 Insufficient system storage, try later\r\n"
+
+
+def test_bytes_in_flight_over_the_budget_get_452(
+    make_endpoint: Callable[..., Endpoint],
+) -> None:
+    endpoint = make_endpoint(limits=Limits(data_budget=300_000))
+    line = b"a" * 998 + b"\r\n"
+    first, first_reader = open_data(endpoint)
+    first.sendall(b"From: ada@example.com\r\n\r\n" + line * 200)
+    endpoint.wait_in_flight(200_000)
+    second, second_reader = open_data(endpoint)
+    with contextlib.suppress(OSError):  # the server may hang up before all is sent
+        second.sendall(line * 200)
+    # The reply comes before the end of the data: a reset may overtake it.
+    with contextlib.suppress(ConnectionResetError):
+        assert second_reader.readline() in (NO_ROOM_LINE, b"")
+        assert second_reader.readline() == b""
+    second.close()
+    first.sendall(b".\r\n")
+    assert first_reader.readline().startswith(b"250 ")
+    first.close()
+    # Released: a message larger than the budget passes alone.
+    assert send(endpoint, message(body=(("b" * 998 + "\r\n") * 400)))[0] == 250
+    assert len(endpoint.rows()) == 2
+    assert endpoint.handler.stats["refused.memory"] == 1
+
+
+def test_a_cut_session_frees_its_bytes_without_the_gc(
+    make_endpoint: Callable[..., Endpoint],
+) -> None:
+    # The budget is released when a session is cut; the bytes must go at the same time.
+    endpoint = make_endpoint(limits=Limits(data_budget=300_000))
+    lines = (b"a" * 998 + b"\r\n") * 200
+    holder, _ = open_data(endpoint)
+    holder.sendall(b"From: ada@example.com\r\n\r\n" + lines)
+    endpoint.wait_in_flight(200_000)
+    second, second_reader = open_data(endpoint)
+    gc.disable()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        with contextlib.suppress(OSError):
+            second.sendall(lines)
+        with contextlib.suppress(ConnectionResetError):
+            second_reader.read()
+        time.sleep(0.2)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert endpoint.handler.stats["refused.memory"] == 1
+    assert kept < 30_000  # what was cut (about 100 KB) is not kept
+    second.close()
+    holder.close()
+
+
+def test_declared_size_over_the_budget_gets_452_before_data(
+    make_endpoint: Callable[..., Endpoint],
+) -> None:
+    endpoint = make_endpoint(limits=Limits(data_budget=300_000))
+    holder, _ = open_data(endpoint)
+    holder.sendall(b"From: ada@example.com\r\n\r\n" + (b"a" * 998 + b"\r\n") * 200)
+    endpoint.wait_in_flight(200_000)
+    client = endpoint.client()
+    assert client.mail("ada@example.com", ["SIZE=200000"])[0] == 250
+    assert client.rcpt(LOG)[0] == 250
+    code, text = client.docmd("DATA")
+    assert (code, text) == (452, b"4.3.1 Insufficient system storage, try later")
+    assert client.noop()[0] == 250  # the session stays: the sender may try again
+    client.quit()
+    holder.close()
 
 
 def test_connection_caps_answer_421(make_endpoint: Callable[..., Endpoint]) -> None:
@@ -475,6 +615,23 @@ def test_starttls_and_require_tls(
     assert len(endpoint.rows()) == 1
 
 
+def test_starttls_inside_tls_gets_503(
+    make_endpoint: Callable[..., Endpoint],
+    certificate: tuple[Path, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cert, key = certificate
+    endpoint = make_endpoint(tls=tls_context(cert, key))
+    client = endpoint.client()
+    client.starttls(context=ssl.create_default_context(cafile=str(cert)))
+    client.ehlo()
+    with caplog.at_level(logging.DEBUG):
+        assert client.docmd("STARTTLS") == (503, b"5.5.1 TLS already active")
+        assert client.noop()[0] == 250  # the session goes on, still encrypted
+        client.quit()
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
+
+
 def test_auth_member_must_match_from(
     make_endpoint: Callable[..., Endpoint], tmp_path: Path
 ) -> None:
@@ -499,6 +656,84 @@ def test_auth_member_must_match_from(
     assert [r["owner"] for r in endpoint.rows()] == ["ada@example.com"]
 
 
+def test_only_plain_and_login_are_advertised(
+    make_endpoint: Callable[..., Endpoint], tmp_path: Path
+) -> None:
+    # aiosmtpd takes every auth_* attribute of the handler for a mechanism.
+    credentials = PasswordFiles({}, DIRECTORY)
+    endpoint = make_endpoint(policy=SenderPolicy("auth", DIRECTORY), credentials=credentials)
+    client = endpoint.client()
+    assert client.esmtp_features["auth"].split() == ["LOGIN", "PLAIN"]
+    code, text = client.docmd("AUTH", "ALLOWED")
+    assert (code, text) == (504, b"5.5.4 Unrecognized authentication type")
+    client.quit()
+
+
+def plain(login: str, password: str) -> str:
+    return "PLAIN " + base64.b64encode(f"\0{login}\0{password}".encode()).decode()
+
+
+def auth_endpoint(make: Callable[..., Endpoint], tmp_path: Path, limits: Limits) -> Endpoint:
+    secret = tmp_path / "ada.smtp"
+    secret.write_text("correct horse\n")
+    credentials = PasswordFiles({"ada@example.com": secret}, DIRECTORY)
+    policy = SenderPolicy("auth", DIRECTORY)
+    return make(policy=policy, credentials=credentials, limits=limits)
+
+
+def try_login(endpoint: Endpoint, password: str, source: str = "127.0.0.1") -> int:
+    client = smtplib.SMTP(
+        "127.0.0.1", endpoint.port, local_hostname="c.test", timeout=10, source_address=(source, 0)
+    )
+    try:
+        client.ehlo()
+        return client.docmd("AUTH", plain("ada@example.com", password))[0]
+    finally:
+        client.close()
+
+
+def test_failed_logins_slow_then_lock_out_the_ip(
+    make_endpoint: Callable[..., Endpoint], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = Limits(
+        auth_free_failures=1, auth_delay_step=0.1, auth_ip_lock_after=4, auth_ip_lock_s=1.5
+    )
+    endpoint = auth_endpoint(make_endpoint, tmp_path, limits)
+    took = []
+    for _ in range(4):
+        started = time.monotonic()
+        assert try_login(endpoint, "wrong") == 535
+        took.append(time.monotonic() - started)
+    assert took[0] < 0.1 and took[3] >= 0.4  # 0, 0.1, 0.2, 0.4 s of waiting
+    # Locked: even the right password is not checked from this IP ...
+    assert [try_login(endpoint, "correct horse") for _ in range(5)] == [454] * 5
+    # ... but is from another one.
+    assert try_login(endpoint, "correct horse", source="127.0.0.2") == 235
+    time.sleep(1.6)
+    assert try_login(endpoint, "correct horse") == 235  # the lock is temporary
+    locks = [r for r in caplog.records if "failed logins" in r.getMessage()]
+    assert len(locks) == 1 and "127.0.0.1" in locks[0].getMessage()  # one line per burst
+    counts = endpoint.handler.login_counts()
+    assert counts == {"auth_failures": 4, "auth_throttled": 5}
+    text = metrics.render({"bcc": counts}).decode()
+    assert "syncd_bcc_auth_failures_total 4.0" in text
+    assert "syncd_bcc_auth_throttled_total 5.0" in text
+
+
+def test_account_lock_is_short_and_spares_known_ips(
+    make_endpoint: Callable[..., Endpoint], tmp_path: Path
+) -> None:
+    limits = Limits(auth_ip_lock_after=100, auth_account_lock_after=3, auth_account_lock_s=1.0)
+    endpoint = auth_endpoint(make_endpoint, tmp_path, limits)
+    assert try_login(endpoint, "correct horse", source="127.0.0.3") == 235  # ada's usual IP
+    for source in ("127.0.0.4", "127.0.0.5", "127.0.0.6"):  # a guesser on several IPs
+        assert try_login(endpoint, "wrong", source=source) == 535
+    assert try_login(endpoint, "correct horse", source="127.0.0.2") == 454
+    assert try_login(endpoint, "correct horse", source="127.0.0.3") == 235
+    time.sleep(1.1)
+    assert try_login(endpoint, "correct horse", source="127.0.0.2") == 235
+
+
 def test_auth_needs_tls_off_loopback() -> None:
     handler = BccHandler(
         addresses=[LOG],
@@ -508,11 +743,11 @@ def test_auth_needs_tls_off_loopback() -> None:
     )
     session = Session(asyncio.new_event_loop())
     session.peer = ("192.0.2.10", 40000)
-    assert not handler.auth_allowed(session)
+    assert not handler.may_authenticate(session)
     session.ssl = {"cipher": "TLS_AES_128_GCM_SHA256"}
-    assert handler.auth_allowed(session)
+    assert handler.may_authenticate(session)
     session.ssl, session.peer = None, ("::1", 40000, 0, 0)
-    assert handler.auth_allowed(session)
+    assert handler.may_authenticate(session)
     handler.close()
 
 

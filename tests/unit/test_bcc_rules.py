@@ -8,6 +8,7 @@ import pytest
 
 from syncd.mail.parse import HeaderTooLarge, parse
 from syncd.outbound.relay import Delivery, backoff, plan
+from syncd.sources.bcc_limits import AuthThrottle, Limits, Lock
 from syncd.sources.senders import (
     MAX_RECIPIENTS,
     RELAY_DENIED,
@@ -319,3 +320,107 @@ def test_plan(
         assert decision.next_attempt_at == 1000.0 + age + backoff(attempts + 1)
     if action == "give_up":
         assert decision.reason
+
+
+def steady(rate: int, seconds: int) -> list[tuple[float, int]]:
+    return [(float(t), rate) for t in range(1, seconds + 1)]
+
+
+@pytest.mark.parametrize(
+    ("reads", "at", "too_slow"),
+    [
+        # (seconds since DATA began, bytes) of each read; 120 s of grace, then 500 B/s
+        ([], 119.0, False),
+        ([], 121.0, True),
+        ([(100.0, 1000)], 121.0, False),  # 1,000 bytes buy 2 s
+        ([(100.0, 1000)], 123.0, True),
+        ([(1.0, 1000)], 122.0, True),  # ... but bank at most 120 s ahead
+        ([(1.0, 50 * 1024 * 1024)], 200.0, True),  # a burst cannot buy a long silence
+        ([(1.0, 50 * 1024 * 1024)], 120.0, False),
+        (steady(500, 3600), 3600.5, False),  # an hour at 500 B/s
+        (steady(400, 700), 590.0, False),
+        (steady(400, 700), 610.0, True),  # 400 B/s falls behind at about 600 s
+    ],
+)
+def test_minimum_data_rate(reads: list[tuple[float, int]], at: float, too_slow: bool) -> None:
+    limits = Limits()
+    due = 1000.0 + limits.data_base_s
+    for when, received in (r for r in reads if r[0] < at):
+        due = limits.data_due(due, 1000.0 + when, received)
+    assert (1000.0 + at >= due) is too_slow
+
+
+THROTTLE = Limits(
+    auth_free_failures=2,
+    auth_delay_step=1.0,
+    auth_max_delay=4.0,
+    auth_ip_lock_after=5,
+    auth_ip_lock_s=300.0,
+    auth_account_lock_after=3,
+    auth_account_lock_s=60.0,
+    auth_window_s=900.0,
+)
+
+
+@pytest.mark.parametrize(
+    ("failures", "at", "delay"),
+    [
+        ([], 0, 0.0),
+        ([0, 1], 2, 1.0),  # past the free failures the waiting begins
+        ([0, 1, 2], 3, 2.0),
+        ([0, 1, 2, 3], 4, 4.0),
+        ([0, 1, 2, 3], 4.5, 4.0),
+        ([0, 1, 2, 3], 904, 0.0),  # a quiet window forgets
+    ],
+)
+def test_auth_delay_grows_with_failures(failures: list[float], at: float, delay: float) -> None:
+    throttle = AuthThrottle(THROTTLE)
+    for n, when in enumerate(failures):
+        throttle.failed("192.0.2.1", f"user{n}@example.com", when)  # no account lock
+    assert throttle.delay("192.0.2.1", at) == delay
+
+
+@pytest.mark.parametrize(
+    ("failures", "known", "ip", "account", "at", "refusal"),
+    [
+        # (ip, account) of each failure at t = 0, 1, 2, ...; a known IP logged in before
+        ([("192.0.2.1", f"u{n}") for n in range(4)], None, "192.0.2.1", "u9", 10, None),
+        ([("192.0.2.1", f"u{n}") for n in range(5)], None, "192.0.2.1", "u9", 10, "ip"),
+        ([("192.0.2.1", f"u{n}") for n in range(5)], None, "192.0.2.2", "u9", 10, None),
+        ([("192.0.2.1", f"u{n}") for n in range(5)], None, "192.0.2.1", "u9", 305, None),
+        ([("192.0.2.1", f"u{n}") for n in range(5)], None, "192.0.2.1", None, 10, "ip"),
+        # one IPv6 host is its /64
+        ([(f"2001:db8::{n}", f"u{n}") for n in range(5)], None, "2001:db8::ff", "u9", 10, "ip"),
+        ([(f"2001:db8::{n}", f"u{n}") for n in range(5)], None, "2001:db8:1::1", "u9", 10, None),
+        ([("::ffff:192.0.2.1", f"u{n}") for n in range(5)], None, "192.0.2.1", "u", 10, "ip"),
+        # an account guessed from many IPs
+        ([(f"198.51.100.{n}", "Ada@x") for n in range(3)], None, "192.0.2.9", "ada@x", 10, "account"),
+        ([(f"198.51.100.{n}", "ada@x") for n in range(3)], "192.0.2.9", "192.0.2.9", "ada@x", 10, None),
+        ([(f"198.51.100.{n}", "ada@x") for n in range(3)], None, "192.0.2.9", "ada@x", 63, None),
+        ([(f"198.51.100.{n}", "ada@x") for n in range(3)], None, "192.0.2.9", "bob@x", 10, None),
+    ],
+)  # fmt: skip
+def test_auth_refusal(
+    failures: list[tuple[str, str]],
+    known: str | None,
+    ip: str,
+    account: str | None,
+    at: float,
+    refusal: str | None,
+) -> None:
+    throttle = AuthThrottle(THROTTLE)
+    if known is not None:
+        throttle.succeeded(known, "ada@x", 0.0)
+    for when, (failed_ip, login) in enumerate(failures):
+        throttle.failed(failed_ip, login, float(when))
+    assert throttle.refusal(ip, account, at) == refusal
+
+
+def test_a_lock_is_reported_once_per_burst() -> None:
+    throttle = AuthThrottle(THROTTLE)
+    started = [throttle.failed("192.0.2.1", f"u{n}", float(n)) for n in range(5)]
+    assert [len(s) for s in started] == [0, 0, 0, 0, 1]
+    assert started[-1][0] == Lock("ip", "192.0.2.1", 5, 300.0)
+    # Locked tries are refused unchecked, so the next failure, and the next lock and
+    # log line, come only after the lock ends.
+    assert throttle.failed("192.0.2.1", "u9", 310.0) == [Lock("ip", "192.0.2.1", 6, 300.0)]
