@@ -1,0 +1,139 @@
+"""syncd against a scripted IMAP server that misbehaves (``fakeimap``), as the user sees it:
+``syncd sync --json`` and its exit status, ``syncd status``.
+Timeouts in the configs are a fraction of a second so each misbehaviour shows fast."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.integration.fakeimap import Connection, FakeImap, message
+
+TIMEOUT = 0.5  # imap.timeout in these configs: the deadline of a command is a few of these
+# Trickled a byte every 50 ms, each of these takes minutes: "never" for a test.
+LONG = {n: message(n, lines=200) for n in (1, 2, 3)}
+
+
+def write_config(tmp_path: Path, fake: FakeImap) -> Path:
+    config: dict[str, Any] = {
+        "team": [{"name": "Ada", "email": "ada@example.com"}],
+        "inboxes": [{
+            "name": "ada", "kind": "personal", "owner": "ada@example.com",
+            "imap": {"host": "127.0.0.1", "port": fake.port, "security": "none",
+                     "username": "ada", "password": "secret-pw", "timeout": TIMEOUT},
+            "sync": {"from": "1m", "folders": ["INBOX"], "create_contacts": True,
+                     "poll_interval": "1h", "idle": False},
+        }],
+    }  # fmt: skip
+    path = tmp_path / "syncd.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    path.chmod(0o600)
+    return path
+
+
+def syncd(tmp_path: Path, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", "--config", str(config), *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def status(tmp_path: Path, config: Path) -> dict[str, Any]:
+    done = syncd(tmp_path, config, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["inboxes"][0]
+
+
+def trickle_first_connection(conn: Connection, number: int, uid: int, honest: bytes) -> None:
+    if number == 1:
+        conn.trickle(honest, 0.05)  # each read comes well within the read timeout
+    else:
+        conn.send(honest)
+
+
+def trickle_always(conn: Connection, number: int, uid: int, honest: bytes) -> None:
+    conn.trickle(honest, 0.05)
+
+
+def terabyte_literal_for_uid_2(conn: Connection, number: int, uid: int, honest: bytes) -> None:
+    if uid != 2:
+        conn.send(honest)
+        return
+    head = honest.split(b" BODY[] {", 1)[0]
+    conn.send(head + b" BODY[] {1099511627776}\r\n" + b"x" * 4096)
+
+
+def test_a_server_answering_a_byte_at_a_time_is_cut_at_the_command_deadline(
+    tmp_path: Path,
+) -> None:
+    """Before: every read came within the timeout, so the FETCH never ended. Now the body
+    FETCH is cut at its deadline and retried on a new connection; cut again, the message
+    is one the server will not give (a folder error), and `sync --json` says why."""
+    with FakeImap(messages=LONG, body=trickle_always) as fake:
+        config = write_config(tmp_path, fake)
+        started = time.monotonic()
+        done = syncd(tmp_path, config, "sync", "--json")
+        took = time.monotonic() - started
+    assert done.returncode == 1, done.stderr  # a folder failed; the inbox was reached
+    (folder,) = json.loads(done.stdout)["inboxes"][0]["folders"]
+    assert "UID 1" in folder["error"] and "too slow" in folder["error"], folder
+    assert fake.connections == 2
+    assert took < 15
+
+
+def test_after_a_cut_for_slowness_the_sync_goes_on_over_a_new_connection(
+    tmp_path: Path,
+) -> None:
+    with FakeImap(messages=LONG, body=trickle_first_connection) as fake:
+        config = write_config(tmp_path, fake)
+        done = syncd(tmp_path, config, "sync", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["logged"] == 3 and report["inboxes"][0]["error"] is None
+    assert fake.connections == 2  # cut, then the normal reconnect
+
+
+def test_a_slow_but_steady_large_fetch_is_not_cut(tmp_path: Path) -> None:
+    """A 256 KiB body at about 50 KiB/s takes twice the deadline's fixed part; the bytes
+    it keeps sending earn it the time."""
+    head = b"From: carol@client.example\r\nTo: ada@example.com\r\nSubject: big\r\n\r\n"
+    big = {1: head + (b"z" * 78 + b"\r\n") * (256 * 1024 // 80)}
+    sending: list[float] = []
+
+    def steady(conn: Connection, number: int, uid: int, honest: bytes) -> None:
+        started = time.monotonic()
+        for i in range(0, len(honest), 4096):
+            time.sleep(0.08)
+            conn.send(honest[i : i + 4096])
+        sending.append(time.monotonic() - started)
+
+    with FakeImap(messages=big, body=steady) as fake:
+        done = syncd(tmp_path, write_config(tmp_path, fake), "sync", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["logged"] == 1
+    assert fake.connections == 1, done.stderr  # never cut
+    assert sending[0] > 2 * 5 * TIMEOUT  # the deadline, were it not for the bytes
+
+
+def test_a_terabyte_literal_is_a_folder_error_and_sync_json_still_prints(
+    tmp_path: Path,
+) -> None:
+    """Before: MemoryError, a traceback and no JSON."""
+    with FakeImap(body=terabyte_literal_for_uid_2) as fake:
+        config = write_config(tmp_path, fake)
+        done = syncd(tmp_path, config, "sync", "--json")
+        assert done.returncode == 1, done.stderr  # a folder failed; the inbox was reached
+        report = json.loads(done.stdout)
+        (folder,) = report["inboxes"][0]["folders"]
+        assert report["logged"] == 1  # UID 1; the folder stops before UID 2
+        assert "UID 2" in folder["error"] and "1099511627776" in folder["error"]
+        assert "Traceback" not in done.stderr
+
+        shown = status(tmp_path, config)
+        assert "1099511627776" in shown["folders"][0]["last_error"]
+        text = syncd(tmp_path, config, "status").stdout
+        assert "UID 2" in text and "last error" in text
