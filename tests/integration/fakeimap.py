@@ -2,8 +2,8 @@
 
 It speaks just enough IMAP for one sync pass of one folder (greeting, CAPABILITY, LOGIN,
 LIST, EXAMINE/SELECT, UID SEARCH, UID FETCH, NOOP, LOGOUT) over a real socket, and then
-misbehaves the way a test asks: garbage in its LOGIN answer, a body FETCH answered one
-byte at a time, a literal announced far larger than anything it sends. Dovecot
+misbehaves the way a test asks: garbage in its LOGIN answer, an EXAMINE or a body FETCH
+answered one byte at a time, a literal announced far larger than anything it sends. Dovecot
 (``conftest.py``) is the server for normal behaviour; this one only exists to be wrong.
 """
 
@@ -39,6 +39,7 @@ class FakeImap:
     messages: dict[int, bytes] = field(default_factory=lambda: {n: message(n) for n in (1, 2, 3)})
     login_garbage: bytes = b""  # lines sent before the tagged OK to LOGIN
     body: BodyScript | None = None  # None: every body is sent honestly
+    slow_examine: bool = False  # the answer to EXAMINE a byte every 50 ms
     logins: int = 0
     connections: int = 0
     port: int = 0
@@ -119,10 +120,14 @@ class Connection:
             self.send(b'* LIST (\\HasNoChildren) "/" INBOX\r\n' + tag + b" OK done\r\n")
         elif cmd in (b"EXAMINE", b"SELECT"):
             top = max(msgs, default=0)
-            self.send(
+            said = (
                 f"* {len(msgs)} EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT {top + 1}] ok"
                 f"\r\n{tag.decode()} OK [READ-ONLY] done\r\n".encode()
             )
+            if self.fake.slow_examine:
+                self.trickle(said, 0.05)
+            else:
+                self.send(said)
         elif cmd == b"UID SEARCH":
             found = " ".join(str(uid) for uid in sorted(msgs) if uid in _uids(args))
             self.send(f"* SEARCH {found}\r\n".encode() + tag + b" OK done\r\n")

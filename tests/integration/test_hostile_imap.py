@@ -1,17 +1,27 @@
 """syncd against a scripted IMAP server that misbehaves (``fakeimap``), as the user sees it:
-``syncd sync --json`` and its exit status, ``syncd status``.
+``syncd sync --json`` and its exit status, ``syncd status`` while the daemon runs.
 Timeouts in the configs are a fraction of a second so each misbehaviour shows fast."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.integration.fakeimap import Connection, FakeImap, message
+from syncd import statusreport
+from syncd.config import Config
+from syncd.imapservice import ImapService
+from syncd.sources.imap import InboxResult
+from syncd.storeworker import StoreWorker
+from tests.integration.fakeimap import Connection, FakeImap, message, wait_for
 
 TIMEOUT = 0.5  # imap.timeout in these configs: the deadline of a command is a few of these
 # Trickled a byte every 50 ms, each of these takes minutes: "never" for a test.
@@ -19,7 +29,9 @@ LONG = {n: message(n, lines=200) for n in (1, 2, 3)}
 
 
 def write_config(tmp_path: Path, fake: FakeImap) -> Path:
+    var = tmp_path / "var"
     config: dict[str, Any] = {
+        "store": {"path": str(var / "syncd.sqlite3"), "attachments_dir": str(var / "files")},
         "team": [{"name": "Ada", "email": "ada@example.com"}],
         "inboxes": [{
             "name": "ada", "kind": "personal", "owner": "ada@example.com",
@@ -46,6 +58,25 @@ def status(tmp_path: Path, config: Path) -> dict[str, Any]:
     done = syncd(tmp_path, config, "status", "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["inboxes"][0]
+
+
+@contextmanager
+def daemon(tmp_path: Path, config: Path) -> Iterator[subprocess.Popen[str]]:
+    with (tmp_path / "daemon.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "--config", str(config), "run"],
+            cwd=tmp_path, stderr=log, text=True,
+            env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
+        )  # fmt: skip
+        try:
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            finally:
+                proc.kill()
+                proc.wait()
 
 
 def trickle_first_connection(conn: Connection, number: int, uid: int, honest: bytes) -> None:
@@ -81,6 +112,8 @@ def test_a_server_answering_a_byte_at_a_time_is_cut_at_the_command_deadline(
     assert done.returncode == 1, done.stderr  # a folder failed; the inbox was reached
     (folder,) = json.loads(done.stdout)["inboxes"][0]["folders"]
     assert "UID 1" in folder["error"] and "too slow" in folder["error"], folder
+    assert "connection lost during FETCH: the server is too slow" in done.stderr
+    assert "reconnecting" in done.stderr
     assert fake.connections == 2
     assert took < 15
 
@@ -95,6 +128,7 @@ def test_after_a_cut_for_slowness_the_sync_goes_on_over_a_new_connection(
     report = json.loads(done.stdout)
     assert report["logged"] == 3 and report["inboxes"][0]["error"] is None
     assert fake.connections == 2  # cut, then the normal reconnect
+    assert "the server is too slow" in done.stderr
 
 
 def test_a_slow_but_steady_large_fetch_is_not_cut(tmp_path: Path) -> None:
@@ -137,3 +171,65 @@ def test_a_terabyte_literal_is_a_folder_error_and_sync_json_still_prints(
         assert "1099511627776" in shown["folders"][0]["last_error"]
         text = syncd(tmp_path, config, "status").stdout
         assert "UID 2" in text and "last error" in text
+
+
+def test_the_daemon_shows_a_lost_connection_in_status_while_it_retries(tmp_path: Path) -> None:
+    """A pass retrying a server too slow to answer EXAMINE takes five cuts and their backoff
+    (about 20 s here, hours with the default timeout) before it ends failed. Before: status
+    said never_synced with no error all that time."""
+    with (
+        FakeImap(slow_examine=True) as fake,
+        daemon(tmp_path, write_config(tmp_path, fake)) as proc,
+    ):
+        config = tmp_path / "syncd.yaml"
+        error = wait_for(lambda: status(tmp_path, config)["last_error"], 8)
+        assert error and "EXAMINE INBOX: the server is too slow" in error, error
+        assert "reconnecting" in error and fake.connections < 5  # the pass is still retrying
+        shown = status(tmp_path, config)
+        assert shown["state"] == "failed" and shown["last_sync"] is None
+        text = syncd(tmp_path, config, "status").stdout
+        assert "inbox ada: failed, last sync None, last error: " in text
+        assert proc.poll() is None
+
+
+def test_the_daemon_shows_the_folder_error_of_a_terabyte_literal(tmp_path: Path) -> None:
+    """Before: the MemoryError ended the pass unrecorded; status said never_synced."""
+    with (
+        FakeImap(body=terabyte_literal_for_uid_2) as fake,
+        daemon(tmp_path, write_config(tmp_path, fake)) as proc,
+    ):
+        config = tmp_path / "syncd.yaml"
+        folders = wait_for(lambda: status(tmp_path, config)["folders"], 15)
+        assert folders and "1099511627776" in (folders[0]["last_error"] or ""), folders
+        text = syncd(tmp_path, config, "status").stdout
+        assert "UID 2 exists but cannot be fetched" in text
+        assert proc.poll() is None
+
+
+def test_a_pass_that_crashes_shows_in_status(tmp_path: Path) -> None:
+    """Whatever escapes a pass (the terabyte literal's MemoryError did) is recorded as the
+    inbox's error, not only logged; the inbox's thread goes on."""
+    with FakeImap() as fake:
+        config = Config.from_yaml(write_config(tmp_path, fake))
+    store = StoreWorker(config)
+    store.open()
+    passes: list[str] = []
+
+    def crashing(inbox: Any, *args: Any, **kwargs: Any) -> tuple[InboxResult, int]:
+        passes.append(inbox.name)
+        raise MemoryError
+
+    service = ImapService(config, store, run_pass=crashing)
+
+    async def run_for_a_moment() -> None:
+        await service.start(every=None)  # type: ignore[arg-type]
+        await asyncio.to_thread(wait_for, lambda: passes, 5)
+        await asyncio.sleep(0.2)
+        await service.stop(time.monotonic() + 5)
+
+    try:
+        asyncio.run(run_for_a_moment())
+    finally:
+        store.close()
+    (inbox,) = statusreport.gather(config)["inboxes"]
+    assert inbox["state"] == "failed" and "MemoryError" in inbox["last_error"], inbox
