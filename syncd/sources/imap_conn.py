@@ -3,12 +3,14 @@
 ``connect`` opens an ``ImapSession`` for one inbox's ``imap:`` settings: implicit TLS,
 STARTTLS or plain (loopback only), connect and read timeouts always set, the password from
 ``password``, ``password_file`` or ``password_command``, or XOAUTH2 with a token from
-``oauth2_token_command``. A refused login raises ``InboxError(auth=True)``; a network
-fault, or a command past its deadline (``imap_wire``), raises ``ConnectionLost`` (an
-``InboxError`` worth retrying). The session only ever EXAMINEs folders and fetches with
-BODY.PEEK, so syncing never changes a flag, and it passes explicit UID lists to imapclient
-(4.1.0 raises on ``1:*`` sequences). ``idle_wait`` is the push primitive the daemon uses
-on INBOX. This module and ``imap_wire`` are the only users of imapclient.
+``oauth2_token_command``. A refused login (NO or BAD) raises ``InboxError(auth=True)``;
+an answer to LOGIN that is not IMAP raises a plain ``InboxError`` (a protocol error, with
+the normal backoff rather than the hour a refused login waits); a network fault, or a
+command past its deadline (``imap_wire``), raises ``ConnectionLost`` (an ``InboxError``
+worth retrying). The session only ever EXAMINEs folders and fetches with BODY.PEEK, so
+syncing never changes a flag, and it passes explicit UID lists to imapclient (4.1.0 raises
+on ``1:*`` sequences). ``idle_wait`` is the push primitive the daemon uses on INBOX. This
+module and ``imap_wire`` are the only users of imapclient.
 """
 
 from __future__ import annotations
@@ -125,8 +127,17 @@ def _login(inbox: str, client: IMAPClient, settings: ImapSettings) -> None:
             client.oauth2_login(settings.username, token)
         else:
             client.login(settings.username, read_password(inbox, settings))
-    except LoginError:
-        # The server's text may echo what we sent; it never enters the error.
+    except LoginError as exc:
+        # imapclient makes a LoginError of any error during LOGIN, but only a NO or BAD
+        # is a refusal: an abort means the answer was not IMAP (or a BYE), which waiting
+        # an hour will not mend. The server's text may echo what we sent; it never
+        # enters the error.
+        if isinstance(exc.__context__, imaplib.IMAP4.abort):
+            raise InboxError(
+                inbox,
+                "protocol error: the server's answer to LOGIN is not IMAP (or it ended"
+                " the session); not a refused login",
+            ) from None
         raise InboxError(
             inbox, f"authentication failed for {settings.username}", auth=True
         ) from None

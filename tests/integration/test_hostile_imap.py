@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from syncd import statusreport
 from syncd.config import Config
 from syncd.imapservice import ImapService
@@ -233,3 +235,31 @@ def test_a_pass_that_crashes_shows_in_status(tmp_path: Path) -> None:
         store.close()
     (inbox,) = statusreport.gather(config)["inboxes"]
     assert inbox["state"] == "failed" and "MemoryError" in inbox["last_error"], inbox
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"*CAPABILITY IMAP4rev1 ((\r\n", b"* 12 (((\r\n", b"unparsable\r\n"],
+    ids=["malformed-capability", "unparsable-untagged", "not-imap"],
+)
+def test_garbage_in_the_login_answer_is_a_protocol_error_not_a_refused_login(
+    tmp_path: Path, garbage: bytes
+) -> None:
+    """Before: auth_failed, and the daemon waited an hour before trying again."""
+    with FakeImap(login_garbage=garbage) as fake:
+        config = write_config(tmp_path, fake)
+        done = syncd(tmp_path, config, "sync", "--json")
+        assert done.returncode == 69, done.stderr
+        inbox = json.loads(done.stdout)["inboxes"][0]
+        assert inbox["state"] == "failed", inbox
+        assert "protocol error" in inbox["error"] and "secret-pw" not in inbox["error"]
+        assert status(tmp_path, config)["state"] == "failed"
+
+
+def test_the_daemon_retries_a_login_protocol_error_within_seconds(tmp_path: Path) -> None:
+    with (
+        FakeImap(login_garbage=b"* 12 (((\r\n") as fake,
+        daemon(tmp_path, write_config(tmp_path, fake)),
+    ):
+        # After a first failed pass the normal backoff waits 5-10 s; a refused login, an hour.
+        assert wait_for(lambda: fake.logins >= 2, 20), fake.logins
