@@ -3,7 +3,9 @@
 ``inbox_pass`` joins the IMAP engine (``sources.imap``) to the store through a
 ``call(fn, *args)`` that runs ``fn(pipeline, *args)`` where the store lives: directly
 in the CLI, on the store thread in the daemon. Mail and each folder checkpoint commit
-in one transaction (the pipeline's ``on_commit``).
+in one transaction (the pipeline's ``on_commit``). A connection lost mid-pass is logged
+and recorded as the inbox's last error at once, and so is a pass that crashed, so
+``syncd status`` shows what is wrong while the daemon retries.
 
 In the daemon each inbox has a thread::
 
@@ -11,7 +13,8 @@ In the daemon each inbox has a thread::
                           IDLE failed: wait 5 s doubling (at most what is left) --> pass
          --ok, no idle--> sleep poll_interval --> pass
          --failed------> sleep inbox_retry_delay (backoff; an hour after a refused login)
-    stop requested: the current batch commits, the pass ends at the next batch
+    stop requested: the current batch commits, the pass ends at the next batch (or at
+    its next reconnect)
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from syncd.pipeline import Pipeline
 from syncd.schedule import Every
 from syncd.sources import syncplan
 from syncd.sources.imap import InboxResult, ParseAhead, Progress, RetryPolicy, sync_inbox
-from syncd.sources.imap_conn import ImapSession, connect
+from syncd.sources.imap_conn import ConnectionLost, ImapSession, connect
 from syncd.store import syncstate
 from syncd.store.db import transaction
 
@@ -67,6 +70,14 @@ def inbox_pass(
             raise Stopping
         return call(Pipeline.sighted_keys, label, keys)
 
+    def on_lost(exc: ConnectionLost, delay: float) -> None:
+        if should_stop():  # no reconnect to wait for
+            raise Stopping
+        error = f"{exc}; reconnecting in {delay:.1f} s"
+        log.warning("%s", error)
+        if not dry_run:
+            call(_record_error, inbox.name, error)
+
     result = InboxResult(inbox.name)
     try:
         sync_inbox(
@@ -81,6 +92,7 @@ def inbox_pass(
             parse_ahead=parse_ahead,
             retry=RetryPolicy(sleep=sleep),  # the daemon's stop event cuts a reconnect wait short
             result=result,
+            on_lost=on_lost,
         )
     except Stopping:
         if not dry_run:  # the batches committed before the stop are counted all the same
@@ -103,6 +115,16 @@ def _checkpoint(pipeline: Pipeline, inbox: str, folder: str) -> syncplan.FolderC
 def _record_counts(pipeline: Pipeline, result: InboxResult) -> None:
     with transaction(pipeline.conn):
         syncstate.add_pass_counts(pipeline.conn, result)
+
+
+def _record_error(pipeline: Pipeline, inbox: str, error: str) -> None:
+    with transaction(pipeline.conn):
+        syncstate.record_inbox_error(pipeline.conn, inbox, error)
+
+
+def _record_crash(pipeline: Pipeline, inbox: str, error: str) -> None:
+    with transaction(pipeline.conn):
+        syncstate.record_inbox_state(pipeline.conn, inbox, "failed", error)
 
 
 def _record(pipeline: Pipeline, result: InboxResult) -> int:
@@ -174,13 +196,21 @@ class ImapService:
                     self._cycle(name)
                 except Stopping:
                     return
-                except Exception:  # nothing may end an inbox's thread but a stop
+                except Exception as exc:  # nothing may end an inbox's thread but a stop
                     log.exception("inbox %s: sync loop failed; retrying", name)
                     self._states[name] = "failed"
+                    self._record_crash(name, exc)
                     crashes = self._crashes[name] = self._crashes.get(name, 0) + 1
                     self._stop.wait(syncplan.backoff_delay(crashes, random.random()))
         finally:
             self._states[name] = "stopped"
+
+    def _record_crash(self, name: str, exc: Exception) -> None:
+        error = f"inbox {name}: sync pass failed unexpectedly: {type(exc).__name__}: {exc}"
+        try:
+            self._store.call(_record_crash, name, error[:500])
+        except Exception:  # the store itself may be what failed; the log has it
+            log.exception("inbox %s: could not record the failure for `syncd status`", name)
 
     def _cycle(self, name: str) -> None:
         """One pass, then the wait before the next: IDLE, poll interval or backoff."""

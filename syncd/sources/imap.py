@@ -8,8 +8,9 @@ batches on a bounded queue; the calling thread hands each batch with the checkpo
 covers it to ``deliver``, which commits both in one transaction. A lost connection
 reconnects with exponential backoff and jitter and resumes from the last committed
 checkpoint (up to ``RetryPolicy.attempts`` cuts in a row; a committed batch restores the
-budget); a refused login stops the inbox at once (no retry storm); a folder the server
-refuses is reported and the others go on. A folder scanned again after a UIDVALIDITY
+budget), telling ``on_lost`` each time so the error shows while the pass goes on; a
+refused login stops the inbox at once (no retry storm); a folder the server refuses is
+reported and the others go on. A folder scanned again after a UIDVALIDITY
 change (or a scan resumed) also fetches Message-ID with the metadata and skips the bodies
 already logged from that folder. The engine never imports the store or the pipeline: it
 is given ``deliver``, ``checkpoint_of``, ``known_contacts`` and ``known_keys``.
@@ -50,6 +51,7 @@ Progress = Callable[[str, int, int], None]  # folder, messages done, messages pl
 # Called on the fetching thread with each batch as it arrives; what it returns is what
 # ``deliver`` gets (the pipeline starts parsing there, ahead of the writer).
 ParseAhead = Callable[[list[Item]], list[Item]]
+OnLost = Callable[[ConnectionLost, float], None]  # the error, seconds until the reconnect
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ def sync_inbox(
     limits: Limits = Limits(),
     retry: RetryPolicy = RetryPolicy(),
     result: InboxResult | None = None,
+    on_lost: OnLost | None = None,
 ) -> InboxResult:
     """One pass over the inbox. ``today`` is the pass's start instant (a date means now
     on that day); windows are computed from it for folders not yet synced. With
@@ -143,12 +146,12 @@ def sync_inbox(
     fetches no body whose Message-ID is logged from it already: those count as
     duplicates, as a copy handed over again would. ``result``, if given, is filled as the
     pass goes, so a caller whose ``deliver`` raises to stop still has the counts of what
-    committed."""
+    committed. ``on_lost`` hears of each lost connection the pass reconnects after."""
     started = _start_instant(today)
     contacts = known_contacts() if inbox_cfg.sync.people == "contacts" else set()
     run = _InboxRun(inbox_cfg, deliver, checkpoint_of, contacts, started, dry_run, progress)
     run.limits, run.retry, run.parse_ahead = limits, retry, parse_ahead
-    run.known_keys = known_keys
+    run.known_keys, run.on_lost = known_keys, on_lost
     if result is not None:
         run.result = result
     return run.execute()
@@ -167,6 +170,7 @@ class _InboxRun:
     retry: RetryPolicy
     parse_ahead: ParseAhead | None
     known_keys: KnownKeys | None
+    on_lost: OnLost | None
 
     def __init__(
         self,
@@ -224,7 +228,7 @@ class _InboxRun:
         while True:
             try:
                 return step(self._connect())
-            except ConnectionLost:
+            except ConnectionLost as exc:
                 self._drop_session()
                 if self.failures >= self.retry.attempts:
                     raise
@@ -232,6 +236,8 @@ class _InboxRun:
                     self.failures, self.retry.jitter(), base=self.retry.base, cap=self.retry.cap
                 )
                 self.failures += 1
+                if self.on_lost is not None:
+                    self.on_lost(exc, delay)
                 self.retry.sleep(delay)
 
     def _drop_session(self) -> None:

@@ -3,11 +3,14 @@
 ``connect`` opens an ``ImapSession`` for one inbox's ``imap:`` settings: implicit TLS,
 STARTTLS or plain (loopback only), connect and read timeouts always set, the password from
 ``password``, ``password_file`` or ``password_command``, or XOAUTH2 with a token from
-``oauth2_token_command``. A refused login raises ``InboxError(auth=True)``; a network fault
-raises ``ConnectionLost`` (an ``InboxError`` worth retrying). The session only ever
-EXAMINEs folders and fetches with BODY.PEEK, so syncing never changes a flag, and it passes
-explicit UID lists to imapclient (4.1.0 raises on ``1:*`` sequences). ``idle_wait`` is the
-push primitive the daemon uses on INBOX. This module is the only user of imapclient.
+``oauth2_token_command``. A refused login (NO or BAD) raises ``InboxError(auth=True)``;
+an answer to LOGIN that is not IMAP raises a plain ``InboxError`` (a protocol error, with
+the normal backoff rather than the hour a refused login waits); a network fault, or a
+command past its deadline (``imap_wire``), raises ``ConnectionLost`` (an ``InboxError``
+worth retrying). The session only ever EXAMINEs folders and fetches with BODY.PEEK, so
+syncing never changes a flag, and it passes explicit UID lists to imapclient (4.1.0 raises
+on ``1:*`` sequences). ``idle_wait`` is the push primitive the daemon uses on INBOX. This
+module and ``imap_wire`` are the only users of imapclient.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from syncd import secrets
 from syncd.config import is_loopback
 from syncd.errors import InboxError
 from syncd.sources.fetchparse import FetchParseError, Fields, internal_date, parse_fetch
+from syncd.sources.imap_wire import Client
 from syncd.sources.syncplan import FolderStatus, idle_slices
 
 HEADER_FIELDS = "BODY.PEEK[HEADER.FIELDS (FROM TO CC BCC MESSAGE-ID)]"
@@ -79,7 +83,7 @@ def connect(inbox: str, settings: ImapSettings, *, timeout: float = 60.0) -> Ima
     port = settings.port or (993 if security == "tls" else 143)
     context = ssl.create_default_context()
     try:
-        client = IMAPClient(
+        client = Client(
             settings.host,
             port=port,
             ssl=security == "tls",
@@ -123,8 +127,17 @@ def _login(inbox: str, client: IMAPClient, settings: ImapSettings) -> None:
             client.oauth2_login(settings.username, token)
         else:
             client.login(settings.username, read_password(inbox, settings))
-    except LoginError:
-        # The server's text may echo what we sent; it never enters the error.
+    except LoginError as exc:
+        # imapclient makes a LoginError of any error during LOGIN, but only a NO or BAD
+        # is a refusal: an abort means the answer was not IMAP (or a BYE), which waiting
+        # an hour will not mend. The server's text may echo what we sent; it never
+        # enters the error.
+        if isinstance(exc.__context__, imaplib.IMAP4.abort):
+            raise InboxError(
+                inbox,
+                "protocol error: the server's answer to LOGIN is not IMAP (or it ended"
+                " the session); not a refused login",
+            ) from None
         raise InboxError(
             inbox, f"authentication failed for {settings.username}", auth=True
         ) from None
@@ -161,7 +174,7 @@ def _imap_errors(inbox: str, what: str) -> Iterator[None]:
 class ImapSession:
     """One logged-in connection, used by one thread at a time."""
 
-    def __init__(self, inbox: str, client: IMAPClient) -> None:
+    def __init__(self, inbox: str, client: Client) -> None:
         self.inbox = inbox
         self.client = client
         self.selected: str | None = None
@@ -290,6 +303,7 @@ class ImapSession:
         while (left := deadline - time.monotonic()) > 0:
             if self._interrupted:
                 raise ConnectionLost(self.inbox, "interrupted")
+            self.client.clock.start(extra=left)  # waiting is what IDLE is for
             responses = self.client.idle_check(timeout=left)
             if any(len(r) >= 2 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
                 return True

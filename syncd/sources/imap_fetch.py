@@ -257,11 +257,10 @@ class Fetcher:
             return self.session.fetch_bodies(uids)
         except FolderError:
             return None
-        except ConnectionLost:
+        except ConnectionLost as exc:
             suspects = self.run_.suspects.setdefault(self.folder, set())
             if len(uids) == 1 and uids[0] in suspects:
-                raise Unfetchable(
-                    uids[0], "the connection dropped each time it was fetched", session_lost=True
-                ) from None
+                why = f"the connection dropped each time it was fetched; last: {exc.reason}"
+                raise Unfetchable(uids[0], why, session_lost=True) from None
             suspects.update(uids)
             raise

@@ -4,7 +4,8 @@ A checkpoint (``FolderCheckpoint``, a pure value from ``sources.syncplan``) is w
 ``save_checkpoint`` inside the caller's transaction, the same one that writes the mail it
 covers (the pipeline's ``on_commit``), so a sync killed at any instant resumes with no gap
 and no duplicate. ``record_pass`` stores what a pass reported (counts, folder errors, the
-inbox state ok / failed / auth_failed); ``status_rows`` gives ``syncd status`` its inboxes.
+inbox state ok / failed / auth_failed), ``record_inbox_error`` an error met while a pass
+goes on; ``status_rows`` gives ``syncd status`` its inboxes.
 Only this module reads or writes the ``sync_folders`` and ``sync_inboxes`` tables.
 """
 
@@ -103,6 +104,20 @@ def record_inbox_state(
     )
     return int(
         conn.execute("SELECT failures FROM sync_inboxes WHERE inbox = ?", (inbox,)).fetchone()[0]
+    )
+
+
+def record_inbox_error(
+    conn: sqlite3.Connection, inbox: str, error: str, *, now: datetime | None = None
+) -> None:
+    """Show an error met in a pass still under way (a lost connection it retries): the
+    inbox keeps its state, and one that never finished a pass shows as failed. The pass's
+    end records its own state and error over it."""
+    conn.execute(
+        "INSERT INTO sync_inboxes (inbox, state, last_error, failures, updated_at)"
+        " VALUES (?1, 'failed', ?2, 0, ?3)"
+        " ON CONFLICT (inbox) DO UPDATE SET last_error = ?2, updated_at = ?3",
+        (inbox, error, _now(now)),
     )
 
 
