@@ -4,6 +4,11 @@
 metadata in chunks (INTERNALDATE, size and, when a filter needs them, the participant
 and Message-ID headers), keeps what the window, the people filter and (on a scan again)
 the logged-keys lookup allow, then fetches bodies in batches bounded by count and bytes.
+A message over ``Limits.max_attachment_bytes`` (by its RFC822.SIZE) is fetched by parts
+instead: BODYSTRUCTURE first, then what ``bodystructure`` plans (the header, each part's
+MIME header, the bodies syncd would store), rebuilt into one message marked partial; an
+attachment the store would not keep never reaches memory. When the plan leaves nothing
+out, or the structure cannot be rebuilt from, the message is fetched whole after all.
 It talks to the delivering thread only through a bounded queue: ``Batch`` (mail with the
 checkpoint that covers it), ``Lookup`` (which keys are logged; the delivering thread owns
 the store), ``Done`` and ``Failed``.
@@ -30,11 +35,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from syncd.mail.parse import header_message_key
+from syncd.mail.parse import header_message_key, message_key
 from syncd.mail.provenance import Provenance, imap_label
-from syncd.sources import syncplan
+from syncd.sources import bodystructure, syncplan
+from syncd.sources.bodystructure import HEAD_KEY as HEAD
+from syncd.sources.fetchparse import internal_date
 from syncd.sources.imap_conn import ConnectionLost, FolderError, ImapSession
 from syncd.sources.syncplan import Action, FolderCheckpoint, FolderPlan
 
@@ -100,6 +107,8 @@ class Fetcher:
         self.run_, self.session, self.folder = run, session, folder
         self.checkpoint, self.out, self.stop = checkpoint, out, stop
         self.skipped: list[int] = []  # UIDs skipped as logged, not yet under a checkpoint
+        self.large: dict[int, int] = {}  # UID -> RFC822.SIZE of mail to fetch by parts
+        self.partial: set[int] = set()  # UIDs whose body is rebuilt from some parts
 
     def run(self) -> None:
         try:
@@ -172,6 +181,8 @@ class Fetcher:
             ):
                 continue
             kept.append((uid, size, header))
+        limit = self.run_.limits.max_attachment_bytes
+        self.large.update((uid, size) for uid, size, _ in kept if limit and size > limit)
         if known_keys is not None:
             kept = self._not_logged(kept, known_keys)
         return [(uid, size) for uid, size, _ in kept]
@@ -209,7 +220,7 @@ class Fetcher:
     def _deliver_bodies(self, plan: FolderPlan, uids: list[int], planned: int, last: bool) -> bool:
         fetched, stuck = self._fetch_all(uids)
         items = [
-            (raw, self.run_.provenance(self.folder, uid, internal))
+            (raw, self.run_.provenance(self.folder, uid, internal, uid in self.partial))
             for uid, raw, internal in fetched
         ]
         if items and self.run_.parse_ahead is not None:
@@ -232,13 +243,14 @@ class Fetcher:
         if not uids:
             return [], None
         suspects = self.run_.suspects.get(self.folder, set())
-        whole = self._bodies(uids) if suspects.isdisjoint(uids) else None
+        small = [uid for uid in uids if uid not in self.large]
+        whole = self._bodies(small) if small and suspects.isdisjoint(small) else None
         got = {body[0]: body for body in whole or ()}
         out: list[Body] = []
         for uid in uids:
             if uid not in got:
                 try:
-                    alone = self._bodies([uid])
+                    alone = self._by_parts(uid) if uid in self.large else self._bodies([uid])
                 except Unfetchable as exc:
                     return out, exc
                 if alone:
@@ -253,8 +265,38 @@ class Fetcher:
 
     def _bodies(self, uids: list[int]) -> list[Body] | None:
         """BODY[] of those ``uids`` the server returns; None when it refuses (NO/BAD)."""
+        return self._guarded(uids, lambda: self.session.fetch_bodies(uids))
+
+    def _by_parts(self, uid: int) -> list[Body] | None:
+        """What syncd keeps of a large message, rebuilt from its parts ([] if it is gone,
+        None when the server refuses); the whole message when nothing would be left out."""
+        limit = self.run_.limits.max_attachment_bytes or 0
         try:
-            return self.session.fetch_bodies(uids)
+            # {}: the message is gone; None: the server refused.
+            fields = self._guarded([uid], lambda: self.session.fetch_structure(uid) or {})
+            if not fields:
+                return fields if fields is None else []
+            root = bodystructure.read_structure(fields.get(b"BODYSTRUCTURE"))
+            plan = bodystructure.plan_parts(root, max_part=limit)
+            if not plan.partial:
+                return self._bodies([uid])
+            items = bodystructure.fetch_items(plan)
+            answer = self._guarded([uid], lambda: self.session.fetch_parts(uid, items) or {})
+            if not answer:
+                return answer if answer is None else []
+            key = message_key(_bytes(answer.get(b"BODY[HEADER]")), _bytes(answer.get(HEAD)))
+            digest = key if key.startswith("sha256:") else None
+            raw = bodystructure.rebuild(plan, answer, size=self.large[uid], key=digest)
+        except bodystructure.StructureError:
+            return self._bodies([uid])  # a structure we cannot rebuild from: whole, as before
+        self.partial.add(uid)
+        return [(uid, raw, internal_date(fields.get(b"INTERNALDATE")))]
+
+    def _guarded(self, uids: list[int], fetch: Callable[[], Any]) -> Any:
+        """``fetch()``; None when the server refuses (NO/BAD). A lost connection marks
+        ``uids`` suspect, or makes a suspect fetched alone unfetchable."""
+        try:
+            return fetch()
         except FolderError:
             return None
         except ConnectionLost:
@@ -265,3 +307,7 @@ class Fetcher:
                 ) from None
             suspects.update(uids)
             raise
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else b""
