@@ -10,7 +10,8 @@ A message the IMAP source fetched by parts (``sources/bodystructure.py``: attach
 that source put in it are read, and only then, since anyone can write such a header into
 mail they send: ``X-Syncd-Partial`` gives the original size and, for mail keyed by a digest
 of its body, the key the whole message has; a part marked ``X-Syncd-Omitted`` becomes an
-attachment not stored, of the size the mark gives; ``X-Syncd-Cut`` notes a defect.
+attachment not stored, of the size the mark gives; ``X-Syncd-Cut`` notes a defect;
+``X-Syncd-Unfetchable`` stands for a message given up on, which goes to quarantine.
 
 Speed matters more than generality here (the pipeline must log thousands of messages a
 second), so no ``email.message`` tree is built: header fields come from
@@ -67,6 +68,7 @@ _DIGEST_BODY_BYTES = 4096
 PARTIAL_FIELD = "X-Syncd-Partial"
 OMITTED_FIELD = "X-Syncd-Omitted"
 CUT_FIELD = "X-Syncd-Cut"
+UNFETCHABLE_FIELD = "X-Syncd-Unfetchable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +191,8 @@ def _parse(raw: bytes, received_at: datetime, max_att: int | None, partial: bool
     fields = split_fields(raw[start:head_end], defects)
     if not fields:
         raise MessageError("no header fields: not an email")
+    if partial and (why := first(fields, UNFETCHABLE_FIELD.lower())):
+        raise MessageError(f"not fetched from the server: {why}")
 
     message_id = _message_id(fields, defects)
     subject = decode_words(first(fields, "subject") or "", defects)

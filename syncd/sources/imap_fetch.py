@@ -21,10 +21,13 @@ rest of the pass, so after the reconnect they are fetched one by one, and a susp
 whose lone fetch loses the connection again is unfetchable too (Dovecot answers BYE when
 it cannot read a message file). For an unfetchable UID the engine commits the mail below
 it with a checkpoint just before it, reports a folder error naming the UID (``syncd
-status`` shows it) and leaves that folder for this pass; every pass retries from that UID
-until it is fetched or expunged. We chose this over quarantining a placeholder after a
-second failure: that needs a failure count per UID kept across passes, which the
-checkpoint does not carry, and a loud stall loses nothing.
+status`` shows it) and leaves that folder for this pass; the next passes retry from that
+UID. The checkpoint counts the passes that stopped there (``syncplan.MAX_STUCK_PASSES``);
+the pass after that many gives the UID up: instead of its body it hands over a note,
+``X-Syncd-Unfetchable`` naming the UID and folder, which the pipeline quarantines (``syncd
+quarantine list`` shows it), and the folder goes on. Before a message fetched by parts,
+the engine commits the same count, so a fetch that kills the process (the OOM killer)
+counts too and cannot restart the same fetch forever.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from syncd.mail.parse import header_message_key, message_key
+from syncd.mail.parse import UNFETCHABLE_FIELD, header_message_key, message_key
 from syncd.mail.provenance import Provenance, imap_label
 from syncd.sources import bodystructure, syncplan
 from syncd.sources.bodystructure import HEAD_KEY as HEAD
@@ -51,6 +54,10 @@ if TYPE_CHECKING:
 Item = tuple[bytes, Provenance]
 Body = tuple[int, bytes, datetime | None]  # uid, raw message, INTERNALDATE
 KnownKeys = Callable[[str, set[str]], set[str]]  # label, keys -> those logged under it
+
+
+class _Stopped(Exception):
+    """The pass is stopping: nothing more is fetched or handed over."""
 
 
 class Unfetchable(FolderError):
@@ -113,6 +120,8 @@ class Fetcher:
     def run(self) -> None:
         try:
             self._fetch()
+        except _Stopped:
+            return
         except BaseException as exc:  # handed to the writer thread, which decides
             self._put(Failed(exc))
 
@@ -155,6 +164,8 @@ class Fetcher:
                 selected,
                 max_count=self.run_.limits.batch_count,
                 max_bytes=self.run_.limits.batch_bytes,
+                # Mail fetched by parts travels alone: its attempt is committed first.
+                alone_above=self.run_.limits.max_attachment_bytes,
             ):
                 if pending and not self._deliver_bodies(plan, pending, len(uids), last=False):
                     return
@@ -197,18 +208,25 @@ class Fetcher:
         }
         if not keys:
             return kept
-        answer: queue.Queue[set[str]] = queue.Queue(1)
         label = imap_label(self.run_.cfg.name, self.folder)
-        if not self._put(Lookup(partial(known_keys, label, set(keys.values())), answer)):
+        known = self._ask(partial(known_keys, label, set(keys.values())))
+        if known is None:
             return []  # stopping: nothing more is fetched or delivered
+        self.skipped += [uid for uid, _, _ in kept if keys.get(uid) in known]
+        return [k for k in kept if keys.get(k[0]) not in known]
+
+    def _ask(self, question: Callable[[], set[str]]) -> set[str] | None:
+        """The delivering thread's answer (it has committed every batch put before the
+        question by then); None when stopping."""
+        answer: queue.Queue[set[str]] = queue.Queue(1)
+        if not self._put(Lookup(question, answer)):
+            return None
         while not self.stop.is_set():
             try:
-                known = answer.get(timeout=0.2)
+                return answer.get(timeout=0.2)
             except queue.Empty:
                 continue
-            self.skipped += [uid for uid, _, _ in kept if keys.get(uid) in known]
-            return [k for k in kept if keys.get(k[0]) not in known]
-        return []
+        return None
 
     def _batch(self, items: list[Item], checkpoint: FolderCheckpoint, planned: int) -> bool:
         """Hand a batch over, with the count of skipped UIDs its checkpoint now covers."""
@@ -218,7 +236,7 @@ class Fetcher:
         return self._put(Batch(items, checkpoint, planned, covered))
 
     def _deliver_bodies(self, plan: FolderPlan, uids: list[int], planned: int, last: bool) -> bool:
-        fetched, stuck = self._fetch_all(uids)
+        fetched, stuck = self._fetch_all(plan, uids, planned)
         items = [
             (raw, self.run_.provenance(self.folder, uid, internal, uid in self.partial))
             for uid, raw, internal in fetched
@@ -237,18 +255,25 @@ class Fetcher:
             return True
         return self._batch(items, checkpoint, planned)
 
-    def _fetch_all(self, uids: list[int]) -> tuple[list[Body], Unfetchable | None]:
+    def _fetch_all(
+        self, plan: FolderPlan, uids: list[int], planned: int
+    ) -> tuple[list[Body], Unfetchable | None]:
         """Bodies of ``uids`` in order, less the expunged ones; at the first UID that exists
         but cannot be fetched, the bodies below it and that UID's error."""
         if not uids:
             return [], None
         suspects = self.run_.suspects.get(self.folder, set())
-        small = [uid for uid in uids if uid not in self.large]
+        given_up = {uid for uid in uids if plan.gives_up(uid)}
+        small = [uid for uid in uids if uid not in self.large and uid not in given_up]
         whole = self._bodies(small) if small and suspects.isdisjoint(small) else None
         got = {body[0]: body for body in whole or ()}
         out: list[Body] = []
         for uid in uids:
+            if uid in given_up:
+                got[uid] = self._given_up(uid)
             if uid not in got:
+                if uid in self.large and not self._attempt(plan, uid, planned):
+                    raise _Stopped
                 try:
                     alone = self._by_parts(uid) if uid in self.large else self._bodies([uid])
                 except Unfetchable as exc:
@@ -262,6 +287,23 @@ class Fetcher:
                     continue  # expunged since the SEARCH: nothing left to log
             out.append(got[uid])
         return out, None
+
+    def _attempt(self, plan: FolderPlan, uid: int, planned: int) -> bool:
+        """Commit, before a large message is fetched, that this pass tries it (a batch of
+        its own, so every UID below it is committed); False when stopping."""
+        checkpoint = plan.checkpoint_before(uid)
+        if checkpoint == self.checkpoint:
+            return True
+        return self._batch([], checkpoint, planned) and self._ask(set) is not None
+
+    def _given_up(self, uid: int) -> Body:
+        """A note standing for a message that stopped too many passes; quarantined."""
+        self.partial.add(uid)
+        note = (
+            f"{UNFETCHABLE_FIELD}: UID {uid} in {self.folder} stopped"
+            f" {syncplan.MAX_STUCK_PASSES} sync passes in a row; see it on the server\r\n\r\n"
+        )
+        return uid, note.encode(), None
 
     def _bodies(self, uids: list[int]) -> list[Body] | None:
         """BODY[] of those ``uids`` the server returns; None when it refuses (NO/BAD)."""

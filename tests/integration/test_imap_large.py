@@ -1,5 +1,6 @@
-"""Mail larger than store.max_attachment_mb, synced from a real Dovecot into a real store:
-fetched by parts, the attachments the store would not keep left on the server."""
+"""Mail larger than store.max_attachment_mb, synced from a real Dovecot into a real store,
+is fetched by parts (the attachments the store would not keep stay on the server); mail
+that stops every pass is given up to the quarantine after a few."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from syncd.config import Config
 from syncd.imapservice import inbox_pass
 from syncd.mail.parse import parse
 from syncd.pipeline import Pipeline
+from syncd.sources.syncplan import MAX_STUCK_PASSES
 from syncd.store import db, queries
 from tests.integration.conftest import ImapUser
 
@@ -118,3 +120,42 @@ def test_large_message_is_logged_once_without_its_big_attachment(
     rescan = sync()
     assert (rescan.logged, rescan.duplicates) == (0, 2)
     assert conn.execute("SELECT count(*) FROM engagements").fetchone()[0] == 2
+
+
+def test_a_message_that_fails_every_pass_is_quarantined_and_the_folder_goes_on(
+    imap_user: ImapUser, tmp_path: Path
+) -> None:
+    def note(n: int) -> bytes:
+        return (
+            f"From: jane@acme.example\r\nTo: ada@example.com\r\nSubject: note {n}\r\n"
+            f"Message-ID: <note{n}@acme.example>\r\n\r\nnote {n}\r\n"
+        ).encode()
+
+    config = config_for(imap_user, tmp_path)
+    conn = db.connect(config.store.path)
+
+    def sync() -> Any:
+        with Pipeline.from_config(config, conn, workers=0) as pipeline:
+            result, _ = inbox_pass(config.inboxes[0], lambda fn, *a: fn(pipeline, *a))
+        assert result.state == "ok", result.error
+        return result.folders[0]
+
+    imap_user.append("INBOX", note(1), WHEN)
+    assert sync().logged == 1  # the past scan is done: later passes fetch no headers
+    for n in (2, 3):
+        imap_user.append("INBOX", note(n), WHEN)
+    (unreadable,) = [p for p in imap_user.maildir.glob("*/*") if b"<note2@" in p.read_bytes()]
+    unreadable.chmod(0)  # Dovecot answers BYE whenever it fetches UID 2
+
+    for _ in range(MAX_STUCK_PASSES):
+        stalled = sync()
+        assert "UID 2" in (stalled.error or "")
+    assert conn.execute("SELECT count(*) FROM emails").fetchone()[0] == 1
+    assert tuple(conn.execute("SELECT stuck_uid, stuck_passes FROM sync_folders").fetchone()) == (
+        2, MAX_STUCK_PASSES,
+    )  # fmt: skip
+    given_up = sync()
+    assert (given_up.error, given_up.logged, given_up.quarantined) == (None, 1, 1)
+    (reason, label, raw) = conn.execute("SELECT reason, label, raw FROM quarantine").fetchone()
+    assert label == "imap:ada/INBOX" and "UID 2 in INBOX" in reason and b"UID 2" in raw
+    assert tuple(conn.execute("SELECT last_uid, stuck_uid FROM sync_folders").fetchone()) == (3, 0)
