@@ -33,7 +33,14 @@ from syncd.errors import InboxError
 from syncd.pipeline import Pipeline
 from syncd.schedule import Every
 from syncd.sources import syncplan
-from syncd.sources.imap import InboxResult, ParseAhead, Progress, RetryPolicy, sync_inbox
+from syncd.sources.imap import (
+    InboxResult,
+    Limits,
+    ParseAhead,
+    Progress,
+    RetryPolicy,
+    sync_inbox,
+)
 from syncd.sources.imap_conn import ConnectionLost, ImapSession, connect
 from syncd.store import syncstate
 from syncd.store.db import transaction
@@ -90,6 +97,9 @@ def inbox_pass(
             dry_run=dry_run,
             progress=progress,
             parse_ahead=parse_ahead,
+            # Mail over max_attachment_mb is fetched by parts: what the store would not keep
+            # of it stays on the server.
+            limits=Limits(max_attachment_bytes=call(_max_attachment_bytes)),
             retry=RetryPolicy(sleep=sleep),  # the daemon's stop event cuts a reconnect wait short
             result=result,
             on_lost=on_lost,
@@ -106,6 +116,10 @@ def _ingest(pipeline: Pipeline, items: list[Any], checkpoint: syncplan.FolderChe
     return pipeline.ingest_batch(
         items, on_commit=lambda conn: syncstate.save_checkpoint(conn, checkpoint)
     )
+
+
+def _max_attachment_bytes(pipeline: Pipeline) -> int | None:
+    return pipeline.max_attachment_bytes
 
 
 def _checkpoint(pipeline: Pipeline, inbox: str, folder: str) -> syncplan.FolderCheckpoint | None:

@@ -93,14 +93,18 @@ class _Parsed(NamedTuple):
     prepared: Prepared | None  # None: the writer prepares it (and quarantines what fails)
 
 
-Job = tuple[bytes, datetime, int | None, Path | None]
+Job = tuple[bytes, datetime, int | None, Path | None, bool]
 
 
 def _parse_one(
-    raw: bytes, received_at: datetime, max_bytes: int | None, attachments_dir: Path | None
+    raw: bytes,
+    received_at: datetime,
+    max_bytes: int | None,
+    attachments_dir: Path | None,
+    partial: bool = False,
 ) -> _Parsed | _Refused:
     try:
-        email = parse(raw, received_at=received_at, max_attachment_bytes=max_bytes)
+        email = parse(raw, received_at=received_at, max_attachment_bytes=max_bytes, partial=partial)
     except MessageError as exc:
         return _Refused(exc.reason)
     except Exception as exc:  # a parser bug costs one message, never the batch
@@ -439,7 +443,7 @@ class Pipeline:
 
     def _jobs(self, items: Sequence[tuple[bytes, Provenance]], directory: Path | None) -> list[Job]:
         limit = self.max_attachment_bytes
-        return [(raw, prov.received_at, limit, directory) for raw, prov in items]
+        return [(raw, prov.received_at, limit, directory, prov.partial) for raw, prov in items]
 
     def _parse(self, items: Sequence[tuple[bytes, Provenance]]) -> Iterator[_Parsed | _Refused]:
         """Parsed messages in order. Small batches are parsed before the transaction

@@ -5,6 +5,14 @@ noted in ``Email.defects``; ``MessageError`` is raised only for what must go to 
 (empty input, no header fields, a header block over 100 KiB, MIME nesting over 100 levels)
 and wraps any unexpected failure, so a caller never sees another exception type.
 
+A message the IMAP source fetched by parts (``sources/bodystructure.py``: attachments over
+``max_attachment_mb`` left on the server) is parsed with ``partial=True``: then the marks
+that source put in it are read, and only then, since anyone can write such a header into
+mail they send: ``X-Syncd-Partial`` gives the original size and, for mail keyed by a digest
+of its body, the key the whole message has; a part marked ``X-Syncd-Omitted`` becomes an
+attachment not stored, of the size the mark gives; ``X-Syncd-Cut`` notes a defect;
+``X-Syncd-Unfetchable`` stands for a message given up on, which goes to quarantine.
+
 Speed matters more than generality here (the pipeline must log thousands of messages a
 second), so no ``email.message`` tree is built: header fields come from
 ``syncd.mail.headers``, a single-part body is decoded directly and multipart bodies are
@@ -47,6 +55,8 @@ __all__ = [
     "author",
     "header_addresses",
     "header_fields",
+    "header_message_key",
+    "message_key",
     "parse",
 ]
 
@@ -57,6 +67,11 @@ MAX_DEFECTS = 50  # notes kept per message; a hostile one could produce thousand
 # Forwards of forwards: each level is read again by the one inside, so keep them few.
 MAX_FORWARD_LEVELS = 5
 _DIGEST_BODY_BYTES = 4096
+# Marks of a message fetched by parts (see the module docstring).
+PARTIAL_FIELD = "X-Syncd-Partial"
+OMITTED_FIELD = "X-Syncd-Omitted"
+CUT_FIELD = "X-Syncd-Cut"
+UNFETCHABLE_FIELD = "X-Syncd-Unfetchable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +115,21 @@ _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\r\n"
 _PARAM = re.compile(r'([^\s=;"]+)\s*=\s*(?:"([^"]*)"|([^;]*))')
 _MIME_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
+_MARK_SIZE = re.compile(r"\bsize=(\d+)")
+_MARK_KEY = re.compile(r'\bkey="(sha256:[0-9a-f]{64})"')
 
 
-def parse(raw: bytes, *, received_at: datetime, max_attachment_bytes: int | None = None) -> Email:
-    """Parse one message; raises only ``MessageError`` (with a reason fit for quarantine)."""
+def parse(
+    raw: bytes,
+    *,
+    received_at: datetime,
+    max_attachment_bytes: int | None = None,
+    partial: bool = False,
+) -> Email:
+    """Parse one message; raises only ``MessageError`` (with a reason fit for quarantine).
+    ``partial``: ``raw`` is a message the IMAP source rebuilt from some of its parts."""
     try:
-        return _parse(raw, received_at, max_attachment_bytes)
+        return _parse(raw, received_at, max_attachment_bytes, partial)
     except MessageError:
         raise
     except RecursionError as exc:
@@ -138,6 +162,16 @@ def header_message_key(raw_headers: bytes) -> str | None:
         return _message_id(_block_fields(raw_headers), [])
     except Exception:
         return None
+
+
+def message_key(raw_headers: bytes, body_head: bytes) -> str:
+    """The key ``parse`` gives a message with this header block whose body starts with
+    ``body_head`` (its first 8 KiB, or all of it). Never raises."""
+    try:
+        fields = _block_fields(raw_headers)
+        return _message_id(fields, []) or _digest_key(fields, body_head)
+    except Exception:
+        return _digest_key({}, body_head)
 
 
 def _block_fields(raw_headers: bytes) -> dict[str, list[str]]:
@@ -206,9 +240,11 @@ def _head(
     return fields, raw[blank[1] :] if blank else b""
 
 
-def _parse(raw: bytes, received_at: datetime, max_att: int | None) -> Email:
+def _parse(raw: bytes, received_at: datetime, max_att: int | None, partial: bool) -> Email:
     defects: list[str] = []
     fields, body = _head(raw, defects)
+    if partial and (why := first(fields, UNFETCHABLE_FIELD.lower())):
+        raise MessageError(f"not fetched from the server: {why}")
 
     message_id = _message_id(fields, defects)
     subject = decode_words(first(fields, "subject") or "", defects)
@@ -216,10 +252,14 @@ def _parse(raw: bytes, received_at: datetime, max_att: int | None) -> Email:
     in_reply_to = first_id(first(fields, "in-reply-to"))
     references = parse_references(fields.get("references"))
     gm_thrid = "".join((first(fields, "x-gm-thrid") or "").split())[:64] or None
-    key = message_id or _digest_key(fields, body)
+    size, marked_key = len(raw), None
+    if partial:
+        size, marked_key = _partial_mark(first(fields, PARTIAL_FIELD.lower()) or "", size)
+        defects.append("fetched by parts: attachments over max_attachment_mb left on the server")
+    key = message_id or marked_key or _digest_key(fields, body)
     from_list = parse_addresses(fields.get("from"), defects)
 
-    acc = _Collected(max_att, defects)
+    acc = _Collected(max_att, defects, partial=partial)
     _walk(fields, body, 0, acc)
     return Email(
         key=key,
@@ -236,10 +276,17 @@ def _parse(raw: bytes, received_at: datetime, max_att: int | None) -> Email:
         gm_thrid=gm_thrid,
         thread_key=thread_key(key, in_reply_to, references, gm_thrid, subject),
         text=acc.text(),
-        size=len(raw),
+        size=size,
         attachments=tuple(acc.attachments),
         defects=tuple(dict.fromkeys(defects))[:MAX_DEFECTS],
     )
+
+
+def _partial_mark(value: str, size: int) -> tuple[int, str | None]:
+    """(original size, digest key or None) from an ``X-Syncd-Partial`` mark."""
+    found = _MARK_SIZE.search(value)
+    key = _MARK_KEY.search(value)
+    return (int(found[1]) if found else size), (key[1] if key else None)
 
 
 def _blank_line(data: bytes, start: int, stop: int) -> tuple[int, int] | None:
@@ -310,6 +357,7 @@ class _Collected:
     max_att: int | None
     defects: list[str]
     forward_level: int = 0  # 1: inside a message attached whole, 2: inside one in that...
+    partial: bool = False  # the marks of a message fetched by parts are to be read
     plain: list[str] = field(default_factory=list)
     html: list[str] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)  # text of messages attached whole
@@ -408,6 +456,13 @@ def _walk(fields: dict[str, list[str]], body: bytes, depth: int, acc: _Collected
             return
         acc.defects.append(f"{meta.ctype} without a usable boundary: body read as text")
         meta = _PLAIN_META
+    if acc.partial and not acc.forward_level:
+        omitted = first(fields, OMITTED_FIELD.lower())
+        if omitted is not None:
+            _omitted(meta, omitted, acc)
+            return
+        if first(fields, CUT_FIELD.lower()) is not None:
+            acc.defects.append(f"a {meta.ctype} part too long to fetch whole: its start is read")
     data = _leaf(meta, first(fields, "content-transfer-encoding"), body, acc)
     if meta.ctype == "message/rfc822" and data:
         _forwarded(data, depth, acc)
@@ -501,10 +556,9 @@ def _leaf(meta: _Meta, cte: str | None, body: bytes, acc: _Collected) -> bytes:
     if acc.forward_level:
         return data
     keep = acc.max_att is None or len(data) <= acc.max_att
-    name = decode_words(meta.filename, acc.defects) if meta.filename else ""
     acc.attachments.append(
         Attachment(
-            filename="".join(c for c in name if c.isprintable())[:255],
+            filename=_filename(meta, acc),
             content_type=ctype,
             size=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
@@ -512,6 +566,26 @@ def _leaf(meta: _Meta, cte: str | None, body: bytes, acc: _Collected) -> bytes:
         )
     )
     return data
+
+
+def _filename(meta: _Meta, acc: _Collected) -> str:
+    name = decode_words(meta.filename, acc.defects) if meta.filename else ""
+    return "".join(c for c in name if c.isprintable())[:255]
+
+
+def _omitted(meta: _Meta, mark: str, acc: _Collected) -> None:
+    """A part left on the server: listed as an attachment not stored, of the size its
+    mark gives (estimated from its encoded size)."""
+    digits = mark.split(None, 1)[0] if mark.strip() else ""
+    acc.attachments.append(
+        Attachment(
+            filename=_filename(meta, acc),
+            content_type=meta.ctype,
+            size=int(digits) if digits.isdigit() else 0,
+            sha256="",
+            data=None,
+        )
+    )
 
 
 def _transfer_decode(body: bytes, cte: str, ctype: str, defects: list[str]) -> bytes:

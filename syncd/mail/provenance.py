@@ -23,6 +23,9 @@ class Provenance:
     owner: str | None = None  # team member email who owns new contacts, if known
     sender: str | None = None  # envelope MAIL FROM (bcc)
     internal_date: datetime | None = None  # IMAP INTERNALDATE, if any
+    # The bytes are a message rebuilt from some of its parts (imap: a large message whose
+    # attachments over max_attachment_mb were left on the server); parse reads its marks.
+    partial: bool = False
 
     @property
     def label(self) -> str:

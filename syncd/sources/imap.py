@@ -3,7 +3,8 @@
 ``sync_inbox`` connects (``imap_conn``), chooses folders, and for each folder asks
 ``syncplan`` what to fetch given the stored checkpoint. A fetcher thread
 (``imap_fetch.Fetcher``) does the IMAP work (SEARCH, a metadata FETCH of INTERNALDATE,
-size and, when a filter needs them, headers, then BODY.PEEK[] in batches) and puts
+size and, when a filter needs them, headers, then BODY.PEEK[] in batches, or by parts for
+a message over ``Limits.max_attachment_bytes``) and puts
 batches on a bounded queue; the calling thread hands each batch with the checkpoint that
 covers it to ``deliver``, which commits both in one transaction. A lost connection
 reconnects with exponential backoff and jitter and resumes from the last committed
@@ -61,6 +62,10 @@ class Limits:
     meta_chunk: int = 1000  # UIDs per metadata FETCH
     batch_count: int = 200  # messages per body FETCH and per deliver() transaction
     batch_bytes: int = 4 * 1024 * 1024  # RFC822.SIZE bytes per body FETCH
+    # store.max_attachment_mb in bytes: a larger message may hold an attachment the store
+    # would not keep, so it is fetched by parts and those are left on the server (a
+    # smaller one cannot: it is fetched whole). None: every message is fetched whole.
+    max_attachment_bytes: int | None = None
     # Batches fetched ahead of the writer, each already parsing (parse_ahead): one is
     # as fast as two here and holds a batch less in memory.
     queue_batches: int = 1
@@ -294,7 +299,9 @@ class _InboxRun:
             if lost:  # the next folder starts on a fresh connection
                 self._drop_session()
 
-    def provenance(self, folder: str, uid: int, internal_date: datetime | None) -> Provenance:
+    def provenance(
+        self, folder: str, uid: int, internal_date: datetime | None, partial: bool = False
+    ) -> Provenance:
         return Provenance(
             source="imap",
             received_at=internal_date or datetime.now(UTC),
@@ -303,4 +310,5 @@ class _InboxRun:
             uid=uid,
             owner=self.cfg.owner,
             internal_date=internal_date,
+            partial=partial,
         )

@@ -262,6 +262,15 @@ class ImapSession:
                 out.append((uid, body, internal_date(data.get(b"INTERNALDATE"))))  # type: ignore[union-attr]
         return out
 
+    def fetch_structure(self, uid: int) -> Fields | None:
+        """INTERNALDATE and BODYSTRUCTURE of ``uid``; None when it is gone."""
+        return self._uid_fetch([uid], "INTERNALDATE BODYSTRUCTURE").get(uid)
+
+    def fetch_parts(self, uid: int, items: Sequence[str]) -> Fields | None:
+        """``items`` (BODY.PEEK sections, see ``bodystructure.fetch_items``) of ``uid`` in
+        one FETCH; None when it is gone."""
+        return self._uid_fetch([uid], " ".join(items)).get(uid)
+
     def _uid_fetch(self, uids: Sequence[int], items: str) -> dict[int, Fields]:
         """UID FETCH through imaplib, read by ``fetchparse`` (imapclient's parser costs
         several times more on bulk fetches). NO or BAD, or a response we cannot read,

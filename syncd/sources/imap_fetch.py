@@ -4,6 +4,11 @@
 metadata in chunks (INTERNALDATE, size and, when a filter needs them, the participant
 and Message-ID headers), keeps what the window, the people filter and (on a scan again)
 the logged-keys lookup allow, then fetches bodies in batches bounded by count and bytes.
+A message over ``Limits.max_attachment_bytes`` (by its RFC822.SIZE) is fetched by parts
+instead: BODYSTRUCTURE first, then what ``bodystructure`` plans (the header, each part's
+MIME header, the bodies syncd would store), rebuilt into one message marked partial; an
+attachment the store would not keep never reaches memory. When the plan leaves nothing
+out, or the structure cannot be rebuilt from, the message is fetched whole after all.
 It talks to the delivering thread only through a bounded queue: ``Batch`` (mail with the
 checkpoint that covers it), ``Lookup`` (which keys are logged; the delivering thread owns
 the store), ``Done`` and ``Failed``.
@@ -16,10 +21,13 @@ rest of the pass, so after the reconnect they are fetched one by one, and a susp
 whose lone fetch loses the connection again is unfetchable too (Dovecot answers BYE when
 it cannot read a message file). For an unfetchable UID the engine commits the mail below
 it with a checkpoint just before it, reports a folder error naming the UID (``syncd
-status`` shows it) and leaves that folder for this pass; every pass retries from that UID
-until it is fetched or expunged. We chose this over quarantining a placeholder after a
-second failure: that needs a failure count per UID kept across passes, which the
-checkpoint does not carry, and a loud stall loses nothing.
+status`` shows it) and leaves that folder for this pass; the next passes retry from that
+UID. The checkpoint counts the passes that stopped there (``syncplan.MAX_STUCK_PASSES``);
+the pass after that many gives the UID up: instead of its body it hands over a note,
+``X-Syncd-Unfetchable`` naming the UID and folder, which the pipeline quarantines (``syncd
+quarantine list`` shows it), and the folder goes on. Before a message fetched by parts,
+the engine commits the same count, so a fetch that kills the process (the OOM killer)
+counts too and cannot restart the same fetch forever.
 """
 
 from __future__ import annotations
@@ -30,11 +38,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from syncd.mail.parse import header_message_key
+from syncd.mail.parse import UNFETCHABLE_FIELD, header_message_key, message_key
 from syncd.mail.provenance import Provenance, imap_label
-from syncd.sources import syncplan
+from syncd.sources import bodystructure, syncplan
+from syncd.sources.bodystructure import HEAD_KEY as HEAD
+from syncd.sources.fetchparse import internal_date
 from syncd.sources.imap_conn import ConnectionLost, FolderError, ImapSession
 from syncd.sources.syncplan import Action, FolderCheckpoint, FolderPlan
 
@@ -44,6 +54,10 @@ if TYPE_CHECKING:
 Item = tuple[bytes, Provenance]
 Body = tuple[int, bytes, datetime | None]  # uid, raw message, INTERNALDATE
 KnownKeys = Callable[[str, set[str]], set[str]]  # label, keys -> those logged under it
+
+
+class _Stopped(Exception):
+    """The pass is stopping: nothing more is fetched or handed over."""
 
 
 class Unfetchable(FolderError):
@@ -100,10 +114,14 @@ class Fetcher:
         self.run_, self.session, self.folder = run, session, folder
         self.checkpoint, self.out, self.stop = checkpoint, out, stop
         self.skipped: list[int] = []  # UIDs skipped as logged, not yet under a checkpoint
+        self.large: dict[int, int] = {}  # UID -> RFC822.SIZE of mail to fetch by parts
+        self.partial: set[int] = set()  # UIDs whose body is rebuilt from some parts
 
     def run(self) -> None:
         try:
             self._fetch()
+        except _Stopped:
+            return
         except BaseException as exc:  # handed to the writer thread, which decides
             self._put(Failed(exc))
 
@@ -146,6 +164,8 @@ class Fetcher:
                 selected,
                 max_count=self.run_.limits.batch_count,
                 max_bytes=self.run_.limits.batch_bytes,
+                # Mail fetched by parts travels alone: its attempt is committed first.
+                alone_above=self.run_.limits.max_attachment_bytes,
             ):
                 if pending and not self._deliver_bodies(plan, pending, len(uids), last=False):
                     return
@@ -172,6 +192,8 @@ class Fetcher:
             ):
                 continue
             kept.append((uid, size, header))
+        limit = self.run_.limits.max_attachment_bytes
+        self.large.update((uid, size) for uid, size, _ in kept if limit and size > limit)
         if known_keys is not None:
             kept = self._not_logged(kept, known_keys)
         return [(uid, size) for uid, size, _ in kept]
@@ -186,18 +208,25 @@ class Fetcher:
         }
         if not keys:
             return kept
-        answer: queue.Queue[set[str]] = queue.Queue(1)
         label = imap_label(self.run_.cfg.name, self.folder)
-        if not self._put(Lookup(partial(known_keys, label, set(keys.values())), answer)):
+        known = self._ask(partial(known_keys, label, set(keys.values())))
+        if known is None:
             return []  # stopping: nothing more is fetched or delivered
+        self.skipped += [uid for uid, _, _ in kept if keys.get(uid) in known]
+        return [k for k in kept if keys.get(k[0]) not in known]
+
+    def _ask(self, question: Callable[[], set[str]]) -> set[str] | None:
+        """The delivering thread's answer (it has committed every batch put before the
+        question by then); None when stopping."""
+        answer: queue.Queue[set[str]] = queue.Queue(1)
+        if not self._put(Lookup(question, answer)):
+            return None
         while not self.stop.is_set():
             try:
-                known = answer.get(timeout=0.2)
+                return answer.get(timeout=0.2)
             except queue.Empty:
                 continue
-            self.skipped += [uid for uid, _, _ in kept if keys.get(uid) in known]
-            return [k for k in kept if keys.get(k[0]) not in known]
-        return []
+        return None
 
     def _batch(self, items: list[Item], checkpoint: FolderCheckpoint, planned: int) -> bool:
         """Hand a batch over, with the count of skipped UIDs its checkpoint now covers."""
@@ -207,9 +236,9 @@ class Fetcher:
         return self._put(Batch(items, checkpoint, planned, covered))
 
     def _deliver_bodies(self, plan: FolderPlan, uids: list[int], planned: int, last: bool) -> bool:
-        fetched, stuck = self._fetch_all(uids)
+        fetched, stuck = self._fetch_all(plan, uids, planned)
         items = [
-            (raw, self.run_.provenance(self.folder, uid, internal))
+            (raw, self.run_.provenance(self.folder, uid, internal, uid in self.partial))
             for uid, raw, internal in fetched
         ]
         if items and self.run_.parse_ahead is not None:
@@ -226,19 +255,27 @@ class Fetcher:
             return True
         return self._batch(items, checkpoint, planned)
 
-    def _fetch_all(self, uids: list[int]) -> tuple[list[Body], Unfetchable | None]:
+    def _fetch_all(
+        self, plan: FolderPlan, uids: list[int], planned: int
+    ) -> tuple[list[Body], Unfetchable | None]:
         """Bodies of ``uids`` in order, less the expunged ones; at the first UID that exists
         but cannot be fetched, the bodies below it and that UID's error."""
         if not uids:
             return [], None
         suspects = self.run_.suspects.get(self.folder, set())
-        whole = self._bodies(uids) if suspects.isdisjoint(uids) else None
+        given_up = {uid for uid in uids if plan.gives_up(uid)}
+        small = [uid for uid in uids if uid not in self.large and uid not in given_up]
+        whole = self._bodies(small) if small and suspects.isdisjoint(small) else None
         got = {body[0]: body for body in whole or ()}
         out: list[Body] = []
         for uid in uids:
+            if uid in given_up:
+                got[uid] = self._given_up(uid)
             if uid not in got:
+                if uid in self.large and not self._attempt(plan, uid, planned):
+                    raise _Stopped
                 try:
-                    alone = self._bodies([uid])
+                    alone = self._by_parts(uid) if uid in self.large else self._bodies([uid])
                 except Unfetchable as exc:
                     return out, exc
                 if alone:
@@ -251,10 +288,57 @@ class Fetcher:
             out.append(got[uid])
         return out, None
 
+    def _attempt(self, plan: FolderPlan, uid: int, planned: int) -> bool:
+        """Commit, before a large message is fetched, that this pass tries it (a batch of
+        its own, so every UID below it is committed); False when stopping."""
+        checkpoint = plan.checkpoint_before(uid)
+        if checkpoint == self.checkpoint:
+            return True
+        return self._batch([], checkpoint, planned) and self._ask(set) is not None
+
+    def _given_up(self, uid: int) -> Body:
+        """A note standing for a message that stopped too many passes; quarantined."""
+        self.partial.add(uid)
+        note = (
+            f"{UNFETCHABLE_FIELD}: UID {uid} in {self.folder} stopped"
+            f" {syncplan.MAX_STUCK_PASSES} sync passes in a row; see it on the server\r\n\r\n"
+        )
+        return uid, note.encode(), None
+
     def _bodies(self, uids: list[int]) -> list[Body] | None:
         """BODY[] of those ``uids`` the server returns; None when it refuses (NO/BAD)."""
+        return self._guarded(uids, lambda: self.session.fetch_bodies(uids))
+
+    def _by_parts(self, uid: int) -> list[Body] | None:
+        """What syncd keeps of a large message, rebuilt from its parts ([] if it is gone,
+        None when the server refuses); the whole message when nothing would be left out."""
+        limit = self.run_.limits.max_attachment_bytes or 0
         try:
-            return self.session.fetch_bodies(uids)
+            # {}: the message is gone; None: the server refused.
+            fields = self._guarded([uid], lambda: self.session.fetch_structure(uid) or {})
+            if not fields:
+                return fields if fields is None else []
+            root = bodystructure.read_structure(fields.get(b"BODYSTRUCTURE"))
+            plan = bodystructure.plan_parts(root, max_part=limit)
+            if not plan.partial:
+                return self._bodies([uid])
+            items = bodystructure.fetch_items(plan)
+            answer = self._guarded([uid], lambda: self.session.fetch_parts(uid, items) or {})
+            if not answer:
+                return answer if answer is None else []
+            key = message_key(_bytes(answer.get(b"BODY[HEADER]")), _bytes(answer.get(HEAD)))
+            digest = key if key.startswith("sha256:") else None
+            raw = bodystructure.rebuild(plan, answer, size=self.large[uid], key=digest)
+        except bodystructure.StructureError:
+            return self._bodies([uid])  # a structure we cannot rebuild from: whole, as before
+        self.partial.add(uid)
+        return [(uid, raw, internal_date(fields.get(b"INTERNALDATE")))]
+
+    def _guarded(self, uids: list[int], fetch: Callable[[], Any]) -> Any:
+        """``fetch()``; None when the server refuses (NO/BAD). A lost connection marks
+        ``uids`` suspect, or makes a suspect fetched alone unfetchable."""
+        try:
+            return fetch()
         except FolderError:
             return None
         except ConnectionLost as exc:
@@ -264,3 +348,7 @@ class Fetcher:
                 raise Unfetchable(uids[0], why, session_lost=True) from None
             suspects.update(uids)
             raise
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else b""

@@ -28,7 +28,10 @@ initial sync began is always wanted, even when a UIDVALIDITY change makes us sca
 The window is computed from ``initial_started``, not from today, so a scan resumed days
 later or redone after a UIDVALIDITY change covers the same past. A UID that exists but
 cannot be fetched holds the cursor just below it (``checkpoint_before``) in any state, so
-the next pass starts with it again.
+the next pass starts with it again; the cursor counts the passes that stopped at that UID,
+and after ``MAX_STUCK_PASSES`` of them the next pass gives it up (``gives_up``): the
+adapter quarantines a note naming it and the cursor moves on, so one message that kills
+or stalls every fetch never holds the folder forever.
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ LEFT_OUT = {
     }),
 }  # fmt: skip
 UNSELECTABLE_FLAGS = frozenset({"\\noselect", "\\nonexistent"})
+# Passes in a row that may stop at the same UID before it is given up: a server fault or
+# a crash gets a few chances to go away; a message that fails every time does not hold
+# its folder for more than these.
+MAX_STUCK_PASSES = 3
 MAX_IDLE_SECONDS = 9 * 60.0  # RFC 2177: re-issue IDLE at least every 29 min; servers cut at 10+
 
 
@@ -66,6 +73,8 @@ class FolderCheckpoint:
     highestmodseq: int | None = None
     initial_done: bool = False
     initial_started: datetime | None = None  # when the past (initial) sync began
+    stuck_uid: int = 0  # a UID that stopped the last pass(es), just above last_uid
+    stuck_passes: int = 0  # how many passes in a row it stopped
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +114,30 @@ class FolderPlan:
         if last:
             top = max(top, self.scan_top)
         done = self.base.initial_done or (last and self.action is Action.INITIAL)
-        return _replace(self.base, last_uid=top, initial_done=done)
+        past = top >= self.base.stuck_uid
+        return _replace(
+            self.base,
+            last_uid=top,
+            initial_done=done,
+            stuck_uid=0 if past else self.base.stuck_uid,
+            stuck_passes=0 if past else self.base.stuck_passes,
+        )
 
     def checkpoint_before(self, uid: int) -> FolderCheckpoint:
-        """The cursor when ``uid`` exists but could not be fetched: every UID below it is
-        done; it and all above it are fetched again next pass (the plan stays open)."""
-        return _replace(self.base, last_uid=max(self.base.last_uid, uid - 1))
+        """The cursor when ``uid`` exists but could not be fetched (or is about to be tried
+        at a risk, see ``imap_fetch``): every UID below it is done; it and all above it are
+        fetched again next pass (the plan stays open). Counted once per pass."""
+        again = self.base.stuck_uid == uid
+        return _replace(
+            self.base,
+            last_uid=max(self.base.last_uid, uid - 1),
+            stuck_uid=uid,
+            stuck_passes=self.base.stuck_passes + 1 if again else 1,
+        )
+
+    def gives_up(self, uid: int) -> bool:
+        """Whether ``uid`` stopped the last ``MAX_STUCK_PASSES`` passes: not tried again."""
+        return self.base.stuck_uid == uid and self.base.stuck_passes >= MAX_STUCK_PASSES
 
 
 def _replace(cp: FolderCheckpoint, **changes: object) -> FolderCheckpoint:
@@ -270,14 +297,19 @@ def chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
 
 
 def body_batches(
-    sizes: Sequence[tuple[int, int]], *, max_count: int, max_bytes: int
+    sizes: Sequence[tuple[int, int]],
+    *,
+    max_count: int,
+    max_bytes: int,
+    alone_above: int | None = None,
 ) -> Iterator[list[int]]:
     """UIDs grouped in order, each batch at most ``max_count`` messages and ``max_bytes``
-    (a message larger than ``max_bytes`` travels alone)."""
+    (a message larger than ``max_bytes``, or than ``alone_above``, travels alone)."""
     batch: list[int] = []
     total = 0
     for uid, size in sizes:
-        if batch and (len(batch) >= max_count or total + size > max_bytes):
+        alone = alone_above is not None and (size > alone_above or total > alone_above)
+        if batch and (len(batch) >= max_count or total + size > max_bytes or alone):
             yield batch
             batch, total = [], 0
         batch.append(uid)

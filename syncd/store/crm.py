@@ -245,6 +245,7 @@ def provenance_json(provenance: Provenance) -> str:
             if provenance.internal_date
             else None,
         }
+        | ({"partial": True} if provenance.partial else {})
     )
 
 
@@ -260,6 +261,7 @@ def provenance_from_json(text: str) -> Provenance:
         owner=data.get("owner"),
         sender=data.get("sender"),
         internal_date=datetime.fromisoformat(internal) if internal else None,
+        partial=bool(data.get("partial")),
     )
 
 

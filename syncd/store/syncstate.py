@@ -28,14 +28,16 @@ def _now(now: datetime | None = None) -> str:
 
 def get_checkpoint(conn: sqlite3.Connection, inbox: str, folder: str) -> FolderCheckpoint | None:
     row = conn.execute(
-        "SELECT uidvalidity, last_uid, highestmodseq, initial_done, initial_started"
-        " FROM sync_folders WHERE inbox = ? AND folder = ?",
+        "SELECT uidvalidity, last_uid, highestmodseq, initial_done, initial_started,"
+        " stuck_uid, stuck_passes FROM sync_folders WHERE inbox = ? AND folder = ?",
         (inbox, folder),
     ).fetchone()
     if row is None:
         return None
     started = datetime.fromisoformat(row[4]) if row[4] else None
-    return FolderCheckpoint(inbox, folder, row[0], row[1], row[2], bool(row[3]), started)
+    return FolderCheckpoint(
+        inbox, folder, row[0], row[1], row[2], bool(row[3]), started, row[5], row[6]
+    )
 
 
 def save_checkpoint(conn: sqlite3.Connection, checkpoint: FolderCheckpoint) -> None:
@@ -44,14 +46,15 @@ def save_checkpoint(conn: sqlite3.Connection, checkpoint: FolderCheckpoint) -> N
     started = cp.initial_started.isoformat() if cp.initial_started else None
     conn.execute(
         "INSERT INTO sync_folders (inbox, folder, uidvalidity, last_uid, highestmodseq,"
-        " initial_done, initial_started, last_sync, last_error)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)"
+        " initial_done, initial_started, stuck_uid, stuck_passes, last_sync, last_error)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)"
         " ON CONFLICT (inbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,"
         " last_uid = excluded.last_uid, highestmodseq = excluded.highestmodseq,"
         " initial_done = excluded.initial_done, initial_started = excluded.initial_started,"
+        " stuck_uid = excluded.stuck_uid, stuck_passes = excluded.stuck_passes,"
         " last_sync = excluded.last_sync, last_error = NULL",
         (cp.inbox, cp.folder, cp.uidvalidity, cp.last_uid, cp.highestmodseq,
-         int(cp.initial_done), started, _now()),
+         int(cp.initial_done), started, cp.stuck_uid, cp.stuck_passes, _now()),
     )  # fmt: skip
 
 

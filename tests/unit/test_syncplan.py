@@ -324,3 +324,48 @@ def test_idle_slices_reissue_before_ten_minutes(timeout: float, expected: list[f
 def test_count_outcomes() -> None:
     counts = syncplan.count_outcomes(["logged", "duplicate", "skipped", "quarantined", "logged"])
     assert counts == {"logged": 2, "duplicates": 1, "skipped": 1, "quarantined": 1}
+
+
+@pytest.mark.parametrize(
+    ("sizes", "alone_above", "expected"),
+    [
+        ([(1, 10), (2, 500), (3, 10), (4, 10)], 100, [[1], [2], [3, 4]]),
+        ([(1, 500), (2, 600)], 100, [[1], [2]]),
+        ([(1, 10), (2, 500)], None, [[1, 2]]),
+    ],
+)
+def test_body_batches_large_mail_travels_alone(
+    sizes: list[tuple[int, int]], alone_above: int | None, expected: list[list[int]]
+) -> None:
+    batches = syncplan.body_batches(sizes, max_count=10, max_bytes=1000, alone_above=alone_above)
+    assert list(batches) == expected
+
+
+def test_a_uid_that_stops_every_pass_is_given_up() -> None:
+    """Each pass that stops at the same UID counts once (however often it says so); after
+    MAX_STUCK_PASSES the next pass gives it up; passing it, or another UID, resets."""
+    checkpoint = FolderCheckpoint("ada", "INBOX", 7, 4, None, True, NOW)
+    for passes in range(1, syncplan.MAX_STUCK_PASSES + 1):
+        plan = syncplan.plan_folder(
+            checkpoint, FolderStatus(7, 20), inbox="ada", folder="INBOX", from_="1y",
+            people="all", now=NOW,
+        )  # fmt: skip
+        assert not plan.gives_up(5)
+        checkpoint = plan.checkpoint_before(5)
+        assert checkpoint == plan.checkpoint_before(5)  # said twice in a pass: counted once
+        assert (checkpoint.last_uid, checkpoint.stuck_uid, checkpoint.stuck_passes) == (
+            4, 5, passes,
+        )  # fmt: skip
+    plan = syncplan.plan_folder(
+        checkpoint, FolderStatus(7, 20), inbox="ada", folder="INBOX", from_="1y",
+        people="all", now=NOW,
+    )  # fmt: skip
+    assert plan.gives_up(5) and not plan.gives_up(6)
+    assert plan.checkpoint_before(6).stuck_passes == 1
+    past = plan.checkpoint_after([5], last=False)
+    assert (past.last_uid, past.stuck_uid, past.stuck_passes) == (5, 0, 0)
+    below = syncplan.plan_folder(
+        FolderCheckpoint("ada", "INBOX", 7, 1, None, True, NOW, 5, 2), FolderStatus(7, 20),
+        inbox="ada", folder="INBOX", from_="1y", people="all", now=NOW,
+    ).checkpoint_after([2, 3], last=False)  # fmt: skip
+    assert (below.last_uid, below.stuck_uid, below.stuck_passes) == (3, 5, 2)
