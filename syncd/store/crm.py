@@ -14,13 +14,9 @@ import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from syncd.crm.model import ContactState
 from syncd.mail.provenance import Provenance
-
-if TYPE_CHECKING:
-    pass
 
 OVERSIZED_NOTE = "not stored: larger than store.max_attachment_mb"
 
@@ -38,18 +34,6 @@ def iso(moment: datetime) -> str:
 
 def now_iso() -> str:
     return iso(datetime.now(UTC))
-
-
-def lookup_contacts(conn: sqlite3.Connection, addresses: Iterable[str]) -> dict[str, ContactState]:
-    """Existing contacts by any of their addresses (lower-case)."""
-    rows = select_in(
-        conn,
-        "SELECT a.address, c.id, c.owner, c.legal_basis, c.lifecycle_stage "
-        "FROM contact_addresses a JOIN contacts c ON c.id = a.contact_id "
-        "WHERE a.address IN ({marks})",
-        sorted({a.lower() for a in addresses}),
-    )
-    return {r[0]: ContactState(r[1], r[2], r[3], r[4]) for r in rows}
 
 
 def select_in(
