@@ -21,7 +21,7 @@ from typing import Any
 from syncd.config import BccConfig, Config
 from syncd.outbound.relay import OutboxRunner, Relay, RelaySettings
 from syncd.pipeline import Pipeline
-from syncd.schedule import Every
+from syncd.schedule import Backoff, Every
 from syncd.secrets import read_password
 from syncd.sources.bcc import (
     BccHandler,
@@ -72,8 +72,7 @@ class BccService:
         self._server: BccServer | None = None
         self._handler: BccHandler | None = None
         self._draining = False
-        self._drain_backoff = DRAIN_SECONDS
-        self._drain_after = 0.0  # monotonic; no drain before it, after a failure
+        self._drain_pause = Backoff(DRAIN_SECONDS, DRAIN_MAX_SECONDS)
         self._state = "starting"
         self._outbox_conn: sqlite3.Connection | None = None
         self._sending: asyncio.Future[None] | None = None
@@ -126,7 +125,7 @@ class BccService:
         return dict(self._writer.unsaved())
 
     async def _drain(self) -> None:
-        if self._draining or time.monotonic() < self._drain_after:
+        if self._draining or not self._drain_pause.ready():
             return  # the running drain loops until the spool is empty
         self._draining = True
         try:
@@ -136,12 +135,10 @@ class BccService:
                 taken += batch
             if taken:
                 log.info("logged %d BCC message(s) from the spool", taken)
-            self._drain_backoff, self._drain_after = DRAIN_SECONDS, 0.0
+            self._drain_pause.succeeded()
         except Exception:
-            wait = self._drain_backoff
+            wait = self._drain_pause.failed()
             log.exception("draining the BCC spool failed; retrying in %.0f s", wait)
-            self._drain_after = time.monotonic() + wait
-            self._drain_backoff = min(wait * 2, DRAIN_MAX_SECONDS)
         finally:
             self._draining = False
 

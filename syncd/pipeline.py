@@ -143,6 +143,13 @@ def _with_attachments_staged(
     )
 
 
+def _disk_at_fault(exc: Exception) -> bool:
+    """The disk is failing (full, read-only, I/O), for the SQLite file or a file beside it."""
+    if isinstance(exc, sqlite3.Error):
+        return (exc.sqlite_errorname or "").startswith(STORE_FAILURES)
+    return isinstance(exc, OSError) and storage_failure(exc)
+
+
 def _die_with(pid: int) -> None:
     """Parser process initializer: end when process ``pid`` (the pool's owner) ends.
 
@@ -401,22 +408,12 @@ class Pipeline:
             known = writer.known(a.email for a in email.addresses())
             plan = rules.plan(email, provenance, self.settings, known)
             outcome = writer.write(email, raw, provenance, plan, prepared)
-        except sqlite3.Error as exc:
-            if (exc.sqlite_errorname or "").startswith(STORE_FAILURES):
-                # The store itself is failing (disk full, I/O): no message is to blame.
-                conn.execute("ROLLBACK TO message")
-                conn.execute("RELEASE message")
-                writer.discard()
-                raise
-            return self._failed(writer, email, exc)
-        except OSError as exc:
-            if storage_failure(exc):  # an attachment's file: the disk is at fault, as above
-                conn.execute("ROLLBACK TO message")
-                conn.execute("RELEASE message")
-                writer.discard()
-                raise
-            return self._failed(writer, email, exc)
         except Exception as exc:
+            if _disk_at_fault(exc):  # the store or an attachment's file: no message to blame
+                conn.execute("ROLLBACK TO message")
+                conn.execute("RELEASE message")
+                writer.discard()
+                raise
             return self._failed(writer, email, exc)
         conn.execute("RELEASE message")
         writer.keep()

@@ -19,7 +19,7 @@ from typing import Any
 
 from syncd.config import Config
 from syncd.pipeline import Pipeline
-from syncd.schedule import Every
+from syncd.schedule import Backoff, Every
 from syncd.store import requeue
 
 log = logging.getLogger("syncd.quarantine")
@@ -44,8 +44,7 @@ class QuarantineService:
     def __init__(self, store: Any) -> None:
         self._store = store
         self._running: asyncio.Task[None] | None = None
-        self._wait = RETRY_SECONDS
-        self._after = 0.0  # monotonic; no look before it, after a failure
+        self._pause = Backoff(RETRY_SECONDS, MAX_WAIT_SECONDS)
 
     async def start(self, every: Every) -> None:
         # At start every transient entry is tried: the disk may have room again by now.
@@ -53,9 +52,8 @@ class QuarantineService:
         every(self._tick, RETRY_SECONDS, "quarantine-retry")
 
     async def _tick(self) -> None:
-        if self._running is not None and not self._running.done():
-            return
-        if time.monotonic() < self._after:
+        busy = self._running is not None and not self._running.done()
+        if busy or not self._pause.ready():
             return
         self._running = asyncio.ensure_future(self._look(every=False))
         await self._running
@@ -67,11 +65,10 @@ class QuarantineService:
             for start in range(0, len(ids), CHUNK):
                 counts += await self._store.run(_retry, ids[start : start + CHUNK])
         except Exception as exc:
-            log.warning("retrying quarantined mail failed, next in %.0f s: %s", self._wait, exc)
-            self._after = time.monotonic() + self._wait
-            self._wait = min(self._wait * 2, MAX_WAIT_SECONDS)
+            wait = self._pause.failed()
+            log.warning("retrying quarantined mail failed, next in %.0f s: %s", wait, exc)
             return
-        self._wait, self._after = RETRY_SECONDS, 0.0
+        self._pause.succeeded()
         if ids:
             log.info("retried %d quarantined message(s) a storage failure had kept: %s",
                      len(ids), dict(counts))  # fmt: skip
