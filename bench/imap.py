@@ -79,7 +79,7 @@ def phase_imaplib(port: int, username: str, password: str) -> dict[str, Any]:
 
 
 def _inbox(port: int, username: str, password: str, create_contacts: bool = False) -> Any:
-    from syncd.config import Inbox
+    from syncd.config.model import Inbox
 
     return Inbox.model_validate(
         {
@@ -92,7 +92,7 @@ def _inbox(port: int, username: str, password: str, create_contacts: bool = Fals
 
 
 def phase_sync(port: int, username: str, password: str) -> dict[str, Any]:
-    from syncd.sources.imap import sync_inbox
+    from syncd.sources.imap.inbox import sync_inbox
 
     totals = {"messages": 0, "bytes": 0}
 
@@ -114,9 +114,9 @@ def phase_sync(port: int, username: str, password: str) -> dict[str, Any]:
 
 
 def phase_pipeline(port: int, username: str, password: str, store_dir: str) -> dict[str, Any]:
-    from syncd.config import Config
+    from syncd.config.model import Config
     from syncd.pipeline import Pipeline
-    from syncd.sources.imap import sync_inbox
+    from syncd.sources.imap.inbox import sync_inbox
     from syncd.store import db, syncstate
 
     inbox = _inbox(port, username, password, create_contacts=True)

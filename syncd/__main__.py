@@ -1,6 +1,6 @@
 """Entry point for ``python -m syncd``: hands over to the CLI."""
 
-from syncd.cli import main
+from syncd.cli.main import main
 
 if __name__ == "__main__":
     main()

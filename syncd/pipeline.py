@@ -44,7 +44,7 @@ from syncd.errors import MessageError, StoreError
 from syncd.mail.parse import Address, Attachment, Email, parse
 from syncd.mail.provenance import Provenance
 from syncd.memory import return_large_buffers
-from syncd.store import crm as store
+from syncd.store import contacts, engagements, quarantine
 from syncd.store.blobs import discard_staged, purge_staging, stage_blob, storage_failure
 from syncd.store.db import transaction
 from syncd.store.mailwriter import MailWriter, Prepared, prepare
@@ -250,14 +250,14 @@ class Pipeline:
 
     @classmethod
     def from_config(cls, config: Any, conn: sqlite3.Connection, **kwargs: Any) -> Pipeline:
-        """Build from a ``syncd.config.Config`` and mirror its team and inboxes into the store."""
+        """Build from a ``Config`` and mirror its team and inboxes into the store."""
         settings = RulesSettings.from_config(config)
         members = [(m.email, m.name, tuple(m.aliases)) for m in config.team]
         inboxes = [
             (i.name, i.kind, (i.address or i.owner or "").lower(), i.owner) for i in config.inboxes
         ]
         with transaction(conn):
-            store.record_team(conn, members, inboxes)
+            contacts.record_team(conn, members, inboxes)
         return cls(
             conn,
             settings,
@@ -297,11 +297,11 @@ class Pipeline:
 
     def contact_emails(self) -> set[str]:
         """Every address of every contact, now."""
-        return store.contact_emails(self.conn)
+        return contacts.contact_emails(self.conn)
 
     def sighted_keys(self, label: str, keys: set[str]) -> set[str]:
         """Those of ``keys`` (message keys) already logged from the source ``label``."""
-        return store.sighted_keys(self.conn, label, keys)
+        return engagements.sighted_keys(self.conn, label, keys)
 
     def ingest(self, raw: bytes, provenance: Provenance) -> Outcome:
         return self.ingest_batch([(raw, provenance)])[0]
@@ -316,20 +316,20 @@ class Pipeline:
 
         def settle(_index: int, raw: bytes, provenance: Provenance, outcome: Outcome) -> None:
             if outcome.status == "quarantined":
-                store.quarantine(self.conn, raw, provenance, outcome.reason)
+                quarantine.quarantine(self.conn, raw, provenance, outcome.reason)
 
         return self._write(items, settle, on_commit)
 
     def retry_quarantined(self, ids: Sequence[int] | None = None) -> list[tuple[int, Outcome]]:
         """Run quarantined mail through the pipeline again; what logs leaves the quarantine."""
-        rows = store.quarantined(self.conn, ids)
-        items = [(bytes(r["raw"]), store.provenance_from_json(r["provenance"])) for r in rows]
+        rows = quarantine.quarantined(self.conn, ids)
+        items = [(bytes(r["raw"]), quarantine.provenance_from_json(r["provenance"])) for r in rows]
 
         def settle(index: int, _raw: bytes, _provenance: Provenance, outcome: Outcome) -> None:
             if outcome.status == "quarantined":
-                store.requarantine(self.conn, rows[index]["id"], outcome.reason)
+                quarantine.requarantine(self.conn, rows[index]["id"], outcome.reason)
             else:
-                store.release(self.conn, rows[index]["id"])
+                quarantine.release(self.conn, rows[index]["id"])
 
         outcomes = self._write(items, settle, None)
         return [(row["id"], outcome) for row, outcome in zip(rows, outcomes, strict=True)]

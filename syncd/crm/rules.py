@@ -88,7 +88,7 @@ class RulesSettings:
 
     @classmethod
     def from_config(cls, config: Any) -> RulesSettings:
-        """Build from a ``syncd.config.Config`` (attribute names are the YAML keys)."""
+        """Build from a ``syncd.config.model.Config`` (attribute names are the YAML keys)."""
         inboxes = tuple(
             InboxRule(
                 name=inbox.name,

@@ -53,7 +53,7 @@ from aiosmtpd.smtp import (
 )
 
 from syncd import secrets
-from syncd.config_rules import is_loopback
+from syncd.hosts import is_loopback
 from syncd.mail.parse import HeaderTooLarge
 from syncd.sources.bcc_limits import AuthThrottle, DataBudget, Limits
 from syncd.sources.senders import (

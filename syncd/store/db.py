@@ -10,10 +10,11 @@ gives the store its own writer thread.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from syncd.errors import StoreError
 
@@ -118,3 +119,15 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def select_in(
+    conn: sqlite3.Connection, sql: str, values: Sequence[Any], params: Sequence[Any] = ()
+) -> Iterator[Any]:
+    """Rows of ``sql`` whose ``IN ({marks})`` takes ``values`` (after ``params``), asked in
+    slices of 500: a list of recipients or keys may be longer than SQLite allows bound
+    variables in one statement."""
+    for start in range(0, len(values), 500):
+        chunk = values[start : start + 500]
+        sql_chunk = sql.format(marks=",".join("?" * len(chunk)))
+        yield from conn.execute(sql_chunk, [*params, *chunk])

@@ -23,17 +23,11 @@ from syncd.crm.model import ContactState, Outcome
 from syncd.crm.rules import ContactPlan, Plan, RulesSettings
 from syncd.mail.provenance import Provenance
 from syncd.store.blobs import adopt_blob, write_blob
-from syncd.store.crm import (
-    ASSOCIATION,
-    OVERSIZED_NOTE,
-    company_for_domain,
-    create_contact,
-    iso,
-    now_iso,
-    safe_filename,
-    select_in,
-)
+from syncd.store.contacts import company_for_domain, create_contact
+from syncd.store.db import select_in
+from syncd.store.engagements import ASSOCIATION, OVERSIZED_NOTE, safe_filename
 from syncd.store.raw import RawCopy, insert_raw, prepare_raw, stored_digest
+from syncd.store.timestamps import iso, now_iso
 
 if TYPE_CHECKING:
     from syncd.mail.parse import Email

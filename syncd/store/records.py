@@ -14,13 +14,9 @@ from datetime import UTC, datetime
 from syncd.crm.domains import company_domain
 from syncd.crm.lifecycle import DealPipeline, TicketPipeline, advance, deal_effect
 from syncd.crm.model import ContactRecord
-from syncd.store.crm import (
-    associate,
-    company_for_domain,
-    create_contact,
-    now_iso,
-    touch_records,
-)
+from syncd.store.contacts import company_for_domain, create_contact
+from syncd.store.engagements import associate, touch_records
+from syncd.store.timestamps import now_iso
 
 
 def contact_id_for(conn: sqlite3.Connection, address: str) -> int | None:

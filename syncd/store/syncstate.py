@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from syncd.sources.syncplan import FolderCheckpoint
+from syncd.sources.imap.syncplan import FolderCheckpoint
 
 COUNT_COLUMNS = ("logged", "duplicates", "skipped", "quarantined")
 STATES = ("ok", "failed", "auth_failed")

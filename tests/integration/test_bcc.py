@@ -40,9 +40,9 @@ import dns.rrset
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
-from syncd import metrics
 from syncd.mail.parse import MAX_HEADER_BYTES, parse
 from syncd.outbound.relay import OutboxRunner, Relay, RelaySettings
+from syncd.services import metrics
 from syncd.sources.bcc import (
     BccHandler,
     Limits,
@@ -1004,7 +1004,7 @@ def test_swaks_delivers(make_endpoint: Callable[..., Endpoint]) -> None:
 
 
 def _pipeline(path: Path, tmp_path: Path) -> Any:
-    from syncd.config import Config
+    from syncd.config.model import Config
     from syncd.pipeline import Pipeline
 
     config = Config.from_mapping(

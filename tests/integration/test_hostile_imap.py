@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from syncd import statusreport
-from syncd.config import Config
-from syncd.imapservice import ImapService
-from syncd.sources.imap import InboxResult
-from syncd.storeworker import StoreWorker
+from syncd.config.model import Config
+from syncd.services import statusreport
+from syncd.services.imap import ImapService
+from syncd.services.storeworker import StoreWorker
+from syncd.sources.imap.inbox import InboxResult
 from tests.integration.fakeimap import Connection, FakeImap, message, wait_for
 
 TIMEOUT = 0.5  # imap.timeout in these configs: the deadline of a command is a few of these

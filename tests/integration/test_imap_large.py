@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from syncd.config import Config
-from syncd.imapservice import inbox_pass
+from syncd.config.model import Config
 from syncd.mail.parse import parse
 from syncd.pipeline import Pipeline
-from syncd.sources.syncplan import MAX_STUCK_PASSES
+from syncd.services.imap import inbox_pass
+from syncd.sources.imap.syncplan import MAX_STUCK_PASSES
 from syncd.store import db, queries
 from tests.integration.conftest import ImapUser
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from syncd.config import Config, Inbox
+from syncd.config.model import Config, Inbox
 from syncd.errors import InboxError, MessageError
 from syncd.mail.parse import header_message_key, parse
-from syncd.sources.imap import Limits, RetryPolicy, sync_inbox
-from syncd.sources.imap_conn import connect
-from syncd.sources.syncplan import FolderCheckpoint
+from syncd.sources.imap.conn import connect
+from syncd.sources.imap.inbox import Limits, RetryPolicy, sync_inbox
+from syncd.sources.imap.syncplan import FolderCheckpoint
 from syncd.store import db, syncstate
 from tests.integration.conftest import ImapUser
 
@@ -588,8 +588,8 @@ CHILD = textwrap.dedent(
     """
     import os, signal, sys
     from datetime import datetime, timezone
-    from syncd.config import Inbox
-    from syncd.sources.imap import Limits, sync_inbox
+    from syncd.config.model import Inbox
+    from syncd.sources.imap.inbox import Limits, sync_inbox
     from syncd.store import db, syncstate
 
     path, kill_at, where, inbox_json = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -666,8 +666,8 @@ def store_config(inbox: Inbox, user: ImapUser, tmp_path: Path) -> Config:
 def test_a_pass_stopped_midway_counts_what_it_committed(
     imap_user: ImapUser, tmp_path: Path
 ) -> None:
-    from syncd.imapservice import Stopping, inbox_pass
     from syncd.pipeline import Pipeline
+    from syncd.services.imap import Stopping, inbox_pass
 
     yesterday = datetime.now(UTC) - timedelta(days=1)  # inbox_pass syncs as of now
     for n in range(3):

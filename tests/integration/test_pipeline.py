@@ -19,8 +19,7 @@ from syncd.errors import StoreError
 from syncd.mail.provenance import Provenance
 from syncd.pipeline import Parsing, Pipeline
 from syncd.sources.files import MailFiles
-from syncd.store import crm as store
-from syncd.store import db, queries, records
+from syncd.store import db, quarantine, queries, records
 from syncd.store.erase import erase, scan
 from syncd.store.raw import raw_message
 
@@ -142,7 +141,7 @@ def test_broken_messages_quarantined_with_reasons_and_retried(conn, tmp_path) ->
     assert all(q["source"] == "bcc" for q in listed)
     # A message quarantined by an earlier failure logs when retried, and leaves.
     with db.transaction(conn):
-        store.quarantine(conn, message(msgid="<later@x>"), BCC, "store was locked")
+        quarantine.quarantine(conn, message(msgid="<later@x>"), BCC, "store was locked")
     results = pipeline.retry_quarantined()
     assert [o.status for _id, o in results] == ["quarantined", "quarantined", "logged"]
     assert [q["attempts"] for q in queries.quarantine_list(conn)] == [2, 2]

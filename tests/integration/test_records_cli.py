@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from syncd.cli import main
+from syncd.cli.main import main
 from syncd.store import db
 from syncd.store.erase import scan
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from syncd.mail.provenance import Provenance
-from syncd.store import crm, db
+from syncd.store import db, quarantine
 from tests.integration.conftest import free_port
 from tests.integration.test_daemon import MINIMAL, Notify, start
 from tests.integration.test_store_failures import fill, mount_tmpfs, unmount
@@ -136,8 +136,8 @@ def test_start_retries_mail_quarantined_for_a_full_disk(tmp_path: Path, notify: 
     with contextlib.closing(conn), db.transaction(conn):
         # As syncd before this fix left it: the attachment's write failed, ENOSPC.
         full = "could not be logged: OSError: [Errno 28] No space left on device"
-        crm.quarantine(conn, with_attachment(2), when, full)
-        crm.quarantine(conn, b"\x00\x01 not mail", when, "unparseable: no header block")
+        quarantine.quarantine(conn, with_attachment(2), when, full)
+        quarantine.quarantine(conn, b"\x00\x01 not mail", when, "unparseable: no header block")
     (tmp_path / "syncd.yaml").write_text(MINIMAL)
 
     proc = start(tmp_path, notify)
@@ -164,12 +164,14 @@ def test_due_waits_per_entry_and_never_takes_permanent_reasons(tmp_path: Path) -
     when = Provenance(source="bcc", received_at=now)
     with contextlib.closing(conn):
         with db.transaction(conn):
-            full = crm.quarantine(conn, b"x", when, "could not be logged: OSError: [Errno 28] x")
-            crm.quarantine(conn, b"y", when, "unparseable: no header block")
+            full = quarantine.quarantine(
+                conn, b"x", when, "could not be logged: OSError: [Errno 28] x"
+            )
+            quarantine.quarantine(conn, b"y", when, "unparseable: no header block")
         assert requeue.due(conn, now) == []  # just quarantined: its wait has not passed
         assert requeue.due(conn, now + timedelta(seconds=61)) == [full]
         assert requeue.due(conn, now, every=True) == [full]
         with db.transaction(conn):
-            crm.requarantine(conn, full, "could not be logged: OSError: [Errno 28] x")
+            quarantine.requarantine(conn, full, "could not be logged: OSError: [Errno 28] x")
         assert requeue.due(conn, now + timedelta(seconds=61)) == []  # second try: 120 s
         assert requeue.due(conn, now + timedelta(seconds=121)) == [full]

@@ -1,4 +1,4 @@
-"""syncd.sources.bodystructure: BODYSTRUCTURE answers as servers write them, the parts
+"""syncd.sources.imap.bodystructure: BODYSTRUCTURE answers as servers write them, the parts
 kept of each, and the message rebuilt from those parts as the parser then reads it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from syncd.mail.parse import parse
-from syncd.sources.bodystructure import (
+from syncd.sources.imap.bodystructure import (
     HEAD_KEY,
     StructureError,
     Take,
@@ -18,7 +18,7 @@ from syncd.sources.bodystructure import (
     read_structure,
     rebuild,
 )
-from syncd.sources.fetchparse import parse_fetch
+from syncd.sources.imap.fetchparse import parse_fetch
 
 MIB = 1024 * 1024
 WHOLE, CUT, OMIT = Take.WHOLE, Take.CUT, Take.OMIT

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import syncd.cli  # first: cli_daemon imports it and is one of its commands' modules
-from syncd.cli_daemon import _Lines
+import syncd.cli.main
+from syncd.cli.daemon import _Lines
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD = """\

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.config import Config, HostPort, dotted
+from syncd.config.model import Config, HostPort, dotted
 from syncd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

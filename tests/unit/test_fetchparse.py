@@ -1,4 +1,4 @@
-"""FETCH responses in imaplib's shape, read by syncd.sources.fetchparse."""
+"""FETCH responses in imaplib's shape, read by syncd.sources.imap.fetchparse."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from syncd.sources.fetchparse import FetchParseError, internal_date, parse_fetch
+from syncd.sources.imap.fetchparse import FetchParseError, internal_date, parse_fetch
 
 DATE = b'"17-Jul-1996 02:44:25 -0700"'
 HEADERS = b"BODY[HEADER.FIELDS (FROM TO CC BCC)]"

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from syncd.errors import InboxError
-from syncd.imapservice import ImapService
-from syncd.sources.imap import InboxResult
-from syncd.sources.syncplan import idle_retry_delay
+from syncd.services.imap import ImapService
+from syncd.sources.imap.inbox import InboxResult
+from syncd.sources.imap.syncplan import idle_retry_delay
 
 
 class RefusedIdle:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from syncd.config import Config
+from syncd.config.model import Config
 from syncd.crm.model import ContactState
 from syncd.crm.rules import (
     SKIP_NEVER_LOG,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from syncd.schedule import Backoff
+from syncd.services.schedule import Backoff
 
 
 def test_backoff_doubles_to_its_cap_and_a_success_ends_it() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.sdnotify import Notifier
+from syncd.services.sdnotify import Notifier
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_no_usable_socket_is_a_no_op(value: str | None) -> None:
 
 
 def test_send_failure_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="syncd.sdnotify")
+    caplog.set_level(logging.DEBUG, logger="syncd.services.sdnotify")
     notifier = Notifier.from_env({"NOTIFY_SOCKET": str(tmp_path / "gone")})
     assert notifier.enabled
     assert not notifier.ready()

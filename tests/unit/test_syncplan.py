@@ -1,4 +1,4 @@
-"""Table tests of the IMAP sync decisions in syncd.sources.syncplan."""
+"""Table tests of the IMAP sync decisions in syncd.sources.imap.syncplan."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from syncd.sources import syncplan
-from syncd.sources.syncplan import Action, FolderCheckpoint, FolderStatus
+from syncd.sources.imap import syncplan
+from syncd.sources.imap.syncplan import Action, FolderCheckpoint, FolderStatus
 
 NOW = datetime(2024, 5, 31, 15, 30, tzinfo=UTC)
 CET = timezone(timedelta(hours=2))

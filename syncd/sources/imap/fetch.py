@@ -42,14 +42,14 @@ from typing import TYPE_CHECKING, Any
 
 from syncd.mail.parse import UNFETCHABLE_FIELD, header_message_key, message_key
 from syncd.mail.provenance import Provenance, imap_label
-from syncd.sources import bodystructure, syncplan
-from syncd.sources.bodystructure import HEAD_KEY as HEAD
-from syncd.sources.fetchparse import internal_date
-from syncd.sources.imap_conn import ConnectionLost, FolderError, ImapSession
-from syncd.sources.syncplan import Action, FolderCheckpoint, FolderPlan
+from syncd.sources.imap import bodystructure, syncplan
+from syncd.sources.imap.bodystructure import HEAD_KEY as HEAD
+from syncd.sources.imap.conn import ConnectionLost, FolderError, ImapSession
+from syncd.sources.imap.fetchparse import internal_date
+from syncd.sources.imap.syncplan import Action, FolderCheckpoint, FolderPlan
 
 if TYPE_CHECKING:
-    from syncd.sources.imap import _InboxRun
+    from syncd.sources.imap.inbox import _InboxRun
 
 Item = tuple[bytes, Provenance]
 Body = tuple[int, bytes, datetime | None]  # uid, raw message, INTERNALDATE

@@ -16,9 +16,17 @@ from typing import Any
 
 import click
 
-from syncd.cli import EX_PROBLEMS, EX_USAGE, emit_json, fail
-from syncd.cli_records import JSON_FLAG, open_store, print_table, team_member
-from syncd.config import EMAIL_RE
+from syncd.cli.common import (
+    EX_PROBLEMS,
+    EX_USAGE,
+    JSON_FLAG,
+    emit_json,
+    fail,
+    open_store,
+    print_table,
+    team_member,
+)
+from syncd.config.model import EMAIL_RE
 from syncd.crm.rules import RulesSettings
 from syncd.mail.provenance import Provenance
 from syncd.pipeline import Pipeline

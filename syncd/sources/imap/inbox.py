@@ -32,9 +32,9 @@ from typing import Any, Protocol
 
 from syncd.errors import InboxError
 from syncd.mail.provenance import Provenance
-from syncd.sources import syncplan
-from syncd.sources.imap_conn import ConnectionLost, FolderError, ImapSession, connect
-from syncd.sources.imap_fetch import (
+from syncd.sources.imap import syncplan
+from syncd.sources.imap.conn import ConnectionLost, FolderError, ImapSession, connect
+from syncd.sources.imap.fetch import (
     Batch,
     Done,
     Failed,
@@ -44,7 +44,7 @@ from syncd.sources.imap_fetch import (
     Lookup,
     Unfetchable,
 )
-from syncd.sources.syncplan import FolderCheckpoint
+from syncd.sources.imap.syncplan import FolderCheckpoint
 
 Deliver = Callable[[list[Item], FolderCheckpoint], Sequence[Any]]
 CheckpointOf = Callable[[str, str], FolderCheckpoint | None]
@@ -121,7 +121,7 @@ class InboxResult:
 
 
 class InboxSettings(Protocol):
-    """An ``inboxes[]`` entry (syncd.config.Inbox has this shape)."""
+    """An ``inboxes[]`` entry (syncd.config.model.Inbox has this shape)."""
 
     name: str
     owner: str | None

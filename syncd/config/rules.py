@@ -9,13 +9,13 @@ Each rule skips values of the wrong type (pydantic reports those) and yields
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterator
 from typing import Any
 
+from syncd.hosts import is_loopback
+
 Problem = tuple[tuple[str | int, ...], str]
 _SECRET_SOURCES = ("password", "password_file", "password_command")
-_LOOPBACK_NAMES = {"localhost"}
 
 
 def check(data: dict[str, Any]) -> list[Problem]:
@@ -34,16 +34,6 @@ def _dicts(value: Any) -> list[tuple[int, dict[str, Any]]]:
 
 def _lower(value: Any) -> str | None:
     return value.strip().lower() if isinstance(value, str) and value.strip() else None
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (an IPv6 zone suffix is allowed)."""
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False
 
 
 def _is_loopback(host: Any) -> bool:

@@ -32,10 +32,11 @@ from pydantic import (
     model_validator,
 )
 
-from syncd import config_rules, yamlmarks
-from syncd.config_rules import is_loopback
+from syncd.config import rules as config_rules
+from syncd.config import yamlmarks
 from syncd.crm import lifecycle
 from syncd.errors import ConfigError, ConfigProblem
+from syncd.hosts import is_loopback
 
 EMAIL_RE = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")

@@ -29,11 +29,11 @@ from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import LoginError
 
 from syncd import secrets
-from syncd.config import is_loopback
+from syncd.config.model import is_loopback
 from syncd.errors import InboxError
-from syncd.sources.fetchparse import FetchParseError, Fields, internal_date, parse_fetch
-from syncd.sources.imap_wire import Client
-from syncd.sources.syncplan import FolderStatus, idle_slices
+from syncd.sources.imap.fetchparse import FetchParseError, Fields, internal_date, parse_fetch
+from syncd.sources.imap.syncplan import FolderStatus, idle_slices
+from syncd.sources.imap.wire import Client
 
 HEADER_FIELDS = "BODY.PEEK[HEADER.FIELDS (FROM TO CC BCC MESSAGE-ID)]"
 CONNECT_TIMEOUT = 20.0

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from syncd.config import Config
+from syncd.config.model import Config
 from syncd.store import daemonstate, db, spool, syncstate
 
 

@@ -1,57 +1,34 @@
-"""The ``syncd`` command line: global options, exit codes, and the commands' wiring.
+"""The ``syncd`` command line: global options, errors to exit codes, and the commands.
 
 Commands that report take ``--json`` and then print one JSON document on stdout and
-nothing else there; everything for humans goes to stderr. Exit codes are PRODUCT.md's:
-0 done, 1 problems found, 2 usage, 69 unreachable, 75 temporary failure, 78 bad config.
-The config is loaded lazily, once, by whichever command needs it, so ``--help`` works
-without one. This module and ``daemon`` are the only ones that read the environment.
+nothing else there; everything for humans goes to stderr. The config is loaded lazily,
+once, by whichever command needs it, so ``--help`` works without one. The command
+modules (``daemon``, ``data``, ``records``) import only ``common``; this module
+imports them and registers their commands.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from syncd import __version__, logsetup
-from syncd.config import Config
+from syncd import __version__
+from syncd.cli import daemon, data, logsetup, records
+from syncd.cli.common import (
+    DEFAULT_CONFIG,
+    EX_CONFIG,
+    EX_PROBLEMS,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    App,
+    fail,
+)
 from syncd.errors import ConfigError, InboxError, StoreError, SyncdError
-
-EX_OK, EX_PROBLEMS, EX_USAGE = 0, 1, 2
-EX_UNAVAILABLE, EX_TEMPFAIL, EX_CONFIG = 69, 75, 78
-DEFAULT_CONFIG = "/etc/syncd/syncd.yaml"
-log = logging.getLogger("syncd")
-
-
-class App:
-    """What every command gets as ``ctx.obj``: where the config is, and the config once loaded."""
-
-    def __init__(self, config_path: Path) -> None:
-        self.config_path = config_path
-        self._config: Config | None = None
-
-    def config(self) -> Config:
-        if self._config is None:
-            self._config = Config.from_yaml(self.config_path)
-            for warning in self._config.warnings:
-                log.warning("%s", warning)
-        return self._config
-
-
-def emit_json(document: Any) -> None:
-    """The one JSON document a ``--json`` command prints on stdout."""
-    click.echo(json.dumps(document, ensure_ascii=False, indent=2, default=str))
-
-
-def fail(message: str, code: int = EX_PROBLEMS) -> NoReturn:
-    click.echo(f"syncd: {message}", err=True)
-    sys.exit(code)
 
 
 class SyncdGroup(click.Group):
@@ -134,14 +111,7 @@ def _accept_config_everywhere(group: click.Group) -> None:
             _accept_config_everywhere(command)
 
 
-def _register_all() -> None:
-    # Imported here, not at the top: the command modules import App and helpers from here.
-    from syncd import cli_daemon, cli_data, cli_records
-
-    cli_data.register(main)
-    cli_records.register(main)
-    cli_daemon.register(main)
-    _accept_config_everywhere(main)
-
-
-_register_all()
+data.register(main)
+records.register(main)
+daemon.register(main)
+_accept_config_everywhere(main)

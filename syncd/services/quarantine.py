@@ -17,9 +17,9 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from syncd.config import Config
+from syncd.config.model import Config
 from syncd.pipeline import Pipeline
-from syncd.schedule import Backoff, Every
+from syncd.services.schedule import Backoff, Every
 from syncd.store import requeue
 
 log = logging.getLogger("syncd.quarantine")

@@ -18,11 +18,11 @@ import sqlite3
 import time
 from typing import Any
 
-from syncd.config import BccConfig, Config
+from syncd.config.model import BccConfig, Config
 from syncd.outbound.relay import OutboxRunner, Relay, RelaySettings
 from syncd.pipeline import Pipeline
-from syncd.schedule import Backoff, Every
 from syncd.secrets import read_password
+from syncd.services.schedule import Backoff, Every
 from syncd.sources.bcc import (
     BccHandler,
     BccServer,

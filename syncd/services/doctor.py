@@ -16,9 +16,9 @@ from typing import Any
 import dns.exception
 import dns.resolver
 
-from syncd.config import Config, Inbox
+from syncd.config.model import Config, Inbox
 from syncd.errors import SyncdError
-from syncd.sources.imap_conn import connect
+from syncd.sources.imap.conn import connect
 
 
 @dataclass(frozen=True)

@@ -9,67 +9,25 @@ stage, an owner who is not on the team).
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import click
 
-from syncd.cli import EX_USAGE, emit_json, fail
+from syncd.cli.common import (
+    JSON_FLAG,
+    editing_settings,
+    emit_json,
+    fail,
+    open_store,
+    print_table,
+    team_member,
+)
 from syncd.crm.lifecycle import StageError, check_stage
 from syncd.crm.model import ContactRecord
 from syncd.crm.rules import RulesSettings
 from syncd.sources.files import FileFormatError, read_contacts
 from syncd.store import db, queries, records
-
-JSON_FLAG = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-
-
-@contextmanager
-def open_store(
-    ctx: click.Context, *, readonly: bool = False
-) -> Iterator[tuple[Any, sqlite3.Connection]]:
-    """The loaded config and an open store connection, closed afterwards. Commands that
-    only read open it read-only: a wrong path never creates a store, and an older CLI
-    never migrates the daemon's; a store not created yet reads as an empty one."""
-    config = ctx.obj.config()
-    if readonly and not config.store.path.exists():
-        conn = db.connect(":memory:")
-    else:
-        conn = db.connect(config.store.path, readonly=readonly)
-    try:
-        yield config, conn
-    finally:
-        conn.close()
-
-
-@contextmanager
-def editing_settings(ctx: click.Context) -> Iterator[tuple[RulesSettings, sqlite3.Connection]]:
-    """Settings and a connection inside one transaction; an unknown stage exits 2 and a
-    missing record 1, with nothing written."""
-    with open_store(ctx) as (config, conn):
-        try:
-            with db.transaction(conn):
-                yield RulesSettings.from_config(config), conn
-        except StageError as exc:
-            fail(str(exc), EX_USAGE)
-        except LookupError as exc:
-            fail(str(exc.args[0]))
-
-
-def print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
-    text = [[("" if v is None else str(v)) for v in row] for row in [header, *rows]]
-    widths = [max(len(r[i]) for r in text) for i in range(len(header))]
-    for row in text:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-
-
-def team_member(settings: RulesSettings, address: str) -> str | None:
-    return settings.team.get(address.strip().lower())
-
 
 # --- contacts ----------------------------------------------------------------------------
 

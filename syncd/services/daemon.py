@@ -29,18 +29,18 @@ from typing import IO, Any, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from syncd.bccservice import BccService
-from syncd.config import Config
+from syncd.config.model import Config
 from syncd.errors import ConfigError, StoreError
-from syncd.imapservice import ImapService
-from syncd.metrics import MetricsService
-from syncd.quarantineservice import QuarantineService
-from syncd.schedule import Every
-from syncd.sdnotify import Notifier
+from syncd.services.bcc import BccService
+from syncd.services.imap import ImapService
+from syncd.services.metrics import MetricsService
+from syncd.services.quarantine import QuarantineService
+from syncd.services.schedule import Every
+from syncd.services.sdnotify import Notifier
+from syncd.services.storeworker import StoreWorker
 from syncd.store import daemonstate
-from syncd.storeworker import StoreWorker
 
-log = logging.getLogger("syncd.daemon")
+log = logging.getLogger("syncd.services.daemon")
 STOP_GRACE_SECONDS = 20.0
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from syncd.config import Config
+from syncd.config.model import Config
 from syncd.pipeline import Pipeline
 from syncd.store import db
 

@@ -1,6 +1,6 @@
 """CLI commands that run syncd's engines: ``run``, ``sync``, ``status``, ``doctor``.
 
-``run`` hands over to ``syncd.daemon``. ``status`` reads the store read-only from
+``run`` hands over to ``syncd.services.daemon``. ``status`` reads the store read-only from
 another process: the daemon's heartbeat row, per-inbox sync state, spool, outbox and
 quarantine counts, so it works whether or not the daemon runs and never blocks it.
 """
@@ -14,8 +14,7 @@ from typing import Any
 
 import click
 
-from syncd import statusreport
-from syncd.cli import (
+from syncd.cli.common import (
     EX_PROBLEMS,
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
@@ -24,8 +23,9 @@ from syncd.cli import (
     emit_json,
     fail,
 )
-from syncd.imapservice import inbox_pass
 from syncd.pipeline import Pipeline
+from syncd.services import statusreport
+from syncd.services.imap import inbox_pass
 from syncd.store import db
 
 COUNTS = ("logged", "duplicates", "skipped", "quarantined")
@@ -43,7 +43,7 @@ def run(app: App) -> None:
     config = app.config()
     # Imported here: the daemon's parts (SMTP, SPF, the scheduler) are for `run` alone,
     # and `syncd sync` of a large mailbox should not carry them.
-    from syncd import daemon
+    from syncd.services import daemon
 
     try:
         code = daemon.run(app.config_path, config, os.environ)
@@ -188,7 +188,7 @@ def _print_status(report: dict[str, Any], *, bcc: bool) -> None:
 def doctor(app: App, as_json: bool) -> None:
     """Try each IMAP login, the BCC listener, DNS for the BCC domain and the store's
     integrity; exit 1 if any check fails."""
-    from syncd.doctor import run_checks
+    from syncd.services.doctor import run_checks
 
     checks = run_checks(app.config())
     if as_json:

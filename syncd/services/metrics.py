@@ -17,14 +17,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from syncd import statusreport
-from syncd.config import Config
-from syncd.schedule import Every
+from syncd.config.model import Config
+from syncd.services import statusreport
+from syncd.services.schedule import Every
 
 if TYPE_CHECKING:
     from aiohttp import web
 
-log = logging.getLogger("syncd.metrics")
+log = logging.getLogger("syncd.services.metrics")
 
 
 def metrics_from(report: dict[str, Any]) -> Iterator[Metric]:

@@ -28,12 +28,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from syncd.config import Config, Inbox
+from syncd.config.model import Config, Inbox
 from syncd.errors import InboxError
 from syncd.pipeline import Pipeline
-from syncd.schedule import Every
-from syncd.sources import syncplan
-from syncd.sources.imap import (
+from syncd.services.schedule import Every
+from syncd.sources.imap import syncplan
+from syncd.sources.imap.conn import ConnectionLost, ImapSession, connect
+from syncd.sources.imap.inbox import (
     InboxResult,
     Limits,
     ParseAhead,
@@ -41,7 +42,6 @@ from syncd.sources.imap import (
     RetryPolicy,
     sync_inbox,
 )
-from syncd.sources.imap_conn import ConnectionLost, ImapSession, connect
 from syncd.store import syncstate
 from syncd.store.db import transaction
 

@@ -1,0 +1,1 @@
+"""The ``syncd`` command line (``main.main`` is the entry point)."""

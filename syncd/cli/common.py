@@ -1,0 +1,100 @@
+"""What every CLI command shares: the ``App`` on ``ctx.obj``, exit codes, ``--json``
+output, one-line failures, the store opened for a command, and tables for humans.
+
+Exit codes are PRODUCT.md's: 0 done, 1 problems found, 2 usage, 69 unreachable,
+75 temporary failure, 78 bad config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from syncd.config.model import Config
+from syncd.crm.lifecycle import StageError
+from syncd.crm.rules import RulesSettings
+from syncd.store import db
+
+EX_OK, EX_PROBLEMS, EX_USAGE = 0, 1, 2
+EX_UNAVAILABLE, EX_TEMPFAIL, EX_CONFIG = 69, 75, 78
+DEFAULT_CONFIG = "/etc/syncd/syncd.yaml"
+log = logging.getLogger("syncd")
+
+
+class App:
+    """What every command gets as ``ctx.obj``: where the config is, and the config once loaded."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self._config: Config | None = None
+
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = Config.from_yaml(self.config_path)
+            for warning in self._config.warnings:
+                log.warning("%s", warning)
+        return self._config
+
+
+def emit_json(document: Any) -> None:
+    """The one JSON document a ``--json`` command prints on stdout."""
+    click.echo(json.dumps(document, ensure_ascii=False, indent=2, default=str))
+
+
+def fail(message: str, code: int = EX_PROBLEMS) -> NoReturn:
+    click.echo(f"syncd: {message}", err=True)
+    sys.exit(code)
+
+
+JSON_FLAG = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+
+
+@contextmanager
+def open_store(
+    ctx: click.Context, *, readonly: bool = False
+) -> Iterator[tuple[Any, sqlite3.Connection]]:
+    """The loaded config and an open store connection, closed afterwards. Commands that
+    only read open it read-only: a wrong path never creates a store, and an older CLI
+    never migrates the daemon's; a store not created yet reads as an empty one."""
+    config = ctx.obj.config()
+    if readonly and not config.store.path.exists():
+        conn = db.connect(":memory:")
+    else:
+        conn = db.connect(config.store.path, readonly=readonly)
+    try:
+        yield config, conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def editing_settings(ctx: click.Context) -> Iterator[tuple[RulesSettings, sqlite3.Connection]]:
+    """Settings and a connection inside one transaction; an unknown stage exits 2 and a
+    missing record 1, with nothing written."""
+    with open_store(ctx) as (config, conn):
+        try:
+            with db.transaction(conn):
+                yield RulesSettings.from_config(config), conn
+        except StageError as exc:
+            fail(str(exc), EX_USAGE)
+        except LookupError as exc:
+            fail(str(exc.args[0]))
+
+
+def print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
+    text = [[("" if v is None else str(v)) for v in row] for row in [header, *rows]]
+    widths = [max(len(r[i]) for r in text) for i in range(len(header))]
+    for row in text:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def team_member(settings: RulesSettings, address: str) -> str | None:
+    return settings.team.get(address.strip().lower())

@@ -1,0 +1,1 @@
+"""The YAML config: frozen models (``model``), cross-field rules, YAML positions."""

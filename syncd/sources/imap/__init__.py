@@ -1,0 +1,1 @@
+"""IMAP: connection, wire limits, fetch, the pure sync plan, one inbox's pass."""
