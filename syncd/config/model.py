@@ -37,6 +37,7 @@ from syncd.config import yamlmarks
 from syncd.crm import lifecycle
 from syncd.errors import ConfigError, ConfigProblem
 from syncd.hosts import is_loopback
+from syncd.mail.addresses import normalise
 
 EMAIL_RE = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
@@ -47,7 +48,7 @@ FROM_CHOICES = ("now", "1m", "3m", "6m", "1y")
 def _email(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected an email address, got {type(value).__name__}")
-    text = value.strip().lower()
+    text = normalise(value)
     if not EMAIL_RE.match(text):
         raise ValueError(f"{value!r} is not an email address")
     return text
@@ -56,7 +57,7 @@ def _email(value: Any) -> str:
 def _address_or_domain(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{value!r} is not an address or a domain")
-    text = value.strip().lower().lstrip("@")
+    text = normalise(value).lstrip("@")
     if "@" in text:
         return _email(text)
     if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", text):

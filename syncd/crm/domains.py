@@ -13,6 +13,8 @@ from functools import cache, lru_cache
 
 from publicsuffixlist import PublicSuffixList
 
+from syncd.mail.addresses import domain_of, normalise_domain
+
 # Exact registrable domains of consumer mail providers.
 FREE_MAIL_DOMAINS: frozenset[str] = frozenset(
     {
@@ -113,18 +115,10 @@ def _suffix_list() -> PublicSuffixList:
     return PublicSuffixList()
 
 
-def domain_of(address: str) -> str:
-    """The domain part of an address, lower-cased and without a trailing dot ('' if none)."""
-    _local, at, domain = address.rpartition("@")
-    if not at:
-        return ""
-    return domain.strip().rstrip(".").lower()
-
-
 @lru_cache(maxsize=65536)  # a team's mail comes from a few thousand domains, over and over
 def registrable_domain(domain: str) -> str | None:
     """``mail.example.co.uk`` -> ``example.co.uk``; None for a bare public suffix or ''."""
-    domain = domain.strip().rstrip(".").lower()
+    domain = normalise_domain(domain)
     if not domain or "." not in domain:
         return None
     return _suffix_list().privatesuffix(domain)

@@ -1,13 +1,10 @@
-"""Header fields of RFC 5322 mail: splitting, RFC 2047 words, charsets, ids and addresses.
+"""Header fields of RFC 5322 mail: splitting, RFC 2047 words, charsets and ids.
 
 The tolerant, fast half of the parser (``syncd.mail.parse`` owns bodies and the ``Email``
-value): a header block is split into fields without building an ``email.message`` tree,
-encoded words in unknown charsets are decoded with replacement, raw 8-bit bytes are read as
-UTF-8 or else latin-1, and nothing here raises for bad input; each repair is appended to the
-caller's ``defects`` list. Addresses are parsed on the raw field, before encoded words are
-decoded, so a crafted display name cannot inject an address, and each must be one plain
-``local@domain``: quoted local parts such as ``"a@b.com"@evil.com`` and unbalanced forms
-(CVE-2023-27043, not fixed in the Python 3.11.7 we run) are skipped, not guessed at.
+value, ``syncd.mail.addresses`` the address fields): a header block is split into fields
+without building an ``email.message`` tree, encoded words in unknown charsets are decoded
+with replacement, raw 8-bit bytes are read as UTF-8 or else latin-1, and nothing here raises
+for bad input; each repair is appended to the caller's ``defects`` list.
 """
 
 from __future__ import annotations
@@ -15,8 +12,6 @@ from __future__ import annotations
 import binascii
 import codecs
 import re
-from dataclasses import dataclass
-from email.utils import getaddresses
 from functools import lru_cache
 
 import pybase64
@@ -24,24 +19,11 @@ import pybase64
 MAX_REFERENCES = 100
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
-    name: str  # display name, decoded, '' if none
-    email: str  # addr-spec, lower-cased, stripped; always contains '@'
-
-
 _FIELD_BREAK = re.compile(r"\r?\n(?![ \t])")
 _FIELD_NAME = re.compile(r"[!-9;-~]+")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([qQbB])\?([^?\s]*)\?=")
 _ANGLE_ID = re.compile(r"<([^<>]*)>")
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
-_ADDR = r"[^\s\"<>()\[\],;:@\\]+@[^\s\"<>()\[\],;:@\\]+"
-_ADDR_RE = re.compile(_ADDR)
-_SIMPLE_ADDR = re.compile(
-    rf'\s*(?:"((?:[^"\\]|\\.)*)"|([^"<>()\\,;:]*?))\s*<\s*({_ADDR})\s*>\s*|\s*({_ADDR})\s*'
-)  # an unquoted name may contain '@' ("jane@acme.com <jane@acme.com>"): <...> is the address
-_COMMA_ITEMS = re.compile(r'(?:"[^"]*"|[^,"])+')
-_QUOTED_PAIR = re.compile(r"\\(.)")
 _AUTO = "auto"  # no usable charset declared: utf-8 if it decodes, else latin-1
 _CHARSET_ALIASES = {"iso-8859-8-i": "iso-8859-8", "x-mac-roman": "mac-roman", "gb2312": "gb18030"}
 _ASCII_NAMES = {"us-ascii", "ascii", "ansi_x3.4-1968", "unknown-8bit", "x-unknown", "default"}
@@ -238,88 +220,3 @@ def parse_references(values: list[str] | None) -> tuple[str, ...]:
     if len(unique) > MAX_REFERENCES:  # keep the root and the nearest ancestors
         unique = unique[:1] + unique[-(MAX_REFERENCES - 1) :]
     return tuple(unique)
-
-
-# --- addresses -------------------------------------------------------------------------
-
-
-def parse_addresses(values: list[str] | None, defects: list[str]) -> tuple[Address, ...]:
-    if not values:
-        return ()
-    out: list[Address] = []
-    for value in values:
-        for item in _split_address_list(unfold(value)):
-            if item.strip():
-                addr = _address(item, defects)
-                if addr is not None:
-                    out.append(addr)
-    return tuple(out)
-
-
-def _split_address_list(value: str) -> list[str]:
-    """Split on top-level commas (and group ``name:`` / ``;``), respecting quotes and comments."""
-    if "(" not in value and ":" not in value and ";" not in value:
-        if '"' not in value:
-            return value.split(",")
-        if "\\" not in value and value.count('"') % 2 == 0:
-            return _COMMA_ITEMS.findall(value)
-    items: list[str] = []
-    buf: list[str] = []
-    quoted = escaped = angle = False
-    depth = 0
-    for ch in value:
-        if escaped:
-            escaped = False
-        elif quoted or depth:
-            if ch == "\\":
-                escaped = True
-            elif quoted and ch == '"':
-                quoted = False
-            elif depth and ch in "()":
-                depth += 1 if ch == "(" else -1
-        elif ch == '"':
-            quoted = True
-        elif ch == "(":
-            depth = 1
-        elif ch in "<>":
-            angle = ch == "<"
-        elif ch in ",;" and not angle:
-            items.append("".join(buf))
-            buf = []
-            continue
-        elif ch == ":" and not angle:  # group syntax: drop the group's display name
-            buf = []
-            continue
-        buf.append(ch)
-    items.append("".join(buf))
-    return items
-
-
-def _address(item: str, defects: list[str]) -> Address | None:
-    simple = _SIMPLE_ADDR.fullmatch(item)
-    if simple:
-        quoted, bare, angle, plain = simple.groups()
-        if quoted is not None:
-            name = _QUOTED_PAIR.sub(r"\1", quoted) if "\\" in quoted else quoted
-        else:
-            name = bare or ""
-        email = angle or plain
-    else:
-        name, email = _odd_address(item)
-        if not email:
-            if "@" in item:
-                defects.append(f"unsafe or broken address skipped: {item.strip()[:80]!r}")
-            else:
-                defects.append(f"address without '@' skipped: {item.strip()[:80]!r}")
-            return None
-    return Address(decode_words(name, defects).strip(), email.strip().lower())
-
-
-def _odd_address(item: str) -> tuple[str, str]:
-    """Comments and other rare forms through ``email.utils``, accepted only when unambiguous."""
-    if item.count("(") != item.count(")") or item.count("<") != item.count(">"):
-        return "", ""
-    pairs = [(n, a) for n, a in getaddresses([item]) if a]
-    if len(pairs) != 1 or not _ADDR_RE.fullmatch(pairs[0][1]):
-        return "", ""
-    return pairs[0]

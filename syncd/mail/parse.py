@@ -31,14 +31,13 @@ from email.message import Message
 from email.utils import collapse_rfc2231_value, parsedate_to_datetime
 
 from syncd.errors import MessageError
+from syncd.mail.addresses import Address, parse_addresses
 from syncd.mail.headers import (
-    Address,
     b64decode,
     decode_bytes,
     decode_words,
     first,
     first_id,
-    parse_addresses,
     parse_references,
     split_fields,
     unfold,

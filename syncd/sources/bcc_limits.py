@@ -14,6 +14,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from syncd.mail.addresses import normalise
+
 
 def _calls() -> dict[str, int]:
     # Per connection. MAIL/RCPT/DATA allow long sessions of a busy sending MTA.
@@ -218,4 +220,4 @@ def ip_key(ip: str) -> str:
 
 
 def account_key(login: str) -> str:
-    return login.strip().lower()[:320]
+    return normalise(login)[:320]

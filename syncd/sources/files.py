@@ -21,6 +21,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from syncd.crm.model import CSV_FIELDS, ContactRecord
+from syncd.mail.addresses import normalise
 
 
 class FileFormatError(ValueError):
@@ -147,14 +148,14 @@ def _csv(text: str, name: str) -> list[ContactRecord]:
         def get(key: str, row: dict[str, str | None] = row) -> str:
             return (row.get(key) or "").strip()
 
-        others = tuple(e.lower() for e in get("other_emails").split() if "@" in e)
+        others = tuple(normalise(e) for e in get("other_emails").split() if "@" in e)
         records.append(
             ContactRecord(
-                email=get("email").lower(),
+                email=normalise(get("email")),
                 first_name=get("first_name"),
                 last_name=get("last_name"),
                 company=get("company"),
-                owner=get("owner").lower(),
+                owner=normalise(get("owner")),
                 lifecycle_stage=get("lifecycle_stage").lower(),
                 legal_basis=get("legal_basis"),
                 other_emails=others,
@@ -173,7 +174,7 @@ def _vcards(text: str, name: str) -> list[ContactRecord]:
     except Exception as exc:  # vobject raises its own ParseError and plain ValueErrors
         raise FileFormatError(f"{name}: not a readable vCard file: {exc}") from None
     for number, card in enumerate(cards, start=1):
-        emails = [str(e.value).strip().lower() for e in card.contents.get("email", [])]
+        emails = [normalise(str(e.value)) for e in card.contents.get("email", [])]
         first = last = ""
         if "n" in card.contents:
             n = card.n.value

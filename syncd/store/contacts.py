@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+from syncd.mail.addresses import normalise
 from syncd.store.timestamps import now_iso
 
 
@@ -56,7 +57,7 @@ def create_contact(
     contact_id = int(cur.lastrowid or 0)
     conn.execute(
         "INSERT INTO contact_addresses(address, contact_id, is_primary) VALUES (?, ?, 1)",
-        (address.lower(), contact_id),
+        (normalise(address), contact_id),
     )
     return contact_id
 

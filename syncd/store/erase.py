@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncd.errors import StoreError
+from syncd.mail.addresses import normalise
 from syncd.store.blobs import STAGING, blob_path
 from syncd.store.db import transaction
 from syncd.store.raw import unpack
@@ -49,7 +50,7 @@ class EraseReport:
 
 def erase(conn: sqlite3.Connection, address: str, attachments_dir: Path) -> EraseReport:
     """Remove the contact with ``address`` and every trace of its addresses."""
-    address = address.strip().lower()
+    address = normalise(address)
     _pattern(address)  # refuses a needle that is not an address before anything is touched
     report = EraseReport()
     _functions(conn)
@@ -191,14 +192,14 @@ def _mentions(value: str | bytes | None, address: str) -> bool:
 
 
 def _keep(pairs_json: str, addresses: set[str]) -> list[list[str]]:
-    return [p for p in json.loads(pairs_json or "[]") if p[1].lower() not in addresses]
+    return [p for p in json.loads(pairs_json or "[]") if normalise(p[1]) not in addresses]
 
 
 def _redact_engagement(conn: sqlite3.Connection, engagement_id: int, addresses: set[str]) -> None:
     row = conn.execute("SELECT * FROM emails WHERE engagement_id = ?", (engagement_id,)).fetchone()
     if row is not None:
         to, cc, bcc = (_keep(row[c], addresses) for c in ("to_json", "cc_json", "bcc_json"))
-        sender_gone = (row["from_addr"] or "").lower() in addresses
+        sender_gone = normalise(row["from_addr"] or "") in addresses
         from_addr = ERASED if sender_gone else row["from_addr"]
         from_name = "" if sender_gone else row["from_name"]
         everyone = [[from_name or "", from_addr or ""], *to, *cc, *bcc]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from syncd.crm.model import ContactState, Outcome
 from syncd.crm.rules import ContactPlan, Plan, RulesSettings
+from syncd.mail.addresses import normalise
 from syncd.mail.provenance import Provenance
 from syncd.store.blobs import adopt_blob, write_blob
 from syncd.store.contacts import company_for_domain, create_contact
@@ -144,7 +145,7 @@ class MailWriter:
 
     def known(self, addresses: Iterable[str]) -> dict[str, ContactState]:
         """Existing contacts by any of their addresses, as ``lookup_contacts`` finds them."""
-        wanted = {a.lower() for a in addresses}
+        wanted = {normalise(a) for a in addresses}
         ids = self._address_ids
         missing = sorted(a for a in wanted if a not in ids)
         rows = select_in(

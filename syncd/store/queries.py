@@ -12,6 +12,8 @@ import re
 import sqlite3
 from typing import Any
 
+from syncd.mail.addresses import normalise
+
 CONTACT_SQL = (
     "SELECT c.id, a.address AS email, trim(c.first_name || ' ' || c.last_name) AS name, "
     "c.first_name, c.last_name, c.owner, c.lifecycle_stage, co.name AS company, c.legal_basis, "
@@ -38,7 +40,7 @@ def contact_show(conn: sqlite3.Connection, address: str) -> dict[str, Any] | Non
     """One contact with every address, deals, tickets; None if no contact has ``address``."""
     row = conn.execute(
         CONTACT_SQL + " WHERE c.id = (SELECT contact_id FROM contact_addresses WHERE address = ?)",
-        (address.strip().lower(),),
+        (normalise(address),),
     ).fetchone()
     if row is None:
         return None
@@ -174,7 +176,7 @@ def engagement_item(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any
 def timeline(conn: sqlite3.Connection, address: str) -> list[dict[str, Any]] | None:
     """The contact's engagements, newest first; None if no contact has ``address``."""
     row = conn.execute(
-        "SELECT contact_id FROM contact_addresses WHERE address = ?", (address.strip().lower(),)
+        "SELECT contact_id FROM contact_addresses WHERE address = ?", (normalise(address),)
     ).fetchone()
     if row is None:
         return None

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from syncd.crm.domains import company_domain
 from syncd.crm.lifecycle import DealPipeline, TicketPipeline, advance, deal_effect
 from syncd.crm.model import ContactRecord
+from syncd.mail.addresses import normalise
 from syncd.store.contacts import company_for_domain, create_contact
 from syncd.store.engagements import associate, touch_records
 from syncd.store.timestamps import now_iso
@@ -21,7 +22,7 @@ from syncd.store.timestamps import now_iso
 
 def contact_id_for(conn: sqlite3.Connection, address: str) -> int | None:
     row = conn.execute(
-        "SELECT contact_id FROM contact_addresses WHERE address = ?", (address.strip().lower(),)
+        "SELECT contact_id FROM contact_addresses WHERE address = ?", (normalise(address),)
     ).fetchone()
     return int(row[0]) if row else None
 
@@ -53,9 +54,9 @@ def _company_by_name(conn: sqlite3.Connection, name: str, owner: str | None) -> 
 
 def upsert_contact(conn: sqlite3.Connection, record: ContactRecord) -> bool:
     """Create or update the contact with any of the record's addresses; True if created."""
-    addresses = [record.email.lower(), *(e.lower() for e in record.other_emails)]
+    addresses = [normalise(record.email), *(normalise(e) for e in record.other_emails)]
     contact_id = next((c for a in addresses if (c := contact_id_for(conn, a))), None)
-    owner = record.owner.lower() or None
+    owner = normalise(record.owner) or None
     created = contact_id is None
     if contact_id is None:
         contact_id = create_contact(

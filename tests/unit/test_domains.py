@@ -7,10 +7,10 @@ import pytest
 from syncd.crm.domains import (
     company_domain,
     domain_matches,
-    domain_of,
     is_free_mail,
     registrable_domain,
 )
+from syncd.mail.addresses import domain_of
 
 
 @pytest.mark.parametrize(
