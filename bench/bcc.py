@@ -31,8 +31,9 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from syncd.crm.team import Team
 from syncd.sources.bcc import BccHandler, ServerOptions, ThreadedEndpoint
-from syncd.sources.senders import SenderDirectory, SenderPolicy
+from syncd.sources.senders import SenderPolicy
 from syncd.store import db
 from syncd.store.spool import SpoolWriter, spool_message
 
@@ -127,7 +128,7 @@ def real_endpoint(directory: Path, naive: bool) -> Iterator[tuple[int, Any]]:
         with lock:
             spool_message(conn, raw, mail_from, peer, owner)
 
-    policy = SenderPolicy("none", SenderDirectory({"ada@example.com": frozenset()}))
+    policy = SenderPolicy("none", Team.build([("ada@example.com", [])]))
     handler = BccHandler(
         addresses=[LOG], policy=policy, spool=one_by_one if naive else writer
     )  # fmt: skip

@@ -34,10 +34,11 @@ SERVER = """
 import sys, threading
 from pathlib import Path
 from syncd.sources.bcc import BccHandler, Limits, PasswordFiles, ServerOptions, ThreadedEndpoint
-from syncd.sources.senders import SenderDirectory, SenderPolicy
+from syncd.crm.team import Team
+from syncd.sources.senders import SenderPolicy
 from syncd.store.spool import SpoolWriter
 store, mode, unlimited = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-directory = SenderDirectory({"ada@example.com": frozenset({"ada@example.com"})})
+directory = Team.build([("ada@example.com", [])])
 writer = SpoolWriter(store)
 big = 1 << 40
 if mode == "auth":

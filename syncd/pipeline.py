@@ -253,9 +253,7 @@ class Pipeline:
         """Build from a ``Config`` and mirror its team and inboxes into the store."""
         settings = RulesSettings.from_config(config)
         members = [(m.email, m.name, tuple(m.aliases)) for m in config.team]
-        inboxes = [
-            (i.name, i.kind, (i.address or i.owner or "").lower(), i.owner) for i in config.inboxes
-        ]
+        inboxes = [(i.name, i.kind, i.address, i.owner) for i in settings.team.inboxes]
         with transaction(conn):
             contacts.record_team(conn, members, inboxes)
         return cls(

@@ -94,7 +94,3 @@ def print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
     widths = [max(len(r[i]) for r in text) for i in range(len(header))]
     for row in text:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-
-
-def team_member(settings: RulesSettings, address: str) -> str | None:
-    return settings.team.get(address.strip().lower())

@@ -24,10 +24,9 @@ from syncd.cli.common import (
     fail,
     open_store,
     print_table,
-    team_member,
 )
 from syncd.config.model import EMAIL_RE
-from syncd.crm.rules import RulesSettings
+from syncd.crm.team import Team
 from syncd.mail.provenance import Provenance
 from syncd.pipeline import Pipeline
 from syncd.sources.files import MailFiles
@@ -54,8 +53,7 @@ def import_mail(ctx: click.Context, path: Path, owner: str | None, as_json: bool
     Without --owner no contacts are created: mail is logged only on existing contacts.
     """
     with open_store(ctx) as (config, conn):
-        settings = RulesSettings.from_config(config)
-        member = team_member(settings, owner) if owner else None
+        member = Team.from_config(config).member(owner) if owner else None
         if owner and member is None:
             fail(f"--owner {owner} is not a team member's address or alias", EX_USAGE)
         files = MailFiles(path)

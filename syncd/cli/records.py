@@ -21,11 +21,10 @@ from syncd.cli.common import (
     fail,
     open_store,
     print_table,
-    team_member,
 )
 from syncd.crm.lifecycle import StageError, check_stage
 from syncd.crm.model import ContactRecord
-from syncd.crm.rules import RulesSettings
+from syncd.crm.team import Team
 from syncd.sources.files import FileFormatError, read_contacts
 from syncd.store import db, queries, records
 
@@ -48,8 +47,7 @@ def contacts_import(ctx: click.Context, file: Path) -> None:
     except FileFormatError as exc:
         fail(str(exc))
     with open_store(ctx) as (config, conn):
-        settings = RulesSettings.from_config(config)
-        checked, problems = _check_contacts(found, settings)
+        checked, problems = _check_contacts(found, Team.from_config(config))
         for problem in problems:
             click.echo(problem, err=True)
         if problems:
@@ -60,7 +58,7 @@ def contacts_import(ctx: click.Context, file: Path) -> None:
 
 
 def _check_contacts(
-    found: list[ContactRecord], settings: RulesSettings
+    found: list[ContactRecord], team: Team
 ) -> tuple[list[ContactRecord], list[str]]:
     checked, problems = [], []
     for record in found:
@@ -76,7 +74,7 @@ def _check_contacts(
                 continue
         owner = record.owner
         if owner:
-            member = team_member(settings, owner)
+            member = team.member(owner)
             if member is None:
                 problems.append(f"{where}: owner {owner} is not a team member")
                 continue

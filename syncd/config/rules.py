@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from syncd.crm.team import Team
 from syncd.hosts import is_loopback
+from syncd.mail.addresses import normalise
 
 Problem = tuple[tuple[str | int, ...], str]
 _SECRET_SOURCES = ("password", "password_file", "password_command")
@@ -33,7 +35,7 @@ def _dicts(value: Any) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _lower(value: Any) -> str | None:
-    return value.strip().lower() if isinstance(value, str) and value.strip() else None
+    return normalise(value) if isinstance(value, str) and value.strip() else None
 
 
 def _is_loopback(host: Any) -> bool:
@@ -57,12 +59,20 @@ def _team(data: dict[str, Any]) -> Iterator[Problem]:
             seen.setdefault(address, i)
 
 
-def team_emails(data: dict[str, Any]) -> set[str]:
-    return {e for _, m in _dicts(data.get("team")) if (e := _lower(m.get("email")))}
+def _team_of(data: dict[str, Any]) -> Team:
+    """The team as far as the raw data reads; values of the wrong type are left out."""
+    members = []
+    for _, member in _dicts(data.get("team")):
+        email = _lower(member.get("email"))
+        aliases = member.get("aliases")
+        if email is not None:
+            aliases = aliases if isinstance(aliases, list) else []
+            members.append((email, [a for a in aliases if _lower(a) is not None]))
+    return Team.build(members)
 
 
 def _inboxes(data: dict[str, Any]) -> Iterator[Problem]:
-    members = team_emails(data)
+    members = _team_of(data).emails
     names: dict[str, int] = {}
     for i, inbox in _dicts(data.get("inboxes")):
         name = inbox.get("name")
@@ -140,7 +150,7 @@ def _bcc(data: dict[str, Any]) -> Iterator[Problem]:
         yield ("bcc", "extra_bcc"), "extra_bcc needs bcc.relay to send through"
     if bcc.get("require_tls") is True and bcc.get("tls") is None:
         yield ("bcc", "require_tls"), "require_tls needs bcc.tls (cert and key)"
-    members = team_emails(data)
+    members = _team_of(data).emails
     for address in bcc.get("addresses") or []:
         if _lower(address) in members:
             yield (

@@ -9,19 +9,21 @@ outgoing (sent from a team address or an inbox address); whether it is skipped
 contacts (BCC: always; IMAP: when the inbox's ``sync.create_contacts``; import: when an
 owner is given; never with ``require_legal_basis``) and with which owner; which contacts
 it is associated with (with ``require_legal_basis`` only those with a legal basis) and
-each contact's company domain. The store carries the plan out.
+each contact's company domain. The store carries the plan out. Which addresses are the
+team's is ``crm.team.Team``'s answer, held in ``RulesSettings.team``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from syncd.crm.domains import company_domain, domain_matches, domain_of
+from syncd.crm.domains import company_domain, domain_matches
 from syncd.crm.lifecycle import Pipelines
 from syncd.crm.model import ContactState
+from syncd.crm.team import InboxRule, Team
+from syncd.mail.addresses import domain_of, normalise
 from syncd.mail.provenance import Provenance
 
 if TYPE_CHECKING:
@@ -33,24 +35,10 @@ SKIP_NO_CONTACTS = "no participant is a contact, and none may be created here"
 
 
 @dataclass(frozen=True, slots=True)
-class InboxRule:
-    """What the rules need to know about one connected inbox."""
-
-    name: str
-    address: str
-    kind: str  # "personal" | "team"
-    owner: str | None = None  # personal inboxes: the member's primary email
-    create_contacts: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class RulesSettings:
     """Every setting the rules and the store's write path read, as one frozen value."""
 
-    # every team address and alias -> that member's primary email
-    team: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    inboxes: tuple[InboxRule, ...] = ()
-    bcc_addresses: frozenset[str] = frozenset()
+    team: Team = field(default_factory=Team)
     never_log_addresses: frozenset[str] = frozenset()
     never_log_domains: tuple[str, ...] = ()
     require_legal_basis: bool = False
@@ -63,24 +51,20 @@ class RulesSettings:
     def build(
         cls,
         *,
-        team: Mapping[str, tuple[str, ...]] | None = None,
+        team: Team | Mapping[str, tuple[str, ...]] | None = None,
         inboxes: tuple[InboxRule, ...] = (),
         bcc_addresses: tuple[str, ...] | frozenset[str] = (),
         never_log: tuple[str, ...] | list[str] = (),
         **rest: Any,
     ) -> RulesSettings:
-        """Normalise plain values: ``team`` maps a primary email to its aliases."""
-        members: dict[str, str] = {}
-        for primary, aliases in (team or {}).items():
-            members[primary.lower()] = primary.lower()
-            for alias in aliases:
-                members[alias.lower()] = primary.lower()
-        addresses = frozenset(e.strip().lower() for e in never_log if "@" in e)
-        domains = tuple(d.strip().lower().lstrip("@") for d in never_log if "@" not in d)
+        """Normalise plain values: ``team`` is a ``Team``, or maps a primary email to its
+        aliases and is built into one with ``inboxes`` and ``bcc_addresses``."""
+        if not isinstance(team, Team):
+            team = Team.build((team or {}).items(), inboxes, bcc_addresses)
+        addresses = frozenset(normalise(e) for e in never_log if "@" in e)
+        domains = tuple(normalise(d).lstrip("@") for d in never_log if "@" not in d)
         return cls(
-            team=MappingProxyType(members),
-            inboxes=tuple(inboxes),
-            bcc_addresses=frozenset(a.lower() for a in bcc_addresses),
+            team=team,
             never_log_addresses=addresses,
             never_log_domains=domains,
             **rest,
@@ -89,23 +73,10 @@ class RulesSettings:
     @classmethod
     def from_config(cls, config: Any) -> RulesSettings:
         """Build from a ``syncd.config.model.Config`` (attribute names are the YAML keys)."""
-        inboxes = tuple(
-            InboxRule(
-                name=inbox.name,
-                address=(inbox.address or inbox.owner or "").lower(),
-                kind=inbox.kind,
-                owner=inbox.owner.lower() if inbox.owner else None,
-                create_contacts=bool(inbox.sync.create_contacts),
-            )
-            for inbox in config.inboxes
-        )
-        bcc = getattr(config, "bcc", None)
         associate = config.logging.associate
         return cls.build(
-            team={m.email: tuple(m.aliases or ()) for m in config.team},
-            inboxes=inboxes,
-            bcc_addresses=tuple(bcc.addresses) if bcc is not None else (),
             never_log=tuple(config.logging.never_log or ()),
+            team=Team.from_config(config),
             require_legal_basis=bool(config.privacy.require_legal_basis),
             max_deals=int(associate.max_deals),
             max_tickets=int(associate.max_tickets),
@@ -113,30 +84,8 @@ class RulesSettings:
             pipelines=Pipelines.from_config(getattr(config, "pipelines", None)),
         )
 
-    def inbox(self, name: str | None) -> InboxRule | None:
-        return next((i for i in self.inboxes if i.name == name), None) if name else None
-
-    def member_for(self, address: str) -> str | None:
-        """The team member (primary email) that ``address`` belongs to, if any."""
-        address = address.lower()
-        if address in self.team:
-            return self.team[address]
-        for inbox in self.inboxes:
-            if inbox.address == address and inbox.kind == "personal":
-                return inbox.owner
-        return None
-
-    def is_internal(self, address: str) -> bool:
-        """A team address or alias, an inbox address or a BCC logging address."""
-        address = address.lower()
-        return (
-            address in self.team
-            or address in self.bcc_addresses
-            or any(i.address == address for i in self.inboxes)
-        )
-
     def never_logged(self, address: str) -> bool:
-        address = address.lower()
+        address = normalise(address)
         if address in self.never_log_addresses:
             return True
         domain = domain_of(address)
@@ -173,8 +122,8 @@ def participants(email: Email, settings: RulesSettings) -> dict[str, str]:
     """Participant address -> display name, in header order (From, To, Cc, Bcc)."""
     found: dict[str, str] = {}
     for address in email.addresses():
-        key = address.email.lower()
-        if not key or "@" not in key or settings.is_internal(key):
+        key = normalise(address.email)
+        if not key or "@" not in key or settings.team.is_internal(key):
             continue
         if key not in found or (not found[key] and address.name):
             found[key] = address.name or ""
@@ -188,7 +137,7 @@ def may_create(provenance: Provenance, settings: RulesSettings) -> bool:
     if provenance.source == "bcc":
         return True
     if provenance.source == "imap":
-        inbox = settings.inbox(provenance.inbox)
+        inbox = settings.team.inbox(provenance.inbox)
         return bool(inbox and inbox.create_contacts)
     if provenance.source == "import":
         return provenance.owner is not None
@@ -202,8 +151,8 @@ def new_contact_owner(
     if sender:
         return sender
     if provenance.owner:
-        return settings.team.get(provenance.owner.lower(), provenance.owner.lower())
-    inbox = settings.inbox(provenance.inbox) if provenance.source == "imap" else None
+        return settings.team.member(provenance.owner) or normalise(provenance.owner)
+    inbox = settings.team.inbox(provenance.inbox) if provenance.source == "imap" else None
     return inbox.owner if inbox and inbox.kind == "personal" else None
 
 
@@ -215,10 +164,10 @@ def plan(
 ) -> Plan:
     """Decide what to log for ``email``; ``known`` maps addresses to existing contacts."""
     people = participants(email, settings)
-    from_address = email.from_.email.lower() if email.from_ else ""
-    outgoing = bool(from_address) and settings.is_internal(from_address)
+    from_address = normalise(email.from_.email) if email.from_ else ""
+    outgoing = bool(from_address) and settings.team.is_internal(from_address)
     direction = "outgoing" if outgoing else "incoming"
-    sender = settings.member_for(from_address) if outgoing else None
+    sender = settings.team.owner_of(from_address) if outgoing else None
     base = Plan(direction=direction, participants=tuple(people), sender=sender)
     if any(settings.never_logged(a) for a in people):
         return _skip(base, SKIP_NEVER_LOG)

@@ -19,6 +19,8 @@ import time
 from typing import Any
 
 from syncd.config.model import BccConfig, Config
+from syncd.crm.team import Team
+from syncd.mail.addresses import normalise
 from syncd.outbound.relay import OutboxRunner, Relay, RelaySettings
 from syncd.pipeline import Pipeline
 from syncd.secrets import read_password
@@ -31,7 +33,7 @@ from syncd.sources.bcc import (
     start_server,
     tls_context,
 )
-from syncd.sources.senders import Dkim, PySpf, SenderDirectory, SenderPolicy
+from syncd.sources.senders import Dkim, PySpf, SenderPolicy
 from syncd.store import db, spool
 
 log = logging.getLogger("syncd.bcc")
@@ -41,13 +43,12 @@ OUTBOX_SECONDS = 15.0
 STOP_GRACE_SECONDS = 10.0
 
 
-def sender_policy(config: Config) -> SenderPolicy:
+def sender_policy(config: Config, team: Team) -> SenderPolicy:
     assert config.bcc is not None
-    directory = SenderDirectory.from_config(config.team, config.inboxes)
     mode = config.bcc.verify_sender
     return SenderPolicy(
         mode,
-        directory,
+        team,
         spf_check=PySpf() if mode == "spf" else None,
         dkim_check=Dkim() if mode == "dkim" else None,
     )
@@ -67,6 +68,7 @@ class BccService:
         assert config.bcc is not None
         self._config = config
         self._bcc: BccConfig = config.bcc
+        self._team = Team.from_config(config)
         self._store = store
         self._writer = spool.SpoolWriter(config.store.path)
         self._server: BccServer | None = None
@@ -85,7 +87,7 @@ class BccService:
         bcc = self._bcc
         self._handler = BccHandler(
             addresses=bcc.addresses,
-            policy=sender_policy(self._config),
+            policy=sender_policy(self._config, self._team),
             spool=self._spool,
             credentials=self._credentials(),
             on_event=self._writer.count,
@@ -109,9 +111,7 @@ class BccService:
         if self._bcc.verify_sender != "auth":
             return None
         files = {m.email: m.smtp_password_file for m in self._config.team if m.smtp_password_file}
-        return PasswordFiles(
-            files, SenderDirectory.from_config(self._config.team, self._config.inboxes)
-        )
+        return PasswordFiles(files, self._team)
 
     def _spool(self, raw: bytes, mail_from: str, peer_ip: str, owner: str | None = None) -> int:
         """Called by the handler from a worker thread: commit, then nudge the drain."""
@@ -183,9 +183,9 @@ class BccService:
         # New sender rules apply at once; a new listen address or TLS needs a restart.
         if config.bcc is None or self._handler is None:
             return
-        self._config, self._bcc = config, config.bcc
-        self._handler.policy = sender_policy(config)
-        self._handler.allowed = frozenset(a.lower() for a in config.bcc.addresses)
+        self._config, self._bcc, self._team = config, config.bcc, Team.from_config(config)
+        self._handler.policy = sender_policy(config, self._team)
+        self._handler.allowed = frozenset(normalise(a) for a in config.bcc.addresses)
         self._handler.credentials = self._credentials()
 
     def status(self) -> dict[str, Any]:

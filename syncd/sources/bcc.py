@@ -54,12 +54,13 @@ from aiosmtpd.smtp import (
 
 from syncd import secrets
 from syncd.hosts import is_loopback
+from syncd.mail.addresses import normalise
 from syncd.mail.parse import HeaderTooLarge
 from syncd.sources.bcc_limits import AuthThrottle, DataBudget, Limits
 from syncd.sources.senders import (
     RELAY_DENIED,
-    SenderDirectory,
     SenderPolicy,
+    Senders,
     recipient_reply,
 )
 
@@ -84,15 +85,15 @@ class PasswordFiles:
     A login is the member's email or any of their addresses; returns the member or None.
     """
 
-    def __init__(self, files: Mapping[str, Path], directory: SenderDirectory) -> None:
-        self._files = {member.lower(): Path(path) for member, path in files.items()}
+    def __init__(self, files: Mapping[str, Path], directory: Senders) -> None:
+        self._files = {normalise(member): Path(path) for member, path in files.items()}
         self._directory = directory
 
     def __repr__(self) -> str:
         return f"PasswordFiles({len(self._files)} members)"
 
     def __call__(self, login: str, password: bytes) -> str | None:
-        member = self._directory.owner_of(login.strip().lower())
+        member = self._directory.owner_of(login)
         path = self._files.get(member or "")
         if member is None or path is None:
             return None
@@ -154,7 +155,7 @@ class BccHandler:
         limits: Limits | None = None,
         on_event: Callable[[str], None] | None = None,
     ) -> None:
-        self.allowed = frozenset(a.lower() for a in addresses)
+        self.allowed = frozenset(normalise(a) for a in addresses)
         self.policy = policy
         self.spool = spool
         self.credentials = credentials
@@ -263,7 +264,7 @@ class BccHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
     ) -> Any:
         # BccSMTP has checked the raw argument; this guards the parsed one as well.
-        if address.lower() not in self.allowed:
+        if normalise(address) not in self.allowed:
             self.count("refused.recipient")
             return RELAY_DENIED
         envelope.rcpt_tos.append(address)

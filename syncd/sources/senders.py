@@ -10,8 +10,8 @@ decisions, as functions of plain values that tests drive by tables:
 - ``check_from``: the From address read by ``mail.parse.author``, the parser's own header
   splitter and strict address reader, so the address checked is the address logged; any
   header another reader could take differently is refused.
-- ``SenderDirectory``: team members, their aliases and personal inboxes, and shared (team
-  inbox) addresses; which member owns an address, and who may send as it.
+- ``Senders``: what the checks ask of the team (``crm.team.Team`` answers): whose mail
+  may be logged, which member owns an address, and who may send as it.
 - ``SenderPolicy``: one decision per message for ``verify_sender`` = auth | spf | dkim |
   none. SPF (pyspf) and DKIM (dkimpy) are reached through ``SpfCheck``/``DkimCheck``
   callables whose DNS is injectable; they block on DNS, so the endpoint calls
@@ -24,14 +24,15 @@ mail client shows it.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import spf
 
 from syncd.crm.domains import registrable_domain
 from syncd.errors import MessageError
+from syncd.mail.addresses import domain_of, normalise, normalise_domain
 from syncd.mail.parse import HeaderTooLarge, author, header_fields
 
 MAX_RECIPIENTS = 100
@@ -66,62 +67,35 @@ def plain_path(arg: str | None, keyword: str) -> str | None:
 def recipient_reply(raw_arg: str | None, allowed: frozenset[str], accepted: int) -> str | None:
     """None when ``RCPT TO`` may go on to aiosmtpd, else the refusal to send."""
     address = plain_path(raw_arg, "TO:")
-    if address is None or address.lower() not in allowed:
+    if address is None or normalise(address) not in allowed:
         return RELAY_DENIED
     if accepted >= MAX_RECIPIENTS:
         return TOO_MANY_RCPTS
     return None
 
 
-def domain_of(address: str) -> str:
-    return address.rpartition("@")[2].lower().rstrip(".")
-
-
 def aligned(signing_domain: str, from_domain: str) -> bool:
     """DMARC relaxed alignment: same registrable (organizational) domain."""
-    signing, author = signing_domain.lower().rstrip("."), from_domain.lower().rstrip(".")
+    signing, author = normalise_domain(signing_domain), normalise_domain(from_domain)
     if signing == author:
         return True
     org = registrable_domain(author)
     return org is not None and registrable_domain(signing) == org
 
 
-@dataclass(frozen=True)
-class SenderDirectory:
-    """Addresses whose mail may be logged: members' own, and shared (team inbox) ones."""
+class Senders(Protocol):
+    """What the sender checks ask of the team; ``crm.team.Team`` answers it."""
 
-    members: Mapping[str, frozenset[str]]  # member email -> every address of that member
-    shared: frozenset[str] = frozenset()  # team inbox addresses any member may send as
-    _owner: dict[str, str] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        owner = {}
-        for member, addresses in self.members.items():
-            for address in {member, *addresses}:
-                owner[address.lower()] = member.lower()
-        object.__setattr__(self, "_owner", owner)
-
-    @classmethod
-    def from_config(cls, team: Iterable[Any], inboxes: Iterable[Any] = ()) -> SenderDirectory:
-        """Build from ``config.team`` and ``config.inboxes`` (duck-typed)."""
-        members: dict[str, set[str]] = {m.email: {m.email, *m.aliases} for m in team}
-        shared: set[str] = set()
-        for inbox in inboxes:
-            if inbox.kind == "personal" and inbox.owner in members and inbox.address:
-                members[inbox.owner].add(inbox.address)
-            elif inbox.address:
-                shared.add(inbox.address)
-        return cls({k: frozenset(v) for k, v in members.items()}, frozenset(shared))
-
-    def is_known(self, address: str) -> bool:
-        return address in self._owner or address in self.shared
+    def is_sender(self, address: str) -> bool:
+        """A member's address, alias or personal inbox, or a team inbox address."""
+        ...
 
     def owner_of(self, address: str) -> str | None:
-        """The member an address belongs to; None for shared or unknown addresses."""
-        return self._owner.get(address)
+        """The member an address (in any case) belongs to; None for a team inbox's or a
+        stranger's."""
+        ...
 
-    def may_send_as(self, member: str, address: str) -> bool:
-        return self._owner.get(address) == member.lower() or address in self.shared
+    def may_send_as(self, member: str, address: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -145,7 +119,7 @@ class DkimCheck(Protocol):
     def __call__(self, raw: bytes) -> tuple[list[str], bool]: ...
 
 
-def check_from(raw: bytes, directory: SenderDirectory) -> Decision:
+def check_from(raw: bytes, directory: Senders) -> Decision:
     """Step one in every mode: exactly one From address, read whole, and it is the team's.
 
     ``HeaderTooLarge`` (from ``author``) is left to the caller, which answers 552.
@@ -159,7 +133,7 @@ def check_from(raw: bytes, directory: SenderDirectory) -> Decision:
             f"550 5.7.1 Not logged: {error.reason}; only mail with one plain From header "
             "from a team member is logged"
         )
-    if not directory.is_known(sender):
+    if not directory.is_sender(sender):
         return Decision(
             f"550 5.7.1 {sender} is not a team member, alias or connected inbox; "
             "only the team's own mail is logged",
@@ -168,7 +142,7 @@ def check_from(raw: bytes, directory: SenderDirectory) -> Decision:
     return Decision(None, sender, directory.owner_of(sender))
 
 
-def auth_verdict(member: str | None, sender: str, directory: SenderDirectory) -> str | None:
+def auth_verdict(member: str | None, sender: str, directory: Senders) -> str | None:
     if member is None:
         return "530 5.7.0 Authentication required: log in as your team member account"
     if not directory.may_send_as(member, sender):
@@ -210,7 +184,7 @@ class SenderPolicy:
     """``verify_sender`` as one call per message. May block on DNS: call from a thread."""
 
     mode: Mode
-    directory: SenderDirectory
+    directory: Senders
     spf_check: SpfCheck | None = None
     dkim_check: DkimCheck | None = None
 
@@ -225,7 +199,7 @@ class SenderPolicy:
         sender = decision.sender or ""
         if self.mode == "auth":
             reply = auth_verdict(member, sender, self.directory)
-            owner = decision.owner or (member.lower() if member else None)
+            owner = decision.owner or (normalise(member) if member else None)
             return Decision(reply, sender, owner)
         if self.mode == "spf":
             check = self.spf_check or PySpf()

@@ -40,6 +40,7 @@ import dns.rrset
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
+from syncd.crm.team import InboxRule, Team
 from syncd.mail.parse import MAX_HEADER_BYTES, parse
 from syncd.outbound.relay import OutboxRunner, Relay, RelaySettings
 from syncd.services import metrics
@@ -51,19 +52,19 @@ from syncd.sources.bcc import (
     ThreadedEndpoint,
     tls_context,
 )
-from syncd.sources.senders import Dkim, SenderDirectory, SenderPolicy
+from syncd.sources.senders import Dkim, SenderPolicy
 from syncd.store import db
 from syncd.store.spool import Outbox, SpoolWriter, status
 
 ROOT = Path(__file__).resolve().parents[2]
 LOG = "log@crm.example.com"
-DIRECTORY = SenderDirectory(
-    {
-        "ada@example.com": frozenset({"ada@example.com", "a.lovelace@example.com"}),
-        "bob@example.org": frozenset({"bob@example.org"}),
-        "carol@broken.example": frozenset({"carol@broken.example"}),
-    },
-    frozenset({"support@example.com"}),
+DIRECTORY = Team.build(
+    [
+        ("ada@example.com", ["a.lovelace@example.com"]),
+        ("bob@example.org", []),
+        ("carol@broken.example", []),
+    ],
+    [InboxRule("support", "support@example.com", "team")],
 )
 
 
@@ -522,10 +523,11 @@ def test_locked_store_is_451_then_recovers(make_endpoint: Callable[..., Endpoint
 KILL_SCRIPT = """
 import sys, threading
 from syncd.sources.bcc import BccHandler, ServerOptions, ThreadedEndpoint
-from syncd.sources.senders import SenderDirectory, SenderPolicy
+from syncd.crm.team import Team
+from syncd.sources.senders import SenderPolicy
 from syncd.store.spool import SpoolWriter
 writer = SpoolWriter(sys.argv[1])
-policy = SenderPolicy("none", SenderDirectory({"ada@example.com": frozenset()}))
+policy = SenderPolicy("none", Team.build([("ada@example.com", [])]))
 handler = BccHandler(addresses=["log@crm.example.com"], policy=policy, spool=writer)
 endpoint = ThreadedEndpoint(handler, ServerOptions(port=0, hostname="mx.test")).start()
 print(endpoint.port, flush=True)

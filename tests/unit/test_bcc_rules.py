@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from syncd.crm.team import InboxRule, Team
 from syncd.mail.parse import HeaderTooLarge, parse
 from syncd.outbound.relay import Delivery, backoff, plan
 from syncd.sources.bcc_limits import AuthThrottle, Limits, Lock
@@ -13,7 +14,6 @@ from syncd.sources.senders import (
     MAX_RECIPIENTS,
     RELAY_DENIED,
     TOO_MANY_RCPTS,
-    SenderDirectory,
     SenderPolicy,
     aligned,
     auth_verdict,
@@ -26,12 +26,9 @@ from syncd.sources.senders import (
 
 NOW = datetime(2025, 11, 3, tzinfo=UTC)
 ALLOWED = frozenset({"log@crm.example.com"})
-DIRECTORY = SenderDirectory(
-    {
-        "ada@example.com": frozenset({"ada@example.com", "a.lovelace@example.com"}),
-        "bob@example.com": frozenset({"bob@example.com"}),
-    },
-    frozenset({"support@example.com"}),
+DIRECTORY = Team.build(
+    [("ada@example.com", ["a.lovelace@example.com"]), ("bob@example.com", [])],
+    [InboxRule("support", "support@example.com", "team")],
 )
 
 
@@ -262,27 +259,19 @@ def test_policy_uses_injected_checks() -> None:
 
 
 def test_directory_from_config_shapes() -> None:
-    class M:
-        def __init__(self, email: str, aliases: list[str]) -> None:
-            self.email, self.aliases = email, aliases
-
-    class Box:
-        def __init__(self, kind: str, owner: str | None, address: str) -> None:
-            self.kind, self.owner, self.address = kind, owner, address
-
-    directory = SenderDirectory.from_config(
-        [M("ada@example.com", ["a@example.com"])],
+    directory = Team.build(
+        [("ada@example.com", ["a@example.com"])],
         [
-            Box("personal", "ada@example.com", "ada@gmail.example"),
-            Box("team", None, "sales@x.example"),
+            InboxRule("ada-gmail", "ada@gmail.example", "personal", "ada@example.com"),
+            InboxRule("sales", "sales@x.example", "team"),
         ],
     )
     assert directory.owner_of("ada@gmail.example") == "ada@example.com"
     assert directory.owner_of("a@example.com") == "ada@example.com"
     assert directory.owner_of("sales@x.example") is None
-    assert directory.is_known("sales@x.example")
+    assert directory.is_sender("sales@x.example")
     assert directory.may_send_as("ada@example.com", "sales@x.example")
-    assert not directory.is_known("bob@example.com")
+    assert not directory.is_sender("bob@example.com")
 
 
 @pytest.mark.parametrize(

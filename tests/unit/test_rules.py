@@ -229,8 +229,8 @@ def test_settings_from_config() -> None:
         }
     )
     built = RulesSettings.from_config(config)
-    assert built.team == {ADA: ADA, "al@example.com": ADA}
-    assert built.inboxes == (InboxRule("ada", ADA, "personal", ADA, True),)
+    assert built.team.members == {ADA: ADA, "al@example.com": ADA}
+    assert built.team.inboxes == (InboxRule("ada", ADA, "personal", ADA, True),)
     assert built.never_log_domains == ("partner.example",)
     assert (built.max_deals, built.max_tickets, built.max_engagements_per_record) == (2, 5, 3)
     assert built.require_legal_basis is True
