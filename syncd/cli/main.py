@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from syncd import __version__
-from syncd.cli import daemon, data, logsetup, records
+from syncd.cli import daemon, data, install, logsetup, records
 from syncd.cli.common import (
     DEFAULT_CONFIG,
     EX_CONFIG,
@@ -126,4 +126,5 @@ def _accept_config_everywhere(group: click.Group) -> None:
 data.register(main)
 records.register(main)
 daemon.register(main)
+install.register(main)
 _accept_config_everywhere(main)
