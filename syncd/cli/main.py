@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from syncd import __version__
-from syncd.cli import daemon, data, logsetup, records
+from syncd.cli import daemon, data, install, logsetup, records
 from syncd.cli.common import (
     DEFAULT_CONFIG,
     EX_CONFIG,
@@ -72,8 +72,20 @@ def main(ctx: click.Context, config_path: Path | None, verbose: int, quiet: int)
     """
     if config_path is None:
         config_path = Path(os.environ.get("SYNCD_CONFIG") or DEFAULT_CONFIG)
+    _private_files(ctx)
     logsetup.configure(verbose - quiet, journald="JOURNAL_STREAM" in os.environ)
     ctx.obj = App(config_path)
+
+
+def _private_files(ctx: click.Context) -> None:
+    """The store, its -wal/-shm, attachments, backups and exports hold everyone's mail:
+    whatever the login umask, what this process creates is its user's alone (the units
+    say UMask=0077 too). A umask, not a mode at each open, because SQLite, tempfile and
+    future code create files too, and a umask cannot be forgotten at a new call site.
+    Put back on close, for callers that run the CLI inside their own process."""
+    previous = os.umask(0o077)
+    os.umask(previous | 0o077)
+    ctx.call_on_close(lambda: os.umask(previous))
 
 
 @main.command("check-config")
@@ -114,4 +126,5 @@ def _accept_config_everywhere(group: click.Group) -> None:
 data.register(main)
 records.register(main)
 daemon.register(main)
+install.register(main)
 _accept_config_everywhere(main)

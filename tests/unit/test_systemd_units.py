@@ -19,7 +19,7 @@ CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "systemd"
 SERVICE = CONTRIB / "syncd.service"
 TEMPLATE = CONTRIB / "syncd@.service"
 SYSUSERS = CONTRIB / "syncd.sysusers"
-INSTALLED_BINARY = "/usr/local/bin/syncd"
+INSTALLED_BINARY = "/opt/syncd/bin/syncd"
 
 Entries = list[tuple[str, str, str]]
 
