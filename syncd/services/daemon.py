@@ -23,7 +23,6 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -39,6 +38,7 @@ from syncd.services.schedule import Every
 from syncd.services.sdnotify import Notifier
 from syncd.services.storeworker import StoreWorker
 from syncd.store import daemonstate
+from syncd.store.timestamps import now_iso
 
 log = logging.getLogger("syncd.services.daemon")
 STOP_GRACE_SECONDS = 20.0
@@ -65,7 +65,7 @@ class Daemon:
         self.notifier = Notifier.from_env(env)
         self.store = StoreWorker(config)
         self.services: list[Service] = []
-        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.started_at = now_iso()
         self.state = "starting"
         self._stop = asyncio.Event()
         self._reload_task: asyncio.Task[None] | None = None

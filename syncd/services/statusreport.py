@@ -16,6 +16,7 @@ from typing import Any
 
 from syncd.config.model import Config
 from syncd.store import daemonstate, db, spool, syncstate
+from syncd.store.timestamps import offset_form, parse
 
 
 def gather(config: Config) -> dict[str, Any]:
@@ -54,7 +55,7 @@ def with_unsaved(report: dict[str, Any], counts: Mapping[str, int]) -> dict[str,
 
 def _from_store(conn: sqlite3.Connection, names: list[str]) -> dict[str, Any]:
     report: dict[str, Any] = {"daemon": _daemon(conn)}
-    report["inboxes"] = syncstate.status_rows(conn, names)
+    report["inboxes"] = [_shown(inbox) for inbox in syncstate.status_rows(conn, names)]
     report.update(spool.status(conn))
     report["bcc"] |= report["daemon"].pop("bcc", {})
     report["quarantine"] = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
@@ -65,12 +66,18 @@ def _daemon(conn: sqlite3.Connection) -> dict[str, Any]:
     state = daemonstate.load(conn)
     if state is None:
         return {"state": "not running"}
-    age = datetime.now(UTC) - datetime.fromisoformat(state["updated_at"])
+    age = datetime.now(UTC) - parse(state["updated_at"])
+    state |= {k: offset_form(state[k]) for k in ("started_at", "updated_at")}
     fresh = age < timedelta(seconds=3 * daemonstate.HEARTBEAT_SECONDS)
     if state["state"] == "stopped" or not (fresh and _alive(state["pid"])):
         # What a dead daemon last said about its listener and threads is no longer true.
         return {k: state[k] for k in ("pid", "started_at", "updated_at")} | {"state": "not running"}
     return state
+
+
+def _shown(inbox: dict[str, Any]) -> dict[str, Any]:
+    folders = [f | {"last_sync": offset_form(f["last_sync"])} for f in inbox["folders"]]
+    return inbox | {"last_sync": offset_form(inbox["last_sync"]), "folders": folders}
 
 
 def _alive(pid: int) -> bool:

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import UTC, datetime
 from typing import Any
 
+from syncd.store.timestamps import now_iso
+
 HEARTBEAT_SECONDS = 5.0  # how often the daemon rewrites its row
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def save(
@@ -27,7 +24,7 @@ def save(
         " VALUES (1, ?, ?, ?, ?, ?)"
         " ON CONFLICT (id) DO UPDATE SET pid = excluded.pid, started_at = excluded.started_at,"
         " updated_at = excluded.updated_at, state = excluded.state, detail = excluded.detail",
-        (pid, started_at, _now(), state, json.dumps(detail, sort_keys=True)),
+        (pid, started_at, now_iso(), state, json.dumps(detail, sort_keys=True)),
     )
 
 

@@ -18,6 +18,7 @@ import sqlite3
 from datetime import datetime
 
 from syncd.store.blobs import STORAGE_ERRNOS
+from syncd.store.timestamps import parse
 
 BASE_DELAY_SECONDS = 60.0
 MAX_DELAY_SECONDS = 3600.0
@@ -51,9 +52,5 @@ def due(conn: sqlite3.Connection, now: datetime, *, every: bool = False) -> list
         row[0]
         for row in rows
         if transient(row[1])
-        and (every or (now - _parse(row[3])).total_seconds() >= retry_delay(row[2]))
+        and (every or (now - parse(row[3])).total_seconds() >= retry_delay(row[2]))
     ]
-
-
-def _parse(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -39,6 +39,7 @@ from typing import Any
 from syncd.errors import StoreError
 from syncd.mail.provenance import Provenance
 from syncd.store import db
+from syncd.store.timestamps import from_epoch, to_epoch
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def spool_message(
     with db.transaction(conn):
         cursor = conn.execute(
             "INSERT INTO spool (received_at, mail_from, peer, owner, raw) VALUES (?, ?, ?, ?, ?)",
-            (time.time() if now is None else now, mail_from, peer, owner, raw),
+            (from_epoch(time.time() if now is None else now), mail_from, peer, owner, raw),
         )
         _bump(conn, Counter(accepted=1))
     return int(cursor.lastrowid or 0)
@@ -246,7 +247,7 @@ class SpoolWriter:
         return ok
 
     def _write(self, batch: list[_Job], counts: Counter[str]) -> None:
-        now = time.time()
+        now = from_epoch(time.time())
         with db.transaction(self._conn):
             for job in batch:
                 cursor = self._conn.execute(
@@ -296,8 +297,8 @@ def take_batch(
         if raw is None:
             continue
         batch.append(
-            Spooled(row["id"], row["received_at"], row["mail_from"], row["peer"], row["owner"],
-                    bytes(raw[0]))
+            Spooled(row["id"], to_epoch(row["received_at"]), row["mail_from"], row["peer"],
+                    row["owner"], bytes(raw[0]))
         )  # fmt: skip
     return batch
 
@@ -314,7 +315,7 @@ def hold_copies(
     conn.executemany(
         "INSERT INTO outbox (spool_id, state, created_at, next_attempt_at, mail_from, "
         "recipients, raw) SELECT id, 'held', ?, ?, mail_from, ?, raw FROM spool WHERE id = ?",
-        [(now, now, json.dumps(list(recipients)), i) for i in ids],
+        [(from_epoch(now), from_epoch(now), json.dumps(list(recipients)), i) for i in ids],
     )
 
 
@@ -336,7 +337,7 @@ def abandon_held(conn: sqlite3.Connection, now: float | None = None) -> int:
         cursor = conn.execute(
             "UPDATE outbox SET state = 'given_up', given_up_at = ?, last_error = "
             "'syncd stopped before the message was known to be logged' WHERE state = 'held'",
-            (time.time() if now is None else now,),
+            (from_epoch(time.time() if now is None else now),),
         )
     return cursor.rowcount
 
@@ -399,7 +400,7 @@ class Outbox:
             cursor = self.conn.execute(
                 "INSERT INTO outbox (state, created_at, next_attempt_at, mail_from, recipients, "
                 "raw) VALUES ('queued', ?, ?, ?, ?, ?)",
-                (now, now, mail_from, json.dumps(list(recipients)), raw),
+                (from_epoch(now), from_epoch(now), mail_from, json.dumps(list(recipients)), raw),
             )
         return int(cursor.lastrowid or 0)
 
@@ -407,10 +408,10 @@ class Outbox:
         rows = self.conn.execute(
             "SELECT id, created_at, attempts, mail_from, recipients, raw FROM outbox "
             "WHERE state = 'queued' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
-            (now, limit),
+            (from_epoch(now), limit),
         ).fetchall()
         return [
-            OutboxItem(r["id"], r["created_at"], r["attempts"], r["mail_from"],
+            OutboxItem(r["id"], to_epoch(r["created_at"]), r["attempts"], r["mail_from"],
                        json.loads(r["recipients"]), bytes(r["raw"]))
             for r in rows
         ]  # fmt: skip
@@ -427,7 +428,7 @@ class Outbox:
             self.conn.execute(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, "
                 "last_error = ?, recipients = ? WHERE id = ?",
-                (next_attempt_at, error, json.dumps(list(remaining)), item_id),
+                (from_epoch(next_attempt_at), error, json.dumps(list(remaining)), item_id),
             )
 
     def give_up(self, item_id: int, *, error: str, now: float) -> None:
@@ -435,7 +436,7 @@ class Outbox:
             self.conn.execute(
                 "UPDATE outbox SET state = 'given_up', attempts = attempts + 1, "
                 "last_error = ?, given_up_at = ? WHERE id = ?",
-                (error, now, item_id),
+                (error, from_epoch(now), item_id),
             )
             _bump(self.conn, Counter(given_up=1))
 
@@ -454,8 +455,8 @@ def status(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]
         "ORDER BY coalesce(given_up_at, next_attempt_at) DESC LIMIT 1"
     ).fetchone()
 
-    def age(oldest: float | None) -> float | None:
-        return None if oldest is None else round(max(0.0, now - oldest), 1)
+    def age(oldest: str | None) -> float | None:
+        return None if oldest is None else round(max(0.0, now - to_epoch(oldest)), 1)
 
     refused = {
         k.removeprefix("refused."): v for k, v in counters.items() if k.startswith("refused.")

@@ -17,13 +17,14 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from syncd.sources.imap.syncplan import FolderCheckpoint
+from syncd.store.timestamps import iso, parse
 
 COUNT_COLUMNS = ("logged", "duplicates", "skipped", "quarantined")
 STATES = ("ok", "failed", "auth_failed")
 
 
 def _now(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
+    return iso(now or datetime.now(UTC))
 
 
 def get_checkpoint(conn: sqlite3.Connection, inbox: str, folder: str) -> FolderCheckpoint | None:
@@ -34,7 +35,7 @@ def get_checkpoint(conn: sqlite3.Connection, inbox: str, folder: str) -> FolderC
     ).fetchone()
     if row is None:
         return None
-    started = datetime.fromisoformat(row[4]) if row[4] else None
+    started = parse(row[4]) if row[4] else None
     return FolderCheckpoint(
         inbox, folder, row[0], row[1], row[2], bool(row[3]), started, row[5], row[6]
     )
@@ -43,7 +44,7 @@ def get_checkpoint(conn: sqlite3.Connection, inbox: str, folder: str) -> FolderC
 def save_checkpoint(conn: sqlite3.Connection, checkpoint: FolderCheckpoint) -> None:
     """Upsert the cursor. Run it inside the transaction that writes the covered mail."""
     cp = checkpoint
-    started = cp.initial_started.isoformat() if cp.initial_started else None
+    started = iso(cp.initial_started) if cp.initial_started else None
     conn.execute(
         "INSERT INTO sync_folders (inbox, folder, uidvalidity, last_uid, highestmodseq,"
         " initial_done, initial_started, stuck_uid, stuck_passes, last_sync, last_error)"
