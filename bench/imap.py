@@ -116,8 +116,9 @@ def phase_sync(port: int, username: str, password: str) -> dict[str, Any]:
 def phase_pipeline(port: int, username: str, password: str, store_dir: str) -> dict[str, Any]:
     from syncd.config.model import Config
     from syncd.pipeline import Pipeline
+    from syncd.services import imap as imap_service
     from syncd.sources.imap.inbox import sync_inbox
-    from syncd.store import db, syncstate
+    from syncd.store import db
 
     inbox = _inbox(port, username, password, create_contacts=True)
     config = Config.from_mapping(
@@ -139,7 +140,7 @@ def phase_pipeline(port: int, username: str, password: str, store_dir: str) -> d
             totals["messages"] += len(items)
             totals["bytes"] += sum(len(raw) for raw, _ in items)
             outcomes = pipeline.ingest_batch(
-                items, on_commit=lambda c: syncstate.save_checkpoint(c, checkpoint)
+                items, on_commit=lambda c: imap_service.save_checkpoint(c, checkpoint)
             )
             if pipeline._pool is not None:  # noted while the parser processes still run
                 parsers.update((p, _cpu_of(p)) for p in pipeline._pool._processes)
@@ -149,7 +150,7 @@ def phase_pipeline(port: int, username: str, password: str, store_dir: str) -> d
         result = sync_inbox(
             config.inboxes[0],
             deliver=deliver,
-            checkpoint_of=lambda i, f: syncstate.get_checkpoint(conn, i, f),
+            checkpoint_of=lambda i, f: imap_service.load_checkpoint(conn, i, f),
             known_contacts=pipeline.contact_emails,
             today=datetime.now(UTC),
             parse_ahead=pipeline.parse_ahead,

@@ -27,9 +27,10 @@ from syncd.cli.common import (
 )
 from syncd.config.model import EMAIL_RE
 from syncd.crm.team import Team
-from syncd.mail.provenance import Provenance
 from syncd.pipeline import Pipeline
-from syncd.sources.files import MailFiles
+from syncd.services.intake import deliverer
+from syncd.sources.base import hand_over
+from syncd.sources.files import MailFiles, handovers
 from syncd.store import queries
 from syncd.store.backup import backup as backup_store
 from syncd.store.erase import erase as erase_address
@@ -78,24 +79,16 @@ def import_mail(ctx: click.Context, path: Path, owner: str | None, as_json: bool
 
 
 def _import_batches(pipeline: Pipeline, files: MailFiles, owner: str | None) -> Iterator[Any]:
-    def batches() -> Iterator[list[tuple[bytes, Provenance]]]:
-        batch: list[tuple[bytes, Provenance]] = []
-        for raw, received in files:
-            batch.append((raw, Provenance("import", received, owner=owner)))
-            if len(batch) >= BATCH:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
+    deliver = deliverer(pipeline.ingest_batch)
+    delivered = hand_over(handovers(files, owner, BATCH), deliver)
     if not sys.stderr.isatty():
-        for batch in batches():
-            yield from pipeline.ingest_batch(batch)
+        for outcomes in delivered:
+            yield from outcomes
         return
     with click.progressbar(length=len(files), label="importing", file=sys.stderr) as bar:
-        for batch in batches():
-            yield from pipeline.ingest_batch(batch)
-            bar.update(len(batch))
+        for outcomes in delivered:
+            yield from outcomes
+            bar.update(len(outcomes))
 
 
 # --- quarantine, export, erase, backup ---------------------------------------------------

@@ -1,6 +1,7 @@
 """Plain values the CRM rules, the store and the pipeline hand each other.
 
 ``ContactState`` is what the rules need to know about an existing contact;
+``ContactPolicy`` is what a way in (a source, an inbox) allows for unknown participants;
 ``ContactRecord`` is one contact read from an import file (CSV or vCard); ``Outcome``
 is what the pipeline reports for each message it was given. Frozen and free of I/O.
 """
@@ -21,6 +22,23 @@ class ContactState:
     owner: str | None = None
     legal_basis: str | None = None
     lifecycle_stage: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContactPolicy:
+    """Whether mail arriving one way may create contacts, and who owns those it creates.
+
+    ``creates``: unknown participants become contacts; ``needs_owner``: only when the
+    mail's provenance names an owner (file import with ``--owner``); ``owner``: the
+    member who owns them when the provenance names none (a personal inbox's member).
+    """
+
+    creates: bool = False
+    needs_owner: bool = False
+    owner: str | None = None
+
+    def may_create(self, given_owner: str | None) -> bool:
+        return self.creates and (given_owner is not None or not self.needs_owner)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,22 +6,28 @@ inbox's address and not a BCC logging address; Reply-To is ignored); whether the
 outgoing (sent from a team address or an inbox address); whether it is skipped
 (a participant on ``never_log`` -- address or domain, subdomains included, case-insensitive
 -- or no participants, or no contact to put it on); which unknown participants become
-contacts (BCC: always; IMAP: when the inbox's ``sync.create_contacts``; import: when an
-owner is given; never with ``require_legal_basis``) and with which owner; which contacts
+contacts and with which owner, as the ``ContactPolicy`` of the way the mail came in says
+(BCC: always; IMAP: when the inbox's ``sync.create_contacts``; import: when an owner is
+given; never with ``require_legal_basis``); which contacts
 it is associated with (with ``require_legal_basis`` only those with a legal basis) and
 each contact's company domain. The store carries the plan out. Which addresses are the
 team's is ``crm.team.Team``'s answer, held in ``RulesSettings.team``.
+
+The policies are looked up by the provenance's source and inbox, and ``RulesSettings`` is
+built from the config in force, so quarantined mail retried later follows today's
+settings, not those it arrived under.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from syncd.crm.domains import company_domain, domain_matches
 from syncd.crm.lifecycle import Pipelines
-from syncd.crm.model import ContactState
+from syncd.crm.model import ContactPolicy, ContactState
 from syncd.crm.team import InboxRule, Team
 from syncd.mail.addresses import domain_of, normalise
 from syncd.mail.provenance import Provenance
@@ -33,6 +39,17 @@ SKIP_NEVER_LOG = "a participant is on logging.never_log"
 SKIP_NO_PARTICIPANTS = "no participants outside the team"
 SKIP_NO_CONTACTS = "no participant is a contact, and none may be created here"
 
+PolicyKey = tuple[str, str | None]  # (provenance.source, provenance.inbox)
+# Ways in that no setting changes: BCC mail creates contacts for unknown participants,
+# a file import only when it is given an owner. An unknown way in creates none.
+STANDING_POLICIES: Mapping[PolicyKey, ContactPolicy] = MappingProxyType(
+    {
+        ("bcc", None): ContactPolicy(creates=True),
+        ("import", None): ContactPolicy(creates=True, needs_owner=True),
+    }
+)
+NO_POLICY = ContactPolicy()
+
 
 @dataclass(frozen=True, slots=True)
 class RulesSettings:
@@ -41,6 +58,7 @@ class RulesSettings:
     team: Team = field(default_factory=Team)
     never_log_addresses: frozenset[str] = frozenset()
     never_log_domains: tuple[str, ...] = ()
+    policies: Mapping[PolicyKey, ContactPolicy] = field(default_factory=lambda: STANDING_POLICIES)
     require_legal_basis: bool = False
     max_deals: int = 5
     max_tickets: int = 5
@@ -55,18 +73,24 @@ class RulesSettings:
         inboxes: tuple[InboxRule, ...] = (),
         bcc_addresses: tuple[str, ...] | frozenset[str] = (),
         never_log: tuple[str, ...] | list[str] = (),
+        policies: Mapping[PolicyKey, ContactPolicy] = STANDING_POLICIES,
         **rest: Any,
     ) -> RulesSettings:
         """Normalise plain values: ``team`` is a ``Team``, or maps a primary email to its
-        aliases and is built into one with ``inboxes`` and ``bcc_addresses``."""
+        aliases and is built into one with ``inboxes`` and ``bcc_addresses``. Each of the
+        team's inboxes adds the contact policy of its mail to ``policies``."""
         if not isinstance(team, Team):
             team = Team.build((team or {}).items(), inboxes, bcc_addresses)
         addresses = frozenset(normalise(e) for e in never_log if "@" in e)
         domains = tuple(normalise(d).lstrip("@") for d in never_log if "@" not in d)
+        ways = dict(policies)
+        for inbox in team.inboxes:  # the first inbox of a name wins, as ``inbox()`` finds it
+            ways.setdefault(("imap", inbox.name), inbox_policy(inbox))
         return cls(
             team=team,
             never_log_addresses=addresses,
             never_log_domains=domains,
+            policies=MappingProxyType(ways),
             **rest,
         )
 
@@ -83,6 +107,10 @@ class RulesSettings:
             max_engagements_per_record=int(config.store.max_engagements_per_record),
             pipelines=Pipelines.from_config(getattr(config, "pipelines", None)),
         )
+
+    def policy_for(self, provenance: Provenance) -> ContactPolicy:
+        """The contact policy of the way ``provenance`` came in."""
+        return self.policies.get((provenance.source, provenance.inbox), NO_POLICY)
 
     def never_logged(self, address: str) -> bool:
         address = normalise(address)
@@ -130,30 +158,29 @@ def participants(email: Email, settings: RulesSettings) -> dict[str, str]:
     return found
 
 
+def inbox_policy(inbox: InboxRule) -> ContactPolicy:
+    """An inbox's mail creates contacts when its settings say so; a personal inbox's
+    member owns them."""
+    owner = inbox.owner if inbox.kind == "personal" else None
+    return ContactPolicy(creates=inbox.create_contacts, owner=owner)
+
+
 def may_create(provenance: Provenance, settings: RulesSettings) -> bool:
     """Whether unknown participants of mail arriving this way become contacts."""
     if settings.require_legal_basis:
         return False
-    if provenance.source == "bcc":
-        return True
-    if provenance.source == "imap":
-        inbox = settings.team.inbox(provenance.inbox)
-        return bool(inbox and inbox.create_contacts)
-    if provenance.source == "import":
-        return provenance.owner is not None
-    return False
+    return settings.policy_for(provenance).may_create(provenance.owner)
 
 
 def new_contact_owner(
     provenance: Provenance, settings: RulesSettings, sender: str | None
 ) -> str | None:
-    """Outgoing: the sending member; incoming: the given owner, else the personal inbox's."""
+    """Outgoing: the sending member; incoming: the given owner, else the policy's."""
     if sender:
         return sender
     if provenance.owner:
         return settings.team.member(provenance.owner) or normalise(provenance.owner)
-    inbox = settings.team.inbox(provenance.inbox) if provenance.source == "imap" else None
-    return inbox.owner if inbox and inbox.kind == "personal" else None
+    return settings.policy_for(provenance).owner
 
 
 def plan(

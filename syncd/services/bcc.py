@@ -3,7 +3,9 @@
 The endpoint answers 250 once a message is committed to the spool (``SpoolWriter``, its
 own connection with group commit). The store thread then drains the spool through the
 pipeline, a small batch at a time so the spool writer never waits long for the write
-lock; the spool row is deleted in the same transaction as the mail it became. Drains
+lock: ``drain_spool`` hands each batch over through the source contract
+(``sources.base``), the spool rows' ids being the source's record, deleted in the same
+transaction as the mail they became (``intake.deliverer``). Drains
 run at start (after a crash the spool still holds what was acknowledged), shortly
 after each accepted message, and every few seconds; after a failed drain (a full or
 read-only store) the next waits twice as long, up to ``DRAIN_MAX_SECONDS``. extra_bcc
@@ -16,6 +18,9 @@ import asyncio
 import logging
 import sqlite3
 import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from syncd.config.model import BccConfig, Config
@@ -24,12 +29,15 @@ from syncd.mail.addresses import normalise
 from syncd.outbound.relay import OutboxRunner, Relay, RelaySettings
 from syncd.pipeline import Pipeline
 from syncd.secrets import read_password
+from syncd.services.intake import IngestBatch, deliverer
 from syncd.services.schedule import Backoff, Every
+from syncd.sources.base import Handover, hand_over
 from syncd.sources.bcc import (
     BccHandler,
     BccServer,
     PasswordFiles,
     ServerOptions,
+    provenance,
     start_server,
     tls_context,
 )
@@ -54,9 +62,47 @@ def sender_policy(config: Config, team: Team) -> SenderPolicy:
     )
 
 
+@dataclass(frozen=True)
+class DrainResult:
+    taken: int
+    statuses: Counter[str]
+
+
+def drain_spool(
+    conn: sqlite3.Connection,
+    ingest_batch: IngestBatch,
+    *,
+    extra_bcc: Sequence[str] = (),
+    batch: int = 32,
+    now: Callable[[], float] = time.time,
+) -> DrainResult:
+    """One batch from the spool through ``ingest_batch`` (``Pipeline.ingest_batch``).
+
+    Call from the pipeline's thread, in a loop until ``taken`` is 0. ``conn`` is a
+    connection of this thread to the same store (reads and the copy release).
+    """
+    rows = spool.take_batch(conn, batch)
+    if not rows:
+        return DrainResult(0, Counter())
+    ids = tuple(row.id for row in rows)
+
+    def write(tx: sqlite3.Connection, spooled: tuple[int, ...]) -> None:
+        if extra_bcc:
+            spool.hold_copies(tx, spooled, extra_bcc, now())
+        spool.delete_spooled(tx, spooled)
+
+    items = [(row.raw, provenance(row.received_at, row.mail_from, row.owner)) for row in rows]
+    [outcomes] = hand_over([Handover(items, ids)], deliverer(ingest_batch, write))
+    statuses = Counter(str(outcome.status) for outcome in outcomes)
+    if extra_bcc:
+        logged = [i for i, o in zip(ids, outcomes, strict=True) if o.status == "logged"]
+        spool.release_copies(conn, logged, [i for i in ids if i not in set(logged)])
+    return DrainResult(len(rows), statuses)
+
+
 def drain_batch(pipeline: Pipeline, extra_bcc: list[str]) -> int:
     """One small batch from the spool through the pipeline; how many were taken."""
-    return spool.drain_spool(pipeline.conn, pipeline.ingest_batch, extra_bcc=extra_bcc).taken
+    return drain_spool(pipeline.conn, pipeline.ingest_batch, extra_bcc=extra_bcc).taken
 
 
 class BccService:

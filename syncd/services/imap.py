@@ -2,8 +2,10 @@
 
 ``inbox_pass`` joins the IMAP engine (``sources.imap``) to the store through a
 ``call(fn, *args)`` that runs ``fn(pipeline, *args)`` where the store lives: directly
-in the CLI, on the store thread in the daemon. Mail and each folder checkpoint commit
-in one transaction (the pipeline's ``on_commit``). A connection lost mid-pass is logged
+in the CLI, on the store thread in the daemon. The engine delivers through the source
+contract (``sources.base``): mail and the folder checkpoint that covers it commit in one
+transaction (``intake.deliverer``; ``save_checkpoint`` turns the plan's checkpoint into
+the store's cursor). A connection lost mid-pass is logged
 and recorded as the inbox's last error at once, and so is a pass that crashed, so
 ``syncd status`` shows what is wrong while the daemon retries.
 
@@ -20,8 +22,10 @@ In the daemon each inbox has a thread::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +35,7 @@ from typing import Any
 from syncd.config.model import Config, Inbox
 from syncd.errors import InboxError
 from syncd.pipeline import Pipeline
+from syncd.services.intake import deliverer
 from syncd.services.schedule import Every
 from syncd.sources.imap import syncplan
 from syncd.sources.imap.conn import ConnectionLost, ImapSession, connect
@@ -113,9 +118,25 @@ def inbox_pass(
 
 
 def _ingest(pipeline: Pipeline, items: list[Any], checkpoint: syncplan.FolderCheckpoint) -> Any:
-    return pipeline.ingest_batch(
-        items, on_commit=lambda conn: syncstate.save_checkpoint(conn, checkpoint)
-    )
+    return deliverer(pipeline.ingest_batch, save_checkpoint)(items, checkpoint)
+
+
+def load_checkpoint(
+    conn: sqlite3.Connection, inbox: str, folder: str
+) -> syncplan.FolderCheckpoint | None:
+    """The stored cursor of a folder as the sync plan's checkpoint."""
+    cursor = syncstate.get_checkpoint(conn, inbox, folder)
+    return None if cursor is None else syncplan.FolderCheckpoint(**_values(cursor))
+
+
+def save_checkpoint(conn: sqlite3.Connection, checkpoint: syncplan.FolderCheckpoint) -> None:
+    """Store a checkpoint; run it inside the transaction that writes the mail it covers."""
+    syncstate.save_checkpoint(conn, syncstate.FolderCursor(**_values(checkpoint)))
+
+
+def _values(record: Any) -> dict[str, Any]:
+    # The plan's checkpoint and the store's cursor have the same fields, by name.
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
 
 
 def _max_attachment_bytes(pipeline: Pipeline) -> int | None:
@@ -123,7 +144,7 @@ def _max_attachment_bytes(pipeline: Pipeline) -> int | None:
 
 
 def _checkpoint(pipeline: Pipeline, inbox: str, folder: str) -> syncplan.FolderCheckpoint | None:
-    return syncstate.get_checkpoint(pipeline.conn, inbox, folder)
+    return load_checkpoint(pipeline.conn, inbox, folder)
 
 
 def _record_counts(pipeline: Pipeline, result: InboxResult) -> None:

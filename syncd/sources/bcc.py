@@ -21,7 +21,8 @@ failure there is ``451 4.3.0`` with no internals (aiosmtpd's default would be
       close when its bytes cross the budget) -> spool committed -> 250
 
 The handler never touches the store: ``start_server`` and ``ThreadedEndpoint`` are what
-the daemon (and tests, and the benchmark) wire it with.
+the daemon (and tests, and the benchmark) wire it with. ``provenance`` is how a spooled
+message is described when the BCC service hands it to the pipeline (``sources.base``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,6 +58,7 @@ from syncd import secrets
 from syncd.hosts import is_loopback
 from syncd.mail.addresses import normalise
 from syncd.mail.parse import HeaderTooLarge
+from syncd.mail.provenance import Provenance
 from syncd.sources.bcc_limits import AuthThrottle, DataBudget, Limits
 from syncd.sources.senders import (
     RELAY_DENIED,
@@ -588,3 +591,14 @@ class ThreadedEndpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def provenance(received_at: float, mail_from: str, owner: str | None) -> Provenance:
+    """How a spooled message came: accepted at ``received_at`` (epoch seconds) from the
+    envelope sender ``mail_from``, for the member ``owner`` if the session named one."""
+    return Provenance(
+        source="bcc",
+        received_at=datetime.fromtimestamp(received_at, UTC),
+        owner=owner,
+        sender=mail_from,
+    )

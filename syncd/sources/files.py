@@ -5,7 +5,9 @@ Maildir++ folders are read too; a directory is searched for .eml files; an mbox 
 with a "From " line; anything else is one message) and yields each message's raw bytes
 with a receipt time: the mbox "From " line's date, a Maildir name's delivery time,
 else the file's modification time, so importing the same files twice hands the pipeline
-the same values. It yields bytes and never touches the store. ``read_contacts`` turns a
+the same values. It yields bytes and never touches the store; ``handovers`` cuts them
+into batches for the source contract (``sources.base``), each message's provenance
+naming the owner of contacts it may create. ``read_contacts`` turns a
 CSV (header row: email, first_name, last_name, company, owner, lifecycle_stage,
 legal_basis) or a vCard file into ``ContactRecord`` values.
 """
@@ -15,13 +17,15 @@ from __future__ import annotations
 import csv
 import io
 import mailbox
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from syncd.crm.model import CSV_FIELDS, ContactRecord
 from syncd.mail.addresses import normalise
+from syncd.mail.provenance import Provenance
+from syncd.sources.base import Handover, Item
 
 
 class FileFormatError(ValueError):
@@ -54,6 +58,21 @@ def _from_line_date(line: str) -> datetime | None:
         except (TypeError, ValueError):
             return None
     return moment.replace(tzinfo=UTC)
+
+
+def handovers(
+    messages: Iterable[tuple[bytes, datetime]], owner: str | None, size: int
+) -> Iterator[Handover[None]]:
+    """``messages`` (raw bytes, receipt time) in batches of ``size``; a file import keeps
+    no record of its own. ``owner`` (a member's primary email) owns contacts created."""
+    batch: list[Item] = []
+    for raw, received in messages:
+        batch.append((raw, Provenance("import", received, owner=owner)))
+        if len(batch) >= size:
+            yield Handover(batch, None)
+            batch = []
+    if batch:
+        yield Handover(batch, None)
 
 
 class MailFiles:

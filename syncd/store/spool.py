@@ -4,14 +4,15 @@ Inbound, a message is committed to ``spool`` (synchronous=FULL) before the endpo
 answers 250. ``SpoolWriter`` is the endpoint's write path: one thread, one connection,
 and group commit (every message that arrived while the previous commit was syncing goes
 into the next transaction, each session getting its 250 only after that COMMIT).
-``drain_spool`` then hands spooled rows to the pipeline and deletes them in the pipeline's
-own transaction (``on_commit``), so a crash at any point leaves each message either in the
-spool or in the CRM, and a restart drains what is left.
+The BCC service's drain (``services.bcc.drain_spool``) then hands spooled rows
+(``take_batch``) to the pipeline and deletes them (``delete_spooled``) in the pipeline's
+own transaction, so a crash at any point leaves each message either in the spool or in
+the CRM, and a restart drains what is left.
 
 Outbound (extra_bcc), a copy of each message the pipeline *logged* is queued in
-``outbox``. The pipeline's ``on_commit`` does not see outcomes, so the copy is written
-``held`` in the same transaction as the mail and released (``queued``) or dropped right
-after, once the outcome is known::
+``outbox``. The drain's record of a batch is written before its outcomes are known, so
+the copy is written ``held`` in the same transaction as the mail and released
+(``queued``) or dropped right after, once the outcome is known::
 
     held --logged--> queued --sent--> (deleted, counters.forwarded += 1)
       |                 |  --temporary failure--> queued (attempts+1, next_attempt_at)
@@ -30,14 +31,12 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from syncd.errors import StoreError
-from syncd.mail.provenance import Provenance
 from syncd.store import db
 from syncd.store.timestamps import from_epoch, to_epoch
 
@@ -269,14 +268,6 @@ class Spooled:
     owner: str | None
     raw: bytes
 
-    def provenance(self) -> Provenance:
-        return Provenance(
-            source="bcc",
-            received_at=datetime.fromtimestamp(self.received_at, UTC),
-            owner=self.owner,
-            sender=self.mail_from,
-        )
-
 
 def take_batch(
     conn: sqlite3.Connection, n: int = 32, *, max_bytes: int = 128 * 1024 * 1024
@@ -304,7 +295,7 @@ def take_batch(
 
 
 def delete_spooled(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
-    """Remove drained rows; runs inside the pipeline's transaction (``on_commit``)."""
+    """Remove drained rows; runs inside the pipeline's transaction, with their mail."""
     conn.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
 
 
@@ -340,43 +331,6 @@ def abandon_held(conn: sqlite3.Connection, now: float | None = None) -> int:
             (from_epoch(time.time() if now is None else now),),
         )
     return cursor.rowcount
-
-
-@dataclass(frozen=True)
-class DrainResult:
-    taken: int
-    statuses: Counter[str]
-
-
-def drain_spool(
-    conn: sqlite3.Connection,
-    ingest_batch: Callable[..., Sequence[Any]],
-    *,
-    extra_bcc: Sequence[str] = (),
-    batch: int = 32,
-    now: Callable[[], float] = time.time,
-) -> DrainResult:
-    """One batch from the spool through ``ingest_batch`` (``Pipeline.ingest_batch``).
-
-    Call from the pipeline's thread, in a loop until ``taken`` is 0. ``conn`` is a
-    connection of this thread to the same store (reads and the copy release).
-    """
-    rows = take_batch(conn, batch)
-    if not rows:
-        return DrainResult(0, Counter())
-    ids = [row.id for row in rows]
-
-    def on_commit(tx: sqlite3.Connection) -> None:
-        if extra_bcc:
-            hold_copies(tx, ids, extra_bcc, now())
-        delete_spooled(tx, ids)
-
-    outcomes = ingest_batch([(row.raw, row.provenance()) for row in rows], on_commit=on_commit)
-    statuses = Counter(str(outcome.status) for outcome in outcomes)
-    if extra_bcc:
-        logged = [i for i, o in zip(ids, outcomes, strict=True) if o.status == "logged"]
-        release_copies(conn, logged, [i for i in ids if i not in set(logged)])
-    return DrainResult(len(rows), statuses)
 
 
 @dataclass(frozen=True)

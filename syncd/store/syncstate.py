@@ -1,7 +1,8 @@
 """IMAP sync state in the store: per-folder checkpoints and per-inbox health.
 
-A checkpoint (``FolderCheckpoint``, a pure value from ``sources.syncplan``) is written by
-``save_checkpoint`` inside the caller's transaction, the same one that writes the mail it
+A checkpoint (``FolderCursor``, the store's own record; the IMAP service turns it into
+the sync plan's ``FolderCheckpoint`` and back) is written by ``save_checkpoint`` inside
+the caller's transaction, the same one that writes the mail it
 covers (the pipeline's ``on_commit``), so a sync killed at any instant resumes with no gap
 and no duplicate. ``record_pass`` stores what a pass reported (counts, folder errors, the
 inbox state ok / failed / auth_failed), ``record_inbox_error`` an error met while a pass
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from syncd.sources.imap.syncplan import FolderCheckpoint
 from syncd.store.timestamps import iso, parse
 
 COUNT_COLUMNS = ("logged", "duplicates", "skipped", "quarantined")
@@ -27,7 +28,22 @@ def _now(now: datetime | None = None) -> str:
     return iso(now or datetime.now(UTC))
 
 
-def get_checkpoint(conn: sqlite3.Connection, inbox: str, folder: str) -> FolderCheckpoint | None:
+@dataclass(frozen=True, slots=True)
+class FolderCursor:
+    """One ``sync_folders`` cursor as stored."""
+
+    inbox: str
+    folder: str
+    uidvalidity: int
+    last_uid: int = 0
+    highestmodseq: int | None = None
+    initial_done: bool = False
+    initial_started: datetime | None = None
+    stuck_uid: int = 0
+    stuck_passes: int = 0
+
+
+def get_checkpoint(conn: sqlite3.Connection, inbox: str, folder: str) -> FolderCursor | None:
     row = conn.execute(
         "SELECT uidvalidity, last_uid, highestmodseq, initial_done, initial_started,"
         " stuck_uid, stuck_passes FROM sync_folders WHERE inbox = ? AND folder = ?",
@@ -36,12 +52,12 @@ def get_checkpoint(conn: sqlite3.Connection, inbox: str, folder: str) -> FolderC
     if row is None:
         return None
     started = parse(row[4]) if row[4] else None
-    return FolderCheckpoint(
+    return FolderCursor(
         inbox, folder, row[0], row[1], row[2], bool(row[3]), started, row[5], row[6]
     )
 
 
-def save_checkpoint(conn: sqlite3.Connection, checkpoint: FolderCheckpoint) -> None:
+def save_checkpoint(conn: sqlite3.Connection, checkpoint: FolderCursor) -> None:
     """Upsert the cursor. Run it inside the transaction that writes the covered mail."""
     cp = checkpoint
     started = iso(cp.initial_started) if cp.initial_started else None

@@ -1032,8 +1032,8 @@ def _mail(mid: str, to: str, sender: str = "ada@example.com") -> bytes:
 def test_bcc_to_engagement_end_to_end(
     make_endpoint: Callable[..., Endpoint], tmp_path: Path
 ) -> None:
+    from syncd.services.bcc import drain_spool
     from syncd.store import queries
-    from syncd.store.spool import drain_spool
 
     endpoint = make_endpoint()
     for raw in (
@@ -1071,7 +1071,7 @@ def test_spool_survives_a_failed_drain(
     make_endpoint: Callable[..., Endpoint], tmp_path: Path
 ) -> None:
     from syncd.errors import StoreError
-    from syncd.store.spool import drain_spool
+    from syncd.services.bcc import drain_spool
 
     endpoint = make_endpoint()
     assert send(endpoint, _mail("three", "c@customer.example"))[0] == 250

@@ -21,6 +21,7 @@ import pytest
 from syncd.config.model import Config, Inbox
 from syncd.errors import InboxError, MessageError
 from syncd.mail.parse import header_message_key, parse
+from syncd.services import imap as imap_service
 from syncd.sources.imap.conn import connect
 from syncd.sources.imap.inbox import Limits, RetryPolicy, sync_inbox
 from syncd.sources.imap.syncplan import FolderCheckpoint
@@ -400,13 +401,13 @@ def test_unfetchable_message_holds_the_checkpoint_and_is_reported(
 
     def deliver(items: list, checkpoint: FolderCheckpoint) -> list[str]:
         with db.transaction(conn):
-            syncstate.save_checkpoint(conn, checkpoint)
+            imap_service.save_checkpoint(conn, checkpoint)
         return rec.deliver(items, checkpoint)
 
     def once() -> Any:
         result = sync_inbox(
             inbox_for(imap_user, folders=["INBOX", "Sent"]), deliver=deliver,
-            checkpoint_of=lambda i, f: syncstate.get_checkpoint(conn, i, f),
+            checkpoint_of=lambda i, f: imap_service.load_checkpoint(conn, i, f),
             known_contacts=set, today=TODAY, retry=FAST_RETRY,
         )  # fmt: skip
         with db.transaction(conn):
@@ -526,13 +527,13 @@ def test_syncstate_checkpoint_commits_with_its_transaction(tmp_path: Path) -> No
     conn = db.connect(tmp_path / "s.sqlite3")
     cp = FolderCheckpoint("ada", "Entwürfe", 7, 42, 99, True, TODAY)
     with db.transaction(conn):
-        syncstate.save_checkpoint(conn, cp)
-    assert syncstate.get_checkpoint(conn, "ada", "Entwürfe") == cp
-    assert syncstate.get_checkpoint(conn, "ada", "INBOX") is None
+        imap_service.save_checkpoint(conn, cp)
+    assert imap_service.load_checkpoint(conn, "ada", "Entwürfe") == cp
+    assert imap_service.load_checkpoint(conn, "ada", "INBOX") is None
     with pytest.raises(RuntimeError), db.transaction(conn):
-        syncstate.save_checkpoint(conn, FolderCheckpoint("ada", "Entwürfe", 7, 50))
+        imap_service.save_checkpoint(conn, FolderCheckpoint("ada", "Entwürfe", 7, 50))
         raise RuntimeError("the mail write failed")
-    assert syncstate.get_checkpoint(conn, "ada", "Entwürfe") == cp
+    assert imap_service.load_checkpoint(conn, "ada", "Entwürfe") == cp
     assert syncstate.record_inbox_state(conn, "ada", "failed", "timeout") == 1
     assert syncstate.record_inbox_state(conn, "ada", "auth_failed", "refused") == 2
     assert syncstate.inbox_state(conn, "ada") == ("auth_failed", 2)
@@ -555,12 +556,12 @@ def test_syncstate_records_a_pass(imap_user: ImapUser, tmp_path: Path) -> None:
 
     def deliver(items: list, checkpoint: FolderCheckpoint) -> list[str]:
         with db.transaction(conn):
-            syncstate.save_checkpoint(conn, checkpoint)
+            imap_service.save_checkpoint(conn, checkpoint)
         return ["logged"] * len(items)
 
     result = sync_inbox(
         inbox_for(imap_user, folders=["INBOX", "Nope"]), deliver=deliver,
-        checkpoint_of=lambda i, f: syncstate.get_checkpoint(conn, i, f),
+        checkpoint_of=lambda i, f: imap_service.load_checkpoint(conn, i, f),
         known_contacts=set, today=TODAY,
     )  # fmt: skip
     with db.transaction(conn):
@@ -575,7 +576,7 @@ def test_syncstate_records_a_pass(imap_user: ImapUser, tmp_path: Path) -> None:
     assert syncstate.status_rows(conn)[0]["folders"][0]["last_error"]
     again = sync_inbox(
         inbox_for(imap_user), deliver=deliver,
-        checkpoint_of=lambda i, f: syncstate.get_checkpoint(conn, i, f),
+        checkpoint_of=lambda i, f: imap_service.load_checkpoint(conn, i, f),
         known_contacts=set, today=TODAY,
     )  # fmt: skip
     with db.transaction(conn):
@@ -589,8 +590,9 @@ CHILD = textwrap.dedent(
     import os, signal, sys
     from datetime import datetime, timezone
     from syncd.config.model import Inbox
+    from syncd.services import imap as imap_service
     from syncd.sources.imap.inbox import Limits, sync_inbox
-    from syncd.store import db, syncstate
+    from syncd.store import db
 
     path, kill_at, where, inbox_json = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     conn = db.connect(path)
@@ -605,7 +607,7 @@ CHILD = textwrap.dedent(
         conn.execute("BEGIN IMMEDIATE")
         for raw, prov in items:
             conn.execute("INSERT INTO test_mail VALUES (?, ?)", (prov.folder, prov.uid))
-        syncstate.save_checkpoint(conn, checkpoint)
+        imap_service.save_checkpoint(conn, checkpoint)
         if calls == kill_at and where == "mid":
             os.kill(os.getpid(), signal.SIGKILL)
         conn.execute("COMMIT")
@@ -615,7 +617,7 @@ CHILD = textwrap.dedent(
 
     result = sync_inbox(
         Inbox.model_validate_json(inbox_json), deliver=deliver,
-        checkpoint_of=lambda i, f: syncstate.get_checkpoint(conn, i, f),
+        checkpoint_of=lambda i, f: imap_service.load_checkpoint(conn, i, f),
         known_contacts=set, today=datetime(2024, 6, 1, tzinfo=timezone.utc),
         limits=Limits(batch_count=3),
     )
@@ -700,13 +702,13 @@ def test_end_to_end_one_engagement_per_message(imap_user: ImapUser, tmp_path: Pa
 
         def deliver(items: list, checkpoint: FolderCheckpoint) -> list[Any]:
             return pipeline.ingest_batch(
-                items, on_commit=lambda c: syncstate.save_checkpoint(c, checkpoint)
+                items, on_commit=lambda c: imap_service.save_checkpoint(c, checkpoint)
             )
 
         def once() -> Any:
             return sync_inbox(
                 config.inboxes[0], deliver=deliver,
-                checkpoint_of=lambda i, f: syncstate.get_checkpoint(conn, i, f),
+                checkpoint_of=lambda i, f: imap_service.load_checkpoint(conn, i, f),
                 known_contacts=pipeline.contact_emails, known_keys=pipeline.sighted_keys,
                 today=TODAY,
             )  # fmt: skip

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from syncd.cli.main import main
 from syncd.outbound.relay import Delivery, OutboxRunner
+from syncd.services.bcc import drain_spool
 from syncd.store import db, spool
 from syncd.store.spool import Outbox
 from tests.integration.test_pipeline import make, message
@@ -152,7 +153,7 @@ def test_the_spool_drains_with_its_receipt_time(
     upgraded: sqlite3.Connection, tmp_path: Path
 ) -> None:
     pipeline = make(upgraded, tmp_path)
-    result = spool.drain_spool(pipeline.conn, pipeline.ingest_batch)
+    result = drain_spool(pipeline.conn, pipeline.ingest_batch)
     assert (result.taken, dict(result.statuses)) == (1, {"logged": 1})
     assert upgraded.execute("SELECT count(*) FROM spool").fetchone()[0] == 0
     seen = upgraded.execute("SELECT label, seen_at FROM sightings").fetchall()

@@ -236,3 +236,41 @@ def test_settings_from_config() -> None:
     assert built.require_legal_basis is True
     assert built.pipelines.tickets.statuses == ("new", "triage", "done")
     assert built.pipelines.deals.won == "closedwon"
+
+
+@pytest.mark.parametrize(
+    ("provenance", "legal_basis", "creates", "owner"),
+    [
+        (Provenance("bcc", NOW), False, True, None),
+        (Provenance("bcc", NOW, owner="A.Lovelace@example.com"), False, True, ADA),
+        (Provenance("imap", NOW, inbox="ada"), False, True, ADA),
+        (Provenance("imap", NOW, inbox="support"), False, True, None),
+        (Provenance("imap", NOW, inbox="quiet"), False, False, None),
+        (Provenance("imap", NOW, inbox="gone"), False, False, None),
+        (Provenance("import", NOW), False, False, None),
+        (Provenance("import", NOW, owner=BOB), False, True, BOB),
+        (Provenance("smtp", NOW), False, False, None),
+        (Provenance("bcc", NOW), True, False, None),
+        (Provenance("imap", NOW, inbox="ada"), True, False, ADA),
+        (Provenance("import", NOW, owner=BOB), True, False, BOB),
+    ],
+)
+def test_contact_policy_by_way_in(
+    provenance: Provenance, legal_basis: bool, creates: bool, owner: str | None
+) -> None:
+    from syncd.crm.rules import may_create, new_contact_owner
+
+    rules = settings(require_legal_basis=legal_basis)
+    assert may_create(provenance, rules) is creates
+    assert new_contact_owner(provenance, rules, None) == owner
+    assert new_contact_owner(provenance, rules, BOB) == BOB
+
+
+def test_contact_policy_follows_the_settings_it_is_asked_with() -> None:
+    """Quarantined mail retried later is judged by the settings in force then."""
+    from syncd.crm.rules import may_create
+
+    retried = Provenance("imap", NOW, inbox="quiet", folder="INBOX", uid=3)
+    assert not may_create(retried, settings())
+    now_on = (InboxRule("quiet", "sales@example.com", "team", None, create_contacts=True),)
+    assert may_create(retried, settings(inboxes=now_on))

@@ -29,8 +29,8 @@ from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import LoginError
 
 from syncd import secrets
-from syncd.config.model import is_loopback
 from syncd.errors import InboxError
+from syncd.hosts import is_loopback
 from syncd.sources.imap.fetchparse import FetchParseError, Fields, internal_date, parse_fetch
 from syncd.sources.imap.syncplan import FolderStatus, idle_slices
 from syncd.sources.imap.wire import Client

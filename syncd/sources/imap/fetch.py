@@ -36,24 +36,70 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from syncd.mail.parse import UNFETCHABLE_FIELD, header_message_key, message_key
 from syncd.mail.provenance import Provenance, imap_label
+from syncd.sources.base import Item
 from syncd.sources.imap import bodystructure, syncplan
 from syncd.sources.imap.bodystructure import HEAD_KEY as HEAD
 from syncd.sources.imap.conn import ConnectionLost, FolderError, ImapSession
 from syncd.sources.imap.fetchparse import internal_date
 from syncd.sources.imap.syncplan import Action, FolderCheckpoint, FolderPlan
 
-if TYPE_CHECKING:
-    from syncd.sources.imap.inbox import _InboxRun
-
-Item = tuple[bytes, Provenance]
 Body = tuple[int, bytes, datetime | None]  # uid, raw message, INTERNALDATE
 KnownKeys = Callable[[str, set[str]], set[str]]  # label, keys -> those logged under it
+# Called on the fetching thread with each batch as it arrives; what it returns is what
+# ``deliver`` gets (the pipeline starts parsing there, ahead of the writer).
+ParseAhead = Callable[[list[Item]], list[Item]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much the engine holds at once: memory is bounded by these, not the mailbox."""
+
+    meta_chunk: int = 1000  # UIDs per metadata FETCH
+    batch_count: int = 200  # messages per body FETCH and per deliver() transaction
+    batch_bytes: int = 4 * 1024 * 1024  # RFC822.SIZE bytes per body FETCH
+    # store.max_attachment_mb in bytes: a larger message may hold an attachment the store
+    # would not keep, so it is fetched by parts and those are left on the server (a
+    # smaller one cannot: it is fetched whole). None: every message is fetched whole.
+    max_attachment_bytes: int | None = None
+    # Batches fetched ahead of the writer, each already parsing (parse_ahead): one is
+    # as fast as two here and holds a batch less in memory.
+    queue_batches: int = 1
+
+
+@dataclass(frozen=True)
+class PassSettings:
+    """What a fetcher needs of its inbox's pass, fixed for the whole pass."""
+
+    inbox: str
+    owner: str | None  # the inbox's member, carried in each message's provenance
+    from_: str  # sync.from
+    people: str  # sync.people
+    started: datetime  # the pass's start instant: windows count back from it
+    dry_run: bool
+    limits: Limits
+    contacts: frozenset[str]  # contact addresses, for ``people: contacts``
+    known_keys: KnownKeys | None = None
+    parse_ahead: ParseAhead | None = None
+
+    def provenance(
+        self, folder: str, uid: int, internal_date: datetime | None, partial: bool = False
+    ) -> Provenance:
+        return Provenance(
+            source="imap",
+            received_at=internal_date or datetime.now(UTC),
+            inbox=self.inbox,
+            folder=folder,
+            uid=uid,
+            owner=self.owner,
+            internal_date=internal_date,
+            partial=partial,
+        )
 
 
 class _Stopped(Exception):
@@ -104,15 +150,19 @@ class Fetcher:
 
     def __init__(
         self,
-        run: _InboxRun,
+        settings: PassSettings,
         session: ImapSession,
         folder: str,
         checkpoint: FolderCheckpoint | None,
         out: queue.Queue[Batch | Lookup | Done | Failed],
         stop: threading.Event,
+        suspects: set[int],
     ) -> None:
-        self.run_, self.session, self.folder = run, session, folder
+        self.pass_, self.session, self.folder = settings, session, folder
         self.checkpoint, self.out, self.stop = checkpoint, out, stop
+        # UIDs of body fetches that lost the connection in this pass (the pass's set for
+        # this folder: a reconnect's fetcher goes on with it)
+        self.suspects = suspects
         self.skipped: list[int] = []  # UIDs skipped as logged, not yet under a checkpoint
         self.large: dict[int, int] = {}  # UID -> RFC822.SIZE of mail to fetch by parts
         self.partial: set[int] = set()  # UIDs whose body is rebuilt from some parts
@@ -139,46 +189,46 @@ class Fetcher:
         plan = syncplan.plan_folder(
             self.checkpoint,
             status,
-            inbox=self.run_.cfg.name,
+            inbox=self.pass_.inbox,
             folder=self.folder,
-            from_=self.run_.cfg.sync.from_,
-            people=self.run_.cfg.sync.people,
-            now=self.run_.started,
+            from_=self.pass_.from_,
+            people=self.pass_.people,
+            now=self.pass_.started,
         )
         if plan.action is Action.NOTHING:
-            if not self.run_.dry_run and plan.base != self.checkpoint:
+            if not self.pass_.dry_run and plan.base != self.checkpoint:
                 self._put(Batch([], plan.base, 0))  # e.g. a new HIGHESTMODSEQ
             self._put(Done(0))
             return
         uids = self.session.search_uids(plan.after_uid, plan.scan_top, plan.since)
         wanted = 0
         pending: list[int] = []
-        for chunk in syncplan.chunks(uids, self.run_.limits.meta_chunk):
+        for chunk in syncplan.chunks(uids, self.pass_.limits.meta_chunk):
             if self.stop.is_set():
                 return
             selected = self._select(plan, chunk)
             wanted += len(selected)
-            if self.run_.dry_run:
+            if self.pass_.dry_run:
                 continue
             for batch in syncplan.body_batches(
                 selected,
-                max_count=self.run_.limits.batch_count,
-                max_bytes=self.run_.limits.batch_bytes,
+                max_count=self.pass_.limits.batch_count,
+                max_bytes=self.pass_.limits.batch_bytes,
                 # Mail fetched by parts travels alone: its attempt is committed first.
-                alone_above=self.run_.limits.max_attachment_bytes,
+                alone_above=self.pass_.limits.max_attachment_bytes,
             ):
                 if pending and not self._deliver_bodies(plan, pending, len(uids), last=False):
                     return
                 pending = batch
         # The last batch (possibly empty) carries the checkpoint that closes the plan.
-        if not self.run_.dry_run and not self._deliver_bodies(plan, pending, len(uids), last=True):
+        if not self.pass_.dry_run and not self._deliver_bodies(plan, pending, len(uids), last=True):
             return
         self._put(Done(wanted, len(self.skipped)))
 
     def _select(self, plan: FolderPlan, chunk: list[int]) -> list[tuple[int, int]]:
         """(uid, size) of the messages in ``chunk`` that the window and people filter keep,
         less, on a scan again, those already logged from this folder."""
-        known_keys = self.run_.known_keys if plan.check_logged else None
+        known_keys = self.pass_.known_keys if plan.check_logged else None
         headers = plan.people_before is not None or known_keys is not None
         kept: list[tuple[int, int, bytes | None]] = []
         for uid, size, internal, header in self.session.fetch_meta(chunk, headers=headers):
@@ -188,11 +238,11 @@ class Fetcher:
             if (
                 syncplan.needs_people_check(internal, plan)
                 and header is not None
-                and not syncplan.involves_contact(header, self.run_.contacts)
+                and not syncplan.involves_contact(header, self.pass_.contacts)
             ):
                 continue
             kept.append((uid, size, header))
-        limit = self.run_.limits.max_attachment_bytes
+        limit = self.pass_.limits.max_attachment_bytes
         self.large.update((uid, size) for uid, size, _ in kept if limit and size > limit)
         if known_keys is not None:
             kept = self._not_logged(kept, known_keys)
@@ -208,7 +258,7 @@ class Fetcher:
         }
         if not keys:
             return kept
-        label = imap_label(self.run_.cfg.name, self.folder)
+        label = imap_label(self.pass_.inbox, self.folder)
         known = self._ask(partial(known_keys, label, set(keys.values())))
         if known is None:
             return []  # stopping: nothing more is fetched or delivered
@@ -238,11 +288,11 @@ class Fetcher:
     def _deliver_bodies(self, plan: FolderPlan, uids: list[int], planned: int, last: bool) -> bool:
         fetched, stuck = self._fetch_all(plan, uids, planned)
         items = [
-            (raw, self.run_.provenance(self.folder, uid, internal, uid in self.partial))
+            (raw, self.pass_.provenance(self.folder, uid, internal, uid in self.partial))
             for uid, raw, internal in fetched
         ]
-        if items and self.run_.parse_ahead is not None:
-            items = self.run_.parse_ahead(items)
+        if items and self.pass_.parse_ahead is not None:
+            items = self.pass_.parse_ahead(items)
         if stuck is not None:
             checkpoint = plan.checkpoint_before(stuck.uid)
             if (items or checkpoint != self.checkpoint) and not self._batch(
@@ -262,7 +312,7 @@ class Fetcher:
         but cannot be fetched, the bodies below it and that UID's error."""
         if not uids:
             return [], None
-        suspects = self.run_.suspects.get(self.folder, set())
+        suspects = self.suspects
         given_up = {uid for uid in uids if plan.gives_up(uid)}
         small = [uid for uid in uids if uid not in self.large and uid not in given_up]
         whole = self._bodies(small) if small and suspects.isdisjoint(small) else None
@@ -312,7 +362,7 @@ class Fetcher:
     def _by_parts(self, uid: int) -> list[Body] | None:
         """What syncd keeps of a large message, rebuilt from its parts ([] if it is gone,
         None when the server refuses); the whole message when nothing would be left out."""
-        limit = self.run_.limits.max_attachment_bytes or 0
+        limit = self.pass_.limits.max_attachment_bytes or 0
         try:
             # {}: the message is gone; None: the server refused.
             fields = self._guarded([uid], lambda: self.session.fetch_structure(uid) or {})
@@ -342,7 +392,7 @@ class Fetcher:
         except FolderError:
             return None
         except ConnectionLost as exc:
-            suspects = self.run_.suspects.setdefault(self.folder, set())
+            suspects = self.suspects
             if len(uids) == 1 and uids[0] in suspects:
                 why = f"the connection dropped each time it was fetched; last: {exc.reason}"
                 raise Unfetchable(uids[0], why, session_lost=True) from None

@@ -2,9 +2,10 @@
 
 ``sync_inbox`` connects (``imap_conn``), chooses folders, and for each folder asks
 ``syncplan`` what to fetch given the stored checkpoint. A fetcher thread
-(``imap_fetch.Fetcher``) does the IMAP work (SEARCH, a metadata FETCH of INTERNALDATE,
-size and, when a filter needs them, headers, then BODY.PEEK[] in batches, or by parts for
-a message over ``Limits.max_attachment_bytes``) and puts
+(``fetch.Fetcher``, given the pass's settings as a frozen ``PassSettings``) does the IMAP
+work (SEARCH, a metadata FETCH of INTERNALDATE, size and, when a filter needs them,
+headers, then BODY.PEEK[] in batches, or by parts for a message over
+``Limits.max_attachment_bytes``) and puts
 batches on a bounded queue; the calling thread hands each batch with the checkpoint that
 covers it to ``deliver``, which commits both in one transaction. A lost connection
 reconnects with exponential backoff and jitter and resumes from the last committed
@@ -16,7 +17,7 @@ change (or a scan resumed) also fetches Message-ID with the metadata and skips t
 already logged from that folder. The engine never imports the store or the pipeline: it
 is given ``deliver``, ``checkpoint_of``, ``known_contacts`` and ``known_keys``.
 
-How a missing or unfetchable UID is handled is told in ``imap_fetch``.
+How a missing or unfetchable UID is handled is told in ``fetch``.
 """
 
 from __future__ import annotations
@@ -25,50 +26,42 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
 from syncd.errors import InboxError
-from syncd.mail.provenance import Provenance
+from syncd.sources import base
 from syncd.sources.imap import syncplan
-from syncd.sources.imap.conn import ConnectionLost, FolderError, ImapSession, connect
+from syncd.sources.imap.conn import (
+    ConnectionLost,
+    FolderError,
+    ImapSession,
+    ImapSettings,
+    connect,
+)
 from syncd.sources.imap.fetch import (
     Batch,
     Done,
     Failed,
     Fetcher,
-    Item,
     KnownKeys,
+    Limits,
     Lookup,
+    ParseAhead,
+    PassSettings,
     Unfetchable,
 )
 from syncd.sources.imap.syncplan import FolderCheckpoint
 
-Deliver = Callable[[list[Item], FolderCheckpoint], Sequence[Any]]
+# The source contract (sources.base): mail, with the checkpoint that covers it as the
+# IMAP source's own record, committed together.
+Deliver = base.Deliver[FolderCheckpoint]
 CheckpointOf = Callable[[str, str], FolderCheckpoint | None]
 Progress = Callable[[str, int, int], None]  # folder, messages done, messages planned
-# Called on the fetching thread with each batch as it arrives; what it returns is what
-# ``deliver`` gets (the pipeline starts parsing there, ahead of the writer).
-ParseAhead = Callable[[list[Item]], list[Item]]
 OnLost = Callable[[ConnectionLost, float], None]  # the error, seconds until the reconnect
-
-
-@dataclass(frozen=True)
-class Limits:
-    """How much the engine holds at once: memory is bounded by these, not the mailbox."""
-
-    meta_chunk: int = 1000  # UIDs per metadata FETCH
-    batch_count: int = 200  # messages per body FETCH and per deliver() transaction
-    batch_bytes: int = 4 * 1024 * 1024  # RFC822.SIZE bytes per body FETCH
-    # store.max_attachment_mb in bytes: a larger message may hold an attachment the store
-    # would not keep, so it is fetched by parts and those are left on the server (a
-    # smaller one cannot: it is fetched whole). None: every message is fetched whole.
-    max_attachment_bytes: int | None = None
-    # Batches fetched ahead of the writer, each already parsing (parse_ahead): one is
-    # as fast as two here and holds a batch less in memory.
-    queue_batches: int = 1
+DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True)
@@ -120,13 +113,22 @@ class InboxResult:
         return out
 
 
+class SyncSettings(Protocol):
+    """The ``sync:`` block of an inbox, as the engine reads it."""
+
+    from_: str
+    people: str
+    folders: Any  # the folder selection syncplan.choose_folders reads
+
+
 class InboxSettings(Protocol):
-    """An ``inboxes[]`` entry (syncd.config.model.Inbox has this shape)."""
+    """An ``inboxes[]`` entry as a value: the service hands the engine its config's
+    ``Inbox`` (it has this shape); the engine never reads the config itself."""
 
     name: str
     owner: str | None
-    imap: Any
-    sync: Any
+    imap: ImapSettings
+    sync: SyncSettings
 
 
 def sync_inbox(
@@ -140,7 +142,7 @@ def sync_inbox(
     progress: Progress | None = None,
     parse_ahead: ParseAhead | None = None,
     known_keys: KnownKeys | None = None,
-    limits: Limits = Limits(),
+    limits: Limits = DEFAULT_LIMITS,
     retry: RetryPolicy = RetryPolicy(),
     result: InboxResult | None = None,
     on_lost: OnLost | None = None,
@@ -153,7 +155,7 @@ def sync_inbox(
     pass goes, so a caller whose ``deliver`` raises to stop still has the counts of what
     committed. ``on_lost`` hears of each lost connection the pass reconnects after."""
     started = _start_instant(today)
-    contacts = known_contacts() if inbox_cfg.sync.people == "contacts" else set()
+    contacts = frozenset(known_contacts()) if inbox_cfg.sync.people == "contacts" else frozenset()
     run = _InboxRun(inbox_cfg, deliver, checkpoint_of, contacts, started, dry_run, progress)
     run.limits, run.retry, run.parse_ahead = limits, retry, parse_ahead
     run.known_keys, run.on_lost = known_keys, on_lost
@@ -182,7 +184,7 @@ class _InboxRun:
         cfg: InboxSettings,
         deliver: Deliver,
         checkpoint_of: CheckpointOf,
-        contacts: set[str],
+        contacts: frozenset[str],
         started: datetime,
         dry_run: bool,
         progress: Progress | None,
@@ -259,7 +261,10 @@ class _InboxRun:
             self.limits.queue_batches
         )
         stop = threading.Event()
-        fetcher = Fetcher(self, session, result.name, checkpoint, batches, stop)
+        suspects = self.suspects.setdefault(result.name, set())
+        fetcher = Fetcher(
+            self._settings(), session, result.name, checkpoint, batches, stop, suspects
+        )
         thread = threading.Thread(target=fetcher.run, name=f"imap-{self.cfg.name}", daemon=True)
         thread.start()
         done = 0
@@ -299,16 +304,16 @@ class _InboxRun:
             if lost:  # the next folder starts on a fresh connection
                 self._drop_session()
 
-    def provenance(
-        self, folder: str, uid: int, internal_date: datetime | None, partial: bool = False
-    ) -> Provenance:
-        return Provenance(
-            source="imap",
-            received_at=internal_date or datetime.now(UTC),
+    def _settings(self) -> PassSettings:
+        return PassSettings(
             inbox=self.cfg.name,
-            folder=folder,
-            uid=uid,
             owner=self.cfg.owner,
-            internal_date=internal_date,
-            partial=partial,
+            from_=self.cfg.sync.from_,
+            people=self.cfg.sync.people,
+            started=self.started,
+            dry_run=self.dry_run,
+            limits=self.limits,
+            contacts=self.contacts,
+            known_keys=self.known_keys,
+            parse_ahead=self.parse_ahead,
         )
