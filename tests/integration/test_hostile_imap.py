@@ -184,7 +184,7 @@ def test_the_daemon_shows_a_lost_connection_in_status_while_it_retries(tmp_path:
         daemon(tmp_path, write_config(tmp_path, fake)) as proc,
     ):
         config = tmp_path / "syncd.yaml"
-        error = wait_for(lambda: status(tmp_path, config)["last_error"], 8)
+        error = wait_for(lambda: status(tmp_path, config)["last_error"], 15)
         assert error and "EXAMINE INBOX: the server is too slow" in error, error
         assert "reconnecting" in error and fake.connections < 5  # the pass is still retrying
         shown = status(tmp_path, config)
