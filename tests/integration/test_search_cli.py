@@ -70,6 +70,14 @@ def run(env: dict[str, Path], *args: str) -> Result:
     return CliRunner().invoke(main, ["--config", str(env["config"]), *args])
 
 
+def index_matches_emails(path: Path) -> None:
+    """FTS5's own check that the index holds exactly what the ``emails`` rows say (what
+    the write path indexed must equal what the triggers later delete)."""
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO emails_fts(emails_fts, rank) VALUES ('integrity-check', 1)")
+    conn.close()
+
+
 def found(env: dict[str, Path], *query: str) -> list[str]:
     result = run(env, "search", *query, "--json")
     assert result.exit_code == 0, result.output
@@ -166,6 +174,7 @@ def test_contacts_list_bad_filters(env, args: tuple[str, ...], code: int, error:
 
 
 def test_sqlite_utils_and_datasette_find_the_index_and_emails(env) -> None:
+    index_matches_emails(env["db"])
     store = sqlite_utils.Database(env["db"])
     assert store["emails"].detect_fts() == "emails_fts"
     hits = list(store["emails"].search("attachment_names:quote", columns=["message_id"]))
@@ -223,6 +232,7 @@ def test_a_store_from_before_0008_gains_attachment_search(tmp_path: Path) -> Non
     assert found(env, "attachments:statement") == ["old@x"]
     assert found(env, "invoice") == ["old@x"]  # the old text is indexed again
     assert sqlite_utils.Database(path)["emails"].detect_fts() == "emails_fts"
+    index_matches_emails(path)
 
 
 def test_erase_scrubs_an_address_from_attachment_names(env) -> None:
@@ -243,3 +253,4 @@ def test_erase_scrubs_an_address_from_attachment_names(env) -> None:
     assert erased.exit_code == 0, erased.output  # no trace left in the store's files
     assert found(env, "attachments:carol") == []
     assert found(env, "attachments:erased") == ["sh@x"]  # dan's copy of the mail stays
+    index_matches_emails(env["db"])
