@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 
 from syncd.cli.common import (
+    EX_USAGE,
     JSON_FLAG,
     editing_settings,
     emit_json,
@@ -22,11 +24,13 @@ from syncd.cli.common import (
     open_store,
     print_table,
 )
-from syncd.crm.lifecycle import StageError, check_stage
+from syncd.crm.lifecycle import STAGES, StageError, check_stage
 from syncd.crm.model import ContactRecord
 from syncd.crm.team import Team
+from syncd.mail.addresses import normalise
 from syncd.sources.files import FileFormatError, read_contacts
 from syncd.store import db, queries, records
+from syncd.store.searchquery import QueryError
 
 # --- contacts ----------------------------------------------------------------------------
 
@@ -84,17 +88,59 @@ def _check_contacts(
 
 
 @contacts.command("list")
+@click.option("--owner", metavar="EMAIL", help="Only contacts this team member owns.")
+@click.option("--stage", metavar="STAGE", help=f"Only contacts at this stage: {', '.join(STAGES)}.")
+@click.option("--company", metavar="NAME", help="Only contacts of this company (name or domain).")
+@click.option(
+    "--sort",
+    type=click.Choice(sorted(queries.CONTACT_ORDER)),
+    default="email",
+    show_default=True,
+    help="By address, by name, or most recently contacted first.",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many contacts.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many first.")
 @JSON_FLAG
 @click.pass_context
-def contacts_list(ctx: click.Context, as_json: bool) -> None:
-    """Contacts with owner, lifecycle stage, company and last contacted."""
-    with open_store(ctx, readonly=True) as (_config, conn):
-        found = queries.contacts_list(conn)
+def contacts_list(
+    ctx: click.Context,
+    owner: str | None,
+    stage: str | None,
+    company: str | None,
+    sort: str,
+    limit: int | None,
+    offset: int,
+    as_json: bool,
+) -> None:
+    """Contacts with owner, lifecycle stage, company and last contacted; filters combine."""
+    if stage is not None:
+        try:
+            check_stage(stage)
+        except StageError as exc:
+            fail(str(exc), EX_USAGE)
+    with open_store(ctx, readonly=True) as (config, conn):
+        filters: dict[str, Any] = {"stage": stage}
+        if owner is not None:
+            member = Team.from_config(config).member(owner)
+            filters["owner"] = member or normalise(owner)
+            # Someone who left the team may still own contacts; anyone else is a typo.
+            if member is None and not queries.contacts_count(conn, owner=filters["owner"]):
+                fail(f"owner {owner} is not a team member and owns no contacts", EX_USAGE)
+        if company is not None:
+            filters["company_ids"] = queries.companies_named(conn, company)
+            if not filters["company_ids"]:
+                fail(f"no company named {company}")
+        found = queries.contacts_list(conn, **filters, sort=sort, limit=limit, offset=offset)
+        paged = limit is not None or offset > 0
+        total = queries.contacts_count(conn, **filters) if paged and not as_json else 0
     if as_json:
         emit_json(found)
         return
     columns = ("email", "name", "owner", "lifecycle_stage", "company", "last_contacted")
     print_table([[c[k] for k in columns] for c in found], columns)
+    if paged:
+        shown = f"{offset + 1}-{offset + len(found)}" if found else "none"
+        click.echo(f"contacts {shown} of {total}")
 
 
 @contacts.command("show")
@@ -144,9 +190,26 @@ def timeline(ctx: click.Context, email: str, as_json: bool) -> None:
 @JSON_FLAG
 @click.pass_context
 def search(ctx: click.Context, query: tuple[str, ...], limit: int, as_json: bool) -> None:
-    """Full-text search over subjects, bodies and addresses of logged email."""
+    """Full-text search over the subjects, bodies (with forwarded mail), addresses and
+    attachment names of logged email, best match first.
+
+    \b
+    zebra plan              both words, anywhere (same as zebra AND plan)
+    zebra OR okapi          either word
+    zebra NOT plan          zebra, without plan
+    "price list"            the words next to each other, in this order
+    pric*                   words starting with pric
+    (zebra OR okapi) plan   parentheses group
+    subject:zebra           only in the subject; also body:, addresses:,
+                            attachments: (file names), e.g. attachments:pdf
+    Operators are upper case (lower-case and, or, not are words). Case and accents
+    are ignored; punctuation separates words, so carol@acme.com finds that address.
+    """
     with open_store(ctx, readonly=True) as (_config, conn):
-        found = queries.search(conn, " ".join(query), limit=limit)
+        try:
+            found = queries.search(conn, " ".join(query), limit=limit)
+        except QueryError as exc:
+            fail(f"search: {exc} (syncd search --help shows the syntax)", EX_USAGE)
     if as_json:
         emit_json(found)
         return

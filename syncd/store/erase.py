@@ -205,8 +205,8 @@ def _redact_engagement(conn: sqlite3.Connection, engagement_id: int, addresses: 
         everyone = [[from_name or "", from_addr or ""], *to, *cc, *bcc]
         conn.execute(
             "UPDATE emails SET from_addr = ?, from_name = ?, to_json = ?, cc_json = ?, "
-            "bcc_json = ?, subject = ?, body = ?, addresses = ?, message_id = ?, "
-            "message_key = ?, thread_key = ? WHERE engagement_id = ?",
+            "bcc_json = ?, subject = ?, body = ?, addresses = ?, attachment_names = ?, "
+            "message_id = ?, message_key = ?, thread_key = ? WHERE engagement_id = ?",
             (
                 from_addr,
                 from_name,
@@ -216,6 +216,7 @@ def _redact_engagement(conn: sqlite3.Connection, engagement_id: int, addresses: 
                 _scrub(row["subject"], addresses),
                 _scrub(row["body"], addresses),
                 " ".join(f"{n} {e}".strip() for n, e in everyone if e),
+                _scrub(row["attachment_names"], addresses),
                 _scrub(row["message_id"], addresses),
                 _scrub(row["message_key"], addresses),
                 _scrub(row["thread_key"], addresses),

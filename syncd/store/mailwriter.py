@@ -112,7 +112,7 @@ class MailWriter:
         self.attachments_dir = attachments_dir
         self._cap = settings.max_engagements_per_record
         # Deferred rows of the kept messages.
-        self._search: list[tuple[int, str, str, str]] = []
+        self._search: list[tuple[int, str, str, str, str]] = []
         self._links: dict[str, list[tuple[int, int]]] = {k: [] for k in ASSOCIATION}
         self._pairs: set[tuple[str, int, int]] = set()
         self._added: dict[tuple[str, int], int] = {}  # (kind, record) -> links to count
@@ -121,7 +121,7 @@ class MailWriter:
         self._contacted: dict[int, str] = {}
         self._company_activity: dict[int, str] = {}
         # The same for the current message, until ``keep`` or ``discard``.
-        self._msg_search: tuple[int, str, str, str] | None = None
+        self._msg_search: tuple[int, str, str, str, str] | None = None
         self._msg_pairs: dict[tuple[str, int, int], None] = {}
         self._msg_added: dict[tuple[str, int], int] = {}
         self._touches: list[tuple[list[int], list[int], str, bool]] = []
@@ -237,7 +237,8 @@ class MailWriter:
         """Write the deferred rows of every kept message; call before COMMIT."""
         conn = self.conn
         conn.executemany(
-            "INSERT INTO emails_fts(rowid, subject, body, addresses) VALUES (?, ?, ?, ?)",
+            "INSERT INTO emails_fts(rowid, subject, body, addresses, attachment_names) "
+            "VALUES (?, ?, ?, ?, ?)",
             self._search,
         )
         for kind, rows in self._links.items():
@@ -279,10 +280,12 @@ class MailWriter:
         engagement_id = int(cur.lastrowid or 0)
         sender = email.from_
         subject, body = email.subject or "", email.text or ""
+        names = " ".join(row[1] for row in prepared.attachments if row[1])
         self.conn.execute(
             "INSERT INTO emails(engagement_id, message_key, message_id, thread_key, direction, "
-            "from_addr, from_name, to_json, cc_json, bcc_json, subject, body, addresses, date, "
-            "date_missing, size, defects) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "from_addr, from_name, to_json, cc_json, bcc_json, subject, body, addresses, "
+            "attachment_names, date, date_missing, size, defects) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 engagement_id,
                 email.key,
@@ -297,13 +300,14 @@ class MailWriter:
                 subject,
                 body,
                 prepared.addresses,
+                names,
                 prepared.date,
                 int(bool(email.date_missing)),
                 int(email.size),
                 prepared.defects,
             ),
         )
-        self._msg_search = (engagement_id, subject, body, prepared.addresses)
+        self._msg_search = (engagement_id, subject, body, prepared.addresses, names)
         return engagement_id
 
     def _associate(self, engagement_id: int, plan: Plan, date: str) -> None:

@@ -8,11 +8,11 @@ they are. Read-only; works on a read-only connection.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 from typing import Any
 
-from syncd.mail.addresses import normalise
+from syncd.mail.addresses import normalise, normalise_domain
+from syncd.store.searchquery import QueryError, fts_query
 
 CONTACT_SQL = (
     "SELECT c.id, a.address AS email, trim(c.first_name || ' ' || c.last_name) AS name, "
@@ -31,9 +31,74 @@ def contact_summary(row: sqlite3.Row) -> dict[str, Any]:
     return item
 
 
-def contacts_list(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    rows = conn.execute(CONTACT_SQL + " ORDER BY a.address")
+# How ``contacts_list`` sorts; the address last, so that the order is total.
+CONTACT_ORDER = {
+    "email": "a.address",
+    "name": "lower(trim(c.first_name || ' ' || c.last_name)) = '', "
+    "lower(trim(c.first_name || ' ' || c.last_name)), a.address",
+    "last-contacted": "c.last_contacted IS NULL, c.last_contacted DESC, a.address",
+}
+
+
+def _contacts_where(
+    owner: str | None, stage: str | None, company_ids: list[int] | None
+) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    if owner is not None:
+        where.append("c.owner = ?")
+        args.append(owner)
+    if stage is not None:
+        where.append("c.lifecycle_stage = ?")
+        args.append(stage)
+    if company_ids is not None:
+        where.append(f"c.company_id IN ({','.join('?' * len(company_ids)) or 'NULL'})")
+        args.extend(company_ids)
+    return CONTACT_SQL + (" WHERE " + " AND ".join(where) if where else ""), args
+
+
+def contacts_list(
+    conn: sqlite3.Connection,
+    *,
+    owner: str | None = None,
+    stage: str | None = None,
+    company_ids: list[int] | None = None,
+    sort: str = "email",
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Contacts matching every filter given, sorted by ``sort`` (a key of
+    ``CONTACT_ORDER``), at most ``limit`` of them after the first ``offset``."""
+    sql, args = _contacts_where(owner, stage, company_ids)
+    rows = conn.execute(
+        f"{sql} ORDER BY {CONTACT_ORDER[sort]} LIMIT ? OFFSET ?",
+        [*args, -1 if limit is None else limit, offset],
+    )
     return [contact_summary(r) for r in rows]
+
+
+def contacts_count(
+    conn: sqlite3.Connection,
+    *,
+    owner: str | None = None,
+    stage: str | None = None,
+    company_ids: list[int] | None = None,
+) -> int:
+    """How many contacts ``contacts_list`` with these filters finds without a limit."""
+    sql, args = _contacts_where(owner, stage, company_ids)
+    return int(conn.execute(f"SELECT count(*) FROM ({sql})", args).fetchone()[0])
+
+
+def companies_named(conn: sqlite3.Connection, name: str) -> list[int]:
+    """The companies called ``name`` (any case) or owning it as a domain."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM companies WHERE name = ? COLLATE NOCASE UNION "
+            "SELECT company_id FROM company_domains WHERE domain = ? ORDER BY 1",
+            (name.strip(), normalise_domain(name)),
+        )
+    ]
 
 
 def contact_show(conn: sqlite3.Connection, address: str) -> dict[str, Any] | None:
@@ -188,36 +253,25 @@ def timeline(conn: sqlite3.Connection, address: str) -> list[dict[str, Any]] | N
     return [engagement_item(conn, r) for r in rows.fetchall()]
 
 
-_TOKEN = re.compile(r"\w+", re.UNICODE)
-
-
-def fts_query(text: str) -> str:
-    """A user's words as an FTS5 query: each word quoted (no operators), all required.
-
-    A word ending in ``*`` stays a prefix search."""
-    terms = []
-    for raw in text.split():
-        prefix = raw.endswith("*")
-        words = _TOKEN.findall(raw)
-        if not words:
-            continue
-        phrase = '"' + " ".join(words) + '"'
-        terms.append(phrase + ("*" if prefix else ""))
-    return " ".join(terms)
-
-
 def search(conn: sqlite3.Connection, text: str, *, limit: int = 50) -> list[dict[str, Any]]:
-    """Emails matching every word of ``text`` in subject, body or addresses, best first."""
+    """Emails matching ``text`` (the syntax of ``store/searchquery.py``) in subject, body,
+    addresses or attachment names, best first. ``QueryError`` if the query is malformed."""
     query = fts_query(text)
-    if not query:
-        return []
-    rows = conn.execute(
-        "SELECT e.message_id, e.subject, e.date, e.from_addr, "
-        "snippet(emails_fts, -1, '[', ']', '…', 12) AS snippet "
-        "FROM emails_fts JOIN emails e ON e.engagement_id = emails_fts.rowid "
-        "WHERE emails_fts MATCH ? ORDER BY bm25(emails_fts, 5.0, 1.0, 2.0), e.date DESC LIMIT ?",
-        (query, limit),
-    )
+    try:
+        rows = conn.execute(
+            "SELECT e.message_id, e.subject, e.date, e.from_addr, "
+            "snippet(emails_fts, -1, '[', ']', '…', 12) AS snippet "
+            "FROM emails_fts JOIN emails e ON e.engagement_id = emails_fts.rowid "
+            "WHERE emails_fts MATCH ? "
+            "ORDER BY bm25(emails_fts, 5.0, 1.0, 2.0, 2.0), e.date DESC LIMIT ?",
+            (query, limit),
+        ).fetchall()
+    except sqlite3.OperationalError as exc:
+        # fts_query checks what it knows of FTS5's grammar; whatever else FTS5 refuses
+        # is still the query's fault, not the store's.
+        if not str(exc).startswith("fts5:"):
+            raise
+        raise QueryError(f"not a query the index understands ({exc})") from None
     return [
         {
             "message_id": r["message_id"],

@@ -22,6 +22,7 @@ from syncd.sources.files import MailFiles
 from syncd.store import db, quarantine, queries, records
 from syncd.store.erase import erase, scan
 from syncd.store.raw import raw_message
+from syncd.store.searchquery import QueryError
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 NOW = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
@@ -297,7 +298,8 @@ def test_search_finds_new_mail_at_once(conn, tmp_path) -> None:
     assert hit["message_id"] == "m1@example.com" and hit["from"] == ADA
     assert queries.search(conn, "blimp")[0]["snippet"] == "about the [blimp]"
     assert queries.search(conn, "carol@acme.com")[0]["subject"] == "Quarterly zeppelin order"
-    assert queries.search(conn, 'AND OR "( NEAR') == []  # operators are words, not syntax
+    with pytest.raises(QueryError, match="unbalanced quote"):
+        queries.search(conn, 'AND OR "( NEAR')
 
     # A forward as attachment (message/rfc822) is found by the forwarded mail's words.
     forward = (DATA / "forwarded-as-attachment.eml").read_bytes()
