@@ -20,9 +20,9 @@ from typing import Any
 
 from syncd.config.model import BccConfig, Config
 from syncd.outbound.relay import OutboxRunner, Relay, RelaySettings
-from syncd.pipeline import Pipeline
 from syncd.secrets import read_password
 from syncd.services.schedule import Backoff, Every
+from syncd.services.storeworker import StoreJob
 from syncd.sources.bcc import (
     BccHandler,
     BccServer,
@@ -53,9 +53,9 @@ def sender_policy(config: Config) -> SenderPolicy:
     )
 
 
-def drain_batch(pipeline: Pipeline, extra_bcc: list[str]) -> int:
+def drain_batch(job: StoreJob, extra_bcc: list[str]) -> int:
     """One small batch from the spool through the pipeline; how many were taken."""
-    return spool.drain_spool(pipeline.conn, pipeline.ingest_batch, extra_bcc=extra_bcc).taken
+    return spool.drain_spool(job.session.conn, job.pipeline.ingest_batch, extra_bcc=extra_bcc).taken
 
 
 class BccService:
@@ -81,7 +81,7 @@ class BccService:
 
     async def start(self, every: Every) -> None:
         self._loop = asyncio.get_running_loop()
-        await self._store.run(lambda p: spool.abandon_held(p.conn))
+        await self._store.run(lambda job: spool.abandon_held(job.session.conn))
         bcc = self._bcc
         self._handler = BccHandler(
             addresses=bcc.addresses,
