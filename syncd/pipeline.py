@@ -10,8 +10,9 @@ or that fails in any unexpected way, goes to the quarantine with its reason insi
 same transaction; a bad message never raises. Errors of the store itself (disk full,
 locked, read-only, and the same while an attachment's file is written) abort the batch
 and raise ``StoreError``: the source hands the mail over again, nothing is quarantined
-for a disk's fault. One Pipeline owns one connection and
-is used by one thread.
+for a disk's fault. The store's side of this (the batch transaction and its durability,
+the savepoints, which failures are the store's) is ``store.session.StoreSession``; the
+pipeline issues no SQL of its own. One Pipeline uses one session, from one thread.
 
 ``Outcome`` (crm/model.py) reports each message: logged, duplicate, skipped, quarantined.
 """
@@ -23,12 +24,10 @@ import logging
 import multiprocessing
 import os
 import select
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import chain, islice
@@ -40,15 +39,14 @@ from typing import Any, NamedTuple
 from syncd.crm import rules
 from syncd.crm.model import Outcome
 from syncd.crm.rules import RulesSettings
-from syncd.errors import MessageError, StoreError
+from syncd.errors import MessageError
 from syncd.mail.parse import Address, Attachment, Email, parse
 from syncd.mail.provenance import Provenance
 from syncd.memory import return_large_buffers
 from syncd.store import contacts, engagements, quarantine
-from syncd.store.blobs import discard_staged, purge_staging, stage_blob, storage_failure
-from syncd.store.db import transaction
+from syncd.store.blobs import discard_staged, purge_staging, stage_blob
 from syncd.store.mailwriter import MailWriter, Prepared, prepare
-from syncd.store.walcheckpoint import WalCheckpointer
+from syncd.store.session import Connection, StoreSession, store_at_fault
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +59,6 @@ POOL_FIRST_CHUNK = 8
 POOL_CHUNK = 64
 # Messages whose participants' contacts, deals and tickets the writer looks up together.
 PREFETCH = 64
-# 4 MiB of page cache: 8 MiB measured no faster and held 6 MB more, 64 MiB ~80 MB more.
-CACHE_KIB = 4 * 1024
-# SQLite errors that say the store, not the message, is at fault: the batch is aborted
-# (StoreError) rather than the message quarantined.
-STORE_FAILURES = (
-    "SQLITE_FULL",
-    "SQLITE_IOERR",
-    "SQLITE_BUSY",
-    "SQLITE_LOCKED",
-    "SQLITE_READONLY",
-    "SQLITE_CANTOPEN",
-    "SQLITE_NOMEM",
-    "SQLITE_CORRUPT",
-    "SQLITE_NOTADB",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,13 +124,6 @@ def _with_attachments_staged(
     return dataclasses.replace(email, attachments=tuple(kept)), prepared._replace(
         staged=tuple(staged)
     )
-
-
-def _disk_at_fault(exc: Exception) -> bool:
-    """The disk is failing (full, read-only, I/O), for the SQLite file or a file beside it."""
-    if isinstance(exc, sqlite3.Error):
-        return (exc.sqlite_errorname or "").startswith(STORE_FAILURES)
-    return isinstance(exc, OSError) and storage_failure(exc)
 
 
 def _die_with(pid: int) -> None:
@@ -226,14 +202,17 @@ class Pipeline:
 
     def __init__(
         self,
-        conn: sqlite3.Connection,
+        store: StoreSession | Connection,
         settings: RulesSettings,
         *,
         attachments_dir: Path,
         max_attachment_bytes: int | None,
         workers: int | None = None,
     ) -> None:
-        self.conn = conn
+        # Given a bare connection, the pipeline holds a session of its own on it and ends
+        # it on close; a given session belongs to whoever opened it.
+        self._owns_session = not isinstance(store, StoreSession)
+        self.session = store if isinstance(store, StoreSession) else StoreSession(store)
         self.settings = settings
         self.attachments_dir = Path(attachments_dir)
         self.max_attachment_bytes = max_attachment_bytes
@@ -244,40 +223,32 @@ class Pipeline:
         self._closed = False  # a closed pipeline (replaced on reload) starts no pool
         return_large_buffers()
         purge_staging(self.attachments_dir)  # left by a crash mid-batch
-        # A page cache that holds a batch's index pages: FTS merges then stay in memory.
-        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-        self._checkpoints = WalCheckpointer.for_connection(conn)
 
     @classmethod
-    def from_config(cls, config: Any, conn: sqlite3.Connection, **kwargs: Any) -> Pipeline:
+    def from_config(cls, config: Any, store: StoreSession | Connection, **kwargs: Any) -> Pipeline:
         """Build from a ``Config`` and mirror its team and inboxes into the store."""
         settings = RulesSettings.from_config(config)
         members = [(m.email, m.name, tuple(m.aliases)) for m in config.team]
         inboxes = [(i.name, i.kind, i.address, i.owner) for i in settings.team.inboxes]
-        with transaction(conn):
-            contacts.record_team(conn, members, inboxes)
-        return cls(
-            conn,
+        pipeline = cls(
+            store,
             settings,
             attachments_dir=Path(config.store.attachments_dir),
             max_attachment_bytes=int(config.store.max_attachment_mb * 1024 * 1024),
             **kwargs,
         )
+        with pipeline.session.transaction() as conn:
+            contacts.record_team(conn, members, inboxes)
+        return pipeline
 
     def close(self) -> None:
         """Stop the parser processes, if any were started (parse_ahead starts no more),
-        and the checkpoint thread, then checkpoint what the WAL still holds."""
+        and close the session if the pipeline opened it (built on a bare connection)."""
         with self._pool_lock:
             self._closed = True
         self._retire(None)
-        if self._checkpoints is not None:
-            self._checkpoints.close()
-            try:  # what the thread had no time for: the last commits reach the disk
-                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            except sqlite3.ProgrammingError:  # the connection was closed first
-                pass
-            except sqlite3.Error as exc:
-                log.warning("final WAL checkpoint failed: %s", exc)
+        if self._owns_session:
+            self.session.close()
 
     def _retire(self, pool: ProcessPoolExecutor | None) -> None:
         """Stop ``pool`` (None: the current one); the next batch starts fresh processes."""
@@ -295,11 +266,11 @@ class Pipeline:
 
     def contact_emails(self) -> set[str]:
         """Every address of every contact, now."""
-        return contacts.contact_emails(self.conn)
+        return contacts.contact_emails(self.session.conn)
 
     def sighted_keys(self, label: str, keys: set[str]) -> set[str]:
         """Those of ``keys`` (message keys) already logged from the source ``label``."""
-        return engagements.sighted_keys(self.conn, label, keys)
+        return engagements.sighted_keys(self.session.conn, label, keys)
 
     def ingest(self, raw: bytes, provenance: Provenance) -> Outcome:
         return self.ingest_batch([(raw, provenance)])[0]
@@ -308,26 +279,26 @@ class Pipeline:
         self,
         items: Sequence[tuple[bytes, Provenance]],
         *,
-        on_commit: Callable[[sqlite3.Connection], None] | None = None,
+        on_commit: Callable[[Connection], None] | None = None,
     ) -> list[Outcome]:
         """Log a batch in one transaction; ``on_commit`` runs inside it, before COMMIT."""
 
         def settle(_index: int, raw: bytes, provenance: Provenance, outcome: Outcome) -> None:
             if outcome.status == "quarantined":
-                quarantine.quarantine(self.conn, raw, provenance, outcome.reason)
+                quarantine.quarantine(self.session.conn, raw, provenance, outcome.reason)
 
         return self._write(items, settle, on_commit)
 
     def retry_quarantined(self, ids: Sequence[int] | None = None) -> list[tuple[int, Outcome]]:
         """Run quarantined mail through the pipeline again; what logs leaves the quarantine."""
-        rows = quarantine.quarantined(self.conn, ids)
+        rows = quarantine.quarantined(self.session.conn, ids)
         items = [(bytes(r["raw"]), quarantine.provenance_from_json(r["provenance"])) for r in rows]
 
         def settle(index: int, _raw: bytes, _provenance: Provenance, outcome: Outcome) -> None:
             if outcome.status == "quarantined":
-                quarantine.requarantine(self.conn, rows[index]["id"], outcome.reason)
+                quarantine.requarantine(self.session.conn, rows[index]["id"], outcome.reason)
             else:
-                quarantine.release(self.conn, rows[index]["id"])
+                quarantine.release(self.session.conn, rows[index]["id"])
 
         outcomes = self._write(items, settle, None)
         return [(row["id"], outcome) for row, outcome in zip(rows, outcomes, strict=True)]
@@ -336,16 +307,17 @@ class Pipeline:
         self,
         items: Sequence[tuple[bytes, Provenance]],
         settle: Callable[[int, bytes, Provenance, Outcome], None],
-        on_commit: Callable[[sqlite3.Connection], None] | None,
+        on_commit: Callable[[Connection], None] | None,
     ) -> list[Outcome]:
         """Parse, plan and write ``items`` in one transaction; ``settle`` records each
         outcome with the source (quarantine, release) inside it, ``on_commit`` last."""
         parsed = self._parse(items)
-        writer = MailWriter(self.conn, self.settings, self.attachments_dir)
+        writer = MailWriter(self.session.conn, self.settings, self.attachments_dir)
         outcomes: list[Outcome] = []
         staged: list[str] = []
         try:
-            with self._synced_after(), transaction(self.conn):
+            # Raises StoreError when the store fails: only its failures get out of _apply.
+            with self.session.batch() as conn:
                 grouped = _groups(zip(items, parsed, strict=True), writer)
                 for index, ((raw, provenance), result) in enumerate(chain.from_iterable(grouped)):
                     staged.extend(_staged(result))
@@ -354,40 +326,10 @@ class Pipeline:
                     outcomes.append(outcome)
                 writer.flush()
                 if on_commit is not None:
-                    on_commit(self.conn)
-        except (sqlite3.Error, OSError) as exc:  # only storage failures get here (_apply)
-            raise StoreError(f"store write failed: {exc}") from exc
+                    on_commit(conn)
         finally:
             discard_staged(staged)
-        self._committed()
         return outcomes
-
-    @contextmanager
-    def _synced_after(self) -> Iterator[None]:
-        """A transaction whose COMMIT writes the WAL but does not wait for its fsync: the
-        checkpoint thread syncs it right after (``_committed``).
-
-        Safe for a batch because it carries the source's own record of its mail (the IMAP
-        checkpoint, the spool or quarantine rows it deletes): a power cut can only roll
-        both back together, and the source hands the mail over again, still exactly once.
-        Every other commit on the connection stays FULL, as does this one without a
-        checkpoint thread, and whatever answers a sender (the spool's 250) commits FULL
-        on its own connection. The fsync left the writer's path: COMMIT 130-167 -> 55-65
-        us per message in 88-message batches."""
-        if self._checkpoints is None or not self._checkpoints.active:
-            yield
-            return
-        self.conn.execute("PRAGMA synchronous = NORMAL")
-        try:
-            yield
-        finally:
-            with suppress(sqlite3.Error):  # a failing store has raised what matters
-                self.conn.execute("PRAGMA synchronous = FULL")
-
-    def _committed(self) -> None:
-        """After a COMMIT: the WAL is checkpointed on a thread, not in the next one."""
-        if self._checkpoints is not None:
-            self._checkpoints.poke()
 
     def _apply(
         self,
@@ -400,27 +342,24 @@ class Pipeline:
         if isinstance(result, _Refused):
             return Outcome("quarantined", None, result.reason)
         email, prepared = result
-        conn = self.conn
-        conn.execute("SAVEPOINT message")
+        session = self.session
+        session.savepoint()
         try:
             known = writer.known(a.email for a in email.addresses())
             plan = rules.plan(email, provenance, self.settings, known)
             outcome = writer.write(email, raw, provenance, plan, prepared)
         except Exception as exc:
-            if _disk_at_fault(exc):  # the store or an attachment's file: no message to blame
-                conn.execute("ROLLBACK TO message")
-                conn.execute("RELEASE message")
-                writer.discard()
+            session.rollback_savepoint()
+            writer.discard()
+            if store_at_fault(exc):  # the store or an attachment's file: no message to blame
                 raise
-            return self._failed(writer, email, exc)
-        conn.execute("RELEASE message")
+            return self._failed(email, exc)
+        session.release_savepoint()
         writer.keep()
         return outcome
 
-    def _failed(self, writer: MailWriter, email: Email, exc: Exception) -> Outcome:
-        self.conn.execute("ROLLBACK TO message")
-        self.conn.execute("RELEASE message")
-        writer.discard()
+    @staticmethod
+    def _failed(email: Email, exc: Exception) -> Outcome:
         log.warning("message %s quarantined: %s: %s", email.key, type(exc).__name__, exc)
         return Outcome(
             "quarantined", email.key, f"could not be logged: {type(exc).__name__}: {exc}"

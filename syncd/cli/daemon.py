@@ -26,7 +26,8 @@ from syncd.cli.common import (
 from syncd.pipeline import Pipeline
 from syncd.services import statusreport
 from syncd.services.imap import inbox_pass
-from syncd.store import db
+from syncd.services.storeworker import StoreJob
+from syncd.store.session import StoreSession
 
 COUNTS = ("logged", "duplicates", "skipped", "quarantined")
 
@@ -68,7 +69,9 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
     inboxes = [i for i in config.inboxes if only in (None, i.name)]
     if not inboxes:
         fail(f"no inbox named {only!r}" if only else "no inboxes configured", EX_USAGE)
-    pipeline = Pipeline.from_config(config, db.connect(config.store.path))
+    session = StoreSession.open(config.store.path)
+    pipeline = Pipeline.from_config(config, session)
+    job = StoreJob(session, pipeline)
     progress: _Progress | _Lines | None = None
     if not as_json:
         progress = _Progress() if sys.stderr.isatty() else _Lines()
@@ -78,7 +81,7 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
         for inbox in inboxes:
             result, _ = inbox_pass(
                 inbox,
-                lambda fn, *a: fn(pipeline, *a),
+                lambda fn, *a: fn(job, *a),
                 dry_run=dry_run,
                 progress=progress,
                 parse_ahead=pipeline.parse_ahead,
@@ -97,7 +100,7 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
                 _print_inbox(result.as_json(), dry_run)
     finally:
         pipeline.close()
-        pipeline.conn.close()
+        session.close()
     if as_json:
         emit_json(report)
     sys.exit(code)

@@ -27,10 +27,10 @@ from syncd.config.model import BccConfig, Config
 from syncd.crm.team import Team
 from syncd.mail.addresses import normalise
 from syncd.outbound.relay import OutboxRunner, Relay, RelaySettings
-from syncd.pipeline import Pipeline
 from syncd.secrets import read_password
 from syncd.services.intake import IngestBatch, deliverer
 from syncd.services.schedule import Backoff, Every
+from syncd.services.storeworker import StoreJob
 from syncd.sources.base import Handover, hand_over
 from syncd.sources.bcc import (
     BccHandler,
@@ -100,9 +100,9 @@ def drain_spool(
     return DrainResult(len(rows), statuses)
 
 
-def drain_batch(pipeline: Pipeline, extra_bcc: list[str]) -> int:
+def drain_batch(job: StoreJob, extra_bcc: list[str]) -> int:
     """One small batch from the spool through the pipeline; how many were taken."""
-    return drain_spool(pipeline.conn, pipeline.ingest_batch, extra_bcc=extra_bcc).taken
+    return drain_spool(job.session.conn, job.pipeline.ingest_batch, extra_bcc=extra_bcc).taken
 
 
 class BccService:
@@ -129,7 +129,7 @@ class BccService:
 
     async def start(self, every: Every) -> None:
         self._loop = asyncio.get_running_loop()
-        await self._store.run(lambda p: spool.abandon_held(p.conn))
+        await self._store.run(lambda job: spool.abandon_held(job.session.conn))
         bcc = self._bcc
         self._handler = BccHandler(
             addresses=bcc.addresses,

@@ -36,7 +36,7 @@ from syncd.services.metrics import MetricsService
 from syncd.services.quarantine import QuarantineService
 from syncd.services.schedule import Every
 from syncd.services.sdnotify import Notifier
-from syncd.services.storeworker import StoreWorker
+from syncd.services.storeworker import StoreJob, StoreWorker
 from syncd.store import daemonstate
 from syncd.store.timestamps import now_iso
 
@@ -198,8 +198,8 @@ def _lock_store(path: Path) -> IO[bytes]:
     return handle
 
 
-def _save_state(pipeline: Any, pid: int, started: str, state: str, detail: dict[str, Any]) -> None:
-    daemonstate.save(pipeline.conn, pid, started, state, detail)
+def _save_state(job: StoreJob, pid: int, started: str, state: str, detail: dict[str, Any]) -> None:
+    daemonstate.save(job.session.conn, pid, started, state, detail)
 
 
 def _build_services(config: Config, store: StoreWorker) -> list[Service]:

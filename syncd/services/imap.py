@@ -1,11 +1,12 @@
 """IMAP sync wired to the store: one pass (``syncd sync``) and the daemon's sync loops.
 
 ``inbox_pass`` joins the IMAP engine (``sources.imap``) to the store through a
-``call(fn, *args)`` that runs ``fn(pipeline, *args)`` where the store lives: directly
-in the CLI, on the store thread in the daemon. The engine delivers through the source
-contract (``sources.base``): mail and the folder checkpoint that covers it commit in one
-transaction (``intake.deliverer``; ``save_checkpoint`` turns the plan's checkpoint into
-the store's cursor). A connection lost mid-pass is logged
+``call(fn, *args)`` that runs ``fn(job, *args)`` (a ``StoreJob``: the store session and
+the pipeline) where the store lives: directly in the CLI, on the store thread in the
+daemon. The engine delivers through the source contract (``sources.base``): mail and the
+folder checkpoint that covers it commit in one transaction (``intake.deliverer``;
+``save_checkpoint`` turns the plan's checkpoint into the store's cursor). A connection
+lost mid-pass is logged
 and recorded as the inbox's last error at once, and so is a pass that crashed, so
 ``syncd status`` shows what is wrong while the daemon retries.
 
@@ -34,9 +35,9 @@ from typing import Any
 
 from syncd.config.model import Config, Inbox
 from syncd.errors import InboxError
-from syncd.pipeline import Pipeline
 from syncd.services.intake import deliverer
 from syncd.services.schedule import Every
+from syncd.services.storeworker import StoreJob
 from syncd.sources.imap import syncplan
 from syncd.sources.imap.conn import ConnectionLost, ImapSession, connect
 from syncd.sources.imap.inbox import (
@@ -47,8 +48,7 @@ from syncd.sources.imap.inbox import (
     RetryPolicy,
     sync_inbox,
 )
-from syncd.store import syncstate
-from syncd.store.db import transaction
+from syncd.store import contacts, engagements, syncstate
 
 log = logging.getLogger("syncd.imap")
 Call = Callable[..., Any]
@@ -80,7 +80,7 @@ def inbox_pass(
     def known_keys(label: str, keys: set[str]) -> set[str]:
         if should_stop():  # a rescan of logged mail delivers nothing for a long while
             raise Stopping
-        return call(Pipeline.sighted_keys, label, keys)
+        return call(_sighted_keys, label, keys)
 
     def on_lost(exc: ConnectionLost, delay: float) -> None:
         if should_stop():  # no reconnect to wait for
@@ -96,7 +96,7 @@ def inbox_pass(
             inbox,
             deliver=deliver,
             checkpoint_of=lambda name, folder: call(_checkpoint, name, folder),
-            known_contacts=lambda: call(Pipeline.contact_emails),
+            known_contacts=lambda: call(_contact_emails),
             known_keys=known_keys,
             today=datetime.now(UTC),
             dry_run=dry_run,
@@ -117,8 +117,8 @@ def inbox_pass(
     return result, failures
 
 
-def _ingest(pipeline: Pipeline, items: list[Any], checkpoint: syncplan.FolderCheckpoint) -> Any:
-    return deliverer(pipeline.ingest_batch, save_checkpoint)(items, checkpoint)
+def _ingest(job: StoreJob, items: list[Any], checkpoint: syncplan.FolderCheckpoint) -> Any:
+    return deliverer(job.pipeline.ingest_batch, save_checkpoint)(items, checkpoint)
 
 
 def load_checkpoint(
@@ -139,32 +139,40 @@ def _values(record: Any) -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
 
 
-def _max_attachment_bytes(pipeline: Pipeline) -> int | None:
-    return pipeline.max_attachment_bytes
+def _max_attachment_bytes(job: StoreJob) -> int | None:
+    return job.pipeline.max_attachment_bytes
 
 
-def _checkpoint(pipeline: Pipeline, inbox: str, folder: str) -> syncplan.FolderCheckpoint | None:
-    return load_checkpoint(pipeline.conn, inbox, folder)
+def _sighted_keys(job: StoreJob, label: str, keys: set[str]) -> set[str]:
+    return engagements.sighted_keys(job.session.conn, label, keys)
 
 
-def _record_counts(pipeline: Pipeline, result: InboxResult) -> None:
-    with transaction(pipeline.conn):
-        syncstate.add_pass_counts(pipeline.conn, result)
+def _contact_emails(job: StoreJob) -> set[str]:
+    return contacts.contact_emails(job.session.conn)
 
 
-def _record_error(pipeline: Pipeline, inbox: str, error: str) -> None:
-    with transaction(pipeline.conn):
-        syncstate.record_inbox_error(pipeline.conn, inbox, error)
+def _checkpoint(job: StoreJob, inbox: str, folder: str) -> syncplan.FolderCheckpoint | None:
+    return load_checkpoint(job.session.conn, inbox, folder)
 
 
-def _record_crash(pipeline: Pipeline, inbox: str, error: str) -> None:
-    with transaction(pipeline.conn):
-        syncstate.record_inbox_state(pipeline.conn, inbox, "failed", error)
+def _record_counts(job: StoreJob, result: InboxResult) -> None:
+    with job.session.transaction() as conn:
+        syncstate.add_pass_counts(conn, result)
 
 
-def _record(pipeline: Pipeline, result: InboxResult) -> int:
-    with transaction(pipeline.conn):
-        return syncstate.record_pass(pipeline.conn, result)
+def _record_error(job: StoreJob, inbox: str, error: str) -> None:
+    with job.session.transaction() as conn:
+        syncstate.record_inbox_error(conn, inbox, error)
+
+
+def _record_crash(job: StoreJob, inbox: str, error: str) -> None:
+    with job.session.transaction() as conn:
+        syncstate.record_inbox_state(conn, inbox, "failed", error)
+
+
+def _record(job: StoreJob, result: InboxResult) -> int:
+    with job.session.transaction() as conn:
+        return syncstate.record_pass(conn, result)
 
 
 class ImapService:

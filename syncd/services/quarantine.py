@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from syncd.config.model import Config
-from syncd.pipeline import Pipeline
 from syncd.services.schedule import Backoff, Every
+from syncd.services.storeworker import StoreJob
 from syncd.store import requeue
 
 log = logging.getLogger("syncd.quarantine")
@@ -28,12 +28,12 @@ MAX_WAIT_SECONDS = 3600.0
 CHUNK = 32
 
 
-def _due(pipeline: Pipeline, every: bool) -> list[int]:
-    return requeue.due(pipeline.conn, datetime.now(UTC), every=every)
+def _due(job: StoreJob, every: bool) -> list[int]:
+    return requeue.due(job.session.conn, datetime.now(UTC), every=every)
 
 
-def _retry(pipeline: Pipeline, ids: list[int]) -> Counter[str]:
-    return Counter(outcome.status for _id, outcome in pipeline.retry_quarantined(ids))
+def _retry(job: StoreJob, ids: list[int]) -> Counter[str]:
+    return Counter(outcome.status for _id, outcome in job.pipeline.retry_quarantined(ids))
 
 
 class QuarantineService:

@@ -65,8 +65,8 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
         # Takes effect only while the file is still empty (a new store); see PAGE_SIZE.
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode = WAL")
-        # FULL: a commit that acknowledges mail (a BCC 250) is on disk. A pipeline batch
-        # relaxes it for its own commit (Pipeline._synced_after), then puts it back.
+        # FULL: a commit that acknowledges mail (a BCC 250) is on disk. A batch of mail
+        # relaxes it for its own commit (StoreSession.batch), then puts it back.
         conn.execute("PRAGMA synchronous = FULL")
         migrate(conn, path)
     else:

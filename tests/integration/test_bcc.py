@@ -1045,7 +1045,7 @@ def test_bcc_to_engagement_end_to_end(
     ):
         assert send(endpoint, raw)[0] == 250
     pipeline = _pipeline(endpoint.path, tmp_path)
-    conn = pipeline.conn
+    conn = pipeline.session.conn
     statuses: dict[str, int] = {}
     while (result := drain_spool(conn, pipeline.ingest_batch, extra_bcc=["arch@x.example"])).taken:
         for key, value in result.statuses.items():
@@ -1078,13 +1078,13 @@ def test_spool_survives_a_failed_drain(
     pipeline = _pipeline(endpoint.path, tmp_path)
 
     def crash(items: Any, *, on_commit: Callable[[sqlite3.Connection], None]) -> Any:
-        with db.transaction(pipeline.conn):
-            on_commit(pipeline.conn)
+        with db.transaction(pipeline.session.conn):
+            on_commit(pipeline.session.conn)
             raise StoreError("disk full")
 
     with pytest.raises(StoreError):
-        drain_spool(pipeline.conn, crash, extra_bcc=["arch@x.example"])
+        drain_spool(pipeline.session.conn, crash, extra_bcc=["arch@x.example"])
     assert len(endpoint.rows()) == 1  # rolled back with the batch
-    assert drain_spool(pipeline.conn, pipeline.ingest_batch).statuses["logged"] == 1
+    assert drain_spool(pipeline.session.conn, pipeline.ingest_batch).statuses["logged"] == 1
     assert endpoint.rows() == []
     pipeline.close()

@@ -14,6 +14,7 @@ from syncd.config.model import Config
 from syncd.mail.parse import parse
 from syncd.pipeline import Pipeline
 from syncd.services.imap import inbox_pass
+from syncd.services.storeworker import StoreJob
 from syncd.sources.imap.syncplan import MAX_STUCK_PASSES
 from syncd.store import db, queries
 from tests.integration.conftest import ImapUser
@@ -79,7 +80,9 @@ def test_large_message_is_logged_once_without_its_big_attachment(
     def sync() -> Any:
         with Pipeline.from_config(config, conn, workers=1) as pipeline:
             result, _ = inbox_pass(
-                config.inboxes[0], lambda fn, *a: fn(pipeline, *a), parse_ahead=pipeline.parse_ahead
+                config.inboxes[0],
+                lambda fn, *a: fn(StoreJob(pipeline.session, pipeline), *a),
+                parse_ahead=pipeline.parse_ahead,
             )
         assert result.state == "ok" and result.error is None, result.error
         return result.folders[0]
@@ -136,7 +139,9 @@ def test_a_message_that_fails_every_pass_is_quarantined_and_the_folder_goes_on(
 
     def sync() -> Any:
         with Pipeline.from_config(config, conn, workers=0) as pipeline:
-            result, _ = inbox_pass(config.inboxes[0], lambda fn, *a: fn(pipeline, *a))
+            result, _ = inbox_pass(
+                config.inboxes[0], lambda fn, *a: fn(StoreJob(pipeline.session, pipeline), *a)
+            )
         assert result.state == "ok", result.error
         return result.folders[0]
 

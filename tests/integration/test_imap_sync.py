@@ -670,6 +670,7 @@ def test_a_pass_stopped_midway_counts_what_it_committed(
 ) -> None:
     from syncd.pipeline import Pipeline
     from syncd.services.imap import Stopping, inbox_pass
+    from syncd.services.storeworker import StoreJob
 
     yesterday = datetime.now(UTC) - timedelta(days=1)  # inbox_pass syncs as of now
     for n in range(3):
@@ -683,7 +684,9 @@ def test_a_pass_stopped_midway_counts_what_it_committed(
         logged = lambda: conn.execute("SELECT count(*) FROM emails").fetchone()[0]  # noqa: E731
         with pytest.raises(Stopping):
             inbox_pass(
-                config.inboxes[0], lambda fn, *a: fn(pipeline, *a), should_stop=lambda: logged() > 0
+                config.inboxes[0],
+                lambda fn, *a: fn(StoreJob(pipeline.session, pipeline), *a),
+                should_stop=lambda: logged() > 0,
             )
     (row,) = syncstate.status_rows(conn)
     assert [(f["name"], f["logged"]) for f in row["folders"]] == [("INBOX", 3)]

@@ -153,7 +153,7 @@ def test_the_spool_drains_with_its_receipt_time(
     upgraded: sqlite3.Connection, tmp_path: Path
 ) -> None:
     pipeline = make(upgraded, tmp_path)
-    result = drain_spool(pipeline.conn, pipeline.ingest_batch)
+    result = drain_spool(pipeline.session.conn, pipeline.ingest_batch)
     assert (result.taken, dict(result.statuses)) == (1, {"logged": 1})
     assert upgraded.execute("SELECT count(*) FROM spool").fetchone()[0] == 0
     seen = upgraded.execute("SELECT label, seen_at FROM sightings").fetchall()
