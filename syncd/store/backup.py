@@ -136,6 +136,8 @@ def write_archive(store: Path, attachments_dir: Path, dest: Path, *, force: bool
                     raise BackupError(
                         f"the attachment file {exc.filename} the store lists is missing"
                     ) from None
+                # An erase unlinks files before it commits: let it finish.
+                time.sleep(1.0)
         report = _read(archive, lambda name: work / "check" if name == STORE_MEMBER else None)
         report.archive = dest
         if dest.exists() and not force:
