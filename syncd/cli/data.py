@@ -1,8 +1,10 @@
 """The CLI commands that move mail and data in and out of the store: import, quarantine,
-export, erase, backup.
+export, erase, backup, restore.
 
 ``register(group)`` adds them to the main click group. Exit status: 0 done, 1 problems
-found (quarantined mail, traces left after an erase), 2 usage.
+found (quarantined mail, traces left after an erase, a damaged archive, a backup or
+restore that would replace something without --force), 2 usage, 75 restore while
+``syncd run`` holds the store.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import click
 
 from syncd.cli.common import (
     EX_PROBLEMS,
+    EX_TEMPFAIL,
     EX_USAGE,
     JSON_FLAG,
     emit_json,
@@ -27,12 +30,21 @@ from syncd.cli.common import (
 )
 from syncd.config.model import EMAIL_RE
 from syncd.crm.team import Team
+from syncd.errors import StoreError
 from syncd.pipeline import Pipeline
 from syncd.services.intake import deliverer
 from syncd.sources.base import hand_over
 from syncd.sources.files import MailFiles, handovers
 from syncd.store import queries
-from syncd.store.backup import backup as backup_store
+from syncd.store.backup import (
+    BackupError,
+    DamagedArchive,
+    Report,
+    check_archive,
+    private_dir,
+    restore_archive,
+    write_archive,
+)
 from syncd.store.erase import erase as erase_address
 from syncd.store.erase import raw_copies_naming, scan
 from syncd.store.export import export_csv, export_json, export_vcard
@@ -192,20 +204,85 @@ def _store_files(path: Path) -> list[Path]:
 
 @click.command("backup")
 @click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace DEST if it exists.")
+@click.option("--check", is_flag=True, help="Check the archive DEST instead of writing one.")
+@JSON_FLAG
 @click.pass_context
-def backup(ctx: click.Context, dest: Path) -> None:
-    """A consistent copy of the store, safe while the daemon runs."""
-    if not ctx.obj.config().store.path.exists():
-        fail(f"no store at {ctx.obj.config().store.path} yet: nothing to back up")
-    with open_store(ctx, readonly=True) as (_config, conn):
-        try:
-            size = backup_store(conn, dest)
-        except OSError as exc:
-            fail(f"cannot write {dest}: {exc.strerror or exc}")
-    click.echo(f"{dest}: {size} bytes", err=True)
+def backup(ctx: click.Context, dest: Path, force: bool, check: bool, as_json: bool) -> None:
+    """One checked archive of the store and its attachments, safe while the daemon runs.
+
+    A name ending .gz, .tgz, .xz or .bz2 is compressed. With --check, read an archive
+    and check every member, the store copy and the counts; nothing is written.
+    """
+    if check:
+        report = _checked(lambda: check_archive(dest), as_json)
+        _say(report, f"{dest}: ok, {report.summary()}", as_json)
+        return
+    config = ctx.obj.config()
+    if not config.store.path.exists():
+        fail(f"no store at {config.store.path} yet: nothing to back up")
+    report = _checked(
+        lambda: write_archive(
+            config.store.path, Path(config.store.attachments_dir), dest, force=force
+        ),
+        as_json,
+    )
+    _say(report, f"{dest}: backup written and verified, {report.summary()}", as_json)
+
+
+@click.command("restore")
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace the store and attachments there now.")
+@JSON_FLAG
+@click.pass_context
+def restore(ctx: click.Context, archive: Path, force: bool, as_json: bool) -> None:
+    """Put a backup archive's store and attachments where the config says, checked.
+
+    The daemon must be stopped; an existing store is replaced only with --force.
+    """
+    # The lock `syncd run` holds while it runs; held here, no daemon starts meanwhile.
+    from syncd.services.daemon import lock_store
+
+    config = ctx.obj.config()
+    store = config.store.path
+    private_dir(store.parent)  # before the lock file makes it with the umask's bits
+    try:
+        lock = lock_store(store)
+    except StoreError:
+        fail(f"`syncd run` is using the store {store}; stop it before restoring", EX_TEMPFAIL)
+    try:
+        report = _checked(
+            lambda: restore_archive(
+                archive, store, Path(config.store.attachments_dir), force=force
+            ),
+            as_json,
+        )
+    finally:
+        lock.close()
+    _say(report, f"{store}: restored from {archive} and verified, {report.summary()}", as_json)
+
+
+def _checked(action: Callable[[], Report], as_json: bool) -> Report:
+    """Run a backup action; a damaged archive is one line (or, with --json, a document
+    listing every problem) and exit 1."""
+    try:
+        return action()
+    except DamagedArchive as exc:
+        if as_json:
+            emit_json({"archive": str(exc.archive), "verified": False, "problems": exc.problems})
+        fail(str(exc))
+    except BackupError as exc:
+        fail(str(exc))
+
+
+def _say(report: Report, line: str, as_json: bool) -> None:
+    if as_json:
+        emit_json(report.document())
+    else:
+        click.echo(line, err=True)
 
 
 def register(group: click.Group) -> None:
     """Add the data commands to the main CLI group."""
-    for command in (import_mail, quarantine, export, erase, backup):
+    for command in (import_mail, quarantine, export, erase, backup, restore):
         group.add_command(command)

@@ -72,7 +72,7 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        lock = _lock_store(self.config.store.path)
+        lock = lock_store(self.config.store.path)
         try:
             self.store.open()
             scheduler = AsyncIOScheduler(event_loop=loop)
@@ -185,7 +185,7 @@ class Daemon:
         return 0
 
 
-def _lock_store(path: Path) -> IO[bytes]:
+def lock_store(path: Path) -> IO[bytes]:
     """One daemon per store: a second ``syncd run`` on it exits 75 instead of syncing
     the same inboxes twice and overwriting the first one's heartbeat."""
     path.parent.mkdir(parents=True, exist_ok=True)

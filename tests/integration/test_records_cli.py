@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import mailbox
 import sqlite3
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -295,12 +296,14 @@ def test_backup_is_consistent_while_another_writer_runs(env) -> None:
     writer = sqlite3.connect(env["store"] / "syncd.sqlite3", isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")
     writer.execute("DELETE FROM contact_addresses")
-    dest = env["tmp"] / "copy.sqlite3"
+    dest = env["tmp"] / "copy.tar"
     result = run(env, "backup", str(dest))
     writer.execute("ROLLBACK")
     writer.close()
     assert result.exit_code == 0, result.output
-    copy = sqlite3.connect(dest)
+    with tarfile.open(dest) as tar:
+        tar.extract("syncd.sqlite3", env["tmp"] / "out", filter="data")
+    copy = sqlite3.connect(env["tmp"] / "out" / "syncd.sqlite3")
     assert copy.execute("SELECT count(*) FROM contact_addresses").fetchone()[0] == 2
     assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     copy.close()
@@ -319,7 +322,7 @@ def test_newer_store_refused_with_clear_message(env) -> None:
 def test_backup_is_private_and_csv_cells_are_not_formulas(env) -> None:
     imported(env)
     run(env, "contacts", "import", str(_csv(env, "email,first_name\nevil@x.org,=HYPERLINK(1)\n")))
-    dest = env["tmp"] / "private.sqlite3"
+    dest = env["tmp"] / "private.tar"
     assert run(env, "backup", str(dest)).exit_code == 0
     assert dest.stat().st_mode & 0o077 == 0
     exported = run(env, "export", "--format", "csv").stdout
