@@ -121,13 +121,14 @@ class _Bar:
         self._bars = ExitStack()
         self._bar: ProgressBar[int] | None = None
         self._folder = ""
-        self._done = 0
+        self._done = self._first = 0
         self._started = 0.0
 
     def __call__(self, folder: str, done: int, planned: int) -> None:
         if self._bar is None or folder != self._folder:
             self.clear()
             self._folder, self._done, self._started = folder, 0, time.monotonic()
+            self._first = done  # the rate counts from the first batch shown
             self._bar = self._bars.enter_context(
                 click.progressbar(
                     length=planned,
@@ -143,9 +144,9 @@ class _Bar:
 
     def _rate(self, done: int | None) -> str | None:
         elapsed = time.monotonic() - self._started
-        if not done or elapsed <= 0:
+        if done is None or done <= self._first or elapsed <= 0:
             return None
-        return f"{done / elapsed:.0f} msg/s"
+        return f"{(done - self._first) / elapsed:.0f} msg/s"
 
     def clear(self) -> None:
         """Leave the finished bar on its line; the next folder gets a new one."""
