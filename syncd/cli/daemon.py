@@ -134,6 +134,7 @@ class _Bar:
                     length=planned,
                     label=f"  {folder}",
                     show_pos=True,
+                    show_percent=True,
                     item_show_func=self._rate,
                     file=click.get_text_stream("stderr"),
                 )
