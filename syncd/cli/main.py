@@ -14,7 +14,7 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -78,12 +78,13 @@ _STORE_CODES = {StoreError: EX_TEMPFAIL, StoreDenied: EX_NOPERM, StoreDamaged: E
 
 
 def _store_kind(exc: StoreError) -> type[StoreError]:
-    if type(exc) is not StoreError:
-        return type(exc) if type(exc) in _STORE_CODES else StoreError
+    for kind in (StoreDenied, StoreDamaged):
+        if isinstance(exc, kind):
+            return kind
     return db.error_kind(exc.__cause__)  # a write failure keeps the sqlite3 or OS error
 
 
-def _quiet_exit(code: int) -> None:
+def _quiet_exit(code: int) -> NoReturn:
     """Exit without a word when stdout or stderr is a pipe whose reader has gone. Both
     are pointed at /dev/null first, as Python's signal docs advise, so the interpreter's
     last flush has nowhere to fail."""

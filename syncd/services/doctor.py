@@ -2,8 +2,8 @@
 
 Each check returns a ``Check`` (name, ok, detail) and never raises: an IMAP login per
 inbox, the BCC listener (is something answering SMTP there), DNS for each BCC
-logging domain (MX, else A/AAAA), and the store's integrity. Details never include
-a password.
+logging domain (MX, else A/AAAA), and the store: whether this user may write it (or the
+directory it will be created in) and its integrity. Details never include a password.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def check_dns(domain: str) -> Check:
 def check_store(config: Config) -> Check:
     path = config.store.path
     name = f"store {path}"
-    denied = db.not_permitted(path if path.exists() else _first_existing(path), False)
+    denied = db.not_permitted(path if path.exists() else _first_existing(path))
     if denied is not None:
         return Check(name, False, f"cannot be written: {denied}")
     if not path.exists():

@@ -86,13 +86,17 @@ def store_error(
     if kind is StoreDamaged:
         return StoreDamaged(f"the store {path} is damaged ({exc}); restore a backup")
     code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-    denied = not_permitted(path, readonly) if code in (*_SQLITE_DENIED, _SQLITE_CANTOPEN) else None
+    denied = (
+        not_permitted(path, readonly=readonly)
+        if code in (*_SQLITE_DENIED, _SQLITE_CANTOPEN)
+        else None
+    )
     if denied is not None:
         return StoreDenied(f"cannot {doing} the store {path}: {denied}")
     return kind(f"cannot {doing} the store {path}: {exc}")
 
 
-def not_permitted(path: Path, readonly: bool) -> str | None:
+def not_permitted(path: Path, *, readonly: bool = False) -> str | None:
     """What this user may not do that opening the store at ``path`` needs, or None.
     SQLite says only "unable to open database file"; the file system can say which."""
     user = _user()
