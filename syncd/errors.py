@@ -38,7 +38,17 @@ class InboxError(SyncdError):
 
 
 class StoreError(SyncdError):
-    """The store cannot be opened or written (too new, corrupt, disk full)."""
+    """The store cannot be opened or written now (locked, disk full); worth a retry."""
+
+
+class StoreDenied(StoreError):
+    """The store or its directory may not be opened or written by this user: waiting
+    will not mend it (exit 77)."""
+
+
+class StoreDamaged(StoreError):
+    """The store's file is damaged, or was written by a newer syncd: waiting will not
+    mend it (exit 65)."""
 
 
 class ConfigProblem:

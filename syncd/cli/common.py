@@ -1,12 +1,15 @@
 """What every CLI command shares: the ``App`` on ``ctx.obj``, exit codes, ``--json``
 output, one-line failures, the store opened for a command, and tables for humans.
 
-Exit codes are PRODUCT.md's: 0 done, 1 problems found, 2 usage, 69 unreachable,
-75 temporary failure, 78 bad config.
+Exit codes are PRODUCT.md's, from sysexits.h, and README.md's table lists them: 0 done,
+1 problems found, 2 usage, 65 damaged store, 69 unreachable, 75 temporary failure,
+77 credentials refused or permission denied, 78 bad config, 141 stdout closed early.
+Only 69 and 75 are worth an automatic restart.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sqlite3
@@ -24,7 +27,8 @@ from syncd.crm.rules import RulesSettings
 from syncd.store import db
 
 EX_OK, EX_PROBLEMS, EX_USAGE = 0, 1, 2
-EX_UNAVAILABLE, EX_TEMPFAIL, EX_CONFIG = 69, 75, 78
+EX_DATAERR, EX_UNAVAILABLE, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 65, 69, 75, 77, 78
+EX_PIPE = 128 + 13  # what a shell reports for a program SIGPIPE ended, as for `cat | head`
 DEFAULT_CONFIG = "/etc/syncd/syncd.yaml"
 log = logging.getLogger("syncd")
 
@@ -47,6 +51,17 @@ class App:
 def emit_json(document: Any) -> None:
     """The one JSON document a ``--json`` command prints on stdout."""
     click.echo(json.dumps(document, ensure_ascii=False, indent=2, default=str))
+
+
+def os_error_code(exc: OSError) -> int:
+    """77 for what this user may not do (waiting will not mend it), else 75."""
+    return EX_NOPERM if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else EX_TEMPFAIL
+
+
+def os_error_text(exc: OSError) -> str:
+    """``PATH: reason``, naming the path whenever the error has one."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
 
 
 def fail(message: str, code: int = EX_PROBLEMS) -> NoReturn:

@@ -10,24 +10,30 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from syncd.cli.common import (
+    EX_NOPERM,
     EX_PROBLEMS,
-    EX_TEMPFAIL,
     EX_UNAVAILABLE,
     EX_USAGE,
     App,
     emit_json,
     fail,
+    os_error_code,
+    os_error_text,
 )
 from syncd.pipeline import Pipeline
 from syncd.services import statusreport
 from syncd.services.imap import inbox_pass
 from syncd.services.storeworker import StoreJob
 from syncd.store.session import StoreSession
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar  # what click.progressbar returns
 
 COUNTS = ("logged", "duplicates", "skipped", "quarantined")
 
@@ -48,8 +54,8 @@ def run(app: App) -> None:
 
     try:
         code = daemon.run(app.config_path, config, os.environ)
-    except OSError as exc:
-        fail(f"cannot start: {exc.strerror or exc}", EX_TEMPFAIL)
+    except OSError as exc:  # a lock file, a port, a certificate: named, with its path
+        fail(f"cannot start: {os_error_text(exc)}", os_error_code(exc))
     sys.exit(code)
 
 
@@ -62,8 +68,8 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
     """One IMAP sync pass over the configured inboxes, then exit.
 
     --dry-run says per folder how many messages the window and people filter would
-    pull, fetching no bodies. Exit 0 when every inbox synced, 69 when an inbox could
-    not be reached or logged in to, 1 when a folder failed.
+    pull, fetching no bodies. Exit 0 when every inbox synced, 77 when a login was
+    refused, else 69 when an inbox could not be reached, else 1 when a folder failed.
     """
     config = app.config()
     inboxes = [i for i in config.inboxes if only in (None, i.name)]
@@ -72,9 +78,9 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
     session = StoreSession.open(config.store.path)
     pipeline = Pipeline.from_config(config, session)
     job = StoreJob(session, pipeline)
-    progress: _Progress | _Lines | None = None
+    progress: _Bar | _Lines | None = None
     if not as_json:
-        progress = _Progress() if sys.stderr.isatty() else _Lines()
+        progress = _Bar() if sys.stderr.isatty() else _Lines()
     report: dict[str, Any] = {c: 0 for c in COUNTS} | {"inboxes": []}
     code = 0
     try:
@@ -90,7 +96,9 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
             for folder in result.folders:
                 for count in COUNTS:
                     report[count] += getattr(folder, count)
-            if result.state != "ok":
+            if result.state == "auth_failed":
+                code = EX_NOPERM
+            elif result.state != "ok" and code != EX_NOPERM:
                 code = EX_UNAVAILABLE
             elif result.error and code == 0:
                 code = EX_PROBLEMS
@@ -99,6 +107,8 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
             if not as_json:
                 _print_inbox(result.as_json(), dry_run)
     finally:
+        if progress is not None:
+            progress.clear()
         pipeline.close()
         session.close()
     if as_json:
@@ -106,14 +116,46 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
     sys.exit(code)
 
 
-class _Progress:
-    """One self-overwriting line on a terminal: folder, done/planned."""
+class _Bar:
+    """On a terminal, click's progress bar for each folder in turn: done/planned, its
+    ETA, and the rate since the folder started."""
+
+    def __init__(self) -> None:
+        self._bars = ExitStack()
+        self._bar: ProgressBar[int] | None = None
+        self._folder = ""
+        self._done = self._first = 0
+        self._started = 0.0
 
     def __call__(self, folder: str, done: int, planned: int) -> None:
-        click.echo(f"\r  {folder}: {done}/{planned}\x1b[K", nl=False, err=True)
+        if self._bar is None or folder != self._folder:
+            self.clear()
+            self._folder, self._done, self._started = folder, 0, time.monotonic()
+            self._first = done  # the rate counts from the first batch shown
+            self._bar = self._bars.enter_context(
+                click.progressbar(
+                    length=planned,
+                    label=f"  {folder}",
+                    show_pos=True,
+                    show_percent=True,
+                    item_show_func=self._rate,
+                    file=click.get_text_stream("stderr"),
+                )
+            )
+        self._bar.length = max(planned, done)
+        self._bar.update(done - self._done, done)
+        self._done = done
+
+    def _rate(self, done: int | None) -> str | None:
+        elapsed = time.monotonic() - self._started
+        if done is None or done <= self._first or elapsed <= 0:
+            return None
+        return f"{(done - self._first) / elapsed:.0f} msg/s"
 
     def clear(self) -> None:
-        click.echo("\r\x1b[K", nl=False, err=True)
+        """Leave the finished bar on its line; the next folder gets a new one."""
+        self._bars.close()
+        self._bar = None
 
 
 class _Lines:

@@ -9,11 +9,12 @@ imports them and registers their commands.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -22,13 +23,26 @@ from syncd.cli import daemon, data, install, logsetup, records
 from syncd.cli.common import (
     DEFAULT_CONFIG,
     EX_CONFIG,
+    EX_DATAERR,
+    EX_NOPERM,
+    EX_PIPE,
     EX_PROBLEMS,
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
     App,
     fail,
+    os_error_code,
+    os_error_text,
 )
-from syncd.errors import ConfigError, InboxError, StoreError, SyncdError
+from syncd.errors import (
+    ConfigError,
+    InboxError,
+    StoreDamaged,
+    StoreDenied,
+    StoreError,
+    SyncdError,
+)
+from syncd.store import db
 
 
 class SyncdGroup(click.Group):
@@ -36,21 +50,49 @@ class SyncdGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            finally:
+                # A reader that left early (`| head`) shows here rather than as Python's
+                # "Exception ignored" when the interpreter flushes stdout at exit.
+                sys.stdout.flush()
+        except BrokenPipeError:
+            _quiet_exit(EX_PIPE)
         except ConfigError as exc:
             click.echo(str(exc), err=True)
             sys.exit(EX_CONFIG)
         except InboxError as exc:
-            fail(str(exc), EX_UNAVAILABLE)
+            fail(str(exc), EX_NOPERM if exc.auth else EX_UNAVAILABLE)
         except StoreError as exc:
-            fail(str(exc), EX_TEMPFAIL)
+            fail(str(exc), _STORE_CODES[_store_kind(exc)])
         except SyncdError as exc:
             fail(str(exc), EX_PROBLEMS)
         except sqlite3.Error as exc:  # the store is locked, full or damaged mid-command
-            fail(f"store error: {exc}", EX_TEMPFAIL)
+            error = db.store_error(exc, ctx.obj.config().store.path, doing="use")
+            fail(str(error), _STORE_CODES[_store_kind(error)])
         except OSError as exc:
-            where = f" {exc.filename}" if exc.filename else ""
-            fail(f"cannot access{where}: {exc.strerror or exc}", EX_TEMPFAIL)
+            fail(f"cannot access {os_error_text(exc)}", os_error_code(exc))
+
+
+_STORE_CODES = {StoreError: EX_TEMPFAIL, StoreDenied: EX_NOPERM, StoreDamaged: EX_DATAERR}
+
+
+def _store_kind(exc: StoreError) -> type[StoreError]:
+    for kind in (StoreDenied, StoreDamaged):
+        if isinstance(exc, kind):
+            return kind
+    return db.error_kind(exc.__cause__)  # a write failure keeps the sqlite3 or OS error
+
+
+def _quiet_exit(code: int) -> NoReturn:
+    """Exit without a word when stdout or stderr is a pipe whose reader has gone. Both
+    are pointed at /dev/null first, as Python's signal docs advise, so the interpreter's
+    last flush has nowhere to fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
+    sys.exit(code)
 
 
 @click.group(cls=SyncdGroup, context_settings={"help_option_names": ["-h", "--help"]})

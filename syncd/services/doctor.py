@@ -2,8 +2,8 @@
 
 Each check returns a ``Check`` (name, ok, detail) and never raises: an IMAP login per
 inbox, the BCC listener (is something answering SMTP there), DNS for each BCC
-logging domain (MX, else A/AAAA), and the store's integrity. Details never include
-a password.
+logging domain (MX, else A/AAAA), and the store: whether this user may write it (or the
+directory it will be created in) and its integrity. Details never include a password.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import smtplib
 import sqlite3
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import dns.exception
@@ -19,6 +20,7 @@ import dns.resolver
 from syncd.config.model import Config, Inbox
 from syncd.errors import SyncdError
 from syncd.sources.imap.conn import connect
+from syncd.store import db
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,9 @@ def check_dns(domain: str) -> Check:
 def check_store(config: Config) -> Check:
     path = config.store.path
     name = f"store {path}"
+    denied = db.not_permitted(path if path.exists() else _first_existing(path))
+    if denied is not None:
+        return Check(name, False, f"cannot be written: {denied}")
     if not path.exists():
         return Check(name, True, "not created yet (created on first run)")
     try:
@@ -88,3 +93,12 @@ def check_store(config: Config) -> Check:
     except sqlite3.Error as exc:
         return Check(name, False, f"cannot read: {exc}")
     return Check(name, result == "ok", "integrity ok" if result == "ok" else result)
+
+
+def _first_existing(store: Path) -> Path:
+    """A stand-in store path whose directory exists: the directory the first run will
+    create the store's directories in, so its permissions are the ones that count."""
+    directory = store.parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    return directory / store.name

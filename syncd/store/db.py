@@ -9,6 +9,9 @@ gives the store its own writer thread.
 
 from __future__ import annotations
 
+import errno
+import os
+import pwd
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from syncd.errors import StoreError
+from syncd.errors import StoreDamaged, StoreDenied, StoreError
 
 # New stores use 16 KiB pages: most `emails` rows (their search text) and raw copies
 # then fit in one page instead of spilling into overflow pages. Alternated end-to-end
@@ -46,8 +49,76 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
     try:
         return _connect(path, readonly)
     except (sqlite3.Error, OSError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise StoreError(f"cannot open the store {path}: {reason}") from None
+        raise store_error(exc, path, readonly=readonly) from None
+
+
+# SQLite's primary result codes that waiting will not mend.
+_SQLITE_DENIED = {3, 8, 23}  # SQLITE_PERM, SQLITE_READONLY, SQLITE_AUTH
+_SQLITE_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+_SQLITE_CANTOPEN = 14
+_OS_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def error_kind(exc: BaseException | None) -> type[StoreError]:
+    """``StoreDenied``, ``StoreDamaged`` or (worth a retry) ``StoreError`` for an sqlite3
+    or OS error met on the store."""
+    if isinstance(exc, OSError):
+        return StoreDenied if exc.errno in _OS_DENIED else StoreError
+    if isinstance(exc, sqlite3.Error):
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        if code in _SQLITE_DAMAGED:
+            return StoreDamaged
+        if code in _SQLITE_DENIED:
+            return StoreDenied
+    return StoreError
+
+
+def store_error(
+    exc: sqlite3.Error | OSError, path: Path, *, readonly: bool = False, doing: str = "open"
+) -> StoreError:
+    """The one-line error for a failure to ``doing`` the store at ``path``, of its
+    ``error_kind``; one that SQLite calls "unable to open" names what this user may not
+    do (the file or the directory) when that is why."""
+    kind = error_kind(exc)
+    if isinstance(exc, OSError):
+        where = exc.filename or path
+        return kind(f"cannot {doing} the store {path}: {where}: {exc.strerror or exc}")
+    if kind is StoreDamaged:
+        return StoreDamaged(f"the store {path} is damaged ({exc}); restore a backup")
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    denied = (
+        not_permitted(path, readonly=readonly)
+        if code in (*_SQLITE_DENIED, _SQLITE_CANTOPEN)
+        else None
+    )
+    if denied is not None:
+        return StoreDenied(f"cannot {doing} the store {path}: {denied}")
+    return kind(f"cannot {doing} the store {path}: {exc}")
+
+
+def not_permitted(path: Path, *, readonly: bool = False) -> str | None:
+    """What this user may not do that opening the store at ``path`` needs, or None.
+    SQLite says only "unable to open database file"; the file system can say which."""
+    user = _user()
+    if readonly:
+        if path.exists() and not os.access(path, os.R_OK):
+            return f"{path} is not readable by {user}"
+        return None
+    directory = path.parent
+    if not os.access(directory, os.W_OK | os.X_OK):
+        # The store's -wal and -shm files live beside it.
+        return f"the directory {directory} is not writable by {user}"
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return f"{path} is not readable and writable by {user}"
+    return None
+
+
+def _user() -> str:
+    uid = os.geteuid()
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name}"
+    except KeyError:  # a uid with no passwd entry (a container, DynamicUser=)
+        return f"uid {uid}"
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
@@ -77,7 +148,7 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
 def _check_version(conn: sqlite3.Connection, path: Path) -> int:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > latest_version():
-        raise StoreError(
+        raise StoreDamaged(
             f"{path} was written by a newer syncd (schema {version}, this one knows "
             f"{latest_version()}); upgrade syncd or restore a backup"
         )

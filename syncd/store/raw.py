@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import zstandard
 
-from syncd.errors import StoreError
+from syncd.errors import StoreDamaged, StoreDenied
 from syncd.mail.headers import b2a_base64
 from syncd.store.blobs import HEX64, blob_path
 
@@ -105,8 +105,10 @@ def hydrate(blob: bytes, holes: list[Any], attachments_dir: Path) -> bytes:
         source = cut
         try:
             data = blob_path(attachments_dir, digest).read_bytes()
+        except PermissionError as exc:
+            raise StoreDenied(f"raw copy unreadable: {exc.filename}: {exc.strerror}") from exc
         except OSError as exc:
-            raise StoreError(f"raw copy incomplete: attachment {digest} is gone") from exc
+            raise StoreDamaged(f"raw copy incomplete: attachment {digest} is gone") from exc
         out += _encode(data, width, _EOL[eol])
         removed += length
     out += blob[source:]
@@ -150,11 +152,11 @@ def unpack(blob: bytes | None, codec: str) -> bytes | None:
     if blob is None or codec == "":
         return blob
     if codec != ZSTD:
-        raise StoreError(f"raw copy stored with an unknown codec {codec!r}")
+        raise StoreDamaged(f"raw copy stored with an unknown codec {codec!r}")
     try:
         return zstandard.decompress(blob)
     except zstandard.ZstdError as exc:
-        raise StoreError(f"raw copy does not decompress: {exc}") from exc
+        raise StoreDamaged(f"raw copy does not decompress: {exc}") from exc
 
 
 def _compressor() -> zstandard.ZstdCompressor:
@@ -184,5 +186,5 @@ def raw_message(conn: Any, engagement_id: int, attachments_dir: Path) -> bytes |
     blob, holes, size, crc = unpack(bytes(row[0]), row[1]) or b"", row[2], row[3], row[4]
     raw = hydrate(blob, json.loads(holes), attachments_dir) if holes else blob
     if len(raw) != size or zlib.crc32(raw) != crc:
-        raise StoreError(f"raw copy of engagement {engagement_id} does not match its checksum")
+        raise StoreDamaged(f"raw copy of engagement {engagement_id} does not match its checksum")
     return raw

@@ -160,7 +160,7 @@ def test_sync_unknown_inbox_and_bad_password(tmp_path: Path, imap_user: ImapUser
     assert syncd(tmp_path, config, "sync", "--inbox", "nope").returncode == 2
     config.write_text(config.read_text().replace(imap_user.password, "wrong-password"))
     result = syncd(tmp_path, config, "sync", "--json")
-    assert result.returncode == 69
+    assert result.returncode == 77  # EX_NOPERM: a refused login, not an unreachable server
     assert json.loads(result.stdout)["inboxes"][0]["state"] == "auth_failed"
     assert "wrong-password" not in result.stdout + result.stderr
 

@@ -66,7 +66,7 @@ def test_daemon_contract_lines(unit: Path, config: str) -> None:
     ]
     assert _one(entries, "Restart") == "on-failure"
     assert _one(entries, "RestartSec") == "5"
-    assert _one(entries, "RestartPreventExitStatus") == "78"
+    assert _one(entries, "RestartPreventExitStatus") == "65 77 78"
     assert _one(entries, "WatchdogSec") == "60"
     assert _one(entries, "TimeoutStopSec") == "30"
     assert _one(entries, "User") == _one(entries, "Group") == "syncd"

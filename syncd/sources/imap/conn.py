@@ -9,15 +9,19 @@ the normal backoff rather than the hour a refused login waits); a network fault,
 command past its deadline (``imap_wire``), raises ``ConnectionLost`` (an ``InboxError``
 worth retrying). The session only ever EXAMINEs folders and fetches with BODY.PEEK, so
 syncing never changes a flag, and it passes explicit UID lists to imapclient (4.1.0 raises
-on ``1:*`` sequences). ``idle_wait`` is the push primitive the daemon uses on INBOX. This
-module and ``imap_wire`` are the only users of imapclient.
+on ``1:*`` sequences). ``idle_wait`` is the push primitive the daemon uses on INBOX. A
+server that has not answered the connection or the login after ``WAIT_NOTICE`` seconds
+gets one log line saying what is awaited and for how long. This module and ``imap_wire``
+are the only users of imapclient.
 """
 
 from __future__ import annotations
 
 import imaplib
+import logging
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -37,6 +41,8 @@ from syncd.sources.imap.wire import Client
 
 HEADER_FIELDS = "BODY.PEEK[HEADER.FIELDS (FROM TO CC BCC MESSAGE-ID)]"
 CONNECT_TIMEOUT = 20.0
+WAIT_NOTICE = 3.0  # seconds without an answer before the log says what is awaited
+log = logging.getLogger("syncd.imap")
 
 
 class ImapSettings(Protocol):
@@ -82,31 +88,56 @@ def connect(inbox: str, settings: ImapSettings, *, timeout: float = 60.0) -> Ima
         raise InboxError(inbox, "security: none is allowed only to a loopback host")
     port = settings.port or (993 if security == "tls" else 143)
     context = ssl.create_default_context()
-    try:
-        client = Client(
-            settings.host,
-            port=port,
-            ssl=security == "tls",
-            ssl_context=context,
-            timeout=SocketTimeout(connect=min(CONNECT_TIMEOUT, timeout), read=timeout),
-        )
-    except ssl.SSLCertVerificationError as exc:
-        # A certificate that does not verify will not fix itself in seconds: no retry.
-        raise InboxError(inbox, f"TLS certificate of {settings.host} refused: {exc}") from None
-    except (OSError, imaplib.IMAP4.error) as exc:
-        raise ConnectionLost(inbox, f"cannot connect to {settings.host}:{port}: {exc}") from None
-    # imapclient sets imaplib's debug level to 5, which formats every line it reads and
-    # makes large fetches ~5x slower. Private attribute: imapclient is pinned to 4.1.0.
-    client._imap.debug = 0
-    client.normalise_times = False  # keep INTERNALDATE timezone-aware
-    try:
-        if security == "starttls":
-            _starttls(inbox, client, context, settings.host)
-        _login(inbox, client, settings)
-    except BaseException:
-        _close_quietly(client)
-        raise
+    connect_timeout = min(CONNECT_TIMEOUT, timeout)
+    with _WaitNotice(f"{settings.host}:{port}", "connecting", connect_timeout) as notice:
+        try:
+            client = Client(
+                settings.host,
+                port=port,
+                ssl=security == "tls",
+                ssl_context=context,
+                timeout=SocketTimeout(connect=connect_timeout, read=timeout),
+            )
+        except ssl.SSLCertVerificationError as exc:
+            # A certificate that does not verify will not fix itself in seconds: no retry.
+            raise InboxError(inbox, f"TLS certificate of {settings.host} refused: {exc}") from None
+        except (OSError, imaplib.IMAP4.error) as exc:
+            raise ConnectionLost(
+                inbox, f"cannot connect to {settings.host}:{port}: {exc}"
+            ) from None
+        # imapclient sets imaplib's debug level to 5, which formats every line it reads and
+        # makes large fetches ~5x slower. Private attribute: imapclient is pinned to 4.1.0.
+        client._imap.debug = 0
+        client.normalise_times = False  # keep INTERNALDATE timezone-aware
+        notice.doing, notice.timeout = "logging in", timeout
+        try:
+            if security == "starttls":
+                _starttls(inbox, client, context, settings.host)
+            _login(inbox, client, settings)
+        except BaseException:
+            _close_quietly(client)
+            raise
     return ImapSession(inbox, client)
+
+
+class _WaitNotice:
+    """Says once, on the log, what a connection is waiting for when the server has not
+    answered within ``WAIT_NOTICE`` seconds, so a silent server is not silence here too."""
+
+    def __init__(self, server: str, doing: str, timeout: float) -> None:
+        self.server, self.doing, self.timeout = server, doing, timeout
+        self._timer = threading.Timer(WAIT_NOTICE, self._say)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _WaitNotice:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._timer.cancel()
+
+    def _say(self) -> None:
+        log.info("waiting for %s (%s, %.0f s timeout)...", self.server, self.doing, self.timeout)
 
 
 def _starttls(inbox: str, client: IMAPClient, context: ssl.SSLContext, host: str) -> None:
