@@ -118,7 +118,7 @@ def phase_pipeline(port: int, username: str, password: str, store_dir: str) -> d
     from syncd.pipeline import Pipeline
     from syncd.services import imap as imap_service
     from syncd.sources.imap.inbox import sync_inbox
-    from syncd.store import db
+    from syncd.store import contacts, db
 
     inbox = _inbox(port, username, password, create_contacts=True)
     config = Config.from_mapping(
@@ -151,7 +151,7 @@ def phase_pipeline(port: int, username: str, password: str, store_dir: str) -> d
             config.inboxes[0],
             deliver=deliver,
             checkpoint_of=lambda i, f: imap_service.load_checkpoint(conn, i, f),
-            known_contacts=pipeline.contact_emails,
+            known_contacts=lambda: contacts.contact_emails(pipeline.session.conn),
             today=datetime.now(UTC),
             parse_ahead=pipeline.parse_ahead,
         )

@@ -43,7 +43,7 @@ from syncd.errors import MessageError
 from syncd.mail.parse import Address, Attachment, Email, parse
 from syncd.mail.provenance import Provenance
 from syncd.memory import return_large_buffers
-from syncd.store import contacts, engagements, quarantine
+from syncd.store import contacts, quarantine
 from syncd.store.blobs import discard_staged, purge_staging, stage_blob
 from syncd.store.mailwriter import MailWriter, Prepared, prepare
 from syncd.store.session import Connection, StoreSession, store_at_fault
@@ -263,17 +263,6 @@ class Pipeline:
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-    def contact_emails(self) -> set[str]:
-        """Every address of every contact, now."""
-        return contacts.contact_emails(self.session.conn)
-
-    def sighted_keys(self, label: str, keys: set[str]) -> set[str]:
-        """Those of ``keys`` (message keys) already logged from the source ``label``."""
-        return engagements.sighted_keys(self.session.conn, label, keys)
-
-    def ingest(self, raw: bytes, provenance: Provenance) -> Outcome:
-        return self.ingest_batch([(raw, provenance)])[0]
 
     def ingest_batch(
         self,

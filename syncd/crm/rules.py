@@ -141,10 +141,6 @@ class Plan:
     sender: str | None = None  # the sending member (primary email) of outgoing mail
     skip: str | None = None
 
-    @property
-    def created(self) -> tuple[ContactPlan, ...]:
-        return tuple(c for c in self.contacts if c.contact_id is None)
-
 
 def participants(email: Email, settings: RulesSettings) -> dict[str, str]:
     """Participant address -> display name, in header order (From, To, Cc, Bcc)."""

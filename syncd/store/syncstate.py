@@ -141,14 +141,6 @@ def record_inbox_error(
     )
 
 
-def inbox_state(conn: sqlite3.Connection, inbox: str) -> tuple[str, int]:
-    """(state, consecutive failures) of an inbox; ('ok', 0) if never synced."""
-    row = conn.execute(
-        "SELECT state, failures FROM sync_inboxes WHERE inbox = ?", (inbox,)
-    ).fetchone()
-    return (row[0], int(row[1])) if row else ("ok", 0)
-
-
 class _FolderReport(Protocol):
     name: str
     logged: int

@@ -25,7 +25,7 @@ from syncd.services import imap as imap_service
 from syncd.sources.imap.conn import connect
 from syncd.sources.imap.inbox import Limits, RetryPolicy, sync_inbox
 from syncd.sources.imap.syncplan import FolderCheckpoint
-from syncd.store import db, syncstate
+from syncd.store import contacts, db, engagements, syncstate
 from tests.integration.conftest import ImapUser
 
 TODAY = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
@@ -536,7 +536,8 @@ def test_syncstate_checkpoint_commits_with_its_transaction(tmp_path: Path) -> No
     assert imap_service.load_checkpoint(conn, "ada", "Entwürfe") == cp
     assert syncstate.record_inbox_state(conn, "ada", "failed", "timeout") == 1
     assert syncstate.record_inbox_state(conn, "ada", "auth_failed", "refused") == 2
-    assert syncstate.inbox_state(conn, "ada") == ("auth_failed", 2)
+    state = conn.execute("SELECT state, failures FROM sync_inboxes WHERE inbox = 'ada'").fetchone()
+    assert tuple(state) == ("auth_failed", 2)
     with pytest.raises(ValueError):
         syncstate.record_inbox_state(conn, "ada", "bogus")
     rows = syncstate.status_rows(conn, ["ada", "bob"])
@@ -712,7 +713,8 @@ def test_end_to_end_one_engagement_per_message(imap_user: ImapUser, tmp_path: Pa
             return sync_inbox(
                 config.inboxes[0], deliver=deliver,
                 checkpoint_of=lambda i, f: imap_service.load_checkpoint(conn, i, f),
-                known_contacts=pipeline.contact_emails, known_keys=pipeline.sighted_keys,
+                known_contacts=lambda: contacts.contact_emails(pipeline.session.conn),
+                known_keys=lambda label, keys: engagements.sighted_keys(pipeline.session.conn, label, keys),
                 today=TODAY,
             )  # fmt: skip
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.corpus import generate
+from syncd.crm.model import Outcome
 from syncd.crm.rules import InboxRule, RulesSettings
 from syncd.errors import StoreError
 from syncd.mail.provenance import Provenance
@@ -28,6 +29,11 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 NOW = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
 BCC = Provenance("bcc", NOW)
 ADA, BOB = "ada@example.com", "bob@example.com"
+
+
+def ingest(pipeline: Pipeline, raw: bytes, provenance: Provenance) -> Outcome:
+    """One message through the pipeline: a batch of one."""
+    return pipeline.ingest_batch([(raw, provenance)])[0]
 
 
 def message(
@@ -116,8 +122,8 @@ def test_mbox_with_duplicates_gives_one_engagement_each(conn, tmp_path) -> None:
 def test_mail_without_message_id_twice_is_one(conn, tmp_path) -> None:
     raw = message(msgid=None)
     pipeline = make(conn, tmp_path)
-    first = pipeline.ingest(raw, BCC)
-    second = pipeline.ingest(raw, Provenance("imap", NOW, inbox="ada", folder="Sent", uid=9))
+    first = ingest(pipeline, raw, BCC)
+    second = ingest(pipeline, raw, Provenance("imap", NOW, inbox="ada", folder="Sent", uid=9))
     assert (first.status, second.status) == ("logged", "duplicate")
     assert first.key == second.key and first.key.startswith("sha256:")
     (item,) = queries.timeline(conn, "carol@acme.com")
@@ -128,7 +134,7 @@ def test_mail_without_message_id_twice_is_one(conn, tmp_path) -> None:
     "other", ["spouse@example.net", "x@mail.partner.example", "Y@PARTNER.EXAMPLE"]
 )
 def test_never_log_participant_logs_nothing(conn, tmp_path, other) -> None:
-    outcome = make(conn, tmp_path).ingest(message(cc=other), BCC)
+    outcome = ingest(make(conn, tmp_path), message(cc=other), BCC)
     assert outcome.status == "skipped"
     assert queries.counts(conn) == dict.fromkeys(queries.counts(conn), 0)
 
@@ -151,7 +157,7 @@ def test_broken_messages_quarantined_with_reasons_and_retried(conn, tmp_path) ->
 
 def test_message_with_5000_recipients_is_logged(conn, tmp_path) -> None:
     crowd = ", ".join(f"{n}@c.io" for n in range(5000))
-    outcome = make(conn, tmp_path).ingest(message(to=crowd), Provenance("import", NOW, owner=ADA))
+    outcome = ingest(make(conn, tmp_path), message(to=crowd), Provenance("import", NOW, owner=ADA))
     assert outcome.status == "logged"
     assert count(conn, "contacts") == 5000 and count(conn, "engagement_companies") == 1
 
@@ -274,12 +280,13 @@ def test_parsed_ahead_batch_survives_a_closed_pool_and_a_lost_file(conn, tmp_pat
 
 def test_timeline_newest_first_and_records_follow(conn, tmp_path) -> None:
     pipeline = make(conn, tmp_path)
-    pipeline.ingest(message(msgid="<old@x>", date="Mon, 01 Jan 2024 10:00:00 +0000"), BCC)
-    pipeline.ingest(
+    ingest(pipeline, message(msgid="<old@x>", date="Mon, 01 Jan 2024 10:00:00 +0000"), BCC)
+    ingest(
+        pipeline,
         message("carol@acme.com", ADA, msgid="<new@x>", date="Fri, 01 Mar 2024 10:00:00 +0000"),
         Provenance("imap", NOW, inbox="ada", folder="INBOX", uid=4),
     )
-    pipeline.ingest(message(msgid="<mid@x>", date="Thu, 01 Feb 2024 10:00:00 +0000"), BCC)
+    ingest(pipeline, message(msgid="<mid@x>", date="Thu, 01 Feb 2024 10:00:00 +0000"), BCC)
     items = queries.timeline(conn, "carol@acme.com")
     assert [i["message_id"] for i in items] == ["new@x", "mid@x", "old@x"]
     assert [i["direction"] for i in items] == ["incoming", "outgoing", "outgoing"]
@@ -293,7 +300,7 @@ def test_timeline_newest_first_and_records_follow(conn, tmp_path) -> None:
 
 def test_search_finds_new_mail_at_once(conn, tmp_path) -> None:
     pipeline = make(conn, tmp_path)
-    pipeline.ingest(message(subject="Quarterly zeppelin order", body="about the blimp"), BCC)
+    ingest(pipeline, message(subject="Quarterly zeppelin order", body="about the blimp"), BCC)
     (hit,) = queries.search(conn, "zeppelin")
     assert hit["message_id"] == "m1@example.com" and hit["from"] == ADA
     assert queries.search(conn, "blimp")[0]["snippet"] == "about the [blimp]"
@@ -303,13 +310,13 @@ def test_search_finds_new_mail_at_once(conn, tmp_path) -> None:
 
     # A forward as attachment (message/rfc822) is found by the forwarded mail's words.
     forward = (DATA / "forwarded-as-attachment.eml").read_bytes()
-    assert pipeline.ingest(forward, BCC).status == "logged"
+    assert ingest(pipeline, forward, BCC).status == "logged"
     (hit,) = queries.search(conn, "revised price")
     assert hit["subject"] == "Fwd: Quote 7781"
 
 
 def test_deal_stage_effects(conn, tmp_path) -> None:
-    make(conn, tmp_path).ingest(message(to="carol@acme.com, dan@acme.com"), BCC)
+    ingest(make(conn, tmp_path), message(to="carol@acme.com, dan@acme.com"), BCC)
     deals = rules().pipelines.deals
     with db.transaction(conn):
         carol = records.contact_ids_for(conn, ["carol@acme.com"])
@@ -337,13 +344,13 @@ def test_deal_stage_effects(conn, tmp_path) -> None:
 
 def test_mail_is_associated_with_recent_open_deals_and_tickets(conn, tmp_path) -> None:
     pipeline = make(conn, tmp_path, max_deals=2)
-    pipeline.ingest(message(msgid="<first@x>"), BCC)
+    ingest(pipeline, message(msgid="<first@x>"), BCC)
     with db.transaction(conn):
         ids = records.contact_ids_for(conn, ["carol@acme.com"])
         deals = [records.create_deal(conn, rules().pipelines.deals, f"d{i}", ids) for i in range(4)]
         records.set_deal_stage(conn, rules().pipelines.deals, deals[3], "closedlost")
         ticket = records.create_ticket(conn, rules().pipelines.tickets, "help", ids)
-    pipeline.ingest(message(msgid="<second@x>"), BCC)
+    ingest(pipeline, message(msgid="<second@x>"), BCC)
     newest = queries.timeline(conn, "carol@acme.com")[0]
     assert newest["associations"]["deals"] == sorted(deals[1:3])
     assert newest["associations"]["tickets"] == [ticket]
@@ -353,7 +360,7 @@ def test_a_batch_looks_up_each_contacts_own_recent_deals(conn, tmp_path) -> None
     """Contacts and their open deals are looked up for many messages at once: each
     message still gets its own contacts' most recent ones, up to max_deals each."""
     pipeline = make(conn, tmp_path, max_deals=2)
-    pipeline.ingest(message(msgid="<seed@x>", to="carol@acme.com, dave@bolt.io"), BCC)
+    ingest(pipeline, message(msgid="<seed@x>", to="carol@acme.com, dave@bolt.io"), BCC)
     deals: dict[str, list[int]] = {}
     with db.transaction(conn):
         for person in ("carol@acme.com", "dave@bolt.io"):
@@ -378,7 +385,7 @@ def test_a_batch_looks_up_each_contacts_own_recent_deals(conn, tmp_path) -> None
 def test_engagement_cap_stops_associations_not_storage(conn, tmp_path) -> None:
     pipeline = make(conn, tmp_path, max_engagements_per_record=2)
     for n in range(3):
-        pipeline.ingest(message(msgid=f"<cap{n}@x>"), BCC)
+        ingest(pipeline, message(msgid=f"<cap{n}@x>"), BCC)
     assert count(conn, "emails") == 3
     assert len(queries.timeline(conn, "carol@acme.com")) == 2
     assert count(conn, "engagement_companies") == 2
@@ -387,9 +394,9 @@ def test_engagement_cap_stops_associations_not_storage(conn, tmp_path) -> None:
 def test_attachments_stored_once_and_oversized_not_stored(conn, tmp_path) -> None:
     pipeline = make(conn, tmp_path, max_attachment_bytes=1000)
     small, big = b"%PDF small " * 20, b"%PDF big " * 500
-    pipeline.ingest(with_attachment("<a1@x>", small, name="../../etc/passwd"), BCC)
-    pipeline.ingest(with_attachment("<a2@x>", small, name="copy.pdf"), BCC)
-    pipeline.ingest(with_attachment("<a3@x>", big), BCC)
+    ingest(pipeline, with_attachment("<a1@x>", small, name="../../etc/passwd"), BCC)
+    ingest(pipeline, with_attachment("<a2@x>", small, name="copy.pdf"), BCC)
+    ingest(pipeline, with_attachment("<a3@x>", big), BCC)
     files = sorted(p for p in (tmp_path / "store" / "attachments").rglob("*") if p.is_file())
     assert len(files) == 1 and files[0].read_bytes() == small
     assert files[0].parent.parent.parent == tmp_path / "store" / "attachments"
@@ -500,15 +507,16 @@ def test_batches_leave_their_fsync_to_the_checkpoint_thread_and_nothing_else_doe
 
 def test_erase_leaves_no_byte_of_the_address(conn, tmp_path) -> None:
     pipeline = make(conn, tmp_path, max_attachment_bytes=100_000)
-    pipeline.ingest(message(to="Carol <carol@acme.com>", body="write to carol@acme.com"), BCC)
-    pipeline.ingest(
+    ingest(pipeline, message(to="Carol <carol@acme.com>", body="write to carol@acme.com"), BCC)
+    ingest(
+        pipeline,
         message(
             to="carol@acme.com, dan@other.org", msgid="<shared@x>", subject="cc CAROL@acme.com"
         ),
         BCC,
     )
-    pipeline.ingest(with_attachment("<att@x>", b"only for carol " * 50), BCC)
-    pipeline.ingest(b"\r\n\r\nfrom carol@acme.com", BCC)  # quarantined, names her
+    ingest(pipeline, with_attachment("<att@x>", b"only for carol " * 50), BCC)
+    ingest(pipeline, b"\r\n\r\nfrom carol@acme.com", BCC)  # quarantined, names her
     with db.transaction(conn):
         contact = records.contact_ids_for(conn, ["carol@acme.com"])
         records.add_note(conn, contact[0], "met carol@acme.com", cap=10)
@@ -530,11 +538,11 @@ def test_erase_finds_the_address_inside_compressed_raw_copies(conn, tmp_path) ->
 
     attachments = tmp_path / "store" / "attachments"
     pipeline = make(conn, tmp_path, max_attachment_bytes=100_000)
-    pipeline.ingest(message(to="carol@acme.com", msgid="<c@x>"), BCC)
+    ingest(pipeline, message(to="carol@acme.com", msgid="<c@x>"), BCC)
     hidden = message(to="dan@other.org", msgid="<h@x>", extra="X-Original-To: carol@acme.com\r\n")
-    pipeline.ingest(hidden, BCC)
-    pipeline.ingest(with_attachment("<a1@x>", b"quarterly figures " * 60), BCC)
-    pipeline.ingest(with_attachment("<a2@x>", b"quarterly figures " * 60, to="dan@other.org"), BCC)
+    ingest(pipeline, hidden, BCC)
+    ingest(pipeline, with_attachment("<a1@x>", b"quarterly figures " * 60), BCC)
+    ingest(pipeline, with_attachment("<a2@x>", b"quarterly figures " * 60, to="dan@other.org"), BCC)
     codecs = {r[0] for r in conn.execute("SELECT codec FROM raw_messages")}
     assert codecs == {"zstd"} and raw_copies_naming(conn, "carol@acme.com") == 3
     report = erase(conn, "carol@acme.com", attachments)
@@ -546,7 +554,7 @@ def test_erase_finds_the_address_inside_compressed_raw_copies(conn, tmp_path) ->
 
 def test_erasing_an_address_that_is_no_contact_redacts_others_mail(conn, tmp_path) -> None:
     pipeline = make(conn, tmp_path, inboxes=())
-    pipeline.ingest(message(to="dan@other.org", cc="Eve <eve@third.example>"), BCC)
+    ingest(pipeline, message(to="dan@other.org", cc="Eve <eve@third.example>"), BCC)
     with db.transaction(conn):
         conn.execute(
             "DELETE FROM contacts WHERE id = ?",
@@ -589,7 +597,7 @@ def test_erase_clears_the_bcc_spool_and_outbox(conn, tmp_path) -> None:
     raw = message(to="carol@acme.com", msgid="<spooled@x>")
     spool.spool_message(conn, raw, "ada@example.com", "127.0.0.1")
     spool.Outbox(conn).enqueue(raw, "ada@example.com", ["archive@example.org"], 0.0)
-    make(conn, tmp_path).ingest(message(to="carol@acme.com"), BCC)
+    ingest(make(conn, tmp_path), message(to="carol@acme.com"), BCC)
     erase(conn, "carol@acme.com", tmp_path / "store" / "attachments")
     assert conn.execute("SELECT count(*) FROM spool").fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
