@@ -349,15 +349,6 @@ class Outbox:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
-    def enqueue(self, raw: bytes, mail_from: str, recipients: Sequence[str], now: float) -> int:
-        with db.transaction(self.conn):
-            cursor = self.conn.execute(
-                "INSERT INTO outbox (state, created_at, next_attempt_at, mail_from, recipients, "
-                "raw) VALUES ('queued', ?, ?, ?, ?, ?)",
-                (from_epoch(now), from_epoch(now), mail_from, json.dumps(list(recipients)), raw),
-            )
-        return int(cursor.lastrowid or 0)
-
     def due(self, now: float, limit: int = 16) -> list[OutboxItem]:
         rows = self.conn.execute(
             "SELECT id, created_at, attempts, mail_from, recipients, raw FROM outbox "

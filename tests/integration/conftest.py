@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -285,3 +286,15 @@ def notify(tmp_path: Path) -> Iterator[Notify]:
     n = Notify(tmp_path / "notify.sock")
     yield n
     n.sock.close()
+
+
+def queue_copy(conn: Any, raw: bytes, mail_from: str, recipients: list[str], now: float) -> None:
+    """An extra_bcc copy in the outbox, queued the way the BCC drain queues one: held with
+    its spooled message, released once that message is logged."""
+    from syncd.store import db, spool
+
+    spool_id = spool.spool_message(conn, raw, mail_from, "127.0.0.1", now=now)
+    with db.transaction(conn):
+        spool.hold_copies(conn, [spool_id], recipients, now)
+        spool.delete_spooled(conn, [spool_id])
+    spool.release_copies(conn, [spool_id], [])

@@ -55,6 +55,7 @@ from syncd.sources.bcc import (
 from syncd.sources.senders import Dkim, SenderPolicy
 from syncd.store import db
 from syncd.store.spool import Outbox, SpoolWriter, status
+from tests.integration.conftest import queue_copy
 
 ROOT = Path(__file__).resolve().parents[2]
 LOG = "log@crm.example.com"
@@ -893,7 +894,7 @@ def test_outbox_retries_then_delivers_unchanged(tmp_path: Path) -> None:
     conn = db.connect(tmp_path / "store.sqlite3")
     outbox = Outbox(conn)
     raw = message() + b"\xff 8-bit \r\n"
-    outbox.enqueue(raw, "ada@example.com", ["archive@example.net"], now=1000.0)
+    queue_copy(conn, raw, "ada@example.com", ["archive@example.net"], now=1000.0)
     clock = [1000.0]
     relay = Relay(RelaySettings("127.0.0.1", sink.port, "none", local_hostname="syncd.test"))
     runner = OutboxRunner(outbox, relay, clock=lambda: clock[0])
@@ -915,8 +916,8 @@ def test_outbox_gives_up_and_records_it(tmp_path: Path) -> None:
     sink = Sink(["550 5.1.1 no such user", "451 4.3.0 later", "451 4.3.0 later"])
     conn = db.connect(tmp_path / "store.sqlite3")
     outbox = Outbox(conn)
-    outbox.enqueue(message(), "ada@example.com", ["gone@example.net"], now=1000.0)
-    outbox.enqueue(message(), "ada@example.com", ["slow@example.net"], now=1000.0)
+    queue_copy(conn, message(), "ada@example.com", ["gone@example.net"], now=1000.0)
+    queue_copy(conn, message(), "ada@example.com", ["slow@example.net"], now=1000.0)
     clock = [1000.0]
     relay = Relay(RelaySettings("127.0.0.1", sink.port, "none"))
     runner = OutboxRunner(outbox, relay, give_up_after=100.0, clock=lambda: clock[0])
@@ -971,7 +972,7 @@ def test_a_relay_echoing_the_password_never_gets_it_stored(tmp_path: Path) -> No
     conn = db.connect(tmp_path / "store.sqlite3")
     outbox = Outbox(conn)
     for _ in echo:
-        outbox.enqueue(message(), "ada@example.com", ["archive@example.net"], now=1000.0)
+        queue_copy(conn, message(), "ada@example.com", ["archive@example.net"], now=1000.0)
     relay = Relay(RelaySettings("127.0.0.1", sink.port, "none", username="syncd"), lambda: secret)
     try:
         assert OutboxRunner(outbox, relay, clock=lambda: 1000.0).run_once() == {

@@ -24,6 +24,7 @@ from syncd.store import db, quarantine, queries, records
 from syncd.store.erase import erase, scan
 from syncd.store.raw import raw_message
 from syncd.store.searchquery import QueryError
+from tests.integration.conftest import queue_copy
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 NOW = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
@@ -596,7 +597,7 @@ def test_erase_clears_the_bcc_spool_and_outbox(conn, tmp_path) -> None:
 
     raw = message(to="carol@acme.com", msgid="<spooled@x>")
     spool.spool_message(conn, raw, "ada@example.com", "127.0.0.1")
-    spool.Outbox(conn).enqueue(raw, "ada@example.com", ["archive@example.org"], 0.0)
+    queue_copy(conn, raw, "ada@example.com", ["archive@example.org"], 0.0)
     ingest(make(conn, tmp_path), message(to="carol@acme.com"), BCC)
     erase(conn, "carol@acme.com", tmp_path / "store" / "attachments")
     assert conn.execute("SELECT count(*) FROM spool").fetchone()[0] == 0
