@@ -3,10 +3,9 @@
 Mail arrives in buffers of megabytes (FETCH batches, big messages). glibc serves those
 from mmap at first, but after the first such buffer is freed it raises its mmap threshold
 (up to 32 MB) and serves later ones from the heap, where freed holes between live small
-objects stay resident: a 10,000-message sync peaked about 10% higher for that alone.
-Fixing the threshold at 1 MiB (which also switches the raising off) keeps large buffers
-in mmap, so each is unmapped when freed; 128 KiB saved a little more memory but cost
-about 15% of the sync's speed in page faults. Only the writer's process sets it (the
+objects stay resident. Fixing the threshold at 1 MiB (which also switches the raising
+off) keeps large buffers in mmap, so each is unmapped when freed; a lower threshold saves
+a little more memory but costs the sync speed in page faults. Only the writer's process sets it (the
 pipeline does): in the parser processes, which unpickle a multi-megabyte job buffer per
 chunk, it cost about 20% more CPU for no memory that matters. Elsewhere than glibc
 this does nothing.

@@ -160,8 +160,8 @@ def decode_bytes(data: bytes | bytearray, charset: str | None, defects: list[str
 def a2b_base64(data: bytes) -> bytes:
     """``binascii.a2b_base64(data)``, several times faster when it is safe.
 
-    pybase64's SIMD decoder (about 1.7 GB/s here against binascii's 210 MB/s; attachments
-    make base64 the parser's largest single cost) gives the same bytes, and raises
+    pybase64's SIMD decoder (attachments make base64 the parser's largest single cost;
+    the README has the figures) gives the same bytes, and raises
     ``binascii.Error`` for the same inputs (its messages differ), for any input whose only
     ``=`` are its final padding, line breaks and junk included; with an ``=`` earlier on,
     the two differ, so binascii decides those."""

@@ -3,8 +3,8 @@
 Owns the HTML parser call (lxml's libxml2 HTML parser, which accepts any tag soup) and the
 rules for turning a tree into text: script, style, head and comments are dropped, block
 elements end a line, table cells are separated by a space, runs of spaces collapse. This is
-all search and snippets need, at a tenth of inscriptis' cost on table-heavy newsletters (39
-ms vs 3 ms for a 27 KB table), which matters at thousands of messages a second. When lxml
+all search and snippets need, at a fraction of inscriptis' cost on table-heavy newsletters
+(the README's architecture section has the figures). When lxml
 refuses a document, tags are stripped with a regex instead, so a broken HTML part still
 gives searchable words. Pure: str in, str out; raises only ImportError, for a broken
 install.
@@ -56,8 +56,8 @@ def html_to_text(markup: str) -> str:
 
 
 def _tree_text(markup: str) -> str:
-    # Imported on first use: about 8 MB that the syncing process, which hands its bulk
-    # parsing to the parser processes, would otherwise carry at its peak.
+    # Imported on first use: the syncing process, which hands its bulk parsing to the
+    # parser processes, would otherwise carry lxml's memory at its peak.
     from lxml import etree
     from lxml import html as lxml_html
 

@@ -110,7 +110,9 @@ class MetricsService:
         self._web: Any = None  # the aiohttp.web module, once serving
 
     async def start(self, every: Every) -> None:
-        from aiohttp import web  # only with metrics.listen set: aiohttp costs ~10 MB of RSS
+        from aiohttp import (
+            web,
+        )  # only with metrics.listen set: aiohttp's memory is paid only when used
 
         self._web = web
         app = web.Application()

@@ -185,7 +185,7 @@ def _csv(text: str, name: str) -> list[ContactRecord]:
 
 
 def _vcards(text: str, name: str) -> list[ContactRecord]:
-    import vobject  # only vCard files need it (about 1 MB)
+    import vobject  # only vCard files need it
 
     records = []
     try:

@@ -235,7 +235,7 @@ class Dkim:
     def __init__(
         self, dnsfunc: Callable[..., Any] | None = None, *, minkey: int = 1024, max_sigs: int = 5
     ) -> None:
-        import dkim  # here, not at the top: only ``verify_sender: dkim`` needs its 2.4 MB
+        import dkim  # here, not at the top: only ``verify_sender: dkim`` needs it
 
         self.dnsfunc = dnsfunc or dkim.dnsplug.get_txt
         self.minkey = minkey

@@ -104,7 +104,7 @@ def _cell(text: str | None) -> str:
 
 def export_vcard(conn: sqlite3.Connection) -> str:
     """Contacts as vCard 3.0, one card each."""
-    import vobject  # only vCard export needs it (about 1 MB)
+    import vobject  # only vCard export needs it
 
     cards = []
     for contact in _contacts(conn):

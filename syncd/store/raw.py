@@ -8,9 +8,9 @@ the exact bytes back by re-encoding the attachment file, and checks the result a
 the original's CRC-32 and size. Only a base64 body that re-encodes byte for byte is cut
 out; anything else stays in the raw copy. Attachments over ``max_attachment_mb`` are not
 stored, so their encoded bytes stay in the raw copy too. What is left is compressed with
-zstd level 1 in the parser processes (the ``zstandard`` library: about 250 MB/s and a
-ratio of 3.6 on mail, where zlib's fastest level gave 107 MB/s and 3.35), so the store
-writes less than half the bytes per message. ``unpack`` gives the bytes back, for
+zstd level 1 in the parser processes (the ``zstandard`` library: faster than zlib's
+fastest level at a better ratio; figures in the README), so the store writes less than
+half the bytes per message. ``unpack`` gives the bytes back, for
 ``hydrate`` and for erase's search.
 """
 

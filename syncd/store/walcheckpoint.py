@@ -2,8 +2,8 @@
 
 SQLite's automatic checkpoint runs inside the COMMIT of whichever connection pushes the
 WAL past 1,000 pages: on a bulk sync that is the pipeline's writer, which then copies
-the WAL into the database file and fsyncs it while every other stage waits for it (a
-third of its commit time, measured on batches of 88 messages). ``WalCheckpointer``
+the WAL into the database file and fsyncs it while every other stage waits for it.
+``WalCheckpointer``
 takes that work to a thread with its own connection: the writer's connection raises
 its automatic threshold to ``FALLBACK_PAGES`` (a bound on the WAL should the thread
 fall behind) and pokes the thread after each commit; the thread runs a PASSIVE

@@ -106,7 +106,8 @@ def connect(inbox: str, settings: ImapSettings, *, timeout: float = 60.0) -> Ima
                 inbox, f"cannot connect to {settings.host}:{port}: {exc}"
             ) from None
         # imapclient sets imaplib's debug level to 5, which formats every line it reads and
-        # makes large fetches ~5x slower. Private attribute: imapclient is pinned to 4.1.0.
+        # makes large fetches several times slower. Private attribute: imapclient is
+        # pinned to 4.1.0.
         client._imap.debug = 0
         client.normalise_times = False  # keep INTERNALDATE timezone-aware
         notice.doing, notice.timeout = "logging in", timeout
