@@ -1,0 +1,1 @@
+"""Mail that goes out: the relay to the smarthost (extra_bcc copies)."""
