@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -207,11 +208,13 @@ def _print_status(report: dict[str, Any], *, bcc: bool) -> None:
     d = report["daemon"]
     since = f" since {d['started_at']} (pid {d['pid']})" if d["state"] != "not running" else ""
     click.echo(f"daemon: {d['state']}{since}")
+    now = datetime.now(UTC)
     for inbox in report["inboxes"]:
         error = f", last error: {inbox['last_error']}" if inbox["last_error"] else ""
-        click.echo(
-            f"inbox {inbox['name']}: {inbox['state']}, last sync {inbox['last_sync']}{error}"
-        )
+        retry = statusreport.retry_text(inbox.get("next_retry"), now)
+        retry = f", {retry}" if retry else ""
+        last = inbox["last_sync"] or "never"
+        click.echo(f"inbox {inbox['name']}: {inbox['state']}, last sync {last}{retry}{error}")
         for f in inbox["folders"]:
             initial = "initial sync done" if f["initial_done"] else "initial sync in progress"
             counts = ", ".join(f"{f[c]} {c}" for c in COUNTS)

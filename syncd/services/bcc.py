@@ -170,6 +170,12 @@ class BccService:
         """BCC counts the store has not taken yet (for ``/metrics``)."""
         return dict(self._writer.unsaved())
 
+    def spool_trouble(self) -> str | None:
+        """Why the spool cannot be written now, or None (for ``/health``)."""
+        if self._writer.failing:
+            return "the BCC spool cannot be written (BCC mail is answered 451)"
+        return None
+
     async def _drain(self) -> None:
         if self._draining or not self._drain_pause.ready():
             return  # the running drain loops until the spool is empty

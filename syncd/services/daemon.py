@@ -210,7 +210,13 @@ def _build_services(config: Config, store: StoreWorker) -> list[Service]:
     if config.inboxes:
         services.append(ImapService(config, store))
     if config.metrics.listen is not None:
-        services.append(MetricsService(config, bcc.unsaved_counts if bcc else None))
+        services.append(
+            MetricsService(
+                config,
+                bcc.unsaved_counts if bcc else None,
+                bcc.spool_trouble if bcc else None,
+            )
+        )
     services.append(QuarantineService(store))
     return services
 

@@ -15,7 +15,9 @@ In the daemon each inbox has a thread::
     pass --ok, idle on--> IDLE on INBOX until new mail or poll_interval --> pass
                           IDLE failed: wait 5 s doubling (at most what is left) --> pass
          --ok, no idle--> sleep poll_interval --> pass
-         --failed------> sleep inbox_retry_delay (backoff; an hour after a refused login)
+         --failed------> sleep inbox_retry_delay (backoff; an hour after a refused login),
+                         its end stored as the inbox's next retry; a reload (SIGHUP)
+                         ends a failed inbox's wait at once
     stop requested: the current batch commits, the pass ends at the next batch (or at
     its next reconnect)
 """
@@ -30,7 +32,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from syncd.config.model import Config, Inbox
@@ -175,6 +177,11 @@ def _record(job: StoreJob, result: InboxResult) -> int:
         return syncstate.record_pass(conn, result)
 
 
+def _record_next_retry(job: StoreJob, inbox: str, when: datetime | None) -> None:
+    with job.session.transaction() as conn:
+        syncstate.record_next_retry(conn, inbox, when)
+
+
 class ImapService:
     """The daemon's IMAP part: one sync thread per inbox."""
 
@@ -193,6 +200,8 @@ class ImapService:
         self._inboxes = {inbox.name: inbox for inbox in config.inboxes}
         self._store = store
         self._stop = threading.Event()
+        # Set to end an inbox's wait early: at stop, or a reload while the inbox is failed.
+        self._wake = {name: threading.Event() for name in self._inboxes}
         self._threads: list[threading.Thread] = []
         self._states: dict[str, str] = {name: "starting" for name in self._inboxes}
         self._idling: dict[str, ImapSession] = {}
@@ -209,6 +218,8 @@ class ImapService:
 
     async def stop(self, deadline: float) -> None:
         self._stop.set()
+        for wake in self._wake.values():
+            wake.set()
         for session in list(self._idling.values()):
             session.interrupt()  # ends an IDLE wait at once; a pass stops at its next batch
         # Joined in worker threads: the event loop keeps serving while IMAP winds down.
@@ -225,6 +236,11 @@ class ImapService:
         for inbox in config.inboxes:
             if inbox.name in self._inboxes:
                 self._inboxes[inbox.name] = inbox
+                if self._states.get(inbox.name) in ("failed", "auth_failed"):
+                    # A fixed password (in the config or its password_file) should not
+                    # wait out an hour's backoff.
+                    log.info("inbox %s: reloaded; trying it again now", inbox.name)
+                    self._wake[inbox.name].set()
 
     def status(self) -> dict[str, Any]:
         return {"inboxes": dict(self._states)}
@@ -244,7 +260,7 @@ class ImapService:
                     self._states[name] = "failed"
                     self._record_crash(name, exc)
                     crashes = self._crashes[name] = self._crashes.get(name, 0) + 1
-                    self._stop.wait(syncplan.backoff_delay(crashes, random.random()))
+                    self._wait(name, syncplan.backoff_delay(crashes, random.random()), True)
         finally:
             self._states[name] = "stopped"
 
@@ -275,7 +291,19 @@ class ImapService:
         if result.state == "ok" and inbox.sync.idle and name not in self._no_idle:
             self._idle(inbox, delay)
         else:
-            self._stop.wait(delay)
+            self._wait(name, delay, result.state != "ok")
+
+    def _wait(self, name: str, seconds: float, retry: bool) -> None:
+        """Wait before the next pass; a retry's moment is stored for ``syncd status``."""
+        if retry:
+            when = datetime.now(UTC) + timedelta(seconds=seconds)
+            try:
+                self._store.call(_record_next_retry, name, when)
+            except Exception:  # the store may be what failed; the wait happens all the same
+                log.warning("inbox %s: could not record the next retry", name, exc_info=True)
+        wake = self._wake[name]
+        wake.wait(seconds)
+        wake.clear()
 
     def _idle(self, inbox: Inbox, timeout: float) -> None:
         """Wait for new mail on INBOX (or the poll interval); polling if IDLE fails."""

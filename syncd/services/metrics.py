@@ -3,7 +3,9 @@
 Each scrape reads the same report as ``syncd status`` (``statusreport.gather``) in a
 worker thread and turns it into metrics, so the figures never disagree with the CLI
 and nothing in the daemon has to keep counters twice. Served with aiohttp; metric
-text comes from prometheus-client.
+text comes from prometheus-client. ``/health`` answers 503 with the failing parts (an
+inbox failed or refused its login, a store that cannot be read, a spool that cannot be
+written), 200 otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from syncd.config.model import Config
 from syncd.services import statusreport
 from syncd.services.schedule import Every
+from syncd.store.timestamps import to_epoch
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -63,13 +66,35 @@ def metrics_from(report: dict[str, Any]) -> Iterator[Metric]:
     last_uid = GaugeMetricFamily(
         "syncd_folder_last_uid", "Last UID synced", labels=["inbox", "folder"]
     )
+    last_success = GaugeMetricFamily(
+        "syncd_last_success_timestamp_seconds",
+        "Unix time a pass last got through the folder without error",
+        labels=["inbox", "folder"],
+    )
+    next_retry = GaugeMetricFamily(
+        "syncd_next_retry_timestamp_seconds",
+        "Unix time the daemon will try a failed inbox again",
+        labels=["inbox"],
+    )
     for inbox in report.get("inboxes", []):
         inbox_up.add_metric([inbox["name"]], 1.0 if inbox["state"] == "ok" else 0.0)
+        if inbox.get("next_retry"):
+            next_retry.add_metric([inbox["name"]], to_epoch(inbox["next_retry"]))
         for folder in inbox["folders"]:
             labels = [inbox["name"], folder["name"]]
             logged.add_metric(labels, folder["logged"])
             last_uid.add_metric(labels, folder["last_uid"] or 0)
-    yield from (inbox_up, logged, last_uid)
+            if folder.get("last_sync"):
+                last_success.add_metric(labels, to_epoch(folder["last_sync"]))
+    yield from (inbox_up, logged, last_uid, last_success, next_retry)
+    if "store" in report:
+        store = report["store"]
+        yield _gauge("syncd_store_bytes", "SQLite file and WAL, in bytes", store["bytes"])
+        yield _gauge(
+            "syncd_attachments_bytes",
+            "Attachment files the store holds, each content once, in bytes",
+            store["attachments_bytes"],
+        )
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -100,11 +125,15 @@ class MetricsService:
     name = "metrics"
 
     def __init__(
-        self, config: Config, unsaved: Callable[[], Mapping[str, int]] | None = None
+        self,
+        config: Config,
+        unsaved: Callable[[], Mapping[str, int]] | None = None,
+        spool_trouble: Callable[[], str | None] | None = None,
     ) -> None:
         assert config.metrics.listen is not None
         self._config = config
         self._unsaved = unsaved  # the BCC endpoint's counts not in the store yet
+        self._spool_trouble = spool_trouble  # why the BCC spool cannot be written, if so
         self._listen = config.metrics.listen
         self._runner: web.AppRunner | None = None
         self._web: Any = None  # the aiohttp.web module, once serving
@@ -138,14 +167,15 @@ class MetricsService:
         return self._web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _health(self, request: web.Request) -> web.Response:
-        web = self._web
+        report: dict[str, Any] | None
+        trouble = self._spool_trouble() if self._spool_trouble is not None else None
         try:
             report = await self._report()
         except Exception as exc:
             log.warning("health check: cannot read the store: %s", exc)
-            return web.json_response({"status": "error", "error": "store unreadable"}, status=503)
-        failed = [i["name"] for i in report["inboxes"] if i["state"] in ("failed", "auth_failed")]
-        return web.json_response({"status": "ok", "failed_inboxes": failed})
+            report, trouble = None, f"store unreadable: {exc}"
+        body = statusreport.health(report, trouble)
+        return self._web.json_response(body, status=200 if body["status"] == "ok" else 503)
 
     async def stop(self, deadline: float) -> None:
         if self._runner is not None:

@@ -154,6 +154,11 @@ class SpoolWriter:
         with self._cond:
             return self._counts + self._writing
 
+    @property
+    def failing(self) -> bool:
+        """The last commit was refused (and none has succeeded since)."""
+        return self._failing
+
     def close(self) -> None:
         """Stop taking mail, try once to write the counters still pending, close the
         connection. Counters the store refuses are logged, not waited for."""

@@ -6,7 +6,8 @@ the caller's transaction, the same one that writes the mail it
 covers (the pipeline's ``on_commit``), so a sync killed at any instant resumes with no gap
 and no duplicate. ``record_pass`` stores what a pass reported (counts, folder errors, the
 inbox state ok / failed / auth_failed), ``record_inbox_error`` an error met while a pass
-goes on; ``status_rows`` gives ``syncd status`` its inboxes.
+goes on, ``record_next_retry`` when the daemon will try a failed inbox again;
+``status_rows`` gives ``syncd status`` its inboxes.
 Only this module reads or writes the ``sync_folders`` and ``sync_inboxes`` tables.
 """
 
@@ -119,6 +120,7 @@ def record_inbox_state(
         " ELSE 1 END, ?4)"
         " ON CONFLICT (inbox) DO UPDATE SET state = ?2, last_error = ?3,"
         " last_sync = CASE WHEN ?2 = 'ok' THEN ?4 ELSE last_sync END,"
+        " next_retry = CASE WHEN ?2 = 'ok' THEN NULL ELSE next_retry END,"
         " failures = CASE WHEN ?2 = 'ok' THEN 0 ELSE failures + 1 END, updated_at = ?4",
         (inbox, state, last_error, stamp),
     )
@@ -138,6 +140,14 @@ def record_inbox_error(
         " VALUES (?1, 'failed', ?2, 0, ?3)"
         " ON CONFLICT (inbox) DO UPDATE SET last_error = ?2, updated_at = ?3",
         (inbox, error, _now(now)),
+    )
+
+
+def record_next_retry(conn: sqlite3.Connection, inbox: str, when: datetime | None) -> None:
+    """Store when the daemon will try ``inbox`` again (None: no retry pending)."""
+    conn.execute(
+        "UPDATE sync_inboxes SET next_retry = ? WHERE inbox = ?",
+        (iso(when) if when is not None else None, inbox),
     )
 
 
@@ -167,11 +177,19 @@ def record_pass(conn: sqlite3.Connection, result: _InboxReport) -> int:
     """Store a pass's report (``sources.imap.InboxResult`` shape): counts, folder errors,
     inbox state. Returns the inbox's consecutive failure count."""
     add_pass_counts(conn, result)
+    stamp = _now()
     for folder in result.folders:
         # A pass that got through a folder clears its error, even with nothing to commit;
         # a pass that failed may have left the folder before reaching the error again.
         if folder.error or result.state == "ok":
             record_folder_error(conn, result.name, folder.name, folder.error)
+        if result.state == "ok" and not folder.error:
+            # Up to date as of now, though nothing new was committed: what an alert on
+            # the last successful sync of a quiet folder needs.
+            conn.execute(
+                "UPDATE sync_folders SET last_sync = ? WHERE inbox = ? AND folder = ?",
+                (stamp, result.name, folder.name),
+            )
     return record_inbox_state(conn, result.name, result.state, result.error)
 
 
@@ -187,7 +205,8 @@ def status_rows(conn: sqlite3.Connection, inboxes: Iterable[str] = ()) -> list[d
     out = []
     for name in names:
         row = conn.execute(
-            "SELECT state, last_sync, last_error FROM sync_inboxes WHERE inbox = ?", (name,)
+            "SELECT state, last_sync, last_error, next_retry FROM sync_inboxes WHERE inbox = ?",
+            (name,),
         ).fetchone()
         folders = [
             {
@@ -208,6 +227,7 @@ def status_rows(conn: sqlite3.Connection, inboxes: Iterable[str] = ()) -> list[d
                 "state": row[0] if row else "never_synced",
                 "last_sync": row[1] if row else None,
                 "last_error": row[2] if row else None,
+                "next_retry": row[3] if row else None,
                 "folders": folders,
             }
         )

@@ -190,7 +190,7 @@ def test_the_daemon_shows_a_lost_connection_in_status_while_it_retries(tmp_path:
         shown = status(tmp_path, config)
         assert shown["state"] == "failed" and shown["last_sync"] is None
         text = syncd(tmp_path, config, "status").stdout
-        assert "inbox ada: failed, last sync None, last error: " in text
+        assert "inbox ada: failed, last sync never, last error: " in text
         assert proc.poll() is None
 
 

@@ -548,7 +548,7 @@ def test_syncstate_checkpoint_commits_with_its_transaction(tmp_path: Path) -> No
         "last_error": None,
     }  # fmt: skip
     assert rows[1] == {"name": "bob", "state": "never_synced", "last_sync": None,
-                       "last_error": None, "folders": []}  # fmt: skip
+                       "last_error": None, "next_retry": None, "folders": []}  # fmt: skip
 
 
 def test_syncstate_records_a_pass(imap_user: ImapUser, tmp_path: Path) -> None:

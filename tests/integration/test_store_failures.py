@@ -21,6 +21,7 @@ mounted is unmounted in teardown.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ import smtplib
 import sqlite3
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,6 +210,18 @@ def metric(http_port: int, name: str) -> float:
     return float(found.group(1))
 
 
+SPOOL_TROUBLE = "the BCC spool cannot be written (BCC mail is answered 451)"
+
+
+def health(http_port: int) -> tuple[int, list[dict[str, str]]]:
+    """/health's status code and its failing parts."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=10) as r:
+            return r.status, json.loads(r.read())["failing"]
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())["failing"]
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time the process has used (its threads included)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -235,6 +249,7 @@ def test_unwritable_store_answers_451_and_stops_in_time(
         broken_store.break_it()
 
         codes = [send(smtp_port, big_message(n)) for n in range(10, 14)]
+        assert health(http_port) == (503, [{"part": "store", "error": SPOOL_TROUBLE}])
         codes += [send(smtp_port, bcc_message(n)) for n in range(20, 22)]
         for n, code in zip([10, 11, 12, 13, 20, 21], codes, strict=True):
             assert code in (250, 451), code

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -65,3 +66,32 @@ def test_a_refused_idle_does_not_start_pass_after_pass() -> None:
 )  # fmt: skip
 def test_idle_retry_delay(failures: int, jitter: float, left: float, expected: float) -> None:
     assert idle_retry_delay(failures, jitter, left=left) == pytest.approx(expected)
+
+
+def test_a_refused_login_stores_its_next_retry_and_a_reload_tries_it_at_once() -> None:
+    passes: list[float] = []
+    stored: list[tuple[str, Any]] = []
+
+    def refused(*args: Any, **kwargs: Any) -> tuple[InboxResult, int]:
+        passes.append(time.monotonic())
+        return InboxResult("ada", state="auth_failed", error="refused"), 1
+
+    inbox = SimpleNamespace(
+        name="ada", imap=SimpleNamespace(timeout=10.0),
+        sync=SimpleNamespace(idle=True, poll_interval=3600.0),
+    )  # fmt: skip
+    store = SimpleNamespace(call=lambda fn, *args: stored.append(args), parse_ahead=None)
+    config = SimpleNamespace(inboxes=[inbox])
+    service = ImapService(config, store, run_pass=refused)  # type: ignore[arg-type]
+
+    async def reload_after_a_moment() -> None:
+        await service.start(every=None)  # type: ignore[arg-type]
+        await asyncio.sleep(0.5)
+        service.reconfigure(config)  # type: ignore[arg-type]
+        await asyncio.sleep(0.5)
+        await service.stop(time.monotonic() + 5)
+
+    asyncio.run(reload_after_a_moment())
+    assert len(passes) == 2  # the first, then the reload's; not an hour later
+    name, when = stored[0]
+    assert name == "ada" and 1700 < (when - datetime.now(UTC)).total_seconds() < 6 * 3600
