@@ -53,6 +53,7 @@ from syncd.sources.imap.fetch import (
     PassSettings,
     Unfetchable,
 )
+from syncd.sources.imap.folders import Unresolved, describe
 from syncd.sources.imap.syncplan import FolderCheckpoint
 
 # The source contract (sources.base): mail, with the checkpoint that covers it as the
@@ -84,6 +85,8 @@ class FolderResult:
     quarantined: int = 0
     would_fetch: int | None = None  # dry run: messages the window and people filter select
     error: str | None = None
+    configured: str | None = None  # the ``folders`` name that led here (None for ``all``)
+    resolved_by: str | None = None  # name | namespace | role (folders.resolve)
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -97,7 +100,15 @@ class FolderResult:
             out["would_fetch"] = self.would_fetch
         if self.error:
             out["error"] = self.error
+        if self.configured is not None:
+            out["configured"] = self.configured
+            if self.resolved_by is not None:
+                out["resolved_by"] = self.resolved_by
         return out
+
+    def describe(self) -> str:
+        """``Sent -> INBOX.Sent (by namespace)``, or the folder's name alone."""
+        return describe(self.configured, self.name, self.resolved_by)
 
 
 @dataclass
@@ -164,6 +175,22 @@ def sync_inbox(
     return run.execute()
 
 
+def _planned(choice: syncplan.FolderChoice) -> list[FolderResult]:
+    """A result per folder to sync, and per configured name found nowhere (its error); a
+    folder two configured names lead to is synced once, under the first."""
+    if not choice.resolved:
+        return [FolderResult(name) for name in choice.folders]
+    out: list[FolderResult] = []
+    seen: set[str] = set()
+    for r in choice.resolved:
+        if isinstance(r, Unresolved):
+            out.append(FolderResult(r.configured, error=r.error, configured=r.configured))
+        elif r.folder not in seen:
+            seen.add(r.folder)
+            out.append(FolderResult(r.folder, configured=r.configured, resolved_by=r.how))
+    return out
+
+
 def _start_instant(today: date | datetime) -> datetime:
     if isinstance(today, datetime):
         return today if today.tzinfo else today.replace(tzinfo=UTC)
@@ -205,12 +232,10 @@ class _InboxRun:
     def execute(self) -> InboxResult:
         try:
             choice = self._with_reconnect(self._choose_folders)
-            for name in choice.missing:
-                self.result.folders.append(FolderResult(name, error="no such folder"))
-            for name in choice.folders:
-                folder = FolderResult(name)
+            for folder in _planned(choice):
                 self.result.folders.append(folder)
-                self._with_reconnect(lambda s, f=folder: self._sync_folder(s, f))
+                if folder.error is None:
+                    self._with_reconnect(lambda s, f=folder: self._sync_folder(s, f))
         except InboxError as exc:
             self.result.state = "auth_failed" if exc.auth else "failed"
             self.result.error = str(exc)
@@ -253,7 +278,9 @@ class _InboxRun:
             self.session = None
 
     def _choose_folders(self, session: ImapSession) -> syncplan.FolderChoice:
-        return syncplan.choose_folders(session.list_folders(), self.cfg.sync.folders)
+        wanted = self.cfg.sync.folders
+        personal = session.personal_namespaces() if wanted != "all" else []
+        return syncplan.choose_folders(session.list_folders(), wanted, personal)
 
     def _sync_folder(self, session: ImapSession, result: FolderResult) -> None:
         checkpoint = self.checkpoint_of(self.cfg.name, result.name)
