@@ -50,9 +50,6 @@ class Resolved:
     folder: str
     how: str  # name | namespace | role
 
-    def describe(self) -> str:
-        return describe(self.configured, self.folder, self.how)
-
 
 @dataclass(frozen=True, slots=True)
 class Unresolved:

@@ -53,7 +53,7 @@ from syncd.sources.imap.fetch import (
     PassSettings,
     Unfetchable,
 )
-from syncd.sources.imap.folders import Unresolved, describe
+from syncd.sources.imap.folders import Unresolved
 from syncd.sources.imap.syncplan import FolderCheckpoint
 
 # The source contract (sources.base): mail, with the checkpoint that covers it as the
@@ -105,10 +105,6 @@ class FolderResult:
             if self.resolved_by is not None:
                 out["resolved_by"] = self.resolved_by
         return out
-
-    def describe(self) -> str:
-        """``Sent -> INBOX.Sent (by namespace)``, or the folder's name alone."""
-        return describe(self.configured, self.name, self.resolved_by)
 
 
 @dataclass
