@@ -1,6 +1,7 @@
 """The IMAP sync engine: one pass over an inbox's folders, mail handed to ``deliver``.
 
-``sync_inbox`` connects (``imap_conn``), chooses folders, and for each folder asks
+``sync_inbox`` connects (``imap_conn``), chooses folders (a configured name may be found
+under the NAMESPACE prefix or by role: ``folders``), and for each folder asks
 ``syncplan`` what to fetch given the stored checkpoint. A fetcher thread
 (``fetch.Fetcher``, given the pass's settings as a frozen ``PassSettings``) does the IMAP
 work (SEARCH, a metadata FETCH of INTERNALDATE, size and, when a filter needs them,
