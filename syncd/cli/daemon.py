@@ -31,6 +31,7 @@ from syncd.pipeline import Pipeline
 from syncd.services import statusreport
 from syncd.services.imap import inbox_pass
 from syncd.services.storeworker import StoreJob
+from syncd.sources.imap.folders import describe
 from syncd.store.session import StoreSession
 
 if TYPE_CHECKING:
@@ -187,7 +188,8 @@ def _print_inbox(result: dict[str, Any], dry_run: bool) -> None:
         else:
             what = ", ".join(f"{folder[c]} {c}" for c in COUNTS)
         error = f" (error: {folder['error']})" if folder.get("error") else ""
-        click.echo(f"{result['name']}/{folder['name']}: {what}{error}", err=True)
+        name = describe(folder.get("configured"), folder["name"], folder.get("resolved_by"))
+        click.echo(f"{result['name']}/{name}: {what}{error}", err=True)
 
 
 @click.command("status")
@@ -219,7 +221,8 @@ def _print_status(report: dict[str, Any], *, bcc: bool) -> None:
             initial = "initial sync done" if f["initial_done"] else "initial sync in progress"
             counts = ", ".join(f"{f[c]} {c}" for c in COUNTS)
             failed = f"; last error: {f['last_error']}" if f["last_error"] else ""
-            click.echo(f"  {f['name']}: uidvalidity {f['uidvalidity']}, last uid {f['last_uid']},"
+            name = describe(f["configured"], f["name"], f["resolved_by"])
+            click.echo(f"  {name}: uidvalidity {f['uidvalidity']}, last uid {f['last_uid']},"
                        f" {initial}; {counts}{failed}")  # fmt: skip
     if bcc and report["bcc"]:
         b, o = report["bcc"], report["outbox"]

@@ -13,6 +13,7 @@ Only this module reads or writes the ``sync_folders`` and ``sync_inboxes`` table
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -175,7 +176,10 @@ def add_pass_counts(conn: sqlite3.Connection, result: _InboxReport) -> None:
 
 def record_pass(conn: sqlite3.Connection, result: _InboxReport) -> int:
     """Store a pass's report (``sources.imap.InboxResult`` shape): counts, folder errors,
-    inbox state. Returns the inbox's consecutive failure count."""
+    which configured name each folder was found by, inbox state. A pass that ended ok
+    listed every folder it was to sync, so the cursors of the others (a folder renamed or
+    deleted on the server, or no longer configured) are dropped: they leave ``status``;
+    the mail they logged stays. Returns the inbox's consecutive failure count."""
     add_pass_counts(conn, result)
     stamp = _now()
     for folder in result.folders:
@@ -190,6 +194,19 @@ def record_pass(conn: sqlite3.Connection, result: _InboxReport) -> int:
                 "UPDATE sync_folders SET last_sync = ? WHERE inbox = ? AND folder = ?",
                 (stamp, result.name, folder.name),
             )
+        conn.execute(
+            "UPDATE sync_folders SET configured = ?, resolved_by = ?"
+            " WHERE inbox = ? AND folder = ?",
+            (getattr(folder, "configured", None), getattr(folder, "resolved_by", None),
+             result.name, folder.name),
+        )  # fmt: skip
+    if result.state == "ok":
+        kept = [folder.name for folder in result.folders]
+        conn.execute(
+            "DELETE FROM sync_folders WHERE inbox = ? AND folder NOT IN"
+            " (SELECT value FROM json_each(?))",
+            (result.name, json.dumps(kept)),
+        )
     return record_inbox_state(conn, result.name, result.state, result.error)
 
 
@@ -202,6 +219,10 @@ def status_rows(conn: sqlite3.Connection, inboxes: Iterable[str] = ()) -> list[d
     ):
         if name not in names:
             names.append(name)
+    # A store the running syncd has not migrated yet (status read-only, before the
+    # daemon's restart) has no record of how folders were found.
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(sync_folders)")}
+    names_found = "configured, resolved_by" if "resolved_by" in columns else "NULL, NULL"
     out = []
     for name in names:
         row = conn.execute(
@@ -213,11 +234,12 @@ def status_rows(conn: sqlite3.Connection, inboxes: Iterable[str] = ()) -> list[d
                 "name": f[0], "uidvalidity": f[1], "last_uid": f[2], "logged": f[3],
                 "duplicates": f[4], "skipped": f[5], "quarantined": f[6],
                 "initial_done": bool(f[7]), "last_sync": f[8], "last_error": f[9],
+                "configured": f[10], "resolved_by": f[11],
             }
             for f in conn.execute(
                 "SELECT folder, uidvalidity, last_uid, logged, duplicates, skipped, quarantined,"
-                " initial_done, last_sync, last_error FROM sync_folders WHERE inbox = ?"
-                " ORDER BY folder <> 'INBOX', folder",
+                f" initial_done, last_sync, last_error, {names_found} FROM sync_folders"
+                " WHERE inbox = ? ORDER BY folder <> 'INBOX', folder",
                 (name,),
             )
         ]  # fmt: skip

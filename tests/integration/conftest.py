@@ -1,6 +1,7 @@
 """A throwaway Dovecot IMAP server for the integration tests and the IMAP benchmark.
 
-One server per test session (``dovecot`` fixture), listening on a free 127.0.0.1 port
+One server per test session (``dovecot`` fixture; ``dovecot_prefixed`` is a second one
+laid out as Cyrus and Courier are, every folder under ``INBOX.``), listening on a free 127.0.0.1 port
 with plain IMAP and, on a second port, implicit TLS with a self-signed certificate made
 by the ``openssl`` CLI. Everything lives under a fresh directory: config, base_dir,
 passwd-file, Maildirs, log. Each test gets a fresh user (``imap_user`` fixture), so tests
@@ -76,19 +77,40 @@ service imap-login {{
 service anvil {{
   chroot =
 }}
-namespace inbox {{
+{namespace}"""
+# Dovecot's default layout: folders at the top, "/" between levels.
+DEFAULT_NAMESPACE = """\
+namespace inbox {
   inbox = yes
   separator = /
-  mailbox Junk {{
+  mailbox Junk {
     special_use = \\Junk
-  }}
-  mailbox Trash {{
+  }
+  mailbox Trash {
     special_use = \\Trash
-  }}
-  mailbox Sent {{
+  }
+  mailbox Sent {
     special_use = \\Sent
-  }}
-}}
+  }
+}
+"""
+# Cyrus's and Courier's layout: every folder under INBOX, "." between levels. Archiv is
+# found only by its SPECIAL-USE flag.
+PREFIXED_NAMESPACE = """\
+namespace inbox {
+  inbox = yes
+  separator = .
+  prefix = INBOX.
+  mailbox Sent {
+    special_use = \\Sent
+  }
+  mailbox Trash {
+    special_use = \\Trash
+  }
+  mailbox Archiv {
+    special_use = \\Archive
+  }
+}
 """
 
 
@@ -135,8 +157,9 @@ class ImapUser:
 class Dovecot:
     """One Dovecot master process with its own config, dirs and port."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, namespace: str = DEFAULT_NAMESPACE) -> None:
         self.root = root
+        self.namespace = namespace
         self.port = free_port()
         self.tls_port = free_port()
         self.config = root / "dovecot.conf"
@@ -162,6 +185,7 @@ class Dovecot:
                 tls_port=self.tls_port,
                 uid=nobody.pw_uid,
                 gid=nobody.pw_gid,
+                namespace=self.namespace,
             )
         )
         self._proc = subprocess.Popen(
@@ -241,14 +265,13 @@ def dovecot_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def dovecot() -> Iterator[Dovecot]:
+def _running_dovecot(namespace: str) -> Iterator[Dovecot]:
     reason = dovecot_missing()
     if reason:
         pytest.skip(reason)
     root = Path(tempfile.mkdtemp(prefix="syncd-dovecot-"))
     os.chmod(root, 0o755)  # mail processes run as nobody and must reach home/
-    server = Dovecot(root)
+    server = Dovecot(root, namespace)
     try:
         server.start()
         yield server
@@ -257,9 +280,26 @@ def dovecot() -> Iterator[Dovecot]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    yield from _running_dovecot(DEFAULT_NAMESPACE)
+
+
+@pytest.fixture(scope="session")
+def dovecot_prefixed() -> Iterator[Dovecot]:
+    """A server laid out as Cyrus and Courier are (``PREFIXED_NAMESPACE``)."""
+    yield from _running_dovecot(PREFIXED_NAMESPACE)
+
+
 @pytest.fixture
 def imap_user(dovecot: Dovecot) -> ImapUser:
     return dovecot.add_user()
+
+
+@pytest.fixture
+def prefixed_user(dovecot_prefixed: Dovecot) -> ImapUser:
+    """A fresh mailbox whose folders are ``INBOX.Sent``, ``INBOX.Archiv``, ..."""
+    return dovecot_prefixed.add_user()
 
 
 class Notify:

@@ -143,8 +143,8 @@ def test_folders_all_leaves_out_junk_and_trash(imap_user: ImapUser) -> None:
     listed = Recorder()
     result = run(inbox_for(imap_user, folders=["Entwürfe", "Nope", "Junk"]), listed)
     assert [(f.name, f.error) for f in result.folders] == [
-        ("Nope", "no such folder"),
         ("Entwürfe", None),
+        ("Nope", "no such folder; the server has: INBOX, Entwürfe, Junk, Kunden/Acme, Sent, Trash"),
         ("Junk", None),
     ]
     assert sorted(listed.ids()) == ["m2@test.example", "m4@test.example"]
@@ -545,7 +545,7 @@ def test_syncstate_checkpoint_commits_with_its_transaction(tmp_path: Path) -> No
     assert rows[0]["folders"][0] | {"last_sync": None} == {
         "name": "Entwürfe", "uidvalidity": 7, "last_uid": 42, "logged": 0, "duplicates": 0,
         "skipped": 0, "quarantined": 0, "initial_done": True, "last_sync": None,
-        "last_error": None,
+        "last_error": None, "configured": None, "resolved_by": None,
     }  # fmt: skip
     assert rows[1] == {"name": "bob", "state": "never_synced", "last_sync": None,
                        "last_error": None, "next_retry": None, "folders": []}  # fmt: skip

@@ -254,7 +254,8 @@ NO_SPECIAL = [
         (NO_SPECIAL, "all", ("INBOX", "Archive"), ()),
         (SPECIAL, ["inbox", "Sent", "Nope", "[Gmail]"], ("INBOX", "Sent"), ("Nope", "[Gmail]")),
         (SPECIAL, ["Spam Folder", "Entwürfe", "Entwürfe"], ("Spam Folder", "Entwürfe"), ()),
-        (SPECIAL, ["sent"], (), ("sent",)),  # only INBOX is case-insensitive
+        (SPECIAL, ["projects/acme"], (), ("projects/acme",)),  # only INBOX is case-insensitive
+        (SPECIAL, ["sent"], ("Sent",), ()),  # ... but "sent" names the \Sent role
         # Only Trash is flagged: Junk is still known by its name, and a Trash-named
         # folder that is not the flagged one is mail like any other.
         ([((b"\\Trash",), "Deleted"), ((), "Junk"), ((), "Trash"), ((), "INBOX")], "all",

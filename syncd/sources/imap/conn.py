@@ -228,6 +228,19 @@ class ImapSession:
         with _imap_errors(self.inbox, "LIST"):
             return [(tuple(flags), name) for flags, _delim, name in self.client.list_folders()]
 
+    def personal_namespaces(self) -> list[tuple[str, str | None]]:
+        """(prefix, delimiter) of each personal namespace (RFC 2342): ``INBOX.`` on Cyrus
+        and Courier, empty on Dovecot's default and Gmail. A server without NAMESPACE
+        has none to offer, and one that refuses the command is taken at its word."""
+        if not self.client.has_capability("NAMESPACE"):
+            return []
+        try:
+            with _imap_errors(self.inbox, "NAMESPACE"):
+                personal = self.client.namespace().personal or ()
+        except FolderError:
+            return []
+        return [(_text(prefix), _text(delim) if delim else None) for prefix, delim in personal]
+
     def examine(self, folder: str) -> FolderStatus:
         """Select read-only (EXAMINE): nothing we do afterwards can change the folder."""
         with _imap_errors(self.inbox, f"EXAMINE {folder}"):
@@ -360,3 +373,7 @@ def _header_value(data: dict[bytes, Any]) -> bytes:
         if isinstance(key, bytes) and key.startswith(b"BODY[HEADER"):
             return bytes(value or b"")
     return b""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -1,6 +1,7 @@
 """The IMAP sync engine: one pass over an inbox's folders, mail handed to ``deliver``.
 
-``sync_inbox`` connects (``imap_conn``), chooses folders, and for each folder asks
+``sync_inbox`` connects (``imap_conn``), chooses folders (a configured name may be found
+under the NAMESPACE prefix or by role: ``folders``), and for each folder asks
 ``syncplan`` what to fetch given the stored checkpoint. A fetcher thread
 (``fetch.Fetcher``, given the pass's settings as a frozen ``PassSettings``) does the IMAP
 work (SEARCH, a metadata FETCH of INTERNALDATE, size and, when a filter needs them,
@@ -53,6 +54,7 @@ from syncd.sources.imap.fetch import (
     PassSettings,
     Unfetchable,
 )
+from syncd.sources.imap.folders import Unresolved
 from syncd.sources.imap.syncplan import FolderCheckpoint
 
 # The source contract (sources.base): mail, with the checkpoint that covers it as the
@@ -84,6 +86,8 @@ class FolderResult:
     quarantined: int = 0
     would_fetch: int | None = None  # dry run: messages the window and people filter select
     error: str | None = None
+    configured: str | None = None  # the ``folders`` name that led here (None for ``all``)
+    resolved_by: str | None = None  # name | namespace | role (folders.resolve)
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -97,6 +101,10 @@ class FolderResult:
             out["would_fetch"] = self.would_fetch
         if self.error:
             out["error"] = self.error
+        if self.configured is not None:
+            out["configured"] = self.configured
+            if self.resolved_by is not None:
+                out["resolved_by"] = self.resolved_by
         return out
 
 
@@ -164,6 +172,22 @@ def sync_inbox(
     return run.execute()
 
 
+def _planned(choice: syncplan.FolderChoice) -> list[FolderResult]:
+    """A result per folder to sync, and per configured name found nowhere (its error); a
+    folder two configured names lead to is synced once, under the first."""
+    if not choice.resolved:
+        return [FolderResult(name) for name in choice.folders]
+    out: list[FolderResult] = []
+    seen: set[str] = set()
+    for r in choice.resolved:
+        if isinstance(r, Unresolved):
+            out.append(FolderResult(r.configured, error=r.error, configured=r.configured))
+        elif r.folder not in seen:
+            seen.add(r.folder)
+            out.append(FolderResult(r.folder, configured=r.configured, resolved_by=r.how))
+    return out
+
+
 def _start_instant(today: date | datetime) -> datetime:
     if isinstance(today, datetime):
         return today if today.tzinfo else today.replace(tzinfo=UTC)
@@ -205,12 +229,10 @@ class _InboxRun:
     def execute(self) -> InboxResult:
         try:
             choice = self._with_reconnect(self._choose_folders)
-            for name in choice.missing:
-                self.result.folders.append(FolderResult(name, error="no such folder"))
-            for name in choice.folders:
-                folder = FolderResult(name)
+            for folder in _planned(choice):
                 self.result.folders.append(folder)
-                self._with_reconnect(lambda s, f=folder: self._sync_folder(s, f))
+                if folder.error is None:
+                    self._with_reconnect(lambda s, f=folder: self._sync_folder(s, f))
         except InboxError as exc:
             self.result.state = "auth_failed" if exc.auth else "failed"
             self.result.error = str(exc)
@@ -253,7 +275,9 @@ class _InboxRun:
             self.session = None
 
     def _choose_folders(self, session: ImapSession) -> syncplan.FolderChoice:
-        return syncplan.choose_folders(session.list_folders(), self.cfg.sync.folders)
+        wanted = self.cfg.sync.folders
+        personal = session.personal_namespaces() if wanted != "all" else []
+        return syncplan.choose_folders(session.list_folders(), wanted, personal)
 
     def _sync_folder(self, session: ImapSession, result: FolderResult) -> None:
         checkpoint = self.checkpoint_of(self.cfg.name, result.name)

@@ -43,6 +43,15 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 
 from syncd.mail.parse import header_addresses
+from syncd.sources.imap.folders import (
+    UNSELECTABLE_FLAGS,
+    Namespace,
+    Resolution,
+    Resolved,
+    Unresolved,
+    flag_text,
+    resolve,
+)
 
 FROM_MONTHS = {"1m": 1, "3m": 3, "6m": 6, "1y": 12}
 # SPECIAL-USE flag -> the names (case-folded, last path component) that mean the same
@@ -54,7 +63,6 @@ LEFT_OUT = {
         "corbeille", "papelera",
     }),
 }  # fmt: skip
-UNSELECTABLE_FLAGS = frozenset({"\\noselect", "\\nonexistent"})
 # Passes in a row that may stop at the same UID before it is given up: a server fault or
 # a crash gets a few chances to go away; a message that fails every time does not hold
 # its folder for more than these.
@@ -243,15 +251,21 @@ def involves_contact(header_block: bytes, contacts: Iterable[str] | set[str]) ->
 
 @dataclass(frozen=True, slots=True)
 class FolderChoice:
-    folders: tuple[str, ...]  # to sync, in server order (INBOX first)
-    missing: tuple[str, ...]  # configured but not on the server (or not selectable)
+    folders: tuple[str, ...]  # server folders to sync, each once (INBOX first for ``all``)
+    missing: tuple[str, ...]  # configured names no server folder answers to
+    # Per configured name, in the configured order: the folder it means, or why none.
+    resolved: tuple[Resolution, ...] = ()
 
 
 def choose_folders(
-    listing: Iterable[tuple[Sequence[bytes | str], str]], wanted: str | Sequence[str]
+    listing: Iterable[tuple[Sequence[bytes | str], str]],
+    wanted: str | Sequence[str],
+    personal: Namespace = (),
 ) -> FolderChoice:
-    """Folders to sync from a LIST result of (flags, name) pairs and the ``folders`` key."""
-    entries = [(frozenset(_flag(f) for f in flags), name) for flags, name in listing]
+    """Folders to sync from a LIST result of (flags, name) pairs and the ``folders`` key;
+    configured names are resolved (``folders.resolve``) with the personal namespaces."""
+    listing = list(listing)
+    entries = [(frozenset(flag_text(f) for f in flags), name) for flags, name in listing]
     selectable = [(flags, name) for flags, name in entries if not flags & UNSELECTABLE_FLAGS]
     if wanted == "all":
         # Per use: a server that flags its Trash but not its Junk still has its Junk
@@ -259,26 +273,10 @@ def choose_folders(
         flagged = {use for flags, _ in entries for use in flags if use in LEFT_OUT}
         chosen = [name for flags, name in selectable if not _left_out(flags, name, flagged)]
         return FolderChoice(tuple(_inbox_first(chosen)), ())
-    by_key = {_folder_key(name): name for _, name in selectable}
-    folders: list[str] = []
-    missing: list[str] = []
-    for name in wanted:
-        found = by_key.get(_folder_key(name))
-        if found is None:
-            missing.append(name)
-        elif found not in folders:
-            folders.append(found)
-    return FolderChoice(tuple(folders), tuple(missing))
-
-
-def _flag(flag: bytes | str) -> str:
-    text = flag.decode("ascii", "replace") if isinstance(flag, bytes) else flag
-    return text.lower()
-
-
-def _folder_key(name: str) -> str:
-    # INBOX is case-insensitive in IMAP; every other name is case-sensitive.
-    return "INBOX" if name.upper() == "INBOX" else name
+    resolved = tuple(resolve(list(wanted), listing, personal))
+    found = (r.folder for r in resolved if isinstance(r, Resolved))
+    missing = tuple(r.configured for r in resolved if isinstance(r, Unresolved))
+    return FolderChoice(tuple(dict.fromkeys(found)), missing, resolved)
 
 
 def _left_out(flags: frozenset[str], name: str, flagged: set[str]) -> bool:
