@@ -300,12 +300,30 @@ class PrivacyConfig(Model):
     require_legal_basis: bool = False
 
 
+class SubmissionConfig(Model):
+    listen: Listen = HostPort("127.0.0.1", 587)
+    tls: TlsConfig | None = None
+    require_tls: bool = True
+    max_message_mb: Annotated[int, Field(ge=1, le=1024)] = 60
+
+
 class TrackingConfig(Model):
     enabled: bool = False
     listen: Listen = HostPort("127.0.0.1", 8025)
     public_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+")] | None = None
     secret_file: Path | None = None
     blocked_ips: list[Network] = []
+    trusted_proxies: list[Network] = []
+    pixel: Literal["bottom", "top"] = "bottom"
+    notify_command: str | None = None
+    keep_full_ips: bool = False
+    prefetch_seconds: Annotated[float, Field(ge=0)] = 10
+    scanner_burst: Annotated[int, Field(ge=2)] = 3
+    scanner_burst_seconds: Annotated[float, Field(ge=0)] = 2.0
+    scanner_seconds: Annotated[float, Field(ge=0)] = 10
+    self_days: Annotated[int, Field(ge=0)] = 7
+    queue_size: Annotated[int, Field(ge=1)] = 10000
+    rate_per_minute: Annotated[int, Field(ge=1)] = 600
 
 
 class Config(Model):
@@ -316,12 +334,21 @@ class Config(Model):
     inboxes: list[Inbox] = []
     logging: LoggingConfig = LoggingConfig()
     bcc: BccConfig | None = None
+    relay: RelayConfig | None = None
+    submission: SubmissionConfig | None = None
     pipelines: Pipelines = Pipelines()
     metrics: MetricsConfig = MetricsConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def smarthost(self) -> RelayConfig | None:
+        """The team's smarthost: ``relay``, else the older ``bcc.relay``."""
+        if self.relay is not None:
+            return self.relay
+        return self.bcc.relay if self.bcc is not None else None
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -345,6 +372,12 @@ class Config(Model):
             problem = getattr(exc, "problem", None) or str(exc)
             raise ConfigError([ConfigProblem(name, line, col, "", f"YAML: {problem}")]) from None
         config = cls._validate(located, name)
+        if config.bcc is not None and config.bcc.relay is not None:
+            line, _col = located.where(("bcc", "relay"), key=True)
+            config._warnings.append(
+                f"{name}:{line}: bcc.relay still works but is deprecated; move it to the top-level "
+                "relay: key, which serves extra_bcc and submission alike"
+            )
         if _has_inline_secret(located.data) and _readable_by_others(Path(path)):
             config._warnings.append(
                 f"{name}: holds an inline password and is readable by group or others; "

@@ -23,7 +23,7 @@ _SECRET_SOURCES = ("password", "password_file", "password_command")
 def check(data: dict[str, Any]) -> list[Problem]:
     """Every cross-field problem of a config mapping, in file order as far as known."""
     problems: list[Problem] = []
-    for rule in (_team, _inboxes, _inbox_addresses, _bcc, _tracking):
+    for rule in (_team, _inboxes, _inbox_addresses, _bcc, _smarthost, _submission, _tracking):
         problems.extend(rule(data))
     return problems
 
@@ -146,8 +146,8 @@ def _bcc(data: dict[str, Any]) -> Iterator[Problem]:
     bcc = data.get("bcc")
     if not isinstance(bcc, dict):
         return
-    if bcc.get("extra_bcc") and bcc.get("relay") is None:
-        yield ("bcc", "extra_bcc"), "extra_bcc needs bcc.relay to send through"
+    if bcc.get("extra_bcc") and bcc.get("relay") is None and data.get("relay") is None:
+        yield ("bcc", "extra_bcc"), "extra_bcc needs relay (the smarthost) to send through"
     if bcc.get("require_tls") is True and bcc.get("tls") is None:
         yield ("bcc", "require_tls"), "require_tls needs bcc.tls (cert and key)"
     members = _team_of(data).emails
@@ -157,18 +157,7 @@ def _bcc(data: dict[str, Any]) -> Iterator[Problem]:
                 ("bcc", "addresses"),
                 f"{address} is a team member's address, not a logging address",
             )
-    relay = bcc.get("relay")
-    if isinstance(relay, dict):
-        given = [k for k in _SECRET_SOURCES if relay.get(k) is not None]
-        if len(given) > 1:
-            yield ("bcc", "relay"), f"set at most one of {', '.join(_SECRET_SOURCES)}"
-        if given and not relay.get("username"):
-            yield ("bcc", "relay", "username"), "a relay password needs a username"
-        if relay.get("security") == "none" and not _is_loopback(relay.get("host")):
-            yield (
-                ("bcc", "relay", "security"),
-                ("security: none sends mail and password in clear; only for a loopback host"),
-            )
+    yield from _relay(("bcc", "relay"), bcc.get("relay"))
     if bcc.get("verify_sender") == "auth":
         listen = bcc.get("listen", "127.0.0.1:2525")
         host = str(listen).rsplit(":", 1)[0].strip("[]")
@@ -182,6 +171,45 @@ def _bcc(data: dict[str, Any]) -> Iterator[Problem]:
                 ("bcc", "verify_sender"),
                 "auth needs team[].smtp_password_file for at least one member",
             )
+
+
+def _relay(path: tuple[str, ...], relay: Any) -> Iterator[Problem]:
+    if not isinstance(relay, dict):
+        return
+    given = [k for k in _SECRET_SOURCES if relay.get(k) is not None]
+    if len(given) > 1:
+        yield path, f"set at most one of {', '.join(_SECRET_SOURCES)}"
+    if given and not relay.get("username"):
+        yield (*path, "username"), "a relay password needs a username"
+    if relay.get("security") == "none" and not _is_loopback(relay.get("host")):
+        yield (
+            (*path, "security"),
+            "security: none sends mail and password in clear; only for a loopback host",
+        )
+
+
+def _smarthost(data: dict[str, Any]) -> Iterator[Problem]:
+    yield from _relay(("relay",), data.get("relay"))
+
+
+def _submission(data: dict[str, Any]) -> Iterator[Problem]:
+    submission = data.get("submission")
+    if not isinstance(submission, dict):
+        return
+    if data.get("relay") is None and (data.get("bcc") or {}).get("relay") is None:
+        yield ("submission",), "submission needs relay (the smarthost) to send through"
+    listen = submission.get("listen", "127.0.0.1:587")
+    host = str(listen).rsplit(":", 1)[0].strip("[]")
+    if submission.get("tls") is None and not _is_loopback(host):
+        yield (
+            ("submission", "tls"),
+            "a submission listener that is not loopback needs tls: no passwords in clear",
+        )
+    if not any(m.get("smtp_password_file") for _, m in _dicts(data.get("team"))):
+        yield (
+            ("submission",),
+            "submission needs team[].smtp_password_file for at least one member",
+        )
 
 
 def _tracking(data: dict[str, Any]) -> Iterator[Problem]:

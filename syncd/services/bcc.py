@@ -150,7 +150,7 @@ class BccService:
         # What a crash left in the spool is logged in the background: READY comes first.
         self._first_drain = self._loop.create_task(self._drain())
         every(self._drain, DRAIN_SECONDS, "bcc-drain")
-        if bcc.relay is not None and bcc.extra_bcc:
+        if self._config.smarthost is not None and bcc.extra_bcc:
             every(self._send_outbox, OUTBOX_SECONDS, "outbox")
 
     def _credentials(self) -> PasswordFiles | None:
@@ -201,7 +201,7 @@ class BccService:
         await self._sending
 
     def _send_outbox_now(self) -> None:
-        relay = self._bcc.relay
+        relay = self._config.smarthost
         assert relay is not None
         if self._outbox_conn is None:
             self._outbox_conn = db.connect(self._config.store.path)

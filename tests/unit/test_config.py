@@ -174,7 +174,7 @@ BAD = [
     ),
     (
         BASE + "  extra_bcc: [x@example.org]\n",
-        "18:14: bcc.extra_bcc: extra_bcc needs bcc.relay to send through",
+        "18:14: bcc.extra_bcc: extra_bcc needs relay (the smarthost) to send through",
     ),
     (
         BASE + "  require_tls: true\n",
@@ -296,3 +296,42 @@ def test_show_masks_command_arguments(tmp_path: Path) -> None:
     )
     shown = Config.from_yaml(write(tmp_path, text)).show()
     assert "s3cr3t-token" not in shown and "/usr/bin/pass" in shown
+
+
+def test_the_smarthost_is_relay_and_bcc_relay_still_works_with_a_warning(tmp_path) -> None:
+    base = "team: [{email: ada@example.com, name: Ada}]\nbcc: {addresses: [log@example.com]"
+    old = tmp_path / "old.yaml"
+    old.write_text(base + ", relay: {host: smtp.example.com}}\n")
+    config = Config.from_yaml(old)
+    assert config.smarthost is not None and config.smarthost.host == "smtp.example.com"
+    assert config.warnings == (
+        f"{old}:2: bcc.relay still works but is deprecated; move it to the top-level relay: "
+        "key, which serves extra_bcc and submission alike",
+    )
+    new = tmp_path / "new.yaml"
+    new.write_text(base + "}\nrelay: {host: relay.example.com, port: 465, security: tls}\n")
+    config = Config.from_yaml(new)
+    assert config.smarthost is not None and config.smarthost.port == 465
+    assert config.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        (
+            "submission: {listen: '0.0.0.0:587'}\nrelay: {host: r.example.com}\n",
+            "submission.tls: a submission listener that is not loopback needs tls",
+        ),
+        ("submission: {}\n", "submission: submission needs relay (the smarthost)"),
+        (
+            "relay: {host: r.example.com, security: none}\n",
+            "relay.security: security: none sends mail and password in clear",
+        ),
+    ],
+)
+def test_submission_and_relay_rules(tmp_path, yaml_text: str, message: str) -> None:
+    path = tmp_path / "syncd.yaml"
+    path.write_text("team: [{email: ada@example.com, name: Ada}]\n" + yaml_text)
+    with pytest.raises(ConfigError) as caught:
+        Config.from_yaml(path)
+    assert message in str(caught.value)

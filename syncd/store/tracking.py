@@ -1,0 +1,189 @@
+"""Tracked mail in the store: each relayed message's link destinations, its hits and
+their verdicts, and the addresses members submit from.
+
+The submission relay writes a ``TrackedMessage`` in the transaction that logs the mail
+(``record_message``, then ``attach_engagement`` once the pipeline has its engagement);
+the tracking endpoint reads a link's destination (``link_url``) and what the verdict
+rules need (``context``), and writes hits in batches (``record_hits``). Every function
+runs inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from syncd.store.timestamps import iso, parse
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedMessage:
+    """A message relayed with tracking: its token id, links and who it was tracked for."""
+
+    id: int
+    message_key: str
+    sender: str
+    relayed_at: datetime
+    links: tuple[str, ...] = ()
+    contact_id: int | None = None
+    anonymous: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoredHit:
+    """One open or click as the store keeps it."""
+
+    message_id: int
+    kind: str  # "open" | "click"
+    at: datetime
+    ip: str
+    user_agent: str
+    verdict: str
+    link_idx: int | None = None
+    inferred_open: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the verdict rules need to know of a tracked message."""
+
+    message_id: int
+    sender: str
+    relayed_at: datetime
+    sender_ips: frozenset[str]
+    hits: tuple[StoredHit, ...]
+
+
+def record_message(conn: sqlite3.Connection, message: TrackedMessage) -> bool:
+    """Keep a relayed message's links; False if it was recorded before (a resend)."""
+    cursor = conn.execute(
+        "INSERT OR IGNORE INTO tracked_messages"
+        " (id, message_key, sender, contact_id, anonymous, relayed_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            message.id,
+            message.message_key,
+            message.sender,
+            message.contact_id,
+            int(message.anonymous),
+            iso(message.relayed_at),
+        ),
+    )
+    if cursor.rowcount != 1:
+        return False
+    conn.executemany(
+        "INSERT INTO tracked_links (message_id, idx, url) VALUES (?, ?, ?)",
+        [(message.id, index, url) for index, url in enumerate(message.links)],
+    )
+    return True
+
+
+def attach_engagement(conn: sqlite3.Connection, message_key: str) -> None:
+    """Point a tracked message at the engagement its mail was logged as."""
+    conn.execute(
+        "UPDATE tracked_messages SET engagement_id ="
+        " (SELECT engagement_id FROM emails WHERE message_key = ?) WHERE message_key = ?",
+        (message_key, message_key),
+    )
+
+
+def link_url(conn: sqlite3.Connection, message_id: int, index: int) -> str | None:
+    """The stored destination of a message's link, or None."""
+    row = conn.execute(
+        "SELECT url FROM tracked_links WHERE message_id = ? AND idx = ?", (message_id, index)
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def remember_submitter(conn: sqlite3.Connection, member: str, ip: str, at: datetime) -> None:
+    """Note that ``member`` submitted from ``ip`` (for the ``self`` verdict)."""
+    conn.execute(
+        "INSERT INTO submitter_ips (member, ip, last_seen) VALUES (?, ?, ?)"
+        " ON CONFLICT (member, ip) DO UPDATE SET last_seen = excluded.last_seen",
+        (member, ip, iso(at)),
+    )
+
+
+def context(conn: sqlite3.Connection, message_id: int, since: datetime) -> Context | None:
+    """A tracked message, its hits so far and its sender's addresses seen after ``since``."""
+    row = conn.execute(
+        "SELECT sender, relayed_at FROM tracked_messages WHERE id = ?", (message_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    ips = frozenset(
+        r[0]
+        for r in conn.execute(
+            "SELECT ip FROM submitter_ips WHERE member = ? AND last_seen >= ?",
+            (row[0], iso(since)),
+        )
+    )
+    return Context(message_id, row[0], parse(row[1]), ips, tuple(hits(conn, message_id)))
+
+
+def hits(conn: sqlite3.Connection, message_id: int) -> list[StoredHit]:
+    """A message's hits, oldest first."""
+    return [
+        StoredHit(
+            message_id,
+            r[0],
+            parse(r[1]),
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            bool(r[6]),
+            r[7],
+        )
+        for r in conn.execute(
+            "SELECT kind, at, ip, user_agent, verdict, link_idx, inferred_open, reason"
+            " FROM tracking_hits WHERE message_id = ? ORDER BY at, id",
+            (message_id,),
+        )
+    ]
+
+
+def record_hits(conn: sqlite3.Connection, batch: Iterable[StoredHit]) -> int:
+    """Store hits whose message is known; how many were stored."""
+    stored = 0
+    for hit in batch:
+        cursor = conn.execute(
+            "INSERT INTO tracking_hits"
+            " (message_id, kind, link_idx, at, ip, user_agent, verdict, inferred_open, reason)"
+            " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS"
+            " (SELECT 1 FROM tracked_messages WHERE id = ?)",
+            (
+                hit.message_id,
+                hit.kind,
+                hit.link_idx,
+                iso(hit.at),
+                hit.ip,
+                hit.user_agent,
+                hit.verdict,
+                int(hit.inferred_open),
+                hit.reason,
+                hit.message_id,
+            ),
+        )
+        stored += cursor.rowcount
+    return stored
+
+
+def set_verdicts(
+    conn: sqlite3.Connection, message_id: int, verdicts: Sequence[tuple[str, bool, str]]
+) -> None:
+    """Re-judged verdicts (verdict, inferred open, reason) for a message's hits, in the
+    order ``hits`` returns them."""
+    ids = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM tracking_hits WHERE message_id = ? ORDER BY at, id", (message_id,)
+        )
+    ]
+    conn.executemany(
+        "UPDATE tracking_hits SET verdict = ?, inferred_open = ?, reason = ? WHERE id = ?",
+        [(v, int(i), r, hit_id) for hit_id, (v, i, r) in zip(ids, verdicts, strict=True)],
+    )
