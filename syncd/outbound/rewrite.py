@@ -98,6 +98,7 @@ _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 # ASCII replacements would be wrong in them, so such parts are left alone.
 _ASCII_INCOMPATIBLE = ("utf-16", "utf-32", "utf-7", "iso2022", "hz")
 
+_MAX_DEPTH = 32
 _QP_SAFE = frozenset(range(33, 127)) - {ord("=")}
 
 
@@ -212,19 +213,23 @@ def _refusal(top: Message) -> str | None:
     return None
 
 
-def _walk(raw: bytes, headers: Message, start: int, end: int, leaves: list[_Leaf]) -> None:
+def _walk(
+    raw: bytes, headers: Message, start: int, end: int, leaves: list[_Leaf], depth: int = 0
+) -> None:
     """Append the rewritable HTML leaves of the entity whose body is raw[start:end]."""
     ctype = headers.get_content_type()
     if ctype.startswith("multipart/"):
+        if depth >= _MAX_DEPTH:  # hostile nesting: what lies deeper is sent as it is
+            return
         # A signed or encrypted sub-tree stays as it is; so does a multipart without boundary.
         if ctype in ("multipart/signed", "multipart/encrypted"):
             return
         boundary = headers.get_param("boundary")
         if not isinstance(boundary, str) or not boundary:
             return
-        for ps, pe in _subparts(raw, boundary.encode("ascii", "surrogateescape"), start, end):
+        for ps, pe in _subparts(raw, boundary.encode("utf-8", "surrogateescape"), start, end):
             hend, bstart = _header_bounds(raw, ps, pe)
-            _walk(raw, _headers(raw[ps:hend]), bstart, pe, leaves)
+            _walk(raw, _headers(raw[ps:hend]), bstart, pe, leaves, depth + 1)
         return
     if ctype != "text/html" or headers.get_content_disposition() == "attachment":
         return
@@ -534,6 +539,8 @@ def _qp_patch(body: bytes, edits: list[tuple[int, int, str]]) -> bytes:
     soft = [len(x.rstrip(b"\r")) for x in body.split(b"\n") if x.rstrip(b"\r").endswith(b"=")]
     width = max(8, min(76, max(soft, default=76)))
     logical = _qp_logical_lines(body)
+    if not logical:  # an empty body: only the pixel goes in
+        return _qp_encode(_apply(b"", edits), width, eol)
     bounds: list[int] = [0]  # decoded offset where each logical line starts
     decoded_lines = [binascii.a2b_qp(enc) for _, _, enc in logical]
     for dec in decoded_lines:
