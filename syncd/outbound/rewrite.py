@@ -99,7 +99,7 @@ _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 _ASCII_INCOMPATIBLE = ("utf-16", "utf-32", "utf-7", "iso2022", "hz")
 
 _MAX_DEPTH = 32
-_QP_SAFE = frozenset(range(33, 127)) - {ord("=")}
+_QP_UNSAFE = re.compile(rb"[^\x21-\x3c\x3e-\x7e \t]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -579,18 +579,22 @@ def _qp_encode(data: bytes, width: int, eol: bytes) -> bytes:
     out: list[bytes] = []
     lines = data.split(eol)
     for n, line in enumerate(lines):
-        tokens = [bytes((b,)) if b in _QP_SAFE or b in (9, 32) else b"=%02X" % b for b in line]
-        if tokens and tokens[-1] in (b" ", b"\t"):  # trailing whitespace is not kept by MTAs
-            tokens[-1] = b"=%02X" % tokens[-1][0]
-        cur = b""
-        for t, tok in enumerate(tokens):
-            last = t == len(tokens) - 1
-            room = width if last else width - 1  # leave space for a soft break's "="
-            if len(cur) + len(tok) > room:
-                out.append(cur + b"=" + eol)
-                cur = b""
-            cur += tok
-        out.append(cur)
+        enc = _QP_UNSAFE.sub(_qp_escape, line)
+        if enc[-1:] in (b" ", b"\t"):  # trailing whitespace is not kept by MTAs
+            enc = enc[:-1] + b"=%02X" % enc[-1]
+        while len(enc) > width:
+            cut = width - 1  # room for the soft break's "="
+            # every "=" in enc starts an escape; one that would straddle the cut moves down
+            eq = enc.rfind(b"=", cut - 2, cut)
+            if eq != -1:
+                cut = eq
+            out.append(enc[:cut] + b"=" + eol)
+            enc = enc[cut:]
+        out.append(enc)
         if n < len(lines) - 1:
             out.append(eol)
     return b"".join(out)
+
+
+def _qp_escape(m: re.Match[bytes]) -> bytes:
+    return b"=%02X" % m[0][0]
