@@ -309,14 +309,23 @@ class Pipeline:
         items: Sequence[tuple[bytes, Provenance]],
         *,
         on_commit: Callable[[sqlite3.Connection], None] | None = None,
+        tally: Callable[[sqlite3.Connection, Sequence[Outcome]], None] | None = None,
     ) -> list[Outcome]:
-        """Log a batch in one transaction; ``on_commit`` runs inside it, before COMMIT."""
+        """Log a batch in one transaction; ``on_commit`` runs inside it, before COMMIT,
+        then ``tally`` with the batch's outcomes (a source's counts of its mail, which
+        must land with the mail to stay true after a kill)."""
 
         def settle(_index: int, raw: bytes, provenance: Provenance, outcome: Outcome) -> None:
             if outcome.status == "quarantined":
                 quarantine.quarantine(self.conn, raw, provenance, outcome.reason)
 
-        return self._write(items, settle, on_commit)
+        def commit(conn: sqlite3.Connection, outcomes: Sequence[Outcome]) -> None:
+            if on_commit is not None:
+                on_commit(conn)
+            if tally is not None:
+                tally(conn, outcomes)
+
+        return self._write(items, settle, commit)
 
     def retry_quarantined(self, ids: Sequence[int] | None = None) -> list[tuple[int, Outcome]]:
         """Run quarantined mail through the pipeline again; what logs leaves the quarantine."""
@@ -336,7 +345,7 @@ class Pipeline:
         self,
         items: Sequence[tuple[bytes, Provenance]],
         settle: Callable[[int, bytes, Provenance, Outcome], None],
-        on_commit: Callable[[sqlite3.Connection], None] | None,
+        on_commit: Callable[[sqlite3.Connection, Sequence[Outcome]], None] | None,
     ) -> list[Outcome]:
         """Parse, plan and write ``items`` in one transaction; ``settle`` records each
         outcome with the source (quarantine, release) inside it, ``on_commit`` last."""
@@ -354,7 +363,7 @@ class Pipeline:
                     outcomes.append(outcome)
                 writer.flush()
                 if on_commit is not None:
-                    on_commit(self.conn)
+                    on_commit(self.conn, outcomes)
         except (sqlite3.Error, OSError) as exc:  # only storage failures get here (_apply)
             raise StoreError(f"store write failed: {exc}") from exc
         finally:
