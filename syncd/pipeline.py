@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import select
+import signal
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -151,13 +152,18 @@ def _disk_at_fault(exc: Exception) -> bool:
 
 
 def _die_with(pid: int) -> None:
-    """Parser process initializer: end when process ``pid`` (the pool's owner) ends.
+    """Parser process initializer: end when process ``pid`` (the pool's owner) ends, and
+    leave Ctrl-C to it.
 
     A killed owner never closes the pool, and a worker waiting on its call queue holds
     that queue's write end itself, so it would wait for ever, keeping the forkserver and
     the resource tracker alive with it. Its parent is the forkserver, not ``pid``, so a
     parent-death signal cannot do this; a pidfd becomes readable when ``pid`` exits.
+    A terminal's Ctrl-C reaches the whole process group: the owner stops at its next
+    batch and shuts the pool down, so a parser must not die of it mid-chunk (with a
+    traceback) first.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
