@@ -8,6 +8,8 @@ quarantine counts, so it works whether or not the daemon runs and never blocks i
 from __future__ import annotations
 
 import os
+import signal
+import sqlite3
 import sys
 import time
 from contextlib import ExitStack
@@ -29,9 +31,10 @@ from syncd.cli.common import (
 )
 from syncd.pipeline import Pipeline
 from syncd.services import statusreport
-from syncd.services.imap import inbox_pass
+from syncd.services.imap import Stopping, inbox_pass, load_checkpoint
 from syncd.services.storeworker import StoreJob
 from syncd.sources.imap.folders import describe
+from syncd.sources.imap.inbox import InboxResult
 from syncd.store.session import StoreSession
 
 if TYPE_CHECKING:
@@ -72,11 +75,14 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
     --dry-run says per folder how many messages the window and people filter would
     pull, fetching no bodies. Exit 0 when every inbox synced, 77 when a login was
     refused, else 69 when an inbox could not be reached, else 1 when a folder failed.
+    Ctrl-C or SIGTERM stops at the next batch, keeping what is committed, and exits
+    130 or 143.
     """
     config = app.config()
     inboxes = [i for i in config.inboxes if only in (None, i.name)]
     if not inboxes:
         fail(f"no inbox named {only!r}" if only else "no inboxes configured", EX_USAGE)
+    signals = _StopSignals(at_once=dry_run)  # a dry run commits nothing: no batch to wait for
     session = StoreSession.open(config.store.path)
     pipeline = Pipeline.from_config(config, session)
     job = StoreJob(session, pipeline)
@@ -85,19 +91,31 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
         progress = _Bar() if sys.stderr.isatty() else _Lines()
     report: dict[str, Any] = {c: 0 for c in COUNTS} | {"inboxes": []}
     code = 0
+    stopped: str | None = None  # where an interrupted sync stopped
     try:
+        signals.arm()
         for inbox in inboxes:
-            result, _ = inbox_pass(
-                inbox,
-                lambda fn, *a: fn(job, *a),
-                dry_run=dry_run,
-                progress=progress,
-                parse_ahead=pipeline.parse_ahead,
-            )
+            if signals.requested():
+                stopped = f"{inbox.name} not started"
+                break
+            try:
+                result, _ = inbox_pass(
+                    inbox,
+                    lambda fn, *a: fn(job, *a),
+                    dry_run=dry_run,
+                    progress=progress,
+                    parse_ahead=pipeline.parse_ahead,
+                    should_stop=signals.requested,
+                )
+            except Stopping as exc:
+                result = exc.result or InboxResult(inbox.name)
+                stopped = _stopped_at(session.conn, result)
             report["inboxes"].append(result.as_json())
             for folder in result.folders:
                 for count in COUNTS:
                     report[count] += getattr(folder, count)
+            if stopped is not None:
+                break
             if result.state == "auth_failed":
                 code = EX_NOPERM
             elif result.state != "ok" and code != EX_NOPERM:
@@ -108,14 +126,74 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
                 progress.clear()
             if not as_json:
                 _print_inbox(result.as_json(), dry_run)
+    except Stopping:  # a second signal, or a dry run's first, between passes
+        stopped = stopped or "stopped between inboxes"
     finally:
+        signals.disarm()
         if progress is not None:
             progress.clear()
+        # The parser processes end here; their forkserver and the resource tracker end
+        # with this process, whose exit closes the last pipes they read.
         pipeline.close()
         session.close()
+    if stopped is not None and signals.signum is not None:
+        where = "nothing fetched (dry run)" if dry_run else f"{report['logged']} logged, {stopped}"
+        click.echo(f"syncd: interrupted: {where}; run sync again to continue", err=True)
+        report["interrupted"] = True
+        code = 128 + signals.signum  # the shell's code for death by that signal
     if as_json:
         emit_json(report)
+    signals.restore()
     sys.exit(code)
+
+
+def _stopped_at(conn: sqlite3.Connection, result: InboxResult) -> str:
+    """Where an interrupted pass stands: its folder and the committed checkpoint's UID."""
+    if not result.folders:
+        return f"{result.name} stopped before its folders"
+    folder = result.folders[-1].name
+    checkpoint = load_checkpoint(conn, result.name, folder)
+    if checkpoint is None or checkpoint.last_uid == 0:
+        return f"{result.name}/{folder} stopped before its first batch"
+    return f"{result.name}/{folder} stopped at UID {checkpoint.last_uid}"
+
+
+class _StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM while ``sync`` runs, from construction to ``restore``.
+
+    Armed (during the passes), the first asks the pass to stop at its next batch: the
+    batch being written commits with its checkpoint and counts. A second one, or with
+    ``at_once`` the first, raises ``Stopping`` where the command is: a batch being
+    written rolls back, as after a kill, and the next sync fetches it again. Unarmed
+    (opening the store, shutting the parser processes down) a signal is only noted."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, *, at_once: bool) -> None:
+        self.signum: int | None = None
+        self._at_once = at_once
+        self._armed = False
+        self._before = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def arm(self) -> None:
+        self._armed = True
+
+    def disarm(self) -> None:
+        self._armed = False
+
+    def restore(self) -> None:
+        for signum, handler in self._before.items():
+            signal.signal(signum, handler)
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        again = self.signum is not None
+        if not again:
+            self.signum = signum
+        if self._armed and (again or self._at_once):
+            raise Stopping
 
 
 class _Bar:
