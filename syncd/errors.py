@@ -41,6 +41,23 @@ class StoreError(SyncdError):
     """The store cannot be opened or written (too new, corrupt, disk full)."""
 
 
+class StoreDamaged(StoreError):
+    """The store's file is damaged: no retry mends it, a backup does (exit 65)."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        super().__init__(path, problems)
+        self.path = path
+        self.problems = problems
+
+    def __str__(self) -> str:
+        first = self.problems[0] if self.problems else "unreadable"
+        more = f", and {len(self.problems) - 1} more" if len(self.problems) > 1 else ""
+        return (
+            f"the store {self.path} is damaged ({first}{more}); restore it from a backup "
+            "(`syncd check-store` runs the full check)"
+        )
+
+
 class ConfigProblem:
     """One problem in a configuration file, with where it is."""
 

@@ -2,7 +2,7 @@
 output, one-line failures, the store opened for a command, and tables for humans.
 
 Exit codes are PRODUCT.md's: 0 done, 1 problems found, 2 usage, 69 unreachable,
-75 temporary failure, 78 bad config.
+75 temporary failure, 78 bad config; and 65 a damaged store.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from syncd.store import db
 
 EX_OK, EX_PROBLEMS, EX_USAGE = 0, 1, 2
 EX_UNAVAILABLE, EX_TEMPFAIL, EX_CONFIG = 69, 75, 78
+EX_DATAERR = 65  # the store's file is damaged: restore a backup, no retry helps
 DEFAULT_CONFIG = "/etc/syncd/syncd.yaml"
 log = logging.getLogger("syncd")
 

@@ -22,13 +22,15 @@ from syncd.cli import daemon, data, install, logsetup, records
 from syncd.cli.common import (
     DEFAULT_CONFIG,
     EX_CONFIG,
+    EX_DATAERR,
     EX_PROBLEMS,
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
     App,
     fail,
 )
-from syncd.errors import ConfigError, InboxError, StoreError, SyncdError
+from syncd.errors import ConfigError, InboxError, StoreDamaged, StoreError, SyncdError
+from syncd.store.integrity import is_damage
 
 
 class SyncdGroup(click.Group):
@@ -42,15 +44,26 @@ class SyncdGroup(click.Group):
             sys.exit(EX_CONFIG)
         except InboxError as exc:
             fail(str(exc), EX_UNAVAILABLE)
+        except StoreDamaged as exc:
+            fail(str(exc), EX_DATAERR)
         except StoreError as exc:
             fail(str(exc), EX_TEMPFAIL)
         except SyncdError as exc:
             fail(str(exc), EX_PROBLEMS)
         except sqlite3.Error as exc:  # the store is locked, full or damaged mid-command
+            if is_damage(exc):
+                fail(str(StoreDamaged(_store_path(ctx), [str(exc)])), EX_DATAERR)
             fail(f"store error: {exc}", EX_TEMPFAIL)
         except OSError as exc:
             where = f" {exc.filename}" if exc.filename else ""
             fail(f"cannot access{where}: {exc.strerror or exc}", EX_TEMPFAIL)
+
+
+def _store_path(ctx: click.Context) -> str:
+    try:
+        return str(ctx.find_object(App).config().store.path)  # type: ignore[union-attr]
+    except Exception:  # the config loaded before the store could fail; name no path then
+        return "(see store.path)"
 
 
 @click.group(cls=SyncdGroup, context_settings={"help_option_names": ["-h", "--help"]})

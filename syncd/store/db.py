@@ -16,7 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from syncd.errors import StoreError
+from syncd.errors import StoreDamaged, StoreError
+from syncd.store.integrity import is_damage
 
 # New stores use 16 KiB pages: most `emails` rows (their search text) and raw copies
 # then fit in one page instead of spilling into overflow pages. Alternated end-to-end
@@ -41,11 +42,14 @@ def latest_version() -> int:
 
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open (and create or migrate, unless ``readonly``) the store at ``path``.
-    Every failure to open is a StoreError with a one-line reason."""
+    Every failure to open is a StoreError with a one-line reason (StoreDamaged when
+    the file is damaged)."""
     path = Path(path)
     try:
         return _connect(path, readonly)
     except (sqlite3.Error, OSError) as exc:
+        if is_damage(exc):
+            raise StoreDamaged(str(path), [str(exc)]) from None
         reason = getattr(exc, "strerror", None) or str(exc)
         raise StoreError(f"cannot open the store {path}: {reason}") from None
 
