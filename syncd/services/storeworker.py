@@ -4,7 +4,8 @@ SQLite allows one writer at a time and a ``sqlite3`` connection belongs to the t
 that uses it, so the daemon gives the store a thread of its own. Async code awaits
 ``run(fn, ...)``; IMAP worker threads block on ``call(fn, ...)``. ``fn`` receives the
 worker's ``Pipeline`` (its ``conn`` is the store connection). Jobs run one at a time,
-in the order they were submitted, which also serialises the pipeline.
+in the order they were submitted, which also serialises the pipeline. A job that meets
+a damaged file reports it to ``health`` and raises ``StoreDamaged``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from syncd.config.model import Config
+from syncd.errors import StoreDamaged
 from syncd.pipeline import Pipeline
+from syncd.services.storehealth import StoreHealth
 from syncd.store import db
 
 T = TypeVar("T")
@@ -30,6 +33,8 @@ class StoreWorker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._pipeline: Pipeline | None = None
         self._thread: threading.Thread | None = None
+        self.health = StoreHealth(config.store.path)
+        self.health.on_recovered.append(lambda: self.call(_forget_cached_pages))
 
     def open(self) -> None:
         """Open (and migrate) the store on the worker thread; raises StoreError."""
@@ -61,7 +66,15 @@ class StoreWorker:
 
     def _invoke(self, fn: Callable[..., T], *args: Any) -> T:
         assert self._pipeline is not None, "StoreWorker.open() first"
-        return fn(self._pipeline, *args)
+        try:
+            return fn(self._pipeline, *args)
+        except StoreDamaged as exc:
+            self.health.report(exc)
+            raise
+        except Exception as exc:
+            if self.health.report(exc):
+                raise self.health.refusal() from exc
+            raise
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(pipeline, *args)`` on the store thread and wait (from any other thread)."""
@@ -82,3 +95,9 @@ class StoreWorker:
             self.call(close)
             self._pipeline = None
         self._executor.shutdown(wait=True)
+
+
+def _forget_cached_pages(pipeline: Pipeline) -> None:
+    # Pages read while the file was damaged may sit in the connection's cache, which
+    # only another connection's write would invalidate.
+    pipeline.conn.execute("PRAGMA shrink_memory")
