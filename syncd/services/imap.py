@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from syncd.config.model import Config, Inbox
-from syncd.errors import InboxError
+from syncd.errors import InboxError, StoreDamaged
 from syncd.services.intake import deliverer
 from syncd.services.schedule import Every
 from syncd.services.storeworker import StoreJob
@@ -288,6 +288,12 @@ class ImapService:
                     self._cycle(name)
                 except Stopping:
                     return
+                except StoreDamaged:
+                    # Said once by the store's health; sync resumes when the file is sound.
+                    self._states[name] = "waiting: store damaged"
+                    health = self._store.health
+                    while health.damaged and not self._stop.is_set():
+                        health.wait_sound(1.0)
                 except Exception as exc:  # nothing may end an inbox's thread but a stop
                     log.exception("inbox %s: sync loop failed; retrying", name)
                     self._states[name] = "failed"

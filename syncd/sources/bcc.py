@@ -55,6 +55,7 @@ from aiosmtpd.smtp import (
 )
 
 from syncd import secrets
+from syncd.errors import StoreDamaged
 from syncd.hosts import is_loopback
 from syncd.mail.addresses import normalise
 from syncd.mail.parse import HeaderTooLarge
@@ -315,7 +316,9 @@ class BccHandler:
             # shield: a DATA deadline hitting now must not abandon a commit half way.
             await asyncio.shield(loop.run_in_executor(self._executor, write))
         except Exception as error:
-            log.error("BCC spool write failed: %s", type(error).__name__)
+            # A damaged store is said once by the daemon, not once per refused message.
+            level = logging.DEBUG if isinstance(error, StoreDamaged) else logging.ERROR
+            log.log(level, "BCC spool write failed: %s", type(error).__name__)
             self.count("tempfail")
             return TEMPFAIL
         self.stats["accepted"] += 1  # the durable count is the spool's, in the same commit

@@ -38,6 +38,7 @@ from typing import Any
 
 from syncd.errors import StoreError
 from syncd.store import db
+from syncd.store.integrity import is_damage
 from syncd.store.timestamps import from_epoch, to_epoch
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,8 @@ class SpoolWriter:
     wait in memory (``unsaved()``, which the metrics endpoint adds to the store's) and
     the background flush tries them again after ``flush_interval``, doubling after each
     failure up to ``max_backoff``. ``close`` tries the counters once more and never
-    waits for the store beyond that one attempt.
+    waits for the store beyond that one attempt. A damaged file fails messages the same
+    way but is not logged here: the caller reports it (``services.storehealth``).
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class SpoolWriter:
         self._backoff = flush_interval
         self._counts_due = 0.0  # monotonic time before which a counters-only flush waits
         self._failing = False  # the last commit was refused
+        self._said_failing = False  # ... and the log said so
         self._leading = False
         self._closed = False
         self.commits = 0  # transactions written; messages / commits = mean group size
@@ -235,8 +238,11 @@ class SpoolWriter:
                 self._backoff = min(self._backoff * 2, self._max_backoff)
                 first, ok = not self._failing, False
                 self._failing = True
-            if first:  # once per outage: every refused message is logged by the endpoint
+            # Once per outage: every refused message is logged by the endpoint. A damaged
+            # file is the caller's to say (the daemon says it once for all its parts).
+            if first and not is_damage(error):
                 log.error("the BCC spool cannot be written, answering 451: %s", error)
+                self._said_failing = True
         else:
             with self._cond:
                 self._writing = Counter()
@@ -244,7 +250,8 @@ class SpoolWriter:
                 self._backoff = self._interval
                 recovered = self._failing
                 self._failing, ok = False, True
-            if recovered:
+            if recovered and self._said_failing:
+                self._said_failing = False
                 log.info("the BCC spool can be written again")
         for job in batch:
             job.done.set()
