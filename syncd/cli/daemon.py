@@ -311,6 +311,10 @@ def _print_status(report: dict[str, Any], *, bcc: bool) -> None:
                    f" spool {b['spool_depth']}")  # fmt: skip
         click.echo(f"outbox: {o['depth']} waiting, {o['forwarded']} forwarded,"
                    f" {o['given_up']} given up")  # fmt: skip
+    tracked = report.get("tracking") or {}
+    if tracked.get("messages") or any((tracked.get("hits") or {}).values()):
+        hits = ", ".join(f"{n} {v}" for v, n in tracked["hits"].items() if n) or "none"
+        click.echo(f"tracking: {tracked['messages']} tracked message(s); hits: {hits}")
     click.echo(f"quarantine: {report['quarantine']}")
 
 

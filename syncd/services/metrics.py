@@ -87,6 +87,7 @@ def metrics_from(report: dict[str, Any]) -> Iterator[Metric]:
             if folder.get("last_sync"):
                 last_success.add_metric(labels, to_epoch(folder["last_sync"]))
     yield from (inbox_up, logged, last_uid, last_success, next_retry)
+    yield from _tracking_metrics(report.get("tracking") or {})
     if "store" in report:
         store = report["store"]
         yield _gauge("syncd_store_bytes", "SQLite file and WAL, in bytes", store["bytes"])
@@ -95,6 +96,24 @@ def metrics_from(report: dict[str, Any]) -> Iterator[Metric]:
             "Attachment files the store holds, each content once, in bytes",
             store["attachments_bytes"],
         )
+
+
+def _tracking_metrics(tracking: dict[str, Any]) -> Iterator[Metric]:
+    """Tracked messages and hits by kind and verdict, as the store counts them."""
+    if not tracking:
+        return
+    yield _counter(
+        "syncd_tracking_messages", "Messages relayed with tracking", tracking.get("messages", 0)
+    )
+    hits = CounterMetricFamily(
+        "syncd_tracking_hits",
+        "Opens and clicks recorded, by verdict (only human ones count as a person's)",
+        labels=["kind", "verdict"],
+    )
+    for kind, field in (("open", "opens"), ("click", "clicks")):
+        for verdict, value in sorted((tracking.get(field) or {}).items()):
+            hits.add_metric([kind, verdict], value)
+    yield hits
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from syncd.config.model import Config
-from syncd.store import daemonstate, db, size, spool, syncstate
+from syncd.store import daemonstate, db, size, spool, syncstate, tracking
 from syncd.store.timestamps import offset_form, parse
 
 
@@ -93,6 +93,8 @@ def _from_store(conn: sqlite3.Connection, names: list[str]) -> dict[str, Any]:
     report.update(spool.status(conn))
     report["bcc"] |= report["daemon"].pop("bcc", {})
     report["quarantine"] = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+    # Tracked messages and their hits by verdict: what the store holds, since ever.
+    report["tracking"] = tracking.counts(conn)
     return report
 
 
