@@ -9,6 +9,7 @@ Each rule skips values of the wrong type (pydantic reports those) and yields
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Iterator
 from typing import Any
@@ -218,11 +219,15 @@ def _tracking(data: dict[str, Any]) -> Iterator[Problem]:
     tracking = data.get("tracking")
     if not isinstance(tracking, dict) or tracking.get("enabled") is not True:
         return
-    # Refused rather than accepted and ignored: a user who turns it on must know.
-    yield ("tracking", "enabled"), "open and click tracking is not available in this version yet"
     for key in ("public_url", "secret_file"):
         if not tracking.get(key):
             yield ("tracking", key), f"tracking is enabled, so {key} is required"
+    secret = tracking.get("secret_file")
+    if isinstance(secret, str) and secret and not os.access(secret, os.R_OK):
+        yield (
+            ("tracking", "secret_file"),
+            f"cannot read {secret}: create it with one 'keyid:base64' line (a 32-byte secret)",
+        )
 
 
 def _notify_command(data: dict[str, Any]) -> Iterator[Problem]:

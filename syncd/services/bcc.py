@@ -29,6 +29,7 @@ from syncd.config.model import BccConfig, Config
 from syncd.crm.team import Team
 from syncd.errors import StoreDamaged
 from syncd.mail.addresses import normalise
+from syncd.mail.parse import key_of
 from syncd.outbound.relay import OutboxRunner, Relay, RelaySettings
 from syncd.secrets import read_password
 from syncd.services.intake import IngestBatch, deliverer
@@ -45,7 +46,7 @@ from syncd.sources.bcc import (
     tls_context,
 )
 from syncd.sources.senders import Dkim, PySpf, SenderPolicy
-from syncd.store import db, spool
+from syncd.store import db, spool, tracking
 
 log = logging.getLogger("syncd.bcc")
 DRAIN_SECONDS = 2.0
@@ -88,13 +89,21 @@ def drain_spool(
     if not rows:
         return DrainResult(0, Counter())
     ids = tuple(row.id for row in rows)
+    # Relayed mail (the submission relay's): its tracking is tied to the engagement in
+    # the transaction that logs it. extra_bcc copies are for BCC mail only.
+    relayed = [key_of(row.raw) for row in rows if row.source == "relay"]
+    copied = tuple(row.id for row in rows if row.source != "relay")
 
     def write(tx: sqlite3.Connection, spooled: tuple[int, ...]) -> None:
-        if extra_bcc:
-            spool.hold_copies(tx, spooled, extra_bcc, now())
+        if extra_bcc and copied:
+            spool.hold_copies(tx, copied, extra_bcc, now())
         spool.delete_spooled(tx, spooled)
+        for message_key in relayed:
+            tracking.mark_logged(tx, message_key)
 
-    items = [(row.raw, provenance(row.received_at, row.mail_from, row.owner)) for row in rows]
+    items = [
+        (row.raw, provenance(row.received_at, row.mail_from, row.owner, row.source)) for row in rows
+    ]
     [outcomes] = hand_over([Handover(items, ids)], deliverer(ingest_batch, write))
     statuses = Counter(str(outcome.status) for outcome in outcomes)
     if extra_bcc:

@@ -37,6 +37,7 @@ from syncd.services.quarantine import QuarantineService
 from syncd.services.schedule import Every
 from syncd.services.sdnotify import Notifier
 from syncd.services.storeworker import StoreJob, StoreWorker
+from syncd.services.submission import SubmissionService
 from syncd.store import daemonstate, integrity
 from syncd.store.timestamps import now_iso
 
@@ -246,6 +247,9 @@ def _build_services(config: Config, store: StoreWorker) -> list[Service]:
             )
         )
     services.append(QuarantineService(store))
+    if config.submission is not None:
+        # After the metrics service in the list, so stop order keeps BCC's grace first.
+        services.append(SubmissionService(config, store))
     return services
 
 

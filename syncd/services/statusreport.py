@@ -92,6 +92,7 @@ def _from_store(conn: sqlite3.Connection, names: list[str]) -> dict[str, Any]:
     report["inboxes"] = [_shown(i, running) for i in syncstate.status_rows(conn, names)]
     report.update(spool.status(conn))
     report["bcc"] |= report["daemon"].pop("bcc", {})
+    report["submission"] |= report["daemon"].pop("submission", {})
     report["quarantine"] = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
     # Tracked messages and their hits by verdict: what the store holds, since ever.
     report["tracking"] = tracking.counts(conn)

@@ -386,3 +386,66 @@ def counts(conn: sqlite3.Connection) -> dict[str, Any]:
         "opens": hits_by["open"],
         "clicks": hits_by["click"],
     }
+
+
+# The submission relay ------------------------------------------------------------------
+
+
+def known_recipients(
+    conn: sqlite3.Connection, addresses: Sequence[str]
+) -> dict[str, tuple[int, str | None]]:
+    """Which of ``addresses`` (normalised) are contacts: address -> (contact id, legal
+    basis or None). A read: any connection will do."""
+    found: dict[str, tuple[int, str | None]] = {}
+    for address in addresses:
+        row = conn.execute(
+            "SELECT c.id, c.legal_basis FROM contact_addresses a"
+            " JOIN contacts c ON c.id = a.contact_id WHERE a.address = ?",
+            (address,),
+        ).fetchone()
+        if row is not None:
+            found[address] = (int(row[0]), row[1] or None)
+    return found
+
+
+def record_relayed(
+    conn: sqlite3.Connection,
+    message: TrackedMessage | None,
+    member: str,
+    ip: str | None,
+    at: datetime,
+) -> None:
+    """What the relay keeps with the spooled copy of a message the smarthost accepted, in
+    the spool's transaction: the tracked message (None: untracked) and the address the
+    member submitted from (None: not kept)."""
+    if message is not None:
+        record_message(conn, message)
+    if ip:
+        remember_submitter(conn, member, ip, at)
+
+
+def mark_logged(conn: sqlite3.Connection, message_key: str) -> None:
+    """In the transaction that logged relayed mail: tie its tracked message (if any) to
+    the engagement, mark the engagement ``sent``, and give a message sent to one person
+    who was not a contact yet the contact the pipeline made of them."""
+    attach_engagement(conn, message_key)
+    row = conn.execute(
+        "SELECT id, engagement_id, contact_id, anonymous FROM tracked_messages"
+        " WHERE message_key = ?",
+        (message_key,),
+    ).fetchone()
+    if row is None or row[1] is None:
+        return
+    conn.execute(
+        "UPDATE engagements SET status = 'sent' WHERE id = ? AND status IS NULL", (row[1],)
+    )
+    if row[2] is None and not row[3]:
+        contacts = conn.execute(
+            "SELECT contact_id FROM engagement_contacts WHERE engagement_id = ? LIMIT 2",
+            (row[1],),
+        ).fetchall()
+        if len(contacts) == 1:
+            conn.execute(
+                "UPDATE tracked_messages SET contact_id = ? WHERE id = ?",
+                (contacts[0][0], row[0]),
+            )

@@ -213,7 +213,7 @@ BAD = [
     (BASE + "team: []\n", "18:1: team: duplicate key"),
     (
         BASE + "tracking: {enabled: true, public_url: https://t.example.com, secret_file: /s}\n",
-        "18:21: tracking.enabled: open and click tracking is not available in this version yet",
+        "18:75: tracking.secret_file: cannot read /s: create it with one 'keyid:base64' line (a 32-byte secret)",
     ),
     (
         BASE + "  relay: {host: smtp.example.org, security: none}\n  extra_bcc: [x@example.org]\n",
