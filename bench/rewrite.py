@@ -7,7 +7,8 @@ about 150 links), with the HTML in quoted-printable, base64 and 8bit in turn.
 
 Rates are messages per CPU-second of this process (``time.process_time``), best of
 ``--repeat`` passes, so other work on a shared machine does not skew them.
-Usage: ``python -m bench.rewrite [N] [--repeat K]``.
+Usage: ``python -m bench.rewrite [N] [--repeat K] [--size BYTES]`` (``--size 10000`` for a
+10 KB message).
 """
 
 from __future__ import annotations
@@ -99,8 +100,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("n", nargs="?", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--size", type=int, default=100_000, help="HTML size in bytes")
     args = ap.parse_args()
-    html_body = newsletter_html()
+    html_body = newsletter_html(args.size)
     for cte in ("quoted-printable", "base64", "8bit"):
         raw = _message(html_body, cte)
         links = len(rewrite(raw, link_url=str, pixel_url=None, public_url="https://t.x").links)

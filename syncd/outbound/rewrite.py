@@ -56,6 +56,8 @@ from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from html import parser as _hp
+from html import unescape
 from html.parser import HTMLParser
 from typing import Literal
 from urllib.parse import quote, urlsplit
@@ -81,16 +83,42 @@ _UNSUBSCRIBE_WORDS = (
     "afmelden",
     "cancelar inscrição",
 )
+_UNSUBSCRIBE_TEXT = re.compile("|".join(map(re.escape, _UNSUBSCRIBE_WORDS)))
 _LINK_TEXT_CAP = 2000  # an unclosed <a> must not collect the whole rest of the document
 
 _HEADER_END = re.compile(rb"\r?\n(\r?\n)")
 _ANGLE_URL = re.compile(r"<([^>]*)>")
-# The same tokenisation html.parser uses for a start tag (Lib/html/parser.py), so the span
-# found for href is the one the parser read; a mismatch is caught by comparing values.
-_TAG_NAME = re.compile(r"([a-zA-Z][^\t\n\r\f />\x00]*)(?:\s|/(?!>))*")
-_ATTR = re.compile(
-    r"((?<=['\"\s/])[^\s/>][^\s/=>]*)(\s*=+\s*('[^']*'|\"[^\"]*\"|(?!['\"])[^>\s]*))?"
-    r"(?:\s|/(?!>))*"
+# What the scanner acts on (<a, <area, <img, <body, </body) and the one construct html.parser
+# raises on (a marked section, <![): a part with none of them is not parsed at all.
+_MAYBE_EDITED = re.compile(r"<(?:[aA]|[iI][mM][gG]|[bB][oO][dD][yY]|/\s*[bB][oO][dD][yY]|!\[)")
+# Tags whose attributes are read: the rules' own, and script/style, which switch html.parser
+# to raw text until their end tag.
+_READ_TAGS = frozenset({"a", "area", "img", "body", "script", "style"})
+_READ_NAME = "(?:" + "|".join("".join(f"[{c}{c.upper()}]" for c in t) for t in _READ_TAGS) + ")"
+_TAG_NAME_ONLY = re.compile(r"[a-zA-Z][^\t\n\r\f />\x00]*")  # tagfind_tolerant's name
+_AMP_END = re.compile(r"[\s;]")
+# </a> as parse_endtag reads it outside script/style: name "a", ended at the first ">".
+_END_A = re.compile(r"</\s*[aA]\s*>")
+# Outside a link and outside script/style, what html.parser would read with no effect on
+# the edits, stepped over in one match: text; a start tag of another element that ends in
+# ">" or "/>" where check_for_whole_start_tag ends it (its own regex, matched atomically as
+# .match() does); a comment up to the first "--" + spaces + ">" (parse_comment); an end tag
+# that is not </body>, up to the first ">" (parse_endtag ends every end tag there outside
+# raw text). Anything else goes through the parser's own methods.
+_SKIP = re.compile(
+    r"(?:[^<]+"
+    r"|(?=<(?!" + _READ_NAME + r"(?![^\t\n\r\f />\x00])))"
+    r"(?>(?x:" + _hp.locatestarttagend_tolerant.pattern + r"))/?>"
+    r"|<!--[^-]*(?:-(?!-\s*>)[^-]*)*--\s*>"
+    r"|</(?!\s*[bB][oO][dD][yY])[^>]*>"
+    r")*"
+)
+# The URLs links are made of (scheme://host/path?query, host in ASCII without brackets, no
+# tab, CR or LF) split by one regex into what urlsplit would give: urlsplit costs more than
+# all the rest of a link. Anything else goes to urlsplit.
+_PLAIN_URL = re.compile(
+    r"([a-zA-Z][a-zA-Z0-9+.\-]*)://([A-Za-z0-9.\-_~:@!$&'()*+,;=%]*)"
+    r"((?:/[^?#\t\n\r]*)?)(?:[?#][^\t\n\r]*)?"
 )
 _UNQUOTED_SAFE = re.compile(r"[^\s\"'`=<>]+")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
@@ -99,7 +127,7 @@ _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 _ASCII_INCOMPATIBLE = ("utf-16", "utf-32", "utf-7", "iso2022", "hz")
 
 _MAX_DEPTH = 32
-_QP_UNSAFE = re.compile(rb"[^\x21-\x3c\x3e-\x7e \t]")
+_QP_UNSAFE = re.compile(rb"[^\x21-\x3c\x3e-\x7e \t]+")  # runs: one call per run, not per byte
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,10 +314,14 @@ class _Context:
             u = urlsplit(url)
         except ValueError:
             return None
-        if (u.scheme.lower(), u.netloc.lower()) != self.pub_origin:
+        return self.public_path_of(u.scheme, u.netloc, u.path)
+
+    def public_path_of(self, scheme: str, netloc: str, path: str) -> str | None:
+        """``public_path`` of a URL already split."""
+        if (scheme.lower(), netloc.lower()) != self.pub_origin:
             return None
-        if u.path == self.pub_path or u.path.startswith(self.pub_path + "/"):
-            return u.path[len(self.pub_path) :]
+        if path == self.pub_path or path.startswith(self.pub_path + "/"):
+            return path[len(self.pub_path) :]
         return None
 
 
@@ -304,14 +336,28 @@ def _scan(raw: bytes, leaf: _Leaf, ctx: _Context) -> _HtmlPart | None:
     data = _decode(raw[leaf.start : leaf.end], leaf.cte)
     if data is None:
         return None
-    scanner = _Scanner(data.decode("latin-1"), codec, ctx)
+    found = _scan_text(data.decode("latin-1"), codec, ctx)
+    if found is None:
+        return None
+    return _HtmlPart(leaf, data, *found)
+
+
+_Found = tuple[list[tuple[int, int, str]], int | None, int | None]  # edits, body open, close
+
+
+def _scan_text(text: str, codec: str, ctx: _Context) -> _Found | None:
+    """Edits and <body> offsets of one part's latin-1 view; None if it cannot be read."""
+    if _MAYBE_EDITED.search(text) is None:
+        # Nothing the scanner acts on and nothing html.parser raises on: no edits, no body.
+        return [], None, None
+    scanner = _Scanner(text, codec, ctx)
     try:
         scanner.run()
     except Exception:
         # html.parser raises AssertionError on some malformed declarations; a part it cannot
         # read is sent as it is rather than half rewritten.
         return None
-    return _HtmlPart(leaf, data, scanner.edits, scanner.body_open, scanner.body_close)
+    return scanner.edits, scanner.body_open, scanner.body_close
 
 
 @dataclass(slots=True)
@@ -324,32 +370,162 @@ class _Link:
 
 
 class _Scanner(HTMLParser):
-    """Collects edits (start, end, replacement) in the latin-1 view of one HTML part."""
+    """Collects edits (start, end, replacement) in the latin-1 view of one HTML part.
+
+    The tokenizer is html.parser's own ``goahead`` loop (``_goahead``), driven over the
+    whole part with the same regexes and the same ``parse_*`` methods, so every construct
+    starts and ends where html.parser says. What it leaves out is the work nobody reads:
+    attributes of tags the rules ignore, and text outside a link. Such tags are only
+    measured (``check_for_whole_start_tag``), and runs of them are stepped over by one
+    regex. tests/unit/test_rewrite.py runs html.parser's own ``feed``/``close`` beside it
+    and asserts the same edits.
+    """
 
     def __init__(self, text: str, codec: str, ctx: _Context) -> None:
         super().__init__(convert_charrefs=True)
-        self.text = text
+        self.rawdata = text
         self.codec = codec
         self.ctx = ctx
         self.edits: list[tuple[int, int, str]] = []
         self.body_open: int | None = None
         self.body_close: int | None = None
         self._link: _Link | None = None
-        self._line_starts = [0]
-        find = text.find
-        i = find("\n")
-        while i != -1:  # html.parser counts lines by "\n" alone
-            self._line_starts.append(i + 1)
-            i = find("\n", i + 1)
+        self._at = 0  # offset of the construct being handled
 
     def run(self) -> None:
-        self.feed(self.text)
-        self.close()
+        # feed() then close(): a first pass stops at the first construct left open (a
+        # comment without its end...), and a second one reads from there to the end.
+        i = self._goahead(0, False)
+        self._goahead(i, True)
         self._finish_link()
 
-    def _offset(self) -> int:
-        line, col = self.getpos()
-        return self._line_starts[line - 1] + col
+    def _goahead(self, i: int, end: bool) -> int:
+        """html.parser's ``goahead`` with convert_charrefs, from ``i``; returns where it stopped.
+
+        With convert_charrefs the ``&`` branches of the original are never reached (text
+        runs to the next ``<``), so they are left out.
+        """
+        rawdata = self.rawdata
+        n = len(rawdata)
+        startswith = rawdata.startswith
+        while i < n:
+            if self.cdata_elem is None:
+                if self._link is None:
+                    # Outside a link, text and the tags the rules ignore change nothing.
+                    i = _SKIP.match(rawdata, i).end()
+                    if i >= n:
+                        break
+                j = rawdata.find("<", i)
+                if j < 0:
+                    amppos = rawdata.rfind("&", max(i, n - 34))
+                    if amppos >= 0 and not _AMP_END.search(rawdata, amppos):
+                        break  # held back for close(), as feed() does
+                    j = n
+                if i < j and self._link is not None:
+                    self.handle_data(unescape(rawdata[i:j]))
+            else:
+                match = self.interesting.search(rawdata, i)
+                if match is None:
+                    break
+                j = match.start()
+                if i < j and self._link is not None:
+                    self.handle_data(rawdata[i:j])
+            i = j
+            if i == n:
+                break
+            self._at = i
+            if _hp.starttagopen.match(rawdata, i):
+                k = self._starttag(i)
+            elif startswith("</", i):
+                m = _END_A.match(rawdata, i) if self.cdata_elem is None else None
+                if m is not None:
+                    if self._link is not None:
+                        self._finish_link()
+                    k = m.end()
+                else:
+                    k = self.parse_endtag(i)
+            elif startswith("<!--", i):
+                k = self.parse_comment(i)
+            elif startswith("<?", i):
+                k = self.parse_pi(i)
+            elif startswith("<!", i):
+                k = self.parse_html_declaration(i)
+            elif (i + 1) < n:
+                self.handle_data("<")
+                k = i + 1
+            else:
+                break
+            if k < 0:
+                if not end:
+                    break
+                k = rawdata.find(">", i + 1)
+                if k < 0:
+                    k = rawdata.find("<", i + 1)
+                    if k < 0:
+                        k = i + 1
+                else:
+                    k += 1
+                if self._link is not None:
+                    chunk = rawdata[i:k]
+                    self.handle_data(chunk if self.cdata_elem else unescape(chunk))
+            i = k
+        if end and i < n and self.cdata_elem is None:
+            if self._link is not None:
+                self.handle_data(unescape(rawdata[i:n]))
+            i = n
+        return i
+
+    def _starttag(self, i: int) -> int:
+        """``parse_starttag``, or only the tag's end when nothing would read its attributes."""
+        m = _TAG_NAME_ONLY.match(self.rawdata, i + 1)
+        name = m.group().lower() if m is not None else ""
+        if name in ("a", "area"):
+            return self._anchor(i, name)
+        if self._link is None and name not in _READ_TAGS:
+            return self.check_for_whole_start_tag(i)
+        return self.parse_starttag(i)
+
+    def _anchor(self, i: int, tag: str) -> int:
+        """``parse_starttag`` for <a> and <area>, keeping the first href's match for its span.
+
+        The same steps as html.parser's (its regexes, in its order), so the tag ends, and
+        is a tag or text, exactly where the parser says.
+        """
+        rawdata = self.rawdata
+        endpos = self.check_for_whole_start_tag(i)
+        if endpos < 0:
+            return endpos
+        k = _hp.tagfind_tolerant.match(rawdata, i + 1).end()  # type: ignore[union-attr]
+        href: re.Match[str] | None = None
+        notrack = False
+        attrfind = _hp.attrfind_tolerant.match
+        while k < endpos:
+            a = attrfind(rawdata, k)
+            if not a:
+                break
+            name = a.group(1).lower()
+            if name == "href":
+                if href is None:
+                    href = a
+            elif name == NOTRACK_ATTRIBUTE:
+                notrack = True
+            k = a.end()
+        if rawdata[k:endpos].strip() not in (">", "/>"):
+            self.handle_data(rawdata[i:endpos])
+            return endpos
+        if self._link is not None:  # "<a .../>" opens a link too: no self-closing <a> in HTML
+            self._finish_link()
+        link = _Link(None, "", None, notrack, [])
+        if href is not None and href.group(2):  # an href with a value, even an empty one
+            value = href.group(3)
+            q = value[:1] if value[:1] in "'\"" and value[-1:] == value[:1] else ""
+            link.value_span = (href.start(3), href.end(3))
+            link.quote = q
+            link.href = value[1:-1] if q else value
+        self._link = link
+        if tag == "area":
+            self._finish_link()
+        return endpos
 
     def _real(self, s: str) -> str:
         """A latin-1 view string as the part's real charset reads it."""
@@ -360,14 +536,10 @@ class _Scanner(HTMLParser):
         self.handle_starttag(tag, attrs)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        # <a> and <area> never come here: _anchor reads them.
         source = self.get_starttag_text() or ""
-        at = self._offset()
-        if tag in ("a", "area"):
-            self._finish_link()
-            self._link = _link(source, at, attrs)
-            if tag == "area":
-                self._finish_link()
-        elif tag == "img":
+        at = self._at
+        if tag == "img":
             src = next((v for k, v in attrs if k == "src"), None)
             path = self.ctx.public_path(self._real(src).strip()) if src else None
             if path is not None and path.startswith("/o/"):  # an old syncd pixel
@@ -379,7 +551,7 @@ class _Scanner(HTMLParser):
         if tag == "a":
             self._finish_link()
         elif tag == "body":
-            self.body_close = self._offset()
+            self.body_close = self._at
 
     def handle_data(self, data: str) -> None:
         link = self._link
@@ -392,7 +564,16 @@ class _Scanner(HTMLParser):
             return
         ctx = self.ctx
         dest = html.unescape(self._real(link.href)).strip()
-        path = ctx.public_path(dest)
+        plain = _PLAIN_URL.fullmatch(dest)
+        if plain is not None:
+            scheme, netloc, upath = plain.group(1).lower(), plain.group(2), plain.group(3)
+        else:
+            try:
+                parts = urlsplit(dest)
+            except ValueError:
+                return  # neither ours nor http(s)
+            scheme, netloc, upath = parts.scheme, parts.netloc, parts.path
+        path = ctx.public_path_of(scheme, netloc, upath)
         if path is not None:
             # Ours already: an old tracked link from quoted history goes back to where it
             # pointed (so it no longer counts for the old message); anything else stays.
@@ -401,10 +582,10 @@ class _Scanner(HTMLParser):
                 if old is not None:
                     self._set_href(link, old)
             return
-        if not _http(dest) or dest in ctx.unsub:
+        if scheme.lower() not in ("http", "https") or not netloc or dest in ctx.unsub:
             return
         text = self._real("".join(link.text)).casefold()
-        if any(word in text for word in _UNSUBSCRIBE_WORDS):
+        if _UNSUBSCRIBE_TEXT.search(text) is not None:
             return
         index = len(ctx.links)
         ctx.links.append(dest)
@@ -420,42 +601,10 @@ class _Scanner(HTMLParser):
         self.edits.append((start, end, f"{q}{value}{q}"))
 
 
-def _link(source: str, at: int, attrs: list[tuple[str, str | None]]) -> _Link:
-    """Locate the first href value in a start tag's source, the way html.parser splits it."""
-    notrack = any(k == NOTRACK_ATTRIBUTE for k, _ in attrs)
-    m = _TAG_NAME.match(source, 1)
-    k = m.end() if m else len(source)
-    seen = 0
-    while k < len(source):
-        a = _ATTR.match(source, k)
-        if not a:
-            break
-        name, rest, value = a.group(1, 2, 3)
-        if name.lower() == "href":
-            if not rest or value is None or seen >= len(attrs):
-                break
-            quote_char = value[:1] if value[:1] in "'\"" and value[-1:] == value[:1] else ""
-            inner = value[1:-1] if quote_char else value
-            # The parser's own value (unescaped) must match what was found, else leave it.
-            if attrs[seen] != ("href", html.unescape(inner) if inner else inner):
-                break
-            span = (at + a.start(3), at + a.end(3))
-            return _Link(span, quote_char, inner, notrack, [])
-        seen += 1
-        k = a.end()
-    return _Link(None, "", None, notrack, [])
-
-
-def _http(url: str) -> bool:
-    try:
-        u = urlsplit(url)
-    except ValueError:
-        return False
-    return u.scheme.lower() in ("http", "https") and bool(u.netloc)
-
-
 def _ascii(url: str) -> str:
     """Percent-encode non-ASCII so a URL spliced into a 7bit part keeps it 7bit."""
+    if url.isascii():
+        return url
     return _NON_ASCII.sub(lambda m: quote(m.group(), safe=""), url)
 
 
@@ -520,10 +669,13 @@ def _qp_logical_lines(body: bytes) -> list[tuple[int, int, bytes]]:
     lines: list[tuple[int, int, bytes]] = []
     start = pos = 0
     n = len(body)
-    while pos < n:
-        nl = body.find(b"\n", pos)
-        stop = n if nl == -1 else nl + 1
-        if not body[pos:stop].rstrip(b"\r\n\t ").endswith(b"="):  # a hard line break ends it
+    pieces = body.split(b"\n")  # one split, not a find and a slice per physical line
+    last = len(pieces) - 1
+    for k, piece in enumerate(pieces):
+        stop = pos + len(piece) + (k < last)
+        if stop == pos:  # the empty piece after a final newline
+            break
+        if not piece.rstrip(b"\r\n\t ").endswith(b"="):  # a hard line break ends it
             lines.append((start, stop, body[start:stop]))
             start = stop
         pos = stop
@@ -597,4 +749,4 @@ def _qp_encode(data: bytes, width: int, eol: bytes) -> bytes:
 
 
 def _qp_escape(m: re.Match[bytes]) -> bytes:
-    return b"=%02X" % m[0][0]
+    return b"=" + m[0].hex("=").upper().encode("ascii")

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import binascii
 import email
+import html
 import random
+import re
 from email import policy
+from html.parser import HTMLParser
+from urllib.parse import urlsplit
 
 import pytest
 
+import syncd.outbound.rewrite as rw
 from syncd.outbound.rewrite import (
     UNTRACKED_DKIM,
     UNTRACKED_ENCRYPTED,
@@ -548,3 +553,285 @@ def test_mutated_messages_never_raise(seed_msg: bytes) -> None:
                 )
         r = _rw(bytes(raw), unwrap=lambda u: "https://x.example/")
         assert isinstance(r.raw, bytes)
+
+
+# --- the fast scanner against html.parser's own feed/close (the implementation it replaced) --
+
+# The reference: the scanner rewrite.py had before the fast path, driven by html.parser's
+# feed()/close() on the whole part, every tag parsed, offsets from getpos(). The fast
+# scanner must find exactly the same edits, <body> offsets, links, and refuse the same parts.
+_REF_TAG_NAME = re.compile(r"([a-zA-Z][^\t\n\r\f />\x00]*)(?:\s|/(?!>))*")
+_REF_ATTR = re.compile(
+    r"((?<=['\"\s/])[^\s/>][^\s/=>]*)(\s*=+\s*('[^']*'|\"[^\"]*\"|(?!['\"])[^>\s]*))?"
+    r"(?:\s|/(?!>))*"
+)
+
+
+def _ref_http(url: str) -> bool:
+    try:
+        u = urlsplit(url)
+    except ValueError:
+        return False
+    return u.scheme.lower() in ("http", "https") and bool(u.netloc)
+
+
+def _ref_link(source: str, at: int, attrs: list[tuple[str, str | None]]) -> rw._Link:
+    notrack = any(k == rw.NOTRACK_ATTRIBUTE for k, _ in attrs)
+    m = _REF_TAG_NAME.match(source, 1)
+    k = m.end() if m else len(source)
+    seen = 0
+    while k < len(source):
+        a = _REF_ATTR.match(source, k)
+        if not a:
+            break
+        name, rest, value = a.group(1, 2, 3)
+        if name.lower() == "href":
+            if not rest or value is None or seen >= len(attrs):
+                break
+            quote_char = value[:1] if value[:1] in "'\"" and value[-1:] == value[:1] else ""
+            inner = value[1:-1] if quote_char else value
+            if attrs[seen] != ("href", html.unescape(inner) if inner else inner):
+                break
+            return rw._Link((at + a.start(3), at + a.end(3)), quote_char, inner, notrack, [])
+        seen += 1
+        k = a.end()
+    return rw._Link(None, "", None, notrack, [])
+
+
+class _ReferenceScanner(HTMLParser):
+    def __init__(self, text: str, codec: str, ctx: rw._Context) -> None:
+        super().__init__(convert_charrefs=True)
+        self.text, self.codec, self.ctx = text, codec, ctx
+        self.edits: list[tuple[int, int, str]] = []
+        self.body_open: int | None = None
+        self.body_close: int | None = None
+        self._link: rw._Link | None = None
+        self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+
+    def run(self) -> None:
+        self.feed(self.text)
+        self.close()
+        self._finish_link()
+
+    def _offset(self) -> int:
+        line, col = self.getpos()
+        return self._line_starts[line - 1] + col
+
+    def _real(self, s: str) -> str:
+        return s.encode("latin-1").decode(self.codec, "replace")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        source = self.get_starttag_text() or ""
+        at = self._offset()
+        if tag in ("a", "area"):
+            self._finish_link()
+            self._link = _ref_link(source, at, attrs)
+            if tag == "area":
+                self._finish_link()
+        elif tag == "img":
+            src = next((v for k, v in attrs if k == "src"), None)
+            path = self.ctx.public_path(self._real(src).strip()) if src else None
+            if path is not None and path.startswith("/o/"):
+                self.edits.append((at, at + len(source), ""))
+        elif tag == "body" and self.body_open is None:
+            self.body_open = at + len(source)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a":
+            self._finish_link()
+        elif tag == "body":
+            self.body_close = self._offset()
+
+    def handle_data(self, data: str) -> None:
+        link = self._link
+        if link is not None and sum(map(len, link.text)) < rw._LINK_TEXT_CAP:
+            link.text.append(data)
+
+    def _finish_link(self) -> None:
+        link, self._link = self._link, None
+        if link is None or link.href is None or link.value_span is None or link.notrack:
+            return
+        ctx = self.ctx
+        dest = html.unescape(self._real(link.href)).strip()
+        path = ctx.public_path(dest)
+        if path is not None:
+            if path.startswith("/c/") and ctx.unwrap is not None:
+                old = ctx.unwrap(dest)
+                if old is not None:
+                    self._set_href(link, old)
+            return
+        if not _ref_http(dest) or dest in ctx.unsub:
+            return
+        text = self._real("".join(link.text)).casefold()
+        if any(word in text for word in rw._UNSUBSCRIBE_WORDS):
+            return
+        index = len(ctx.links)
+        ctx.links.append(dest)
+        self._set_href(link, ctx.link_url(index))
+
+    def _set_href(self, link: rw._Link, url: str) -> None:
+        assert link.value_span is not None
+        value = html.escape(rw._ascii(url), quote=True)
+        q = link.quote
+        if not q and not rw._UNQUOTED_SAFE.fullmatch(value):
+            q = '"'
+        start, end = link.value_span
+        self.edits.append((start, end, f"{q}{value}{q}"))
+
+
+def _reference_scan_text(text: str, codec: str, ctx: rw._Context) -> rw._Found | None:
+    scanner = _ReferenceScanner(text, codec, ctx)
+    try:
+        scanner.run()
+    except Exception:
+        return None
+    return scanner.edits, scanner.body_open, scanner.body_close
+
+
+def _unwrap(u: str) -> str | None:
+    return "https://x.example/\u00fc" if "OLD1" in u or "1" in u[-3:] else None
+
+
+def _both(text: str, codec: str = "utf-8") -> None:
+    found = []
+    for scan in (_reference_scan_text, rw._scan_text):
+        ctx = rw._Context(_tok, PUBLIC, {"https://ex.com/u"}, _unwrap)
+        found.append((scan(text, codec, ctx), ctx.links))
+    assert found[0] == found[1], text[:300]
+
+
+def _mutations(seed: bytes, rng: random.Random, count: int) -> list[bytes]:
+    out = []
+    for _ in range(count):
+        raw = bytearray(seed)
+        for _ in range(rng.randint(1, 8)):
+            i = rng.randrange(len(raw))
+            op = rng.random()
+            if op < 0.4:
+                raw[i] = rng.choice(b"<>\"'=&/-\r\n\x00\xff ")
+            elif op < 0.7:
+                del raw[i : i + rng.randint(1, 40)]
+            else:
+                raw[i:i] = rng.choice(
+                    [b"<a href=", b"<!--", b"-->", b"</body>", b"<![", b"--", b"=\r\n"]
+                )
+        out.append(bytes(raw))
+    return out
+
+
+@pytest.mark.parametrize("html_body", [r[1] for r in HOSTILE], ids=[r[0] for r in HOSTILE])
+def test_fast_scan_equals_html_parser_on_hostile_html(html_body: bytes) -> None:
+    _both(html_body.decode("latin-1"))
+    _both(html_body.decode("latin-1"), "iso8859-1")
+
+
+@pytest.mark.parametrize(
+    "seed_msg", [OUTLOOK, MIXED, QP_MSG, REPLY], ids=["outlook", "mixed", "qp", "reply"]
+)
+def test_fast_scan_equals_html_parser_on_mutated_messages(
+    seed_msg: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bodies = _mutations(seed_msg, random.Random(14), 150)
+    for raw in bodies:
+        _both(raw.decode("latin-1"))  # the whole message read as HTML: hostile enough
+    fast = [_rw(raw, unwrap=_unwrap) for raw in bodies]
+    monkeypatch.setattr(rw, "_scan_text", _reference_scan_text)
+    assert fast == [_rw(raw, unwrap=_unwrap) for raw in bodies]
+
+
+# Pieces that move html.parser between its states: tags it skips and tags it reads, quoted
+# attributes holding markup, comments (MSO conditionals, --!>, unterminated), raw text in
+# script/style, marked sections, declarations, processing instructions, lone < and &.
+_SOUP = [
+    "<a href=https://ex.com/1>",
+    "</ab>",
+    "</a x>",
+    "<A HREF='https://ex.com/2?a=1&amp;b=2'>",
+    "</a>",
+    "</A >",
+    '<a href="https://t.example.com/c/OLD1">',
+    '<a href="https://ex.com/u">',
+    "<a/>",
+    "<area href=https://ex.com/m>",
+    "<a data-syncd-notrack href=https://ex.com/n>",
+    "<a href>",
+    "<a href=",
+    "<a\rhref=https://ex.com/3\r>",
+    "<ab href=https://ex.com/4>",
+    '<img src="https://t.example.com/o/x.gif">',
+    "<IMG SRC=https://t.example.com/o/y.gif/>",
+    "<img src=",
+    "<body class=x>",
+    "<BODY>",
+    "</body>",
+    "</ body >",
+    "</body x>",
+    "</bodyx>",
+    "<p title=\"<a href='https://ex.com/5'>\">",
+    "<td class=c style='x:1'>",
+    "<br/>",
+    "<b>",
+    "</b>",
+    "</b x='>'>",
+    "</>",
+    "</ >",
+    "</3>",
+    '<v:roundrect href="https://ex.com/6">',
+    "<!--",
+    "-->",
+    "--!>",
+    "-- >",
+    "<!-->",
+    "<!--[if mso]>",
+    "<![endif]-->",
+    "<!--<![endif]-->",
+    "<script>",
+    "</script>",
+    "<SCRIPT type=x>",
+    "</script >",
+    "<style>",
+    "</style>",
+    "<style/>",
+    "<![CDATA[",
+    "]]>",
+    "<![if !mso]>",
+    "<![endif]>",
+    "<![foo[",
+    "<!DOCTYPE html>",
+    "<!x>",
+    "<?xml version='1.0'?>",
+    "<?",
+    "<",
+    ">",
+    "<3",
+    "&",
+    "&amp;",
+    "&#60;",
+    "&nbsp",
+    '"',
+    "'",
+    "=",
+    " ",
+    "\n",
+    "\r\n",
+    "\t",
+    "\x00",
+    "\xff",
+    "unsubscribe",
+    "Abmelden",
+    "text",
+    "Se d\xc3\xa9sabonner",
+    "x" * 300,
+]
+
+
+def test_fast_scan_equals_html_parser_on_tag_soup() -> None:
+    rng = random.Random(1414)
+    for _ in range(3000):
+        _both("".join(rng.choice(_SOUP) for _ in range(rng.randint(1, 40))))
+    long_text = "<a href=https://ex.com/7>" + "unsubscribe<b>" * 400 + "</a></body>"
+    _both(long_text)
+    _both("<p>x</p>" * 5 + "<a href=https://ex.com/8>tail &amp")
