@@ -230,7 +230,19 @@ def _print_status(report: dict[str, Any], *, bcc: bool) -> None:
                    f" spool {b['spool_depth']}")  # fmt: skip
         click.echo(f"outbox: {o['depth']} waiting, {o['forwarded']} forwarded,"
                    f" {o['given_up']} given up")  # fmt: skip
+    _print_tracking(report.get("tracking") or {})
     click.echo(f"quarantine: {report['quarantine']}")
+
+
+def _print_tracking(t: dict[str, Any]) -> None:
+    """Stored hits by verdict; the running endpoint's drops and rate-limited requests."""
+    if not t.get("hits") and "dropped" not in t:
+        return
+    hits = ", ".join(f"{n} {v}" for v, n in sorted(t["hits"].items())) or "no hits"
+    running = ""
+    if "dropped" in t:
+        running = f"; {t['dropped']} dropped, {t['rate_limited']} rate-limited since start"
+    click.echo(f"tracking: {hits}{running}")
 
 
 @click.command("doctor")

@@ -216,8 +216,6 @@ def _tracking(data: dict[str, Any]) -> Iterator[Problem]:
     tracking = data.get("tracking")
     if not isinstance(tracking, dict) or tracking.get("enabled") is not True:
         return
-    # Refused rather than accepted and ignored: a user who turns it on must know.
-    yield ("tracking", "enabled"), "open and click tracking is not available in this version yet"
     for key in ("public_url", "secret_file"):
         if not tracking.get(key):
             yield ("tracking", key), f"tracking is enabled, so {key} is required"

@@ -218,6 +218,10 @@ def _build_services(config: Config, store: StoreWorker) -> list[Service]:
             )
         )
     services.append(QuarantineService(store))
+    if config.tracking.enabled:
+        from syncd.services.tracking import TrackingService  # aiohttp only when enabled
+
+        services.append(TrackingService(config, store))
     return services
 
 

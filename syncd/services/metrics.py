@@ -87,6 +87,7 @@ def metrics_from(report: dict[str, Any]) -> Iterator[Metric]:
             if folder.get("last_sync"):
                 last_success.add_metric(labels, to_epoch(folder["last_sync"]))
     yield from (inbox_up, logged, last_uid, last_success, next_retry)
+    yield from _tracking_metrics(report.get("tracking") or {})
     if "store" in report:
         store = report["store"]
         yield _gauge("syncd_store_bytes", "SQLite file and WAL, in bytes", store["bytes"])
@@ -95,6 +96,37 @@ def metrics_from(report: dict[str, Any]) -> Iterator[Metric]:
             "Attachment files the store holds, each content once, in bytes",
             store["attachments_bytes"],
         )
+
+
+def _tracking_metrics(tracking: dict[str, Any]) -> Iterator[Metric]:
+    hits = CounterMetricFamily(
+        "syncd_tracking_hits", "Opens and clicks stored, by verdict", labels=["verdict"]
+    )
+    for verdict, value in sorted((tracking.get("hits") or {}).items()):
+        hits.add_metric([verdict], value)
+    yield hits
+    # From the running daemon's heartbeat: since it started.
+    yield _counter(
+        "syncd_tracking_dropped",
+        "Hits not stored because the queue was full (or the store failed at stop)",
+        tracking.get("dropped", 0),
+    )
+    yield _counter(
+        "syncd_tracking_rate_limited",
+        "Requests over the per-IP rate limit: answered, not recorded",
+        tracking.get("rate_limited", 0),
+    )
+    yield _counter(
+        "syncd_tracking_not_recorded",
+        "HEAD and prefetch requests: answered, not recorded",
+        tracking.get("not_recorded", 0),
+    )
+    yield _counter(
+        "syncd_tracking_bad_tokens",
+        "Requests with a forged or damaged token",
+        tracking.get("bad_tokens", 0),
+    )
+    yield _gauge("syncd_tracking_queue", "Hits waiting for the store", tracking.get("queue", 0))
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

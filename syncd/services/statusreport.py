@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from syncd.config.model import Config
-from syncd.store import daemonstate, db, size, spool, syncstate
+from syncd.store import daemonstate, db, size, spool, syncstate, tracking
 from syncd.store.timestamps import offset_form, parse
 
 
@@ -28,7 +28,7 @@ def gather(config: Config) -> dict[str, Any]:
             "inboxes": [{"name": n, "state": "never_synced", "last_sync": None,
                          "last_error": None, "next_retry": None, "folders": []}
                         for n in names],
-            "bcc": {}, "outbox": {}, "quarantine": 0,
+            "bcc": {}, "outbox": {}, "quarantine": 0, "tracking": {"hits": {}},
         }  # fmt: skip
     conn = db.connect(config.store.path, readonly=True)
     try:
@@ -93,7 +93,18 @@ def _from_store(conn: sqlite3.Connection, names: list[str]) -> dict[str, Any]:
     report.update(spool.status(conn))
     report["bcc"] |= report["daemon"].pop("bcc", {})
     report["quarantine"] = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+    report["tracking"] = _tracking(conn, report["daemon"].pop("tracking", {}))
     return report
+
+
+def _tracking(conn: sqlite3.Connection, running: dict[str, Any]) -> dict[str, Any]:
+    """Stored hits by verdict (every hit ever stored, re-judged ones as they are now) and
+    the running endpoint's counts since it started (dropped, rate-limited, queue)."""
+    try:
+        hits = tracking.hit_counts(conn)
+    except sqlite3.OperationalError:  # a store from before tracking (read-only: no migration)
+        hits = {}
+    return {"hits": hits} | running
 
 
 def _daemon(conn: sqlite3.Connection) -> dict[str, Any]:

@@ -187,3 +187,39 @@ def set_verdicts(
         "UPDATE tracking_hits SET verdict = ?, inferred_open = ?, reason = ? WHERE id = ?",
         [(v, int(i), r, hit_id) for hit_id, (v, i, r) in zip(ids, verdicts, strict=True)],
     )
+
+
+def update_status(conn: sqlite3.Connection, message_id: int) -> str | None:
+    """Set the status of a tracked message's engagement from its human hits: ``clicked``
+    after a human click, ``opened`` after a human (or inferred) open, else ``sent``.
+
+    Only human hits count, and the status is recomputed rather than raised, so hits
+    re-judged as a scanner's take back what they wrongly gave. Returns the status, or
+    None when the message has no engagement (yet).
+    """
+    row = conn.execute(
+        "SELECT engagement_id FROM tracked_messages WHERE id = ?", (message_id,)
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    clicked, opened = conn.execute(
+        "SELECT coalesce(max(h.kind = 'click'), 0),"
+        " coalesce(max(h.kind = 'open' OR h.inferred_open), 0)"
+        " FROM tracking_hits h JOIN tracked_messages m ON m.id = h.message_id"
+        " WHERE m.engagement_id = ? AND h.verdict = 'human'",
+        (row[0],),
+    ).fetchone()
+    status = "clicked" if clicked else "opened" if opened else "sent"
+    conn.execute(
+        "UPDATE engagements SET status = ? WHERE id = ? AND status IS NOT ?",
+        (status, row[0], status),
+    )
+    return status
+
+
+def hit_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Stored hits by verdict (for ``status`` and ``/metrics``)."""
+    return {
+        str(r[0]): int(r[1])
+        for r in conn.execute("SELECT verdict, count(*) FROM tracking_hits GROUP BY verdict")
+    }

@@ -212,10 +212,6 @@ BAD = [
     ),
     (BASE + "team: []\n", "18:1: team: duplicate key"),
     (
-        BASE + "tracking: {enabled: true, public_url: https://t.example.com, secret_file: /s}\n",
-        "18:21: tracking.enabled: open and click tracking is not available in this version yet",
-    ),
-    (
         BASE + "  relay: {host: smtp.example.org, security: none}\n  extra_bcc: [x@example.org]\n",
         "18:45: bcc.relay.security: security: none sends mail and password in clear; only for a loopback host",
     ),
