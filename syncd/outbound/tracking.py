@@ -11,8 +11,11 @@ The response never waits on the store. A hit worth recording goes into a bounded
 (past ``queue_size`` it is counted as dropped, never the reverse), and ``HitQueue.run``
 hands it to the ``write`` hook in batches. HEAD requests and browser prefetches are
 answered and not recorded, nor is anything past the per-IP rate limit. Hooks take plain
-data: ``links(message_id, index)`` gives a destination, ``write(batch)`` stores hits and
+data: ``links(message_id)`` gives its destinations, ``write(batch)`` stores hits and
 says how many got each verdict.
+
+``links(message_id)`` gives all of a message's destinations at once (by index), so one
+read serves every link of a message; they are cached for a minute.
 """
 
 from __future__ import annotations
@@ -26,13 +29,13 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 from aiohttp import web
 
 from syncd.hosts import IpRules
-from syncd.outbound.tokens import Signer
+from syncd.outbound.tokens import Signer, Verified
 
 log = logging.getLogger("syncd.tracking")
 
@@ -58,6 +61,8 @@ LINK_CACHE_SECONDS = 60.0
 # one minute the oldest are forgotten (a flood of spoofed sources cannot grow memory).
 RATE_TABLE_SIZE = 100_000
 WRITE_RETRY_SECONDS = 1.0
+# Verified tokens and client addresses remembered (each entry well under 1 KB).
+MEMO_SIZE = 50_000
 
 Kind = Literal["open", "click"]
 
@@ -105,7 +110,7 @@ class Counts:
 
 
 Write = Callable[[Sequence[RawHit]], Awaitable[Mapping[str, int]]]
-Links = Callable[[int, int], Awaitable[str | None]]
+Links = Callable[[int], Awaitable[Sequence[str] | None]]
 
 
 class HitQueue:
@@ -211,9 +216,9 @@ class LinkCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._size, self._seconds, self._clock = size, seconds, clock
-        self._items: OrderedDict[tuple[int, int], tuple[float, str]] = OrderedDict()
+        self._items: OrderedDict[int, tuple[float, Sequence[str]]] = OrderedDict()
 
-    def get(self, key: tuple[int, int]) -> str | None:
+    def get(self, key: int) -> Sequence[str] | None:
         item = self._items.get(key)
         if item is None:
             return None
@@ -223,8 +228,8 @@ class LinkCache:
         self._items.move_to_end(key)
         return item[1]
 
-    def put(self, key: tuple[int, int], url: str) -> None:
-        self._items[key] = (self._clock(), url)
+    def put(self, key: int, urls: Sequence[str]) -> None:
+        self._items[key] = (self._clock(), urls)
         self._items.move_to_end(key)
         if len(self._items) > self._size:
             self._items.popitem(last=False)
@@ -262,6 +267,32 @@ class TrackingEndpoint:
         self._counts = counts
         self._now = now
         self._cache = LinkCache()
+        # Genuine tokens and client addresses come back again and again (a newsletter's
+        # pixel, a reader behind one proxy): both answers are pure functions of their
+        # input, so they are kept. Forged tokens are not cached: a flood of them cannot
+        # fill memory, and each costs one HMAC as before.
+        self._verified: OrderedDict[str, Verified] = OrderedDict()
+        self._client_ips: OrderedDict[tuple[str, str | None], str] = OrderedDict()
+
+    def verify(self, token: str) -> Verified | None:
+        verified = self._verified.get(token)
+        if verified is None:
+            verified = self.signer.verify(token)
+            if verified is not None:
+                _remember(self._verified, token, verified)
+        return verified
+
+    def client_ip(self, peer: str, forwarded: str | None) -> str:
+        key = (peer, forwarded)
+        ip = self._client_ips.get(key)
+        if ip is None:
+            ip = self.rules.client_ip(peer, forwarded)
+            _remember(self._client_ips, key, ip)
+        return ip
+
+    def set_rules(self, rules: IpRules) -> None:
+        self.rules = rules
+        self._client_ips.clear()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024)
@@ -277,7 +308,7 @@ class TrackingEndpoint:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         peer_ip = str(peer[0]) if peer else ""
         forwarded = request.headers.getall("X-Forwarded-For", [])
-        ip = self.rules.client_ip(peer_ip, ", ".join(forwarded) if forwarded else None)
+        ip = self.client_ip(peer_ip, ", ".join(forwarded) if forwarded else None)
         if not self.rate.allow(ip):
             self._counts.rate_limited += 1
             return
@@ -288,7 +319,7 @@ class TrackingEndpoint:
         name = request.match_info["name"]
         if not name.endswith(".gif"):
             return _not_found()
-        verified = self.signer.verify(name[: -len(".gif")])
+        verified = self.verify(name[: -len(".gif")])
         if verified is None or not verified.is_open:
             self._counts.bad_tokens += 1
         else:
@@ -296,26 +327,33 @@ class TrackingEndpoint:
         return web.Response(body=PIXEL_GIF, content_type="image/gif", headers=NO_CACHE)
 
     async def click(self, request: web.Request) -> web.StreamResponse:
-        verified = self.signer.verify(request.match_info["token"])
+        verified = self.verify(request.match_info["token"])
         if verified is None or verified.link_index is None:
             self._counts.bad_tokens += 1
             return _not_found()
-        key = (verified.message_id, verified.link_index)
-        url = self._cache.get(key)
-        if url is None:
+        urls = self._cache.get(verified.message_id)
+        if urls is None:
             try:
-                url = await self._links(*key)
+                urls = await self._links(verified.message_id)
             except Exception:
                 # The store cannot be read just now: the reader may try again; never a
                 # redirect to anywhere but the stored destination.
                 log.exception("reading a tracked link failed")
                 return web.Response(status=503, text="try again\n", headers=NO_CACHE)
-            if url is None:
-                self._counts.unknown_links += 1
-                return _not_found()
-            self._cache.put(key, url)
+            if urls is not None:
+                self._cache.put(verified.message_id, urls)
+        if urls is None or verified.link_index >= len(urls):
+            self._counts.unknown_links += 1
+            return _not_found()
+        url = urls[verified.link_index]
         self._record(request, "click", verified.message_id, verified.link_index)
         return web.Response(status=302, headers=REDIRECT_HEADERS | {"Location": _location(url)})
+
+
+def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+    cache[key] = value
+    if len(cache) > MEMO_SIZE:
+        cache.popitem(last=False)
 
 
 def _location(url: str) -> str:

@@ -13,6 +13,7 @@ message, because the first clicks of a burst looked human when they came.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import stat
@@ -114,49 +115,51 @@ def judge_and_store(
     """``store_hits`` on any writer session (tests, benchmarks)."""
     counts: Counter[str] = Counter()
     since = datetime.now(UTC) - timedelta(days=judging.self_days)
+    window = timedelta(seconds=judging.thresholds.scanner_burst_seconds)
+    first: dict[int, datetime] = {}
+    for raw in batch:
+        first[raw.message_id] = min(raw.at, first.get(raw.message_id, raw.at))
     with session.batch() as conn:
-        # Per message, once a batch: its context and every hit judged so far, so a
-        # batch's own earlier hits count (a burst can arrive within one batch).
-        seen: dict[int, tuple[store.Context, list[verdicts.JudgedHit]] | None] = {}
+        # Per message, once a batch, only what the rules look at (a human open seen, the
+        # clicks of the burst window), then the batch's own hits as they are judged: a
+        # message with many hits costs no more than one with few.
+        seen: dict[int, tuple[store.Recent, list[verdicts.JudgedHit]] | None] = {}
+        rows: list[store.StoredHit] = []
         moved: set[int] = set()
         rejudge: set[int] = set()
         for raw in batch:
             if raw.message_id not in seen:
-                ctx = store.context(conn, raw.message_id, since)
-                seen[raw.message_id] = (
-                    None if ctx is None else (ctx, [_judged(h) for h in ctx.hits])
-                )
+                recent = store.recent(conn, raw.message_id, since, first[raw.message_id] - window)
+                seen[raw.message_id] = None if recent is None else (recent, _earlier(recent))
             entry = seen[raw.message_id]
             if entry is None:
                 counts["unknown"] += 1
                 continue
-            ctx, earlier = entry
+            recent, earlier = entry
             hit = verdicts.Hit(raw.kind, raw.at, raw.ip, raw.user_agent, raw.link_index)
-            context = verdicts.MessageContext(ctx.relayed_at, ctx.sender_ips, tuple(earlier))
+            context = verdicts.MessageContext(recent.relayed_at, recent.sender_ips, earlier)
             verdict = verdicts.judge(hit, context, judging.rules, judging.thresholds)
             earlier.append(verdicts.JudgedHit(hit, verdict))
-            kept_ip = raw.ip if judging.keep_full_ips else truncate(raw.ip)
-            store.record_hits(
-                conn,
-                [
-                    store.StoredHit(
-                        raw.message_id,
-                        raw.kind,
-                        raw.at,
-                        kept_ip,
-                        raw.user_agent,
-                        verdict.verdict,
-                        raw.link_index,
-                        verdict.inferred_open,
-                        verdict.reason,
-                    )
-                ],
+            kept_ip = raw.ip if judging.keep_full_ips else _truncate(raw.ip)
+            rows.append(
+                store.StoredHit(
+                    raw.message_id,
+                    raw.kind,
+                    raw.at,
+                    kept_ip,
+                    raw.user_agent,
+                    verdict.verdict,
+                    raw.link_index,
+                    verdict.inferred_open,
+                    verdict.reason,
+                )
             )
             counts[verdict.verdict] += 1
             if verdict.verdict == verdicts.HUMAN:
                 moved.add(raw.message_id)
             elif raw.kind == "click" and verdict.verdict == verdicts.SCANNER:
                 rejudge.add(raw.message_id)
+        store.record_hits(conn, rows)
         for message_id in rejudge:
             entry = seen[message_id]
             assert entry is not None
@@ -167,7 +170,19 @@ def judge_and_store(
     return counts
 
 
-def _rejudge(conn: sqlite3.Connection, ctx: store.Context, judging: Judging) -> None:
+@functools.lru_cache(maxsize=65536)
+def _truncate(ip: str) -> str:
+    return truncate(ip)  # ipaddress parsing is the writer's largest cost per hit
+
+
+def _earlier(recent: store.Recent) -> list[verdicts.JudgedHit]:
+    hits = [*recent.clicks]
+    if recent.human_open is not None and recent.human_open not in hits:
+        hits.append(recent.human_open)
+    return [_judged(h) for h in sorted(hits, key=lambda h: h.at)]
+
+
+def _rejudge(conn: sqlite3.Connection, ctx: store.Recent, judging: Judging) -> None:
     stored = store.hits(conn, ctx.message_id)
     hits = [_judged(h).hit for h in stored]
     again = verdicts.rejudge(
@@ -185,22 +200,23 @@ def _rejudge(conn: sqlite3.Connection, ctx: store.Context, judging: Judging) -> 
 
 
 class LinkReader:
-    """Link destinations read on a read-only connection in a thread of its own."""
+    """A message's link destinations, read on a read-only connection in a thread of its
+    own."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracking-links")
         self._conn: sqlite3.Connection | None = None
 
-    async def __call__(self, message_id: int, index: int) -> str | None:
+    async def __call__(self, message_id: int) -> Sequence[str] | None:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._read, message_id, index)
+        return await loop.run_in_executor(self._executor, self._read, message_id)
 
-    def _read(self, message_id: int, index: int) -> str | None:
+    def _read(self, message_id: int) -> Sequence[str] | None:
         try:
             if self._conn is None:
                 self._conn = db.connect(self._path, readonly=True)
-            return store.link_url(self._conn, message_id, index)
+            return store.link_urls(self._conn, message_id)
         except sqlite3.Error as exc:
             self._close()  # a fresh connection next time
             raise StoreError(f"cannot read a tracked link: {exc}") from exc
@@ -285,7 +301,7 @@ class TrackingService:
         self._config, self._tracking = config, config.tracking
         self._judging = Judging.from_config(config.tracking)
         if self._endpoint is not None:
-            self._endpoint.rules = self._judging.rules
+            self._endpoint.set_rules(self._judging.rules)
             self._endpoint.rate.per_minute = config.tracking.rate_per_minute
         if self._queue is not None:
             self._queue.size = config.tracking.queue_size

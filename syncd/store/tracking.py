@@ -223,3 +223,86 @@ def hit_counts(conn: sqlite3.Connection) -> dict[str, int]:
         str(r[0]): int(r[1])
         for r in conn.execute("SELECT verdict, count(*) FROM tracking_hits GROUP BY verdict")
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Recent:
+    """What judging a new hit needs, without loading every hit of the message: whether a
+    human (or inferred) open was seen, and the clicks since ``clicks_since``."""
+
+    message_id: int
+    sender: str
+    relayed_at: datetime
+    sender_ips: frozenset[str]
+    human_open: StoredHit | None
+    clicks: tuple[StoredHit, ...]
+
+
+_HIT_COLUMNS = "kind, at, ip, user_agent, verdict, link_idx, inferred_open, reason"
+
+
+def _stored(message_id: int, r: Sequence[object]) -> StoredHit:
+    return StoredHit(
+        message_id,
+        str(r[0]),
+        parse(str(r[1])),
+        str(r[2]),
+        str(r[3]),
+        str(r[4]),
+        r[5] if r[5] is None else int(str(r[5])),
+        bool(r[6]),
+        str(r[7]),
+    )
+
+
+def recent(
+    conn: sqlite3.Connection, message_id: int, since: datetime, clicks_since: datetime
+) -> Recent | None:
+    """A tracked message as the verdict rules see a new hit of it (the sender's addresses
+    seen after ``since``); None if the message is not tracked."""
+    row = conn.execute(
+        "SELECT sender, relayed_at FROM tracked_messages WHERE id = ?", (message_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    ips = frozenset(
+        r[0]
+        for r in conn.execute(
+            "SELECT ip FROM submitter_ips WHERE member = ? AND last_seen >= ?",
+            (row[0], iso(since)),
+        )
+    )
+    opened = conn.execute(
+        f"SELECT {_HIT_COLUMNS} FROM tracking_hits WHERE message_id = ? AND verdict = 'human'"
+        " AND (kind = 'open' OR inferred_open) ORDER BY at, id LIMIT 1",
+        (message_id,),
+    ).fetchone()
+    clicks = conn.execute(
+        f"SELECT {_HIT_COLUMNS} FROM tracking_hits WHERE message_id = ? AND at >= ?"
+        " AND kind = 'click' ORDER BY at, id",
+        (message_id, iso(clicks_since)),
+    ).fetchall()
+    return Recent(
+        message_id,
+        row[0],
+        parse(row[1]),
+        ips,
+        None if opened is None else _stored(message_id, opened),
+        tuple(_stored(message_id, r) for r in clicks),
+    )
+
+
+def link_urls(conn: sqlite3.Connection, message_id: int) -> tuple[str, ...] | None:
+    """Every stored destination of a message, by index (the endpoint caches them per
+    message); None if the message is not tracked."""
+    urls = conn.execute(
+        "SELECT idx, url FROM tracked_links WHERE message_id = ? ORDER BY idx", (message_id,)
+    ).fetchall()
+    if not urls:
+        exists = conn.execute("SELECT 1 FROM tracked_messages WHERE id = ?", (message_id,))
+        return () if exists.fetchone() else None
+    # Indexes are dense from 0 (record_message enumerates); a gap would be a bug, so a
+    # missing index yields no destination rather than a wrong one.
+    if [r[0] for r in urls] != list(range(len(urls))):
+        return ()
+    return tuple(str(r[1]) for r in urls)
