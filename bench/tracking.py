@@ -12,7 +12,8 @@ addresses, as behind a reverse proxy, so the per-IP limit does not hide the writ
 
 After each tracking cell the store is read until every sent hit is stored (or 20 s
 pass): "stored/sent" shows none is lost below the queue bound.
-Usage: ``python -m bench.tracking [--seconds S] [--messages N]``.
+Each cell is the best of ``--repeat`` rounds (a shared machine is noisy).
+Usage: ``python -m bench.tracking [--seconds S] [--messages N] [--repeat K]``.
 """
 
 from __future__ import annotations
@@ -214,6 +215,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--serve", nargs="+")
     args = parser.parse_args()
     if args.serve:
@@ -243,14 +245,26 @@ def main() -> None:
     total = 0
     try:
         for clients in CLIENTS:
-            ceiling = asyncio.run(_load(noop_port, pixels, clients, args.seconds))
+            # Best of --repeat rounds, each round running all three back to back, so a
+            # neighbour's load on a shared machine skews a cell less.
+            best: dict[str, dict[str, float]] = {}
+            for _ in range(args.repeat):
+                for name, target, paths in (
+                    ("no-op", noop_port, pixels),
+                    ("pixel", port, pixels),
+                    ("click", port, clicks),
+                ):
+                    result = asyncio.run(_load(target, paths, clients, args.seconds))
+                    if target == port:
+                        total += int(result["sent"])
+                    if name not in best or result["rps"] > best[name]["rps"]:
+                        best[name] = result
+            stored = _wait_stored(root / "store.sqlite3", total)
+            ceiling = best["no-op"]
             rows.append(("no-op", clients, ceiling, ""))
-            for name, paths in (("pixel", pixels), ("click", clicks)):
-                result = asyncio.run(_load(port, paths, clients, args.seconds))
-                total += int(result["sent"])
-                stored = _wait_stored(root / "store.sqlite3", total)
-                share = f"{result['rps'] / ceiling['rps']:.0%}"
-                rows.append((name, clients, result, f"{share}  stored {stored}/{total}"))
+            for name in ("pixel", "click"):
+                share = f"{best[name]['rps'] / ceiling['rps']:.0%}"
+                rows.append((name, clients, best[name], f"{share}  stored {stored}/{total}"))
     finally:
         noop.send_signal(signal.SIGTERM)
         server.send_signal(signal.SIGTERM)
