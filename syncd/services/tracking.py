@@ -124,12 +124,14 @@ def judge_and_store(
         # clicks of the burst window), then the batch's own hits as they are judged: a
         # message with many hits costs no more than one with few.
         seen: dict[int, tuple[store.Recent, list[verdicts.JudgedHit]] | None] = {}
+        ips_of: dict[str, frozenset[str]] = {}
         rows: list[store.StoredHit] = []
-        moved: set[int] = set()
+        raised: dict[int, str] = {}  # engagement -> status its human hits give it
         rejudge: set[int] = set()
         for raw in batch:
             if raw.message_id not in seen:
-                recent = store.recent(conn, raw.message_id, since, first[raw.message_id] - window)
+                clicks_since = first[raw.message_id] - window
+                recent = store.recent(conn, raw.message_id, since, clicks_since, ips_of)
                 seen[raw.message_id] = None if recent is None else (recent, _earlier(recent))
             entry = seen[raw.message_id]
             if entry is None:
@@ -155,18 +157,19 @@ def judge_and_store(
                 )
             )
             counts[verdict.verdict] += 1
-            if verdict.verdict == verdicts.HUMAN:
-                moved.add(raw.message_id)
+            if verdict.verdict == verdicts.HUMAN and recent.engagement_id is not None:
+                if raw.kind == "click" or raised.get(recent.engagement_id) != "clicked":
+                    raised[recent.engagement_id] = "clicked" if raw.kind == "click" else "opened"
             elif raw.kind == "click" and verdict.verdict == verdicts.SCANNER:
                 rejudge.add(raw.message_id)
         store.record_hits(conn, rows)
+        for engagement_id, status in raised.items():
+            store.raise_status(conn, engagement_id, status)
         for message_id in rejudge:
             entry = seen[message_id]
             assert entry is not None
             _rejudge(conn, entry[0], judging)
-            moved.add(message_id)
-        for message_id in moved:
-            store.update_status(conn, message_id)
+            store.update_status(conn, message_id)  # a re-judge may take a status back
     return counts
 
 

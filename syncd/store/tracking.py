@@ -236,6 +236,7 @@ class Recent:
     sender_ips: frozenset[str]
     human_open: StoredHit | None
     clicks: tuple[StoredHit, ...]
+    engagement_id: int | None = None
 
 
 _HIT_COLUMNS = "kind, at, ip, user_agent, verdict, link_idx, inferred_open, reason"
@@ -255,40 +256,65 @@ def _stored(message_id: int, r: Sequence[object]) -> StoredHit:
     )
 
 
-def recent(
-    conn: sqlite3.Connection, message_id: int, since: datetime, clicks_since: datetime
-) -> Recent | None:
-    """A tracked message as the verdict rules see a new hit of it (the sender's addresses
-    seen after ``since``); None if the message is not tracked."""
-    row = conn.execute(
-        "SELECT sender, relayed_at FROM tracked_messages WHERE id = ?", (message_id,)
-    ).fetchone()
-    if row is None:
-        return None
-    ips = frozenset(
+def sender_ips(conn: sqlite3.Connection, member: str, since: datetime) -> frozenset[str]:
+    """The addresses ``member`` submitted from after ``since``."""
+    return frozenset(
         r[0]
         for r in conn.execute(
             "SELECT ip FROM submitter_ips WHERE member = ? AND last_seen >= ?",
-            (row[0], iso(since)),
+            (member, iso(since)),
         )
     )
-    opened = conn.execute(
-        f"SELECT {_HIT_COLUMNS} FROM tracking_hits WHERE message_id = ? AND verdict = 'human'"
-        " AND (kind = 'open' OR inferred_open) ORDER BY at, id LIMIT 1",
+
+
+def recent(
+    conn: sqlite3.Connection,
+    message_id: int,
+    since: datetime,
+    clicks_since: datetime,
+    ips_of: dict[str, frozenset[str]] | None = None,
+) -> Recent | None:
+    """A tracked message as the verdict rules see a new hit of it (the sender's addresses
+    seen after ``since``); None if the message is not tracked. ``ips_of`` caches the
+    senders' addresses across calls (one batch of hits)."""
+    row = conn.execute(
+        "SELECT sender, relayed_at, engagement_id FROM tracked_messages WHERE id = ?",
         (message_id,),
     ).fetchone()
-    clicks = conn.execute(
-        f"SELECT {_HIT_COLUMNS} FROM tracking_hits WHERE message_id = ? AND at >= ?"
-        " AND kind = 'click' ORDER BY at, id",
-        (message_id, iso(clicks_since)),
-    ).fetchall()
-    return Recent(
-        message_id,
-        row[0],
-        parse(row[1]),
-        ips,
-        None if opened is None else _stored(message_id, opened),
-        tuple(_stored(message_id, r) for r in clicks),
+    if row is None:
+        return None
+    ips_of = {} if ips_of is None else ips_of
+    if row[0] not in ips_of:
+        ips_of[row[0]] = sender_ips(conn, row[0], since)
+    # One read: the clicks of the burst window and the human (or inferred) opens.
+    hits = [
+        _stored(message_id, r)
+        for r in conn.execute(
+            f"SELECT {_HIT_COLUMNS} FROM tracking_hits WHERE message_id = ? AND"
+            " ((kind = 'click' AND at >= ?)"
+            " OR (verdict = 'human' AND (kind = 'open' OR inferred_open)))"
+            " ORDER BY at, id",
+            (message_id, iso(clicks_since)),
+        )
+    ]
+    opened = next(
+        (h for h in hits if h.verdict == "human" and (h.kind == "open" or h.inferred_open)),
+        None,
+    )
+    clicks = tuple(
+        h for h in hits if h.kind == "click" and h.at >= clicks_since.replace(microsecond=0)
+    )
+    return Recent(message_id, row[0], parse(row[1]), ips_of[row[0]], opened, clicks, row[2])
+
+
+def raise_status(conn: sqlite3.Connection, engagement_id: int, status: str) -> None:
+    """Move an engagement up to ``status`` (``opened`` or ``clicked``), never down: for
+    a human hit judged as it came. ``update_status`` recomputes after a re-judge."""
+    below = ("sent", "opened") if status == "clicked" else ("sent",)
+    conn.execute(
+        f"UPDATE engagements SET status = ? WHERE id = ?"
+        f" AND (status IS NULL OR status IN ({', '.join('?' * len(below))}))",
+        (status, engagement_id, *below),
     )
 
 
