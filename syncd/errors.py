@@ -47,8 +47,23 @@ class StoreDenied(StoreError):
 
 
 class StoreDamaged(StoreError):
-    """The store's file is damaged, or was written by a newer syncd: waiting will not
-    mend it (exit 65)."""
+    """The store's file is damaged, or was written by a newer syncd: no retry mends it,
+    a backup does (exit 65). ``problems`` are what SQLite's checks found, if any."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+    @classmethod
+    def found(cls, path: str, problems: list[str]) -> StoreDamaged:
+        """Damage that a check of the file at ``path`` found."""
+        first = problems[0] if problems else "unreadable"
+        more = f", and {len(problems) - 1} more" if len(problems) > 1 else ""
+        return cls(
+            f"the store {path} is damaged ({first}{more}); restore it from a backup "
+            "(`syncd check-store` runs the full check)",
+            problems,
+        )
 
 
 class ConfigProblem:

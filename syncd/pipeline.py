@@ -24,6 +24,7 @@ import logging
 import multiprocessing
 import os
 import select
+import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
@@ -127,13 +128,18 @@ def _with_attachments_staged(
 
 
 def _die_with(pid: int) -> None:
-    """Parser process initializer: end when process ``pid`` (the pool's owner) ends.
+    """Parser process initializer: end when process ``pid`` (the pool's owner) ends, and
+    leave Ctrl-C to it.
 
     A killed owner never closes the pool, and a worker waiting on its call queue holds
     that queue's write end itself, so it would wait for ever, keeping the forkserver and
     the resource tracker alive with it. Its parent is the forkserver, not ``pid``, so a
     parent-death signal cannot do this; a pidfd becomes readable when ``pid`` exits.
+    A terminal's Ctrl-C reaches the whole process group: the owner stops at its next
+    batch and shuts the pool down, so a parser must not die of it mid-chunk (with a
+    traceback) first.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -269,14 +275,23 @@ class Pipeline:
         items: Sequence[tuple[bytes, Provenance]],
         *,
         on_commit: Callable[[Connection], None] | None = None,
+        tally: Callable[[Connection, Sequence[Outcome]], None] | None = None,
     ) -> list[Outcome]:
-        """Log a batch in one transaction; ``on_commit`` runs inside it, before COMMIT."""
+        """Log a batch in one transaction; ``on_commit`` runs inside it, before COMMIT,
+        then ``tally`` with the batch's outcomes (a source's counts of its mail, which
+        must land with the mail to stay true after a kill)."""
 
         def settle(_index: int, raw: bytes, provenance: Provenance, outcome: Outcome) -> None:
             if outcome.status == "quarantined":
                 quarantine.quarantine(self.session.conn, raw, provenance, outcome.reason)
 
-        return self._write(items, settle, on_commit)
+        def commit(conn: Connection, outcomes: Sequence[Outcome]) -> None:
+            if on_commit is not None:
+                on_commit(conn)
+            if tally is not None:
+                tally(conn, outcomes)
+
+        return self._write(items, settle, commit)
 
     def retry_quarantined(self, ids: Sequence[int] | None = None) -> list[tuple[int, Outcome]]:
         """Run quarantined mail through the pipeline again; what logs leaves the quarantine."""
@@ -296,7 +311,7 @@ class Pipeline:
         self,
         items: Sequence[tuple[bytes, Provenance]],
         settle: Callable[[int, bytes, Provenance, Outcome], None],
-        on_commit: Callable[[Connection], None] | None,
+        on_commit: Callable[[Connection, Sequence[Outcome]], None] | None,
     ) -> list[Outcome]:
         """Parse, plan and write ``items`` in one transaction; ``settle`` records each
         outcome with the source (quarantine, release) inside it, ``on_commit`` last."""
@@ -315,7 +330,7 @@ class Pipeline:
                     outcomes.append(outcome)
                 writer.flush()
                 if on_commit is not None:
-                    on_commit(conn)
+                    on_commit(conn, outcomes)
         finally:
             discard_staged(staged)
         return outcomes

@@ -14,6 +14,7 @@ import json
 import logging
 import sqlite3
 import sys
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,3 +110,29 @@ def print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
     widths = [max(len(r[i]) for r in text) for i in range(len(header))]
     for row in text:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+# Control (C0, DEL, C1), format (bidi overrides, zero-width) and line/paragraph separator
+# characters: in a subject or a name from a mail they could move the cursor, recolour the
+# terminal or make one line read as another.
+_UNSAFE = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+
+
+def printable(value: Any) -> str:
+    """A value from a mail made safe to print on a terminal: unsafe characters appear
+    escaped (``\\x1b``, ``\\u202e``), everything else as it is."""
+    text = "" if value is None else str(value)
+    if text.isprintable():
+        return text
+    return "".join(_escaped(c) if unicodedata.category(c) in _UNSAFE else c for c in text)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else f"\\u{code:04x}"
+        if code < 0x10000
+        else f"\\U{code:08x}"
+    )

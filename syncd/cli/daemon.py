@@ -1,4 +1,5 @@
-"""CLI commands that run syncd's engines: ``run``, ``sync``, ``status``, ``doctor``.
+"""CLI commands that run syncd's engines: ``run``, ``sync``, ``status``, ``doctor``,
+``check-store``.
 
 ``run`` hands over to ``syncd.services.daemon``. ``status`` reads the store read-only from
 another process: the daemon's heartbeat row, per-inbox sync state, spool, outbox and
@@ -8,6 +9,8 @@ quarantine counts, so it works whether or not the daemon runs and never blocks i
 from __future__ import annotations
 
 import os
+import signal
+import sqlite3
 import sys
 import time
 from contextlib import ExitStack
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from syncd.cli.common import (
+    EX_DATAERR,
     EX_NOPERM,
     EX_PROBLEMS,
     EX_UNAVAILABLE,
@@ -29,9 +33,11 @@ from syncd.cli.common import (
 )
 from syncd.pipeline import Pipeline
 from syncd.services import statusreport
-from syncd.services.imap import inbox_pass
+from syncd.services.imap import Stopping, inbox_pass, load_checkpoint
 from syncd.services.storeworker import StoreJob
 from syncd.sources.imap.folders import describe
+from syncd.sources.imap.inbox import InboxResult
+from syncd.store import integrity
 from syncd.store.session import StoreSession
 
 if TYPE_CHECKING:
@@ -72,11 +78,14 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
     --dry-run says per folder how many messages the window and people filter would
     pull, fetching no bodies. Exit 0 when every inbox synced, 77 when a login was
     refused, else 69 when an inbox could not be reached, else 1 when a folder failed.
+    Ctrl-C or SIGTERM stops at the next batch, keeping what is committed, and exits
+    130 or 143.
     """
     config = app.config()
     inboxes = [i for i in config.inboxes if only in (None, i.name)]
     if not inboxes:
         fail(f"no inbox named {only!r}" if only else "no inboxes configured", EX_USAGE)
+    signals = _StopSignals(at_once=dry_run)  # a dry run commits nothing: no batch to wait for
     session = StoreSession.open(config.store.path)
     pipeline = Pipeline.from_config(config, session)
     job = StoreJob(session, pipeline)
@@ -85,19 +94,31 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
         progress = _Bar() if sys.stderr.isatty() else _Lines()
     report: dict[str, Any] = {c: 0 for c in COUNTS} | {"inboxes": []}
     code = 0
+    stopped: str | None = None  # where an interrupted sync stopped
     try:
+        signals.arm()
         for inbox in inboxes:
-            result, _ = inbox_pass(
-                inbox,
-                lambda fn, *a: fn(job, *a),
-                dry_run=dry_run,
-                progress=progress,
-                parse_ahead=pipeline.parse_ahead,
-            )
+            if signals.requested():
+                stopped = f"{inbox.name} not started"
+                break
+            try:
+                result, _ = inbox_pass(
+                    inbox,
+                    lambda fn, *a: fn(job, *a),
+                    dry_run=dry_run,
+                    progress=progress,
+                    parse_ahead=pipeline.parse_ahead,
+                    should_stop=signals.requested,
+                )
+            except Stopping as exc:
+                result = exc.result or InboxResult(inbox.name)
+                stopped = _stopped_at(session.conn, result)
             report["inboxes"].append(result.as_json())
             for folder in result.folders:
                 for count in COUNTS:
                     report[count] += getattr(folder, count)
+            if stopped is not None:
+                break
             if result.state == "auth_failed":
                 code = EX_NOPERM
             elif result.state != "ok" and code != EX_NOPERM:
@@ -108,14 +129,74 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
                 progress.clear()
             if not as_json:
                 _print_inbox(result.as_json(), dry_run)
+    except Stopping:  # a second signal, or a dry run's first, between passes
+        stopped = stopped or "stopped between inboxes"
     finally:
+        signals.disarm()
         if progress is not None:
             progress.clear()
+        # The parser processes end here; their forkserver and the resource tracker end
+        # with this process, whose exit closes the last pipes they read.
         pipeline.close()
         session.close()
+    if stopped is not None and signals.signum is not None:
+        where = "nothing fetched (dry run)" if dry_run else f"{report['logged']} logged, {stopped}"
+        click.echo(f"syncd: interrupted: {where}; run sync again to continue", err=True)
+        report["interrupted"] = True
+        code = 128 + signals.signum  # the shell's code for death by that signal
     if as_json:
         emit_json(report)
+    signals.restore()
     sys.exit(code)
+
+
+def _stopped_at(conn: sqlite3.Connection, result: InboxResult) -> str:
+    """Where an interrupted pass stands: its folder and the committed checkpoint's UID."""
+    if not result.folders:
+        return f"{result.name} stopped before its folders"
+    folder = result.folders[-1].name
+    checkpoint = load_checkpoint(conn, result.name, folder)
+    if checkpoint is None or checkpoint.last_uid == 0:
+        return f"{result.name}/{folder} stopped before its first batch"
+    return f"{result.name}/{folder} stopped at UID {checkpoint.last_uid}"
+
+
+class _StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM while ``sync`` runs, from construction to ``restore``.
+
+    Armed (during the passes), the first asks the pass to stop at its next batch: the
+    batch being written commits with its checkpoint and counts. A second one, or with
+    ``at_once`` the first, raises ``Stopping`` where the command is: a batch being
+    written rolls back, as after a kill, and the next sync fetches it again. Unarmed
+    (opening the store, shutting the parser processes down) a signal is only noted."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, *, at_once: bool) -> None:
+        self.signum: int | None = None
+        self._at_once = at_once
+        self._armed = False
+        self._before = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def arm(self) -> None:
+        self._armed = True
+
+    def disarm(self) -> None:
+        self._armed = False
+
+    def restore(self) -> None:
+        for signum, handler in self._before.items():
+            signal.signal(signum, handler)
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        again = self.signum is not None
+        if not again:
+            self.signum = signum
+        if self._armed and (again or self._at_once):
+            raise Stopping
 
 
 class _Bar:
@@ -230,19 +311,14 @@ def _print_status(report: dict[str, Any], *, bcc: bool) -> None:
                    f" spool {b['spool_depth']}")  # fmt: skip
         click.echo(f"outbox: {o['depth']} waiting, {o['forwarded']} forwarded,"
                    f" {o['given_up']} given up")  # fmt: skip
-    _print_tracking(report.get("tracking") or {})
+    tracked = report.get("tracking") or {}
+    if tracked.get("messages") or any((tracked.get("hits") or {}).values()):
+        hits = ", ".join(f"{n} {v}" for v, n in tracked["hits"].items() if n) or "none"
+        click.echo(f"tracking: {tracked['messages']} tracked message(s); hits: {hits}")
+    if "dropped" in tracked:  # the running endpoint's counts, since it started
+        click.echo(f"tracking endpoint: {tracked['queue']} queued, {tracked['dropped']} dropped,"
+                   f" {tracked['rate_limited']} rate-limited")  # fmt: skip
     click.echo(f"quarantine: {report['quarantine']}")
-
-
-def _print_tracking(t: dict[str, Any]) -> None:
-    """Stored hits by verdict; the running endpoint's drops and rate-limited requests."""
-    if not t.get("hits") and "dropped" not in t:
-        return
-    hits = ", ".join(f"{n} {v}" for v, n in sorted(t["hits"].items())) or "no hits"
-    running = ""
-    if "dropped" in t:
-        running = f"; {t['dropped']} dropped, {t['rate_limited']} rate-limited since start"
-    click.echo(f"tracking: {hits}{running}")
 
 
 @click.command("doctor")
@@ -262,8 +338,42 @@ def doctor(app: App, as_json: bool) -> None:
     sys.exit(0 if all(c.ok for c in checks) else EX_PROBLEMS)
 
 
+CHECK_LIMIT = 1000  # problems listed by check-store; a count past it shows as "1000+"
+SHOWN = 5  # problems printed for humans; --json has them all
+
+
+@click.command("check-store")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_obj
+def check_store(app: App, as_json: bool) -> None:
+    """SQLite's full integrity check of the store (every page and index); exit 0 when
+    sound, 65 when damaged. Safe while the daemon runs; it takes a while on a big store."""
+    path = app.config().store.path
+    if not path.exists():
+        fail(f"no store at {path}")
+    started = time.monotonic()
+    verdict = integrity.check(path, full=True, limit=CHECK_LIMIT)
+    seconds = round(time.monotonic() - started, 1)
+    problems = verdict.problems
+    count = f"{len(problems)}{'+' if len(problems) >= CHECK_LIMIT else ''}"
+    if as_json:
+        emit_json({"store": str(path), "ok": verdict.ok, "problems": problems,
+                   "count": len(problems), "seconds": seconds})  # fmt: skip
+    elif verdict.ok:
+        click.echo(f"store {path}: ok (full integrity check, {seconds} s)")
+    else:
+        click.echo(f"store {path}: damaged, {count} problem(s):")
+        for problem in problems[:SHOWN]:
+            click.echo(f"  {problem}")
+        if len(problems) > SHOWN:
+            click.echo(f"  ... and {len(problems) - SHOWN} more (--json lists them)")
+        click.echo("Stop syncd and restore the store from a backup; `syncd run` refuses it.")
+    sys.exit(0 if verdict.ok else EX_DATAERR)
+
+
 def register(group: click.Group) -> None:
     group.add_command(run)
     group.add_command(sync)
     group.add_command(status)
     group.add_command(doctor)
+    group.add_command(check_store)

@@ -181,7 +181,8 @@ def erase(ctx: click.Context, email: str) -> None:
     click.echo(
         f"erased {', '.join(report.addresses)}: {report.contacts} contact(s), "
         f"{report.deleted} engagement(s) deleted, {report.redacted} redacted, "
-        f"{report.quarantined} quarantined message(s), {report.files} attachment file(s)"
+        f"{report.quarantined} quarantined message(s), {report.files} attachment file(s), "
+        f"{report.tracked} tracked message(s)"
     )
     paths = [p for p in _store_files(store_path) if p.exists()]
     paths.append(Path(config.store.attachments_dir))

@@ -20,6 +20,7 @@ import click
 
 from syncd import __version__
 from syncd.cli import daemon, data, install, logsetup, records
+from syncd.cli import tracking as tracking_cli
 from syncd.cli.common import (
     DEFAULT_CONFIG,
     EX_CONFIG,
@@ -169,4 +170,5 @@ data.register(main)
 records.register(main)
 daemon.register(main)
 install.register(main)
+tracking_cli.register(main)
 _accept_config_everywhere(main)

@@ -23,6 +23,7 @@ from syncd.cli.common import (
     fail,
     open_store,
     print_table,
+    printable,
 )
 from syncd.crm.lifecycle import STAGES, StageError, check_stage
 from syncd.crm.model import ContactRecord
@@ -179,9 +180,29 @@ def timeline(ctx: click.Context, email: str, as_json: bool) -> None:
         return
     for item in items:
         arrow = {"outgoing": "->", "incoming": "<-"}.get(item["direction"] or "", "  ")
-        title = item["subject"] if item["type"] == "email" else item.get("text", "")
-        sources = ",".join(item["sources"])
-        click.echo(f"{item['date']}  {item['type']:<7} {arrow} {title}  [{sources}]".rstrip())
+        title = printable(item["subject"] if item["type"] == "email" else item.get("text", ""))
+        seen = tracking_text(item)
+        sources = ",".join(printable(s) for s in item["sources"])
+        line = f"{item['date']}  {item['type']:<7} {arrow} {title}{seen}  [{sources}]"
+        click.echo(line.rstrip())
+
+
+def tracking_text(item: dict[str, Any]) -> str:
+    """What the timeline shows after a tracked email's subject: ``  (opened 3x, clicked
+    1x)``, ``  (sent, not opened)``; nothing for untracked mail."""
+    summary = item.get("tracking")
+    if not summary:
+        return ""
+    opens, clicks = summary["opens"]["count"], summary["clicks"]["count"]
+    parts = [f"opened {opens}x"] if opens else ["sent, not opened"]
+    if clicks:
+        parts.append(f"clicked {clicks}x")
+    if summary["anonymous"]:
+        parts.append("by someone")
+    machine = summary["machine"]["opens"] + summary["machine"]["clicks"]
+    if machine:
+        parts.append(f"{machine} machine hit(s) apart")
+    return f"  ({', '.join(parts)})"
 
 
 @click.command("search")

@@ -378,6 +378,12 @@ class Config(Model):
                 f"{name}:{line}: bcc.relay still works but is deprecated; move it to the top-level "
                 "relay: key, which serves extra_bcc and submission alike"
             )
+        secret = config.tracking.secret_file
+        if config.tracking.enabled and secret is not None and _readable_by_others(secret):
+            config._warnings.append(
+                f"{name}: tracking.secret_file {secret} is readable by group or others; "
+                "chmod 600 it: whoever reads it can forge tracking links"
+            )
         if _has_inline_secret(located.data) and _readable_by_others(Path(path)):
             config._warnings.append(
                 f"{name}: holds an inline password and is readable by group or others; "

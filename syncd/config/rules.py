@@ -9,6 +9,8 @@ Each rule skips values of the wrong type (pydantic reports those) and yields
 
 from __future__ import annotations
 
+import os
+import shlex
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +27,7 @@ def check(data: dict[str, Any]) -> list[Problem]:
     problems: list[Problem] = []
     for rule in (_team, _inboxes, _inbox_addresses, _bcc, _smarthost, _submission, _tracking):
         problems.extend(rule(data))
+    problems.extend(_notify_command(data))
     return problems
 
 
@@ -219,3 +222,25 @@ def _tracking(data: dict[str, Any]) -> Iterator[Problem]:
     for key in ("public_url", "secret_file"):
         if not tracking.get(key):
             yield ("tracking", key), f"tracking is enabled, so {key} is required"
+    secret = tracking.get("secret_file")
+    if isinstance(secret, str) and secret and not os.access(secret, os.R_OK):
+        yield (
+            ("tracking", "secret_file"),
+            f"cannot read {secret}: create it with one 'keyid:base64' line (a 32-byte secret)",
+        )
+
+
+def _notify_command(data: dict[str, Any]) -> Iterator[Problem]:
+    """The command is split as a shell would (``shlex``) but run without one: a string
+    that does not split, or splits into nothing, is no command."""
+    tracking = data.get("tracking")
+    command = tracking.get("notify_command") if isinstance(tracking, dict) else None
+    if not isinstance(command, str):
+        return
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:
+        yield ("tracking", "notify_command"), f"cannot be split into words: {exc}"
+        return
+    if not words:
+        yield ("tracking", "notify_command"), "is empty; leave it null for no command"

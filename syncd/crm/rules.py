@@ -40,11 +40,13 @@ SKIP_NO_PARTICIPANTS = "no participants outside the team"
 SKIP_NO_CONTACTS = "no participant is a contact, and none may be created here"
 
 PolicyKey = tuple[str, str | None]  # (provenance.source, provenance.inbox)
-# Ways in that no setting changes: BCC mail creates contacts for unknown participants,
+# Ways in that no setting changes: BCC and relayed mail create contacts for unknown participants,
 # a file import only when it is given an owner. An unknown way in creates none.
 STANDING_POLICIES: Mapping[PolicyKey, ContactPolicy] = MappingProxyType(
     {
         ("bcc", None): ContactPolicy(creates=True),
+        # Mail a member sent through the submission relay: as BCC mail, it is theirs.
+        ("relay", None): ContactPolicy(creates=True),
         ("import", None): ContactPolicy(creates=True, needs_owner=True),
     }
 )

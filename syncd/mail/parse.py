@@ -599,3 +599,13 @@ def _transfer_decode(body: bytes, cte: str, ctype: str, defects: list[str]) -> b
     if cte and cte not in ("7bit", "8bit", "binary"):
         defects.append(f"unknown Content-Transfer-Encoding {cte[:40]!r}: read as is")
     return body
+
+
+def key_of(raw: bytes) -> str:
+    """The key ``parse`` gives the whole message ``raw`` (its Message-ID, else a digest),
+    without parsing its body. Never raises."""
+    try:
+        fields, body = _head(raw, [])
+    except MessageError:
+        return _digest_key({}, raw)
+    return _message_id(fields, []) or _digest_key(fields, body)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import smtplib
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -265,3 +266,145 @@ class OutboxRunner:
                 self.queue.give_up(item.id, error=decision.reason, now=self.clock())
             counts[decision.action] += 1
         return counts
+
+
+# Submission: one message relayed while its sender waits ----------------------------------
+
+RELAY_UNREACHABLE = 451
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The smarthost's own reply to one message (the first refusal, or the DATA reply),
+    as one line; or syncd's 451 when the smarthost could not be reached."""
+
+    code: int
+    text: str
+    from_smarthost: bool = True
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def line(self) -> str:
+        return f"{self.code} {self.text}".rstrip()
+
+
+def _one_line(value: bytes | str) -> str:
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    # A multi-line reply becomes one line; control characters never reach our client.
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:400]
+
+
+class Submitter:
+    """Relays one message per call, all or nothing, keeping idle connections for reuse.
+
+    ``submit`` runs MAIL, each RCPT and DATA on a connection to the smarthost; the first
+    reply that is not a success ends the transaction (RSET) and is returned as it was
+    said, so a member's mail client sees the smarthost's own 4xx or 5xx. A reused
+    connection the smarthost has closed is replaced once, before anything was sent.
+    Thread-safe: each call takes its own connection.
+    """
+
+    def __init__(self, relay: Relay, *, keep: int = 8, idle_seconds: float = 20.0) -> None:
+        self.relay = relay
+        self.keep = keep
+        self.idle_seconds = idle_seconds
+        self._idle: list[tuple[float, smtplib.SMTP]] = []
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Submitter({self.relay!r})"
+
+    def _take(self) -> smtplib.SMTP | None:
+        now = time.monotonic()
+        with self._lock:
+            while self._idle:
+                since, client = self._idle.pop()
+                if now - since < self.idle_seconds:
+                    return client
+                _quit(client)
+        return None
+
+    def _give_back(self, client: smtplib.SMTP) -> None:
+        with self._lock:
+            if len(self._idle) < self.keep:
+                self._idle.append((time.monotonic(), client))
+                return
+        _quit(client)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _since, client in idle:
+            _quit(client)
+
+    def submit(self, raw: bytes, mail_from: str, recipients: Sequence[str]) -> Answer:
+        """Relay ``raw`` unchanged; never raises for SMTP or network trouble."""
+        settings = self.relay.settings
+        try:
+            password = self.relay._password() if settings.username else None
+        except secrets.SecretError as error:
+            return Answer(451, f"4.3.5 {error}", from_smarthost=False)
+        answer = self._submit(raw, mail_from, recipients, password)
+        if password:
+            answer = Answer(
+                answer.code,
+                secrets.scrub(answer.text, [password], settings.username),
+                answer.from_smarthost,
+            )
+        return answer
+
+    def _submit(
+        self, raw: bytes, mail_from: str, recipients: Sequence[str], password: str | None
+    ) -> Answer:
+        client = self._take()
+        reused = client is not None
+        options = ["BODY=8BITMIME"] if any(b > 0x7F for b in raw[:1_000_000]) else []
+        for _attempt in range(2):
+            if client is None:
+                try:
+                    client = self.relay._connect(password)
+                except smtplib.SMTPAuthenticationError as error:
+                    return Answer(451, "4.7.0 the smarthost refused syncd's login "
+                                  f"({error.smtp_code})", from_smarthost=False)  # fmt: skip
+                except (OSError, smtplib.SMTPException) as error:
+                    return Answer(451, f"4.4.1 {_describe(error)}", from_smarthost=False)
+            try:
+                mail_options = [o for o in options if client.has_extn("8bitmime")]
+                code, text = client.mail(mail_from, mail_options)
+            except (OSError, smtplib.SMTPException) as error:
+                client.close()
+                client = None
+                if reused:
+                    reused = False  # the smarthost closed an idle connection: a new one
+                    continue
+                return Answer(451, f"4.4.2 {_describe(error)}", from_smarthost=False)
+            break
+        assert client is not None
+        try:
+            if code != 250:
+                return self._refused(client, code, text)
+            for rcpt in recipients:
+                code, text = client.rcpt(rcpt)
+                if code not in (250, 251):
+                    return self._refused(client, code, text)
+            code, text = client.data(raw)
+        except smtplib.SMTPResponseException as error:
+            client.close()
+            return Answer(error.smtp_code, _one_line(error.smtp_error))
+        except (OSError, smtplib.SMTPException) as error:
+            client.close()
+            # Lost in DATA: whether the smarthost kept it is unknown; the client retries.
+            return Answer(451, f"4.4.2 {_describe(error)}", from_smarthost=False)
+        self._give_back(client)
+        return Answer(code, _one_line(text))
+
+    def _refused(self, client: smtplib.SMTP, code: int, text: bytes) -> Answer:
+        try:
+            client.rset()
+            self._give_back(client)
+        except (OSError, smtplib.SMTPException):
+            client.close()
+        return Answer(code, _one_line(text))

@@ -229,3 +229,12 @@ def new_key_line(key_id: str | None = None, taken: Iterable[str] = ()) -> str:
     if key_id in taken:
         raise KeyFileError(f"key id {key_id!r} is already in use")
     return f"{key_id}:{base64.b64encode(secrets.token_bytes(MIN_SECRET_BYTES)).decode('ascii')}"
+
+
+def tracked_message_id(secret: bytes, message_key: str) -> int:
+    """The token id of a relayed message: an HMAC of its message key under the tracking
+    secret, 63 bits (SQLite's INTEGER PRIMARY KEY is signed). The same message resent
+    after a crash gets the same id, so it is one tracked message, not two; the id tells
+    nothing of the Message-ID without the secret."""
+    mac = hmac.new(secret, b"syncd-tracked-message\0" + message_key.encode(), hashlib.sha256)
+    return int.from_bytes(mac.digest()[:8], "big") >> 1

@@ -8,8 +8,10 @@ lock: ``drain_spool`` hands each batch over through the source contract
 transaction as the mail they became (``intake.deliverer``). Drains
 run at start (after a crash the spool still holds what was acknowledged), shortly
 after each accepted message, and every few seconds; after a failed drain (a full or
-read-only store) the next waits twice as long, up to ``DRAIN_MAX_SECONDS``. extra_bcc
-copies leave from the durable outbox on a timer, in a worker thread.
+read-only store) the next waits twice as long, up to ``DRAIN_MAX_SECONDS``. While the
+store's file is damaged (``StoreHealth``) the endpoint answers 451 rather than spool into
+a store that cannot drain, and the drain waits for the file to read as sound again.
+extra_bcc copies leave from the durable outbox on a timer, in a worker thread.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from typing import Any
 
 from syncd.config.model import BccConfig, Config
 from syncd.crm.team import Team
+from syncd.errors import StoreDamaged
 from syncd.mail.addresses import normalise
+from syncd.mail.parse import key_of
 from syncd.outbound.relay import OutboxRunner, Relay, RelaySettings
 from syncd.secrets import read_password
 from syncd.services.intake import IngestBatch, deliverer
@@ -42,7 +46,7 @@ from syncd.sources.bcc import (
     tls_context,
 )
 from syncd.sources.senders import Dkim, PySpf, SenderPolicy
-from syncd.store import db, spool
+from syncd.store import db, spool, tracking
 
 log = logging.getLogger("syncd.bcc")
 DRAIN_SECONDS = 2.0
@@ -85,13 +89,21 @@ def drain_spool(
     if not rows:
         return DrainResult(0, Counter())
     ids = tuple(row.id for row in rows)
+    # Relayed mail (the submission relay's): its tracking is tied to the engagement in
+    # the transaction that logs it. extra_bcc copies are for BCC mail only.
+    relayed = [key_of(row.raw) for row in rows if row.source == "relay"]
+    copied = tuple(row.id for row in rows if row.source != "relay")
 
     def write(tx: sqlite3.Connection, spooled: tuple[int, ...]) -> None:
-        if extra_bcc:
-            spool.hold_copies(tx, spooled, extra_bcc, now())
+        if extra_bcc and copied:
+            spool.hold_copies(tx, copied, extra_bcc, now())
         spool.delete_spooled(tx, spooled)
+        for message_key in relayed:
+            tracking.mark_logged(tx, message_key)
 
-    items = [(row.raw, provenance(row.received_at, row.mail_from, row.owner)) for row in rows]
+    items = [
+        (row.raw, provenance(row.received_at, row.mail_from, row.owner, row.source)) for row in rows
+    ]
     [outcomes] = hand_over([Handover(items, ids)], deliverer(ingest_batch, write))
     statuses = Counter(str(outcome.status) for outcome in outcomes)
     if extra_bcc:
@@ -161,7 +173,15 @@ class BccService:
 
     def _spool(self, raw: bytes, mail_from: str, peer_ip: str, owner: str | None = None) -> int:
         """Called by the handler from a worker thread: commit, then nudge the drain."""
-        spool_id = self._writer(raw, mail_from, peer_ip, owner)
+        health = self._store.health
+        if health.damaged:
+            raise health.refusal()
+        try:
+            spool_id = self._writer(raw, mail_from, peer_ip, owner)
+        except Exception as exc:
+            if health.report(exc):
+                raise health.refusal() from exc
+            raise
         assert self._loop is not None
         self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
         return spool_id
@@ -177,7 +197,7 @@ class BccService:
         return None
 
     async def _drain(self) -> None:
-        if self._draining or not self._drain_pause.ready():
+        if self._draining or not self._drain_pause.ready() or self._store.health.damaged:
             return  # the running drain loops until the spool is empty
         self._draining = True
         try:
@@ -188,6 +208,8 @@ class BccService:
             if taken:
                 log.info("logged %d BCC message(s) from the spool", taken)
             self._drain_pause.succeeded()
+        except StoreDamaged:
+            pass  # said once by the store's health, which also says when it is sound again
         except Exception:
             wait = self._drain_pause.failed()
             log.exception("draining the BCC spool failed; retrying in %.0f s", wait)
@@ -243,7 +265,8 @@ class BccService:
     def status(self) -> dict[str, Any]:
         # Login counters ride the heartbeat to `status` and /metrics; they restart at 0.
         counts = self._handler.login_counts() if self._handler is not None else {}
-        return {"listen": str(self._bcc.listen), "state": self._state} | counts
+        state = "refusing: store damaged" if self._store.health.damaged else self._state
+        return {"listen": str(self._bcc.listen), "state": state} | counts
 
     def summary(self) -> str:
         return f"BCC endpoint on {self._bcc.listen}"

@@ -29,7 +29,7 @@ from typing import IO, Any, Protocol
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from syncd.config.model import Config
-from syncd.errors import ConfigError, StoreError
+from syncd.errors import ConfigError, StoreDamaged, StoreError
 from syncd.services.bcc import BccService
 from syncd.services.imap import ImapService
 from syncd.services.metrics import MetricsService
@@ -37,11 +37,15 @@ from syncd.services.quarantine import QuarantineService
 from syncd.services.schedule import Every
 from syncd.services.sdnotify import Notifier
 from syncd.services.storeworker import StoreJob, StoreWorker
-from syncd.store import daemonstate
+from syncd.services.submission import SubmissionService
+from syncd.store import daemonstate, integrity
 from syncd.store.timestamps import now_iso
 
 log = logging.getLogger("syncd.services.daemon")
 STOP_GRACE_SECONDS = 20.0
+# The longest the store's check may hold up a start; a larger store starts unchecked.
+START_CHECK_SECONDS = 5.0
+PROBE_EVERY_SECONDS = 2.0
 
 
 class Service(Protocol):
@@ -74,6 +78,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         lock = lock_store(self.config.store.path)
         try:
+            _check_store(self.config.store.path)
             self.store.open()
             scheduler = AsyncIOScheduler(event_loop=loop)
             try:
@@ -104,6 +109,7 @@ class Daemon:
         if interval:
             beat = min(beat, interval)  # the heartbeat also pings the watchdog
         scheduler.add_job(self._heartbeat, "interval", seconds=beat, id="heartbeat")
+        every(self._probe_store, PROBE_EVERY_SECONDS, "store-health")
         scheduler.start()
         self.state = "running"
         await self._heartbeat()
@@ -150,10 +156,16 @@ class Daemon:
         detail = {service.name: service.status() for service in self.services}
         try:
             await self.store.run(_save_state, os.getpid(), self.started_at, self.state, detail)
+        except StoreDamaged:
+            pass  # said once by the store's health; the daemon itself is alive
         except Exception:
             log.exception("could not record the daemon's state for `syncd status`")
             return
         self.notifier.watchdog()
+
+    async def _probe_store(self) -> None:
+        if self.store.health.damaged:
+            await asyncio.to_thread(self.store.health.probe)
 
     def _summary(self) -> str:
         return "; ".join(filter(None, (s.summary() for s in self.services))) or (
@@ -198,6 +210,23 @@ def lock_store(path: Path) -> IO[bytes]:
     return handle
 
 
+def _check_store(path: Path) -> None:
+    """Refuse a damaged store before anything uses it; a check that runs out of time
+    lets the start go on (the running daemon still notices damage when it meets it)."""
+    if not path.exists():
+        return
+    started = time.monotonic()
+    verdict = integrity.check(path, seconds=START_CHECK_SECONDS)
+    if verdict.problems:
+        raise StoreDamaged.found(str(path), verdict.problems)
+    if not verdict.finished:
+        log.warning(
+            "the store check did not finish in %.0f s; starting without it "
+            "(`syncd check-store` runs it in full)",
+            time.monotonic() - started,
+        )
+
+
 def _save_state(job: StoreJob, pid: int, started: str, state: str, detail: dict[str, Any]) -> None:
     daemonstate.save(job.session.conn, pid, started, state, detail)
 
@@ -218,6 +247,9 @@ def _build_services(config: Config, store: StoreWorker) -> list[Service]:
             )
         )
     services.append(QuarantineService(store))
+    if config.submission is not None:
+        # After the metrics service in the list, so stop order keeps BCC's grace first.
+        services.append(SubmissionService(config, store))
     if config.tracking.enabled:
         from syncd.services.tracking import TrackingService  # aiohttp only when enabled
 

@@ -3,7 +3,8 @@
 Each check returns a ``Check`` (name, ok, detail) and never raises: an IMAP login per
 inbox, the BCC listener (is something answering SMTP there), DNS for each BCC
 logging domain (MX, else A/AAAA), and the store: whether this user may write it (or the
-directory it will be created in) and its integrity. Details never include a password.
+directory it will be created in) and its integrity (``PRAGMA quick_check``, summarised
+in one line: the count and the first problem). Details never include a password.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ import dns.resolver
 from syncd.config.model import Config, Inbox
 from syncd.errors import SyncdError
 from syncd.sources.imap.conn import connect
-from syncd.store import db
+from syncd.store import db, integrity
+
+STORE_CHECK_SECONDS = 30.0
+LIMIT = 100
 
 
 @dataclass(frozen=True)
@@ -85,14 +89,21 @@ def check_store(config: Config) -> Check:
     if not path.exists():
         return Check(name, True, "not created yet (created on first run)")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            result = conn.execute("PRAGMA quick_check").fetchone()[0]
-        finally:
-            conn.close()
+        verdict = integrity.check(path, seconds=STORE_CHECK_SECONDS, limit=LIMIT)
     except sqlite3.Error as exc:
         return Check(name, False, f"cannot read: {exc}")
-    return Check(name, result == "ok", "integrity ok" if result == "ok" else result)
+    full = "`syncd check-store` runs the full check"
+    if verdict.problems:
+        count = f"{len(verdict.problems)}{'+' if len(verdict.problems) >= LIMIT else ''}"
+        return Check(
+            name,
+            False,
+            f"damaged: {count} problem(s), first: {verdict.problems[0]}; "
+            f"restore it from a backup ({full})",
+        )
+    if not verdict.finished:
+        return Check(name, True, f"no problem in the first {STORE_CHECK_SECONDS:.0f} s; {full}")
+    return Check(name, True, "integrity ok (quick check)")
 
 
 def _first_existing(store: Path) -> Path:

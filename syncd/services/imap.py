@@ -8,7 +8,9 @@ folder checkpoint that covers it commit in one transaction (``intake.deliverer``
 ``save_checkpoint`` turns the plan's checkpoint into the store's cursor). A connection
 lost mid-pass is logged
 and recorded as the inbox's last error at once, and so is a pass that crashed, so
-``syncd status`` shows what is wrong while the daemon retries.
+``syncd status`` shows what is wrong while the daemon retries. Each batch commits its
+outcome counts with it, so ``status`` counts what the store holds however a pass ends
+(a kill included); the pass's end adds what no batch carried (mail skipped as logged).
 
 In the daemon each inbox has a thread::
 
@@ -31,12 +33,13 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from syncd.config.model import Config, Inbox
-from syncd.errors import InboxError
+from syncd.errors import InboxError, StoreDamaged
 from syncd.services.intake import deliverer
 from syncd.services.schedule import Every
 from syncd.services.storeworker import StoreJob
@@ -53,11 +56,15 @@ from syncd.sources.imap.inbox import (
 from syncd.store import contacts, engagements, syncstate
 
 log = logging.getLogger("syncd.imap")
+COUNTS = syncstate.COUNT_COLUMNS
 Call = Callable[..., Any]
 
 
 class Stopping(Exception):
-    """Raised into a pass (from deliver) when the daemon is stopping."""
+    """Raised into a pass (from deliver) when the daemon or ``syncd sync`` is stopping;
+    ``inbox_pass`` sets ``result`` to what the pass committed before it stopped."""
+
+    result: InboxResult | None = None
 
 
 def inbox_pass(
@@ -73,11 +80,14 @@ def inbox_pass(
     """One sync pass of ``inbox``; returns its result and the consecutive failure count.
     ``parse_ahead`` is the pipeline's (called on the fetching thread, not through
     ``call``, so parsing starts while the store is busy with the batch before)."""
+    committed: dict[str, Counter[str]] = {}  # folder -> counts its batches committed
 
     def deliver(items: list[Any], checkpoint: syncplan.FolderCheckpoint) -> Sequence[Any]:
         if should_stop():
             raise Stopping
-        return call(_ingest, items, checkpoint)
+        outcomes = call(_ingest, items, checkpoint)
+        committed.setdefault(checkpoint.folder, Counter()).update(_counts(outcomes))
+        return outcomes
 
     def known_keys(label: str, keys: set[str]) -> set[str]:
         if should_stop():  # a rescan of logged mail delivers nothing for a long while
@@ -111,16 +121,39 @@ def inbox_pass(
             result=result,
             on_lost=on_lost,
         )
-    except Stopping:
-        if not dry_run:  # the batches committed before the stop are counted all the same
-            call(_record_counts, result)
+    except Stopping as stop:
+        if not dry_run:  # the batches committed before the stop are counted already
+            call(_record_counts, _uncommitted(result, committed))
+        stop.result = result
         raise
-    failures = 0 if dry_run else call(_record, result)
+    failures = 0 if dry_run else call(_record, _uncommitted(result, committed))
     return result, failures
 
 
 def _ingest(job: StoreJob, items: list[Any], checkpoint: syncplan.FolderCheckpoint) -> Any:
-    return deliverer(job.pipeline.ingest_batch, save_checkpoint)(items, checkpoint)
+    return deliverer(job.pipeline.ingest_batch, save_checkpoint, _tally)(items, checkpoint)
+
+
+def _counts(outcomes: Sequence[Any]) -> Mapping[str, int]:
+    return syncplan.count_outcomes(o.status for o in outcomes)
+
+
+def _tally(
+    conn: sqlite3.Connection, checkpoint: syncplan.FolderCheckpoint, outcomes: Sequence[Any]
+) -> None:
+    syncstate.add_counts(conn, checkpoint.inbox, checkpoint.folder, _counts(outcomes))
+
+
+def _uncommitted(result: InboxResult, committed: Mapping[str, Counter[str]]) -> InboxResult:
+    """``result`` with the counts its batches committed taken off each folder: what is
+    left to add at the pass's end."""
+    folders = [
+        dataclasses.replace(
+            f, **{c: getattr(f, c) - committed.get(f.name, Counter())[c] for c in COUNTS}
+        )
+        for f in result.folders
+    ]
+    return dataclasses.replace(result, folders=folders)
 
 
 def load_checkpoint(
@@ -255,6 +288,12 @@ class ImapService:
                     self._cycle(name)
                 except Stopping:
                     return
+                except StoreDamaged:
+                    # Said once by the store's health; sync resumes when the file is sound.
+                    self._states[name] = "waiting: store damaged"
+                    health = self._store.health
+                    while health.damaged and not self._stop.is_set():
+                        health.wait_sound(1.0)
                 except Exception as exc:  # nothing may end an inbox's thread but a stop
                     log.exception("inbox %s: sync loop failed; retrying", name)
                     self._states[name] = "failed"

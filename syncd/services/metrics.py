@@ -56,6 +56,7 @@ def metrics_from(report: dict[str, Any]) -> Iterator[Metric]:
     yield _gauge("syncd_outbox_depth", "extra_bcc copies waiting", outbox.get("depth", 0))
     yield _counter("syncd_outbox_forwarded", "extra_bcc copies sent", outbox.get("forwarded", 0))
     yield _gauge("syncd_outbox_given_up", "extra_bcc copies given up", outbox.get("given_up", 0))
+    yield from _submission_metrics(report.get("submission") or {})
     yield _gauge("syncd_quarantine_messages", "Messages in quarantine", report.get("quarantine", 0))
     inbox_up = GaugeMetricFamily(
         "syncd_inbox_up", "1 when the inbox's last pass was ok", labels=["inbox"]
@@ -99,11 +100,20 @@ def metrics_from(report: dict[str, Any]) -> Iterator[Metric]:
 
 
 def _tracking_metrics(tracking: dict[str, Any]) -> Iterator[Metric]:
-    hits = CounterMetricFamily(
-        "syncd_tracking_hits", "Opens and clicks stored, by verdict", labels=["verdict"]
+    """Tracked messages and hits by kind and verdict, as the store counts them."""
+    if not tracking:
+        return
+    yield _counter(
+        "syncd_tracking_messages", "Messages relayed with tracking", tracking.get("messages", 0)
     )
-    for verdict, value in sorted((tracking.get("hits") or {}).items()):
-        hits.add_metric([verdict], value)
+    hits = CounterMetricFamily(
+        "syncd_tracking_hits",
+        "Opens and clicks recorded, by verdict (only human ones count as a person's)",
+        labels=["kind", "verdict"],
+    )
+    for kind, field in (("open", "opens"), ("click", "clicks")):
+        for verdict, value in sorted((tracking.get(field) or {}).items()):
+            hits.add_metric([kind, verdict], value)
     yield hits
     # From the running daemon's heartbeat: since it started.
     yield _counter(
@@ -221,3 +231,26 @@ class MetricsService:
 
     def summary(self) -> str:
         return f"metrics on {self._listen}"
+
+
+def _submission_metrics(sub: dict[str, Any]) -> Iterator[Metric]:
+    """The submission relay's counters (``status --json``'s ``submission``)."""
+    yield _counter(
+        "syncd_submission_messages", "Messages submitted (DATA)", sub.get("submissions", 0)
+    )
+    yield _counter(
+        "syncd_submission_relayed",
+        "Messages the smarthost accepted, recorded for the CRM",
+        sub.get("relayed", 0),
+    )
+    refused = CounterMetricFamily(
+        "syncd_submission_refused", "Submissions refused", labels=["reason"]
+    )
+    for reason, value in sorted((sub.get("refused_by_reason") or {}).items()):
+        refused.add_metric([reason], value)
+    yield refused
+    yield _counter(
+        "syncd_submission_temporary_failures",
+        "Submissions answered 4xx by syncd (smarthost unreachable, store failing)",
+        sub.get("temporary_failures", 0),
+    )

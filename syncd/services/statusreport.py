@@ -28,7 +28,7 @@ def gather(config: Config) -> dict[str, Any]:
             "inboxes": [{"name": n, "state": "never_synced", "last_sync": None,
                          "last_error": None, "next_retry": None, "folders": []}
                         for n in names],
-            "bcc": {}, "outbox": {}, "quarantine": 0, "tracking": {"hits": {}},
+            "bcc": {}, "outbox": {}, "quarantine": 0,
         }  # fmt: skip
     conn = db.connect(config.store.path, readonly=True)
     try:
@@ -92,19 +92,12 @@ def _from_store(conn: sqlite3.Connection, names: list[str]) -> dict[str, Any]:
     report["inboxes"] = [_shown(i, running) for i in syncstate.status_rows(conn, names)]
     report.update(spool.status(conn))
     report["bcc"] |= report["daemon"].pop("bcc", {})
+    report["submission"] |= report["daemon"].pop("submission", {})
     report["quarantine"] = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-    report["tracking"] = _tracking(conn, report["daemon"].pop("tracking", {}))
+    # Tracked messages and their hits by verdict: what the store holds, since ever; and
+    # the running endpoint's counts since it started (dropped, rate-limited, queue).
+    report["tracking"] = tracking.counts(conn) | report["daemon"].pop("tracking", {})
     return report
-
-
-def _tracking(conn: sqlite3.Connection, running: dict[str, Any]) -> dict[str, Any]:
-    """Stored hits by verdict (every hit ever stored, re-judged ones as they are now) and
-    the running endpoint's counts since it started (dropped, rate-limited, queue)."""
-    try:
-        hits = tracking.hit_counts(conn)
-    except sqlite3.OperationalError:  # a store from before tracking (read-only: no migration)
-        hits = {}
-    return {"hits": hits} | running
 
 
 def _daemon(conn: sqlite3.Connection) -> dict[str, Any]:

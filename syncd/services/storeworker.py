@@ -5,7 +5,8 @@ that uses it, so the daemon gives the store a thread of its own. Async code awai
 ``run(fn, ...)``; IMAP worker threads block on ``call(fn, ...)``. ``fn`` receives a
 ``StoreJob``: the worker's ``StoreSession`` for the store's own reads and writes, and
 its ``Pipeline`` for mail. Jobs run one at a time, in the order they were submitted,
-which also serialises the pipeline.
+which also serialises the pipeline. A job that meets
+a damaged file reports it to ``health`` and raises ``StoreDamaged``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from syncd.config.model import Config
+from syncd.errors import StoreDamaged
 from syncd.pipeline import Pipeline
+from syncd.services.storehealth import StoreHealth
 from syncd.store.session import StoreSession
 
 T = TypeVar("T")
@@ -41,6 +44,8 @@ class StoreWorker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._job: StoreJob | None = None
         self._thread: threading.Thread | None = None
+        self.health = StoreHealth(config.store.path)
+        self.health.on_recovered.append(lambda: self.call(_forget_cached_pages))
 
     def open(self) -> None:
         """Open (and migrate) the store on the worker thread; raises StoreError."""
@@ -72,7 +77,15 @@ class StoreWorker:
 
     def _invoke(self, fn: Callable[..., T], *args: Any) -> T:
         assert self._job is not None, "StoreWorker.open() first"
-        return fn(self._job, *args)
+        try:
+            return fn(self._job, *args)
+        except StoreDamaged as exc:
+            self.health.report(exc)
+            raise
+        except Exception as exc:
+            if self.health.report(exc):
+                raise self.health.refusal() from exc
+            raise
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(job, *args)`` on the store thread and wait (from any other thread)."""
@@ -93,3 +106,9 @@ class StoreWorker:
             self.call(close)
             self._job = None
         self._executor.shutdown(wait=True)
+
+
+def _forget_cached_pages(job: StoreJob) -> None:
+    # Pages read while the file was damaged may sit in the connection's cache, which
+    # only another connection's write would invalidate.
+    job.session.conn.execute("PRAGMA shrink_memory")

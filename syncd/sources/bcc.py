@@ -55,6 +55,7 @@ from aiosmtpd.smtp import (
 )
 
 from syncd import secrets
+from syncd.errors import StoreDamaged
 from syncd.hosts import is_loopback
 from syncd.mail.addresses import normalise
 from syncd.mail.parse import HeaderTooLarge
@@ -315,7 +316,9 @@ class BccHandler:
             # shield: a DATA deadline hitting now must not abandon a commit half way.
             await asyncio.shield(loop.run_in_executor(self._executor, write))
         except Exception as error:
-            log.error("BCC spool write failed: %s", type(error).__name__)
+            # A damaged store is said once by the daemon, not once per refused message.
+            level = logging.DEBUG if isinstance(error, StoreDamaged) else logging.ERROR
+            log.log(level, "BCC spool write failed: %s", type(error).__name__)
             self.count("tempfail")
             return TEMPFAIL
         self.stats["accepted"] += 1  # the durable count is the spool's, in the same commit
@@ -528,8 +531,14 @@ class BccServer:
         return cut
 
 
-async def start_server(handler: BccHandler, options: ServerOptions) -> BccServer:
-    """Listen on ``options.host``/``port`` in the running loop."""
+async def start_server(
+    handler: BccHandler,
+    options: ServerOptions,
+    smtp_class: type[BccSMTP] | None = None,
+    **smtp_options: Any,
+) -> BccServer:
+    """Listen on ``options.host``/``port`` in the running loop. ``smtp_class`` and
+    ``smtp_options`` let another SMTP source (the submission relay) reuse the caps."""
     # aiosmtpd logs every command line at INFO, AUTH credentials included.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
     loop = asyncio.get_running_loop()
@@ -538,7 +547,7 @@ async def start_server(handler: BccHandler, options: ServerOptions) -> BccServer
     max_bytes = options.max_message_mb * 1024 * 1024
 
     def factory() -> BccSMTP:
-        return BccSMTP(
+        return (smtp_class or BccSMTP)(
             handler,
             gate,
             max_bytes,
@@ -547,6 +556,7 @@ async def start_server(handler: BccHandler, options: ServerOptions) -> BccServer
             tls_context=options.tls,
             require_starttls=options.require_tls and options.tls is not None,
             loop=loop,
+            **smtp_options,
         )
 
     server = await loop.create_server(factory, options.host, options.port, reuse_address=True)
@@ -556,9 +566,16 @@ async def start_server(handler: BccHandler, options: ServerOptions) -> BccServer
 class ThreadedEndpoint:
     """The endpoint on its own event loop in a thread (tests, benchmark, sync callers)."""
 
-    def __init__(self, handler: BccHandler, options: ServerOptions) -> None:
+    def __init__(
+        self,
+        handler: BccHandler,
+        options: ServerOptions,
+        smtp_class: type[BccSMTP] | None = None,
+        **smtp_options: Any,
+    ) -> None:
         self.handler = handler
         self.options = options
+        self._smtp = (smtp_class, smtp_options)
         self.port = options.port
         self._loop = asyncio.new_event_loop()
         self._server: BccServer | None = None
@@ -567,7 +584,7 @@ class ThreadedEndpoint:
     def start(self) -> ThreadedEndpoint:
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(
-            start_server(self.handler, self.options), self._loop
+            start_server(self.handler, self.options, self._smtp[0], **self._smtp[1]), self._loop
         )
         self._server = future.result(timeout=10)
         self.port = self._server.port
@@ -593,11 +610,14 @@ class ThreadedEndpoint:
         self.stop()
 
 
-def provenance(received_at: float, mail_from: str, owner: str | None) -> Provenance:
+def provenance(
+    received_at: float, mail_from: str, owner: str | None, source: str = "bcc"
+) -> Provenance:
     """How a spooled message came: accepted at ``received_at`` (epoch seconds) from the
-    envelope sender ``mail_from``, for the member ``owner`` if the session named one."""
+    envelope sender ``mail_from``, for the member ``owner`` if the session named one;
+    ``source`` is the spool row's ('relay': a member's mail the smarthost accepted)."""
     return Provenance(
-        source="bcc",
+        source=source,
         received_at=datetime.fromtimestamp(received_at, UTC),
         owner=owner,
         sender=mail_from,

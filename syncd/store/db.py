@@ -44,7 +44,8 @@ def latest_version() -> int:
 
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open (and create or migrate, unless ``readonly``) the store at ``path``.
-    Every failure to open is a StoreError with a one-line reason."""
+    Every failure to open is a StoreError with a one-line reason (StoreDamaged when
+    the file is damaged)."""
     path = Path(path)
     try:
         return _connect(path, readonly)
@@ -84,7 +85,7 @@ def store_error(
         where = exc.filename or path
         return kind(f"cannot {doing} the store {path}: {where}: {exc.strerror or exc}")
     if kind is StoreDamaged:
-        return StoreDamaged(f"the store {path} is damaged ({exc}); restore a backup")
+        return StoreDamaged.found(str(path), [str(exc)])
     code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
     denied = (
         not_permitted(path, readonly=readonly)

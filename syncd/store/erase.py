@@ -5,7 +5,9 @@ sightings and attachments; one shared with other contacts is redacted (the addre
 its name leave the headers, subject and text; the raw bytes are dropped, since encoded
 copies of the address may hide in them; raw copies are searched decompressed).
 Quarantined, spooled and outbox mail carrying the address, and attachment files no
-remaining email uses, are deleted. Then the full-text index is
+remaining email uses, are deleted, and so is the tracking of mail sent to the contact or
+logged as those engagements (tracked messages, link destinations, hits): its tokens then
+resolve to nothing. Then the full-text index is
 rebuilt from what is left, the file is VACUUMed with ``secure_delete`` on, and the WAL
 is checkpointed and truncated, so the freed pages holding the old text are gone from the
 store directory. ``scan`` checks that claim byte by byte.
@@ -41,11 +43,14 @@ class EraseReport:
     redacted: int = 0
     quarantined: int = 0
     files: int = 0
+    tracked: int = 0
     wal_busy: bool = False
 
     @property
     def found(self) -> bool:
-        return bool(self.contacts or self.deleted or self.redacted or self.quarantined)
+        return bool(
+            self.contacts or self.deleted or self.redacted or self.quarantined or self.tracked
+        )
 
 
 def erase(conn: sqlite3.Connection, address: str, attachments_dir: Path) -> EraseReport:
@@ -101,27 +106,8 @@ def _erase_engagements(
     conn: sqlite3.Connection, contact_ids: list[int], addresses: set[str], report: EraseReport
 ) -> set[str]:
     """Delete or redact every engagement that names the addresses; return touched blobs."""
-    candidates: set[int] = set()
-    for contact_id in contact_ids:
-        candidates.update(
-            r[0]
-            for r in conn.execute(
-                "SELECT engagement_id FROM engagement_contacts WHERE contact_id = ?", (contact_id,)
-            )
-        )
-    for needle in addresses:
-        candidates.update(
-            r[0]
-            for r in conn.execute(
-                "SELECT engagement_id FROM emails WHERE mentions(addresses, ?1) "
-                "OR mentions(subject, ?1) OR mentions(body, ?1) OR mentions(message_key, ?1) "
-                "OR mentions(from_addr, ?1) "
-                "UNION SELECT id FROM engagements WHERE mentions(body, ?1) "
-                "UNION SELECT engagement_id FROM raw_messages "
-                "WHERE mentions(unpack(raw, codec), ?1)",
-                (needle,),
-            )
-        )
+    candidates = _candidates(conn, contact_ids, addresses)
+    report.tracked = _erase_tracking(conn, contact_ids, candidates, addresses)
     hashes: set[str] = set()
     marks = ",".join("?" * len(contact_ids))  # "NOT IN ()" is true: every contact counts
     for engagement_id in sorted(candidates):
@@ -143,6 +129,82 @@ def _erase_engagements(
             conn.execute("DELETE FROM engagements WHERE id = ?", (engagement_id,))
             report.deleted += 1
     return hashes
+
+
+def _candidates(conn: sqlite3.Connection, contact_ids: list[int], addresses: set[str]) -> set[int]:
+    """The engagements of the contacts, and those whose mail or text names an address."""
+    candidates: set[int] = set()
+    for contact_id in contact_ids:
+        candidates.update(
+            r[0]
+            for r in conn.execute(
+                "SELECT engagement_id FROM engagement_contacts WHERE contact_id = ?", (contact_id,)
+            )
+        )
+    for needle in addresses:
+        candidates.update(
+            r[0]
+            for r in conn.execute(
+                "SELECT engagement_id FROM emails WHERE mentions(addresses, ?1) "
+                "OR mentions(subject, ?1) OR mentions(body, ?1) OR mentions(message_key, ?1) "
+                "OR mentions(from_addr, ?1) "
+                "UNION SELECT id FROM engagements WHERE mentions(body, ?1) "
+                "UNION SELECT engagement_id FROM raw_messages "
+                "WHERE mentions(unpack(raw, codec), ?1)",
+                (needle,),
+            )
+        )
+    return candidates
+
+
+def _erase_tracking(
+    conn: sqlite3.Connection, contact_ids: list[int], candidates: set[int], addresses: set[str]
+) -> int:
+    """Delete the tracked messages (with their links, hits and so their tokens' meaning)
+    sent to the contacts or logged as the candidate engagements, and any tracking row
+    naming an address; return how many tracked messages went.
+
+    An anonymous message (several recipients) shared with other contacts goes whole:
+    its hits are "someone's" and cannot be told apart, so any may be the erased person's.
+    Its engagement, redacted, then reads ``untracked``, which is what it now is."""
+    doomed: set[int] = set()
+    for contact_id in contact_ids:
+        doomed.update(
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM tracked_messages WHERE contact_id = ?", (contact_id,)
+            )
+        )
+    for engagement_id in candidates:
+        doomed.update(
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM tracked_messages WHERE engagement_id = ?", (engagement_id,)
+            )
+        )
+    for needle in addresses:
+        doomed.update(
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM tracked_messages WHERE mentions(message_key, ?1) "
+                "OR mentions(sender, ?1) "
+                "UNION SELECT message_id FROM tracked_links WHERE mentions(url, ?1)",
+                (needle,),
+            )
+        )
+        conn.execute(
+            "DELETE FROM tracking_hits WHERE mentions(user_agent, ?1) OR mentions(reason, ?1)",
+            (needle,),
+        )
+        conn.execute("DELETE FROM submitter_ips WHERE mentions(member, ?1)", (needle,))
+    conn.executemany(
+        "UPDATE engagements SET status = NULL WHERE id = "
+        "(SELECT engagement_id FROM tracked_messages WHERE id = ?)",
+        [(m,) for m in doomed],
+    )
+    # Links and hits go by ON DELETE CASCADE (foreign keys are on in every connection).
+    conn.executemany("DELETE FROM tracked_messages WHERE id = ?", [(m,) for m in doomed])
+    return len(doomed)
 
 
 def _functions(conn: sqlite3.Connection) -> None:

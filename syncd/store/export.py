@@ -11,6 +11,7 @@ import sqlite3
 from typing import Any
 
 from syncd.crm.model import CSV_FIELDS
+from syncd.store import tracking
 from syncd.store.queries import (
     CONTACT_SQL,
     ENGAGEMENT_SQL,
@@ -57,8 +58,9 @@ def _companies(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 def export_json(conn: sqlite3.Connection) -> dict[str, Any]:
     """``{contacts, companies, deals, tickets, engagements}``; emails carry their text."""
     engagements = []
+    tracked = tracking.summaries(conn)
     for row in conn.execute(ENGAGEMENT_SQL + " ORDER BY g.occurred_at, g.id").fetchall():
-        item = engagement_item(conn, row)
+        item = engagement_item(conn, row, tracked)
         if row["type"] == "email":
             item["text"] = row["body"]
         engagements.append(item)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
 from syncd.mail.addresses import normalise, normalise_domain
+from syncd.store import tracking
 from syncd.store.searchquery import QueryError, fts_query
 
 CONTACT_SQL = (
@@ -193,8 +195,13 @@ ENGAGEMENT_SQL = (
 )
 
 
-def engagement_item(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
-    """One timeline entry as the JSON contract shapes it."""
+def engagement_item(
+    conn: sqlite3.Connection,
+    row: sqlite3.Row,
+    tracked: Mapping[int, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One timeline entry as the JSON contract shapes it. ``tracked`` is
+    ``tracking.summaries`` for a set of engagements this one is in (read here if None)."""
     engagement_id = row["id"]
     is_email = row["type"] == "email"
     item: dict[str, Any] = {
@@ -217,6 +224,11 @@ def engagement_item(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any
         "associations": associations(conn, engagement_id),
     }
     if is_email:
+        if tracked is None:
+            tracked = tracking.summaries(conn, [engagement_id])
+        summary = tracked.get(engagement_id)
+        item["status"] = tracking.status_of(summary, row["status"])
+        item["tracking"] = summary
         item["cc"] = _addresses(row["cc_json"])
         item["attachments"] = [
             {
@@ -249,8 +261,9 @@ def timeline(conn: sqlite3.Connection, address: str) -> list[dict[str, Any]] | N
         ENGAGEMENT_SQL + " JOIN engagement_contacts ec ON ec.engagement_id = g.id "
         "WHERE ec.contact_id = ? ORDER BY g.occurred_at DESC, g.id DESC",
         (row[0],),
-    )
-    return [engagement_item(conn, r) for r in rows.fetchall()]
+    ).fetchall()
+    tracked = tracking.summaries(conn, [r["id"] for r in rows])
+    return [engagement_item(conn, r, tracked) for r in rows]
 
 
 def search(conn: sqlite3.Connection, text: str, *, limit: int = 50) -> list[dict[str, Any]]:

@@ -31,13 +31,14 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from syncd.errors import StoreError
 from syncd.store import db
+from syncd.store.integrity import is_damage
 from syncd.store.timestamps import from_epoch, to_epoch
 
 log = logging.getLogger(__name__)
@@ -59,15 +60,30 @@ def spool_message(
     owner: str | None = None,
     *,
     now: float | None = None,
+    source: str = "bcc",
+    also: Also | None = None,
 ) -> int:
-    """Commit one message to the spool (its own transaction); returns its id."""
+    """Commit one message to the spool (its own transaction); returns its id.
+
+    ``source`` 'relay' marks mail the smarthost accepted from a member (counted as
+    ``submission.relayed``, not as a BCC acceptance); ``also(conn)`` writes more rows in
+    the same transaction (the relay's tracked message)."""
     with db.transaction(conn):
         cursor = conn.execute(
-            "INSERT INTO spool (received_at, mail_from, peer, owner, raw) VALUES (?, ?, ?, ?, ?)",
-            (from_epoch(time.time() if now is None else now), mail_from, peer, owner, raw),
-        )
-        _bump(conn, Counter(accepted=1))
+            "INSERT INTO spool (received_at, mail_from, peer, owner, raw, source)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (from_epoch(time.time() if now is None else now), mail_from, peer, owner, raw,
+             source),
+        )  # fmt: skip
+        if also is not None:
+            also(conn)
+        _bump(conn, Counter({ACCEPTED_AS.get(source, source + ".spooled"): 1}))
     return int(cursor.lastrowid or 0)
+
+
+# The durable counter each source's spooled messages add to, in the same commit.
+ACCEPTED_AS = {"bcc": "accepted", "relay": "submission.relayed"}
+Also = Callable[[sqlite3.Connection], None]
 
 
 @dataclass
@@ -79,6 +95,8 @@ class _Job:
     done: threading.Event
     spool_id: int = 0
     error: BaseException | None = None
+    source: str = "bcc"
+    also: Also | None = None
 
 
 class SpoolWriter:
@@ -97,7 +115,8 @@ class SpoolWriter:
     wait in memory (``unsaved()``, which the metrics endpoint adds to the store's) and
     the background flush tries them again after ``flush_interval``, doubling after each
     failure up to ``max_backoff``. ``close`` tries the counters once more and never
-    waits for the store beyond that one attempt.
+    waits for the store beyond that one attempt. A damaged file fails messages the same
+    way but is not logged here: the caller reports it (``services.storehealth``).
     """
 
     def __init__(
@@ -124,6 +143,7 @@ class SpoolWriter:
         self._backoff = flush_interval
         self._counts_due = 0.0  # monotonic time before which a counters-only flush waits
         self._failing = False  # the last commit was refused
+        self._said_failing = False  # ... and the log said so
         self._leading = False
         self._closed = False
         self.commits = 0  # transactions written; messages / commits = mean group size
@@ -133,8 +153,18 @@ class SpoolWriter:
         )
         self._flusher.start()
 
-    def __call__(self, raw: bytes, mail_from: str, peer_ip: str, owner: str | None = None) -> int:
-        job = _Job(raw, mail_from, peer_ip, owner, threading.Event())
+    def __call__(
+        self,
+        raw: bytes,
+        mail_from: str,
+        peer_ip: str,
+        owner: str | None = None,
+        *,
+        source: str = "bcc",
+        also: Also | None = None,
+    ) -> int:
+        """Commit one message (see ``spool_message`` for ``source`` and ``also``)."""
+        job = _Job(raw, mail_from, peer_ip, owner, threading.Event(), source=source, also=also)
         with self._cond:
             if self._closed:
                 raise StoreError("the spool is closed")
@@ -218,8 +248,8 @@ class SpoolWriter:
 
     def _commit(self, batch: list[_Job], counts: Counter[str]) -> bool:
         """Write ``batch`` and ``counts`` in one transaction; False if the store refused."""
-        if batch:
-            counts["accepted"] += len(batch)
+        for job in batch:
+            counts[ACCEPTED_AS.get(job.source, job.source + ".spooled")] += 1
         try:
             self._write(batch, counts)
         except BaseException as error:
@@ -235,8 +265,11 @@ class SpoolWriter:
                 self._backoff = min(self._backoff * 2, self._max_backoff)
                 first, ok = not self._failing, False
                 self._failing = True
-            if first:  # once per outage: every refused message is logged by the endpoint
+            # Once per outage: every refused message is logged by the endpoint. A damaged
+            # file is the caller's to say (the daemon says it once for all its parts).
+            if first and not is_damage(error):
                 log.error("the BCC spool cannot be written, answering 451: %s", error)
+                self._said_failing = True
         else:
             with self._cond:
                 self._writing = Counter()
@@ -244,7 +277,8 @@ class SpoolWriter:
                 self._backoff = self._interval
                 recovered = self._failing
                 self._failing, ok = False, True
-            if recovered:
+            if recovered and self._said_failing:
+                self._said_failing = False
                 log.info("the BCC spool can be written again")
         for job in batch:
             job.done.set()
@@ -255,11 +289,13 @@ class SpoolWriter:
         with db.transaction(self._conn):
             for job in batch:
                 cursor = self._conn.execute(
-                    "INSERT INTO spool (received_at, mail_from, peer, owner, raw) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (now, job.mail_from, job.peer, job.owner, job.raw),
+                    "INSERT INTO spool (received_at, mail_from, peer, owner, raw, source) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (now, job.mail_from, job.peer, job.owner, job.raw, job.source),
                 )
                 job.spool_id = int(cursor.lastrowid or 0)
+                if job.also is not None:
+                    job.also(self._conn)
             _bump(self._conn, counts)
         self.commits += 1
 
@@ -272,6 +308,7 @@ class Spooled:
     peer: str
     owner: str | None
     raw: bytes
+    source: str = "bcc"
 
 
 def take_batch(
@@ -279,7 +316,7 @@ def take_batch(
 ) -> list[Spooled]:
     """The oldest spooled messages, at least one, at most ``n`` and about ``max_bytes``."""
     rows = conn.execute(
-        "SELECT id, received_at, mail_from, peer, owner, length(raw) AS size "
+        "SELECT id, received_at, mail_from, peer, owner, source, length(raw) AS size "
         "FROM spool ORDER BY id LIMIT ?",
         (n,),
     ).fetchall()
@@ -294,7 +331,7 @@ def take_batch(
             continue
         batch.append(
             Spooled(row["id"], to_epoch(row["received_at"]), row["mail_from"], row["peer"],
-                    row["owner"], bytes(raw[0]))
+                    row["owner"], bytes(raw[0]), row["source"])
         )  # fmt: skip
     return batch
 
@@ -411,7 +448,7 @@ def status(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]
     refused = {
         k.removeprefix("refused."): v for k, v in counters.items() if k.startswith("refused.")
     }
-    return {
+    return {"submission": submission_status(counters)} | {
         "bcc": {
             "accepted": counters.get("accepted", 0),
             "refused": sum(refused.values()),
@@ -427,4 +464,20 @@ def status(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]
             "given_up": failed,
             "last_error": last[0] if last else None,
         },
+    }
+
+
+def submission_status(counters: dict[str, int]) -> dict[str, Any]:
+    """The submission relay's counters (``submission.*`` in ``bcc_counters``)."""
+    refused = {
+        k.removeprefix("submission.refused."): v
+        for k, v in counters.items()
+        if k.startswith("submission.refused.")
+    }
+    return {
+        "submissions": counters.get("submission.submissions", 0),
+        "relayed": counters.get("submission.relayed", 0),
+        "refused": sum(refused.values()),
+        "refused_by_reason": refused,
+        "temporary_failures": counters.get("submission.tempfail", 0),
     }

@@ -107,7 +107,8 @@ def damaged_store(tmp_path: Path, request: pytest.FixtureRequest) -> None:
         result = syncd(config, *command)
         assert result.returncode == 65, (command, result.stderr)
         assert result.stderr == (
-            f"syncd: the store {store} is damaged (file is not a database); restore a backup\n"
+            f"syncd: the store {store} is damaged (file is not a database); restore it from a "
+            "backup (`syncd check-store` runs the full check)\n"
         )
 
 

@@ -61,7 +61,11 @@ def test_health_and_metrics_see_a_refused_login_until_a_reload_fixes_it(
     )  # fmt: skip
     try:
         # Before: 200 {"status": "ok"} while the only inbox was auth_failed.
-        _, body = wait_for(lambda: (r := get(f"{base}/health"))[0] == 503 and r, 30)
+        # A pass's state is stored a moment before its retry is scheduled.
+        _, body = wait_for(
+            lambda: (r := get(f"{base}/health"))[0] == 503 and '"next_retry": "' in r[1] and r,
+            30,
+        )
         health = json.loads(body)
         assert health["status"] == "error" and health["failed_inboxes"] == ["ada"]
         [failing] = health["failing"]

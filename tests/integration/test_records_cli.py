@@ -165,7 +165,7 @@ def test_contacts_list_show_timeline_search(env) -> None:
     first = timeline[0]
     assert {k: first[k] for k in ("type", "direction", "from", "sources", "status")} == {
         "type": "email", "direction": "outgoing", "from": ADA, "sources": ["import"],
-        "status": None,
+        "status": "untracked",
     }  # fmt: skip
     assert first["to"] == ["carol@acme.com", "dan@gmail.com"]
     assert first["associations"] == {

@@ -212,6 +212,10 @@ BAD = [
     ),
     (BASE + "team: []\n", "18:1: team: duplicate key"),
     (
+        BASE + "tracking: {enabled: true, public_url: https://t.example.com, secret_file: /s}\n",
+        "18:75: tracking.secret_file: cannot read /s: create it with one 'keyid:base64' line (a 32-byte secret)",
+    ),
+    (
         BASE + "  relay: {host: smtp.example.org, security: none}\n  extra_bcc: [x@example.org]\n",
         "18:45: bcc.relay.security: security: none sends mail and password in clear; only for a loopback host",
     ),

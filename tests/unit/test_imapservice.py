@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -12,8 +13,8 @@ from typing import Any
 import pytest
 
 from syncd.errors import InboxError
-from syncd.services.imap import ImapService
-from syncd.sources.imap.inbox import InboxResult
+from syncd.services.imap import ImapService, _uncommitted
+from syncd.sources.imap.inbox import FolderResult, InboxResult
 from syncd.sources.imap.syncplan import idle_retry_delay
 
 
@@ -95,3 +96,26 @@ def test_a_refused_login_stores_its_next_retry_and_a_reload_tries_it_at_once() -
     assert len(passes) == 2  # the first, then the reload's; not an hour later
     name, when = stored[0]
     assert name == "ada" and 1700 < (when - datetime.now(UTC)).total_seconds() < 6 * 3600
+
+
+@pytest.mark.parametrize(
+    ("counted", "committed", "left"),
+    [
+        # Every outcome came from a committed batch: nothing left for the pass's end.
+        ((5, 1, 2, 0), {"logged": 5, "duplicates": 1, "skipped": 2}, (0, 0, 0, 0)),
+        # Mail skipped as logged on a rescan is counted by the engine, not by a batch.
+        ((0, 7, 0, 0), {"duplicates": 3}, (0, 4, 0, 0)),
+        # No batch committed in this folder.
+        ((0, 2, 0, 1), {}, (0, 2, 0, 1)),
+    ],
+)
+def test_pass_end_adds_only_what_no_batch_committed(
+    counted: tuple[int, int, int, int], committed: dict[str, int], left: tuple[int, ...]
+) -> None:
+    folder = FolderResult("INBOX", *counted, error="UID 9 exists but cannot be fetched")
+    result = InboxResult("ada", "ok", None, [folder])
+    rest = _uncommitted(result, {"INBOX": Counter(committed)})
+    (after,) = rest.folders
+    assert (after.logged, after.duplicates, after.skipped, after.quarantined) == left
+    assert (after.name, after.error, rest.state) == ("INBOX", folder.error, "ok")
+    assert (folder.logged, folder.duplicates) == counted[:2]  # the pass's report is untouched

@@ -1,0 +1,185 @@
+"""Benchmark of the submission relay against the BCC endpoint's durable path, same run.
+
+``python -m bench.submission [--messages 2000] [--size 10240] [--clients 1,16]`` sends
+``--messages`` HTML messages of about ``--size`` bytes over loopback with smtplib, each
+client on its own connection (AUTH PLAIN once per connection on the relay):
+
+- ``bcc``: the real BCC endpoint (SpoolWriter group commit, FULL sync), as bench.bcc;
+- ``submit``: the real submission relay: AUTH, From checks, who-is-tracked lookup on a
+  read-only connection, rewriting with signed tokens, relaying to a real aiosmtpd sink on
+  loopback (a no-op smarthost), then the original and its tracked message spooled in one
+  FULL commit (group commit) before the 250.
+
+Prints messages/s and p50/p99 (MAIL to 250) and submit/bcc. Goal: >= 0.7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import smtplib
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.bcc import drive as drive_bcc
+from bench.bcc import real_endpoint
+from syncd.crm.team import Team
+from syncd.outbound.relay import Relay, RelaySettings, Submitter
+from syncd.outbound.tokens import load_keys, new_key_line
+from syncd.services.submission import Relayer, TrackingSetup
+from syncd.sources.bcc import PasswordFiles, ServerOptions
+from syncd.sources.submission import SubmissionHandler, threaded
+from syncd.store import db
+from syncd.store.spool import SpoolWriter
+
+PASSWORD = "bench-password"
+PER_CONNECTION = 900
+SINK = """
+import asyncio
+from bench.bcc import noop_endpoint
+with noop_endpoint() as port:
+    print(port, flush=True)
+    import threading
+    threading.Event().wait()
+"""
+
+
+def make_messages(n: int, size: int) -> list[bytes]:
+    para = b"<p>Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do.</p>\r\n"
+    body = para * max(1, size // len(para))
+    return [
+        b"From: Ada <ada@example.com>\r\nTo: Client <client%d@customer.example>\r\n"
+        b"Subject: Proposal %d\r\nMessage-ID: <bench-%d@example.com>\r\n"
+        b"Date: Mon, 3 Nov 2025 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/html; charset=utf-8\r\n\r\n<html><body>"
+        b'<a href="https://shop.example/p?i=%d">offer</a>\r\n'
+        % (i, i, i, i)
+        + body
+        + b"</body></html>\r\n"
+        for i in range(n)
+    ]
+
+
+def _client_run(port: int, messages: list[bytes], latencies: list[float]) -> None:
+    client = None
+    for i, raw in enumerate(messages):
+        if i % PER_CONNECTION == 0:
+            if client is not None:
+                client.quit()
+            client = smtplib.SMTP("127.0.0.1", port, local_hostname="bench.test", timeout=60)
+            client.ehlo()
+            client.login("ada@example.com", PASSWORD)
+        assert client is not None
+        started = time.perf_counter()
+        client.mail("ada@example.com")
+        client.rcpt("client@customer.example")
+        code, text = client.data(raw)
+        latencies.append(time.perf_counter() - started)
+        if code != 250:
+            raise RuntimeError(f"unexpected reply {code} {text!r}")
+    if client is not None:
+        client.quit()
+
+
+def drive(port: int, messages: list[bytes], clients: int) -> dict[str, float]:
+    shares = [messages[i::clients] for i in range(clients)]
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    threads = [
+        threading.Thread(target=_client_run, args=(port, share, lat))
+        for share, lat in zip(shares, latencies, strict=True)
+    ]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    every = sorted(x for lat in latencies for x in lat)
+    return {
+        "rate": len(every) / elapsed,
+        "p50_ms": statistics.median(every) * 1000,
+        "p99_ms": every[max(0, int(len(every) * 0.99) - 1)] * 1000,
+    }
+
+
+def run_submission(directory: Path, messages: list[bytes], clients: int) -> dict[str, float]:
+    path = directory / f"bench-submit-{time.monotonic_ns()}.sqlite3"
+    db.connect(path).close()
+    (directory / "ada.pw").write_text(PASSWORD)
+    team = Team.build([("ada@example.com", [])])
+    writer = SpoolWriter(path)
+    # The smarthost is another process, as in production: in this one it would share
+    # the GIL with the relay it measures.
+    sink = subprocess.Popen(
+        [sys.executable, "-c", SINK], stdout=subprocess.PIPE, text=True
+    )  # fmt: skip
+    assert sink.stdout is not None
+    sink_port = int(sink.stdout.readline())
+    try:
+        relayer = Relayer(
+            team=team,
+            submitter=Submitter(Relay(RelaySettings("127.0.0.1", sink_port, "none"))),
+            record=writer,
+            store_path=path,
+            setup=TrackingSetup(load_keys(new_key_line("k1")), "https://t.example", "bottom"),
+        )
+        handler = SubmissionHandler(
+            team=team,
+            forward=relayer.forward,
+            credentials=PasswordFiles({"ada@example.com": directory / "ada.pw"}, team),
+        )
+        endpoint = threaded(handler, ServerOptions(port=0, hostname="bench.test")).start()
+        try:
+            figures = drive(endpoint.port, messages, clients)
+        finally:
+            endpoint.stop()
+            relayer.close()
+            writer.close()
+    finally:
+        sink.kill()
+        sink.wait()
+    conn = db.connect(path)
+    spooled = conn.execute("SELECT count(*) FROM spool").fetchone()[0]
+    tracked = conn.execute("SELECT count(*) FROM tracked_messages").fetchone()[0]
+    conn.close()
+    print(f"    ({spooled} spooled, {tracked} tracked, {writer.commits} commits)")
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=10 * 1024)
+    parser.add_argument("--clients", default="1,16")
+    parser.add_argument("--dir", type=Path, default=Path("/var/tmp"))
+    args = parser.parse_args(argv)
+    messages = make_messages(args.messages, args.size)
+    directory = Path(tempfile.mkdtemp(prefix="syncd-bench-submit-", dir=args.dir))
+    print(f"{len(messages)} messages of {len(messages[0])} bytes; store in {directory}")
+    print(f"{'path':<9} {'clients':>7} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    try:
+        for clients in (int(c) for c in args.clients.split(",")):
+            with real_endpoint(directory, naive=False) as (port, _writer):
+                bcc = drive_bcc(port, messages, clients)
+            _row("bcc", clients, bcc)
+            submit = run_submission(directory, messages, clients)
+            _row("submit", clients, submit)
+            print(f"    submit/bcc = {submit['rate'] / bcc['rate']:.2f}")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _row(name: str, clients: int, figures: dict[str, float]) -> None:
+    print(
+        f"{name:<9} {clients:>7} {figures['rate']:>8.0f} "
+        f"{figures['p50_ms']:>8.2f} {figures['p99_ms']:>8.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
