@@ -5,6 +5,7 @@ known link scanners, and how addresses are truncated before they are stored. Pur
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -71,6 +72,9 @@ def parse_network(text: str) -> Network:
     return net
 
 
+# Cached: the tracking writer asks about the same few thousand readers' addresses for
+# every rule of every hit, and ipaddress parsing was most of its time.
+@functools.lru_cache(maxsize=65536)
 def as_network(text: str) -> Network | None:
     """An address (as /32 or /128) or a stored truncated network, or None if neither.
 

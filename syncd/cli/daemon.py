@@ -315,6 +315,9 @@ def _print_status(report: dict[str, Any], *, bcc: bool) -> None:
     if tracked.get("messages") or any((tracked.get("hits") or {}).values()):
         hits = ", ".join(f"{n} {v}" for v, n in tracked["hits"].items() if n) or "none"
         click.echo(f"tracking: {tracked['messages']} tracked message(s); hits: {hits}")
+    if "dropped" in tracked:  # the running endpoint's counts, since it started
+        click.echo(f"tracking endpoint: {tracked['queue']} queued, {tracked['dropped']} dropped,"
+                   f" {tracked['rate_limited']} rate-limited")  # fmt: skip
     click.echo(f"quarantine: {report['quarantine']}")
 
 

@@ -250,6 +250,10 @@ def _build_services(config: Config, store: StoreWorker) -> list[Service]:
     if config.submission is not None:
         # After the metrics service in the list, so stop order keeps BCC's grace first.
         services.append(SubmissionService(config, store))
+    if config.tracking.enabled:
+        from syncd.services.tracking import TrackingService  # aiohttp only when enabled
+
+        services.append(TrackingService(config, store))
     return services
 
 

@@ -115,6 +115,28 @@ def _tracking_metrics(tracking: dict[str, Any]) -> Iterator[Metric]:
         for verdict, value in sorted((tracking.get(field) or {}).items()):
             hits.add_metric([kind, verdict], value)
     yield hits
+    # From the running daemon's heartbeat: since it started.
+    yield _counter(
+        "syncd_tracking_dropped",
+        "Hits not stored because the queue was full (or the store failed at stop)",
+        tracking.get("dropped", 0),
+    )
+    yield _counter(
+        "syncd_tracking_rate_limited",
+        "Requests over the per-IP rate limit: answered, not recorded",
+        tracking.get("rate_limited", 0),
+    )
+    yield _counter(
+        "syncd_tracking_not_recorded",
+        "HEAD and prefetch requests: answered, not recorded",
+        tracking.get("not_recorded", 0),
+    )
+    yield _counter(
+        "syncd_tracking_bad_tokens",
+        "Requests with a forged or damaged token",
+        tracking.get("bad_tokens", 0),
+    )
+    yield _gauge("syncd_tracking_queue", "Hits waiting for the store", tracking.get("queue", 0))
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -94,8 +94,9 @@ def _from_store(conn: sqlite3.Connection, names: list[str]) -> dict[str, Any]:
     report["bcc"] |= report["daemon"].pop("bcc", {})
     report["submission"] |= report["daemon"].pop("submission", {})
     report["quarantine"] = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-    # Tracked messages and their hits by verdict: what the store holds, since ever.
-    report["tracking"] = tracking.counts(conn)
+    # Tracked messages and their hits by verdict: what the store holds, since ever; and
+    # the running endpoint's counts since it started (dropped, rate-limited, queue).
+    report["tracking"] = tracking.counts(conn) | report["daemon"].pop("tracking", {})
     return report
 
 

@@ -196,6 +196,143 @@ def set_verdicts(
     )
 
 
+def update_status(conn: sqlite3.Connection, message_id: int) -> str | None:
+    """Set the status of a tracked message's engagement from its human hits: ``clicked``
+    after a human click, ``opened`` after a human (or inferred) open, else ``sent``.
+
+    Only human hits count, and the status is recomputed rather than raised, so hits
+    re-judged as a scanner's take back what they wrongly gave. Returns the status, or
+    None when the message has no engagement (yet).
+    """
+    row = conn.execute(
+        "SELECT engagement_id FROM tracked_messages WHERE id = ?", (message_id,)
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    clicked, opened = conn.execute(
+        "SELECT coalesce(max(h.kind = 'click'), 0),"
+        " coalesce(max(h.kind = 'open' OR h.inferred_open), 0)"
+        " FROM tracking_hits h JOIN tracked_messages m ON m.id = h.message_id"
+        " WHERE m.engagement_id = ? AND h.verdict = 'human'",
+        (row[0],),
+    ).fetchone()
+    status = "clicked" if clicked else "opened" if opened else "sent"
+    conn.execute(
+        "UPDATE engagements SET status = ? WHERE id = ? AND status IS NOT ?",
+        (status, row[0], status),
+    )
+    return status
+
+
+@dataclass(frozen=True, slots=True)
+class Recent:
+    """What judging a new hit needs, without loading every hit of the message: whether a
+    human (or inferred) open was seen, and the clicks since ``clicks_since``."""
+
+    message_id: int
+    sender: str
+    relayed_at: datetime
+    sender_ips: frozenset[str]
+    human_open: StoredHit | None
+    clicks: tuple[StoredHit, ...]
+    engagement_id: int | None = None
+
+
+_HIT_COLUMNS = "kind, at, ip, user_agent, verdict, link_idx, inferred_open, reason"
+
+
+def _stored(message_id: int, r: Sequence[object]) -> StoredHit:
+    return StoredHit(
+        message_id,
+        str(r[0]),
+        parse(str(r[1])),
+        str(r[2]),
+        str(r[3]),
+        str(r[4]),
+        r[5] if r[5] is None else int(str(r[5])),
+        bool(r[6]),
+        str(r[7]),
+    )
+
+
+def sender_ips(conn: sqlite3.Connection, member: str, since: datetime) -> frozenset[str]:
+    """The addresses ``member`` submitted from after ``since``."""
+    return frozenset(
+        r[0]
+        for r in conn.execute(
+            "SELECT ip FROM submitter_ips WHERE member = ? AND last_seen >= ?",
+            (member, iso(since)),
+        )
+    )
+
+
+def recent(
+    conn: sqlite3.Connection,
+    message_id: int,
+    since: datetime,
+    clicks_since: datetime,
+    ips_of: dict[str, frozenset[str]] | None = None,
+) -> Recent | None:
+    """A tracked message as the verdict rules see a new hit of it (the sender's addresses
+    seen after ``since``); None if the message is not tracked. ``ips_of`` caches the
+    senders' addresses across calls (one batch of hits)."""
+    row = conn.execute(
+        "SELECT sender, relayed_at, engagement_id FROM tracked_messages WHERE id = ?",
+        (message_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    ips_of = {} if ips_of is None else ips_of
+    if row[0] not in ips_of:
+        ips_of[row[0]] = sender_ips(conn, row[0], since)
+    # One read: the clicks of the burst window and the human (or inferred) opens.
+    hits = [
+        _stored(message_id, r)
+        for r in conn.execute(
+            f"SELECT {_HIT_COLUMNS} FROM tracking_hits WHERE message_id = ? AND"
+            " ((kind = 'click' AND at >= ?)"
+            " OR (verdict = 'human' AND (kind = 'open' OR inferred_open)))"
+            " ORDER BY at, id",
+            (message_id, iso(clicks_since)),
+        )
+    ]
+    opened = next(
+        (h for h in hits if h.verdict == "human" and (h.kind == "open" or h.inferred_open)),
+        None,
+    )
+    clicks = tuple(
+        h for h in hits if h.kind == "click" and h.at >= clicks_since.replace(microsecond=0)
+    )
+    return Recent(message_id, row[0], parse(row[1]), ips_of[row[0]], opened, clicks, row[2])
+
+
+def raise_status(conn: sqlite3.Connection, engagement_id: int, status: str) -> None:
+    """Move an engagement up to ``status`` (``opened`` or ``clicked``), never down: for
+    a human hit judged as it came. ``update_status`` recomputes after a re-judge."""
+    below = ("sent", "opened") if status == "clicked" else ("sent",)
+    conn.execute(
+        f"UPDATE engagements SET status = ? WHERE id = ?"
+        f" AND (status IS NULL OR status IN ({', '.join('?' * len(below))}))",
+        (status, engagement_id, *below),
+    )
+
+
+def link_urls(conn: sqlite3.Connection, message_id: int) -> tuple[str, ...] | None:
+    """Every stored destination of a message, by index (the endpoint caches them per
+    message); None if the message is not tracked."""
+    urls = conn.execute(
+        "SELECT idx, url FROM tracked_links WHERE message_id = ? ORDER BY idx", (message_id,)
+    ).fetchall()
+    if not urls:
+        exists = conn.execute("SELECT 1 FROM tracked_messages WHERE id = ?", (message_id,))
+        return () if exists.fetchone() else None
+    # Indexes are dense from 0 (record_message enumerates); a gap would be a bug, so a
+    # missing index yields no destination rather than a wrong one.
+    if [r[0] for r in urls] != list(range(len(urls))):
+        return ()
+    return tuple(str(r[1]) for r in urls)
+
+
 # --- reading: what the user sees (timeline, feed, notifications, status) -----------------
 
 VERDICTS = ("human", "blocked", "self", "machine", "prefetch", "scanner")
