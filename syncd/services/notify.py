@@ -1,7 +1,7 @@
 """``tracking.notify_command``: a command run once per human open or click, the event as
 JSON on its stdin (for desktop or chat notifications).
 
-The tracking endpoint calls ``Notifier.event`` after a human hit is stored; ``event``
+The tracking endpoint calls ``NotifyCommand.event`` after a human hit is stored; ``event``
 only puts the event on a bounded queue and returns, so a slow or hanging command never
 holds up the writer or the endpoint. One worker thread takes events one at a time and
 runs the command without a shell (``shlex.split`` of the configured string), its stdin
@@ -41,7 +41,7 @@ LOG_EVERY_SECONDS = 60.0
 _STOP = object()
 
 
-class Notifier:
+class NotifyCommand:
     """Runs the notify command per event, in its own thread, one at a time."""
 
     def __init__(
@@ -67,7 +67,7 @@ class Notifier:
         self.counts = {"run": 0, "failed": 0, "dropped": 0}
 
     @classmethod
-    def from_config(cls, config: Any) -> Notifier | None:
+    def from_config(cls, config: Any) -> NotifyCommand | None:
         """The notifier ``tracking.notify_command`` asks for, or None if it is not set."""
         text = config.tracking.notify_command
         if not text or not text.strip():

@@ -20,7 +20,7 @@ import stat
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,6 +33,7 @@ from syncd.hosts import IpRules, truncate
 from syncd.outbound import verdicts
 from syncd.outbound.tokens import KeyFileError, Signer, load_keys
 from syncd.outbound.tracking import Counts, HitQueue, RawHit, TrackingEndpoint
+from syncd.services.notify import NotifyCommand
 from syncd.services.schedule import Every
 from syncd.services.storeworker import StoreJob
 from syncd.store import db
@@ -105,17 +106,28 @@ def _judged(hit: store.StoredHit) -> verdicts.JudgedHit:
     )
 
 
-def store_hits(job: StoreJob, batch: Sequence[RawHit], judging: Judging) -> Counter[str]:
+def store_hits(
+    job: StoreJob,
+    batch: Sequence[RawHit],
+    judging: Judging,
+    notify: Callable[[Mapping[str, Any]], None] | None = None,
+) -> Counter[str]:
     """Judge and store a batch of hits in one transaction (on the store thread); how
-    many got each verdict (``unknown``: the message is not, or no longer, tracked)."""
-    return judge_and_store(job.session, batch, judging)
+    many got each verdict (``unknown``: the message is not, or no longer, tracked).
+    ``notify`` gets each stored human hit as ``tracking.notify_command`` reads it, after
+    the commit."""
+    return judge_and_store(job.session, batch, judging, notify)
 
 
 def judge_and_store(
-    session: StoreSession, batch: Sequence[RawHit], judging: Judging
+    session: StoreSession,
+    batch: Sequence[RawHit],
+    judging: Judging,
+    notify: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> Counter[str]:
     """``store_hits`` on any writer session (tests, benchmarks)."""
     counts: Counter[str] = Counter()
+    events: list[Mapping[str, Any]] = []
     since = datetime.now(UTC) - timedelta(days=judging.self_days)
     window = timedelta(seconds=judging.thresholds.scanner_burst_seconds)
     first: dict[int, datetime] = {}
@@ -172,6 +184,11 @@ def judge_and_store(
             assert entry is not None
             _rejudge(conn, entry[0], judging)
             store.update_status(conn, message_id)  # a re-judge may take a status back
+        if notify is not None:
+            human = (row for row in rows if row.verdict == verdicts.HUMAN)
+            events = [e for e in (store.event(conn, row) for row in human) if e is not None]
+    for event in events:  # only once the hits are committed
+        notify(event)  # type: ignore[misc]
     return counts
 
 
@@ -253,6 +270,7 @@ class TrackingService:
         self._endpoint: TrackingEndpoint | None = None
         self._links: LinkReader | None = None
         self._state = "starting"
+        self._notifier = NotifyCommand.from_config(config)
         self.port: int | None = None
 
     async def start(self, every: Every) -> None:
@@ -261,6 +279,8 @@ class TrackingService:
         tracking = self._tracking
         assert tracking.secret_file is not None, "check-config requires secret_file"
         signer = load_signer(Path(tracking.secret_file))
+        if self._notifier is not None:
+            self._notifier.start()
         self._links = LinkReader(self._config.store.path)
         self._queue = HitQueue(tracking.queue_size, self._write, self.counts)
         self._endpoint = TrackingEndpoint(
@@ -288,7 +308,8 @@ class TrackingService:
         self._state = "listening"
 
     async def _write(self, batch: Sequence[RawHit]) -> Mapping[str, int]:
-        return await self._store.run(store_hits, list(batch), self._judging)
+        notify = self._notifier.event if self._notifier is not None else None
+        return await self._store.run(store_hits, list(batch), self._judging, notify)
 
     async def stop(self, deadline: float) -> None:
         """Stop answering, then store what is queued (bounded by ``deadline``)."""
@@ -305,6 +326,8 @@ class TrackingService:
             await asyncio.gather(self._writer, return_exceptions=True)
         if self._links is not None:
             await asyncio.to_thread(self._links.close)
+        if self._notifier is not None:
+            await asyncio.to_thread(self._notifier.stop)
 
     def reconfigure(self, config: Config) -> None:
         # Lists, thresholds and the rate apply at once; listen and the secret need a restart.

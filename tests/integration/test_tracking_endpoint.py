@@ -516,3 +516,31 @@ def get_metrics(port: int) -> str:
     body = conn.getresponse().read().decode()
     conn.close()
     return body
+
+
+def test_notify_command_gets_each_human_hit_as_json(
+    make_running: Callable[..., Running], tmp_path: Path
+) -> None:
+    """tracking.notify_command runs for a person's open and click, not a machine's."""
+    out = tmp_path / "events.jsonl"
+    script = tmp_path / "notify.py"
+    script.write_text(
+        "import sys\n"
+        f"with open({str(out)!r}, 'a') as f:\n"
+        "    f.write(sys.stdin.read().strip() + '\\n')\n"
+    )
+    running = make_running(notify_command=f"{sys.executable} {script}")
+    running.track(41)
+    assert running.pixel(41, headers={"User-Agent": "Mozilla/5.0"}).status == 200  # Apple MPP
+    assert running.pixel(41).status == 200
+    assert running.click(41, 1).status == 302
+    running.hits(41, 3)
+    deadline = time.monotonic() + 10
+    while (
+        time.monotonic() < deadline
+        and len(out.read_text().splitlines() if out.exists() else []) < 2
+    ):
+        time.sleep(0.05)
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(e["kind"], e["verdict"]) for e in events] == [("open", "human"), ("click", "human")]
+    assert events[1]["url"] == LINKS[1] and events[1]["subject"] == "Offer 41"

@@ -27,7 +27,7 @@ from syncd.mail.provenance import Provenance
 from syncd.pipeline import Pipeline
 from syncd.services import statusreport
 from syncd.services.metrics import render
-from syncd.services.notify import Notifier
+from syncd.services.notify import NotifyCommand
 from syncd.store import db, tracking
 from syncd.store.erase import scan
 from syncd.store.tracking import StoredHit, TrackedMessage
@@ -406,7 +406,7 @@ def test_notify_command_gets_json_of_human_hits_only(filled: Env) -> None:
         filled.config.read_text()
         + f"tracking:\n  notify_command: \"{sys.executable} '{script}' {out}\"\n"
     )
-    notifier = Notifier.from_config(Config.from_yaml(filled.tmp / "cfg2.yaml"))
+    notifier = NotifyCommand.from_config(Config.from_yaml(filled.tmp / "cfg2.yaml"))
     assert notifier is not None
     notifier.start()
     conn = filled.connect()
@@ -438,7 +438,7 @@ def test_notify_failures_never_block_and_are_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     secret = "hooks.example/T0KEN"
-    hang = Notifier([sys.executable, "-c", "import time; time.sleep(30)", secret], timeout=0.5)
+    hang = NotifyCommand([sys.executable, "-c", "import time; time.sleep(30)", secret], timeout=0.5)
     hang.start()
     caplog.set_level(logging.WARNING, "syncd.services.notify")
     started = time.monotonic()
@@ -455,7 +455,7 @@ def test_notify_failures_never_block_and_are_logged_once(
     assert all(secret not in w for w in warnings)
 
     caplog.clear()
-    missing = Notifier([str(tmp_path / "no-such-program")])
+    missing = NotifyCommand([str(tmp_path / "no-such-program")])
     missing.start()
     for n in range(5):
         missing.event({"verdict": "human", "n": n})
@@ -466,7 +466,7 @@ def test_notify_failures_never_block_and_are_logged_once(
 
 def test_notify_full_queue_drops_and_counts(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    slow = Notifier(
+    slow = NotifyCommand(
         [
             sys.executable,
             "-c",
