@@ -128,7 +128,12 @@ def judge_and_store(
     """``store_hits`` on any writer session (tests, benchmarks)."""
     counts: Counter[str] = Counter()
     events: list[Mapping[str, Any]] = []
-    since = datetime.now(UTC) - timedelta(days=judging.self_days)
+    # self_days 0 turns the self rule off: no submission is that recent.
+    since = (
+        datetime.now(UTC) - timedelta(days=judging.self_days)
+        if judging.self_days
+        else datetime.max.replace(tzinfo=UTC)
+    )
     window = timedelta(seconds=judging.thresholds.scanner_burst_seconds)
     first: dict[int, datetime] = {}
     for raw in batch:
