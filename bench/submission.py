@@ -17,17 +17,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import smtplib
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from bench.bcc import drive as drive_bcc
-from bench.bcc import real_endpoint
+from bench.bcc import drive, real_endpoint
 from syncd.crm.team import Team
 from syncd.outbound.relay import Relay, RelaySettings, Submitter
 from syncd.outbound.tokens import load_keys, new_key_line
@@ -65,48 +61,6 @@ def make_messages(n: int, size: int) -> list[bytes]:
     ]
 
 
-def _client_run(port: int, messages: list[bytes], latencies: list[float]) -> None:
-    client = None
-    for i, raw in enumerate(messages):
-        if i % PER_CONNECTION == 0:
-            if client is not None:
-                client.quit()
-            client = smtplib.SMTP("127.0.0.1", port, local_hostname="bench.test", timeout=60)
-            client.ehlo()
-            client.login("ada@example.com", PASSWORD)
-        assert client is not None
-        started = time.perf_counter()
-        client.mail("ada@example.com")
-        client.rcpt("client@customer.example")
-        code, text = client.data(raw)
-        latencies.append(time.perf_counter() - started)
-        if code != 250:
-            raise RuntimeError(f"unexpected reply {code} {text!r}")
-    if client is not None:
-        client.quit()
-
-
-def drive(port: int, messages: list[bytes], clients: int) -> dict[str, float]:
-    shares = [messages[i::clients] for i in range(clients)]
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    threads = [
-        threading.Thread(target=_client_run, args=(port, share, lat))
-        for share, lat in zip(shares, latencies, strict=True)
-    ]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    every = sorted(x for lat in latencies for x in lat)
-    return {
-        "rate": len(every) / elapsed,
-        "p50_ms": statistics.median(every) * 1000,
-        "p99_ms": every[max(0, int(len(every) * 0.99) - 1)] * 1000,
-    }
-
-
 def run_submission(directory: Path, messages: list[bytes], clients: int) -> dict[str, float]:
     path = directory / f"bench-submit-{time.monotonic_ns()}.sqlite3"
     db.connect(path).close()
@@ -135,7 +89,13 @@ def run_submission(directory: Path, messages: list[bytes], clients: int) -> dict
         )
         endpoint = threaded(handler, ServerOptions(port=0, hostname="bench.test")).start()
         try:
-            figures = drive(endpoint.port, messages, clients)
+            figures = drive(
+                endpoint.port,
+                messages,
+                clients,
+                rcpt="client@customer.example",
+                login=("ada@example.com", PASSWORD),
+            )
         finally:
             endpoint.stop()
             relayer.close()
@@ -165,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for clients in (int(c) for c in args.clients.split(",")):
             with real_endpoint(directory, naive=False) as (port, _writer):
-                bcc = drive_bcc(port, messages, clients)
+                bcc = drive(port, messages, clients)
             _row("bcc", clients, bcc)
             submit = run_submission(directory, messages, clients)
             _row("submit", clients, submit)
