@@ -85,10 +85,12 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
     inboxes = [i for i in config.inboxes if only in (None, i.name)]
     if not inboxes:
         fail(f"no inbox named {only!r}" if only else "no inboxes configured", EX_USAGE)
-    signals = _StopSignals(at_once=dry_run)  # a dry run commits nothing: no batch to wait for
     session = StoreSession.open(config.store.path)
     pipeline = Pipeline.from_config(config, session)
     job = StoreJob(session, pipeline)
+    # Installed once the store is open, so a store that refuses to open leaves the
+    # caller's handlers as they were.
+    signals = _StopSignals(at_once=dry_run)  # a dry run commits nothing: no batch to wait for
     progress: _Bar | _Lines | None = None
     if not as_json:
         progress = _Bar() if sys.stderr.isatty() else _Lines()

@@ -290,6 +290,8 @@ def test_follow_streams_a_new_hit_and_sigint_exits_130(filled: Env) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As a terminal starts it: a SIGINT the runner ignores would be ignored here too.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         assert child.stdout is not None
