@@ -1,11 +1,11 @@
 """Tracked mail in the store: each relayed message's link destinations, its hits and
 their verdicts, and the addresses members submit from.
 
-The submission relay writes a ``TrackedMessage`` in the transaction that logs the mail
-(``record_message``, then ``attach_engagement`` once the pipeline has its engagement);
-the tracking endpoint reads a link's destination (``link_url``) and what the verdict
-rules need (``context``), and writes hits in batches (``record_hits``). Every function
-runs inside the caller's transaction.
+The submission relay writes a ``TrackedMessage`` with the spooled mail
+(``record_relayed``), and the drain points it at its engagement (``mark_logged``);
+the tracking endpoint reads a message's link destinations (``link_urls``) and what the
+verdict rules need (``recent``), and writes hits in batches (``record_hits``). Every
+function runs inside the caller's transaction.
 
 Reading (what the user sees): ``summaries`` and ``status_of`` give the timeline its
 ``status`` and ``tracking`` object, ``feed`` the activity feed, ``event`` the JSON a
@@ -53,17 +53,6 @@ class StoredHit:
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
-    """What the verdict rules need to know of a tracked message."""
-
-    message_id: int
-    sender: str
-    relayed_at: datetime
-    sender_ips: frozenset[str]
-    hits: tuple[StoredHit, ...]
-
-
 def record_message(conn: sqlite3.Connection, message: TrackedMessage) -> bool:
     """Keep a relayed message's links; False if it was recorded before (a resend)."""
     cursor = conn.execute(
@@ -97,14 +86,6 @@ def attach_engagement(conn: sqlite3.Connection, message_key: str) -> None:
     )
 
 
-def link_url(conn: sqlite3.Connection, message_id: int, index: int) -> str | None:
-    """The stored destination of a message's link, or None."""
-    row = conn.execute(
-        "SELECT url FROM tracked_links WHERE message_id = ? AND idx = ?", (message_id, index)
-    ).fetchone()
-    return str(row[0]) if row else None
-
-
 def remember_submitter(conn: sqlite3.Connection, member: str, ip: str, at: datetime) -> None:
     """Note that ``member`` submitted from ``ip`` (for the ``self`` verdict)."""
     conn.execute(
@@ -112,23 +93,6 @@ def remember_submitter(conn: sqlite3.Connection, member: str, ip: str, at: datet
         " ON CONFLICT (member, ip) DO UPDATE SET last_seen = excluded.last_seen",
         (member, ip, iso(at)),
     )
-
-
-def context(conn: sqlite3.Connection, message_id: int, since: datetime) -> Context | None:
-    """A tracked message, its hits so far and its sender's addresses seen after ``since``."""
-    row = conn.execute(
-        "SELECT sender, relayed_at FROM tracked_messages WHERE id = ?", (message_id,)
-    ).fetchone()
-    if row is None:
-        return None
-    ips = frozenset(
-        r[0]
-        for r in conn.execute(
-            "SELECT ip FROM submitter_ips WHERE member = ? AND last_seen >= ?",
-            (row[0], iso(since)),
-        )
-    )
-    return Context(message_id, row[0], parse(row[1]), ips, tuple(hits(conn, message_id)))
 
 
 def hits(conn: sqlite3.Connection, message_id: int) -> list[StoredHit]:
