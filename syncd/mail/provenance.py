@@ -26,6 +26,8 @@ class Provenance:
     # The bytes are a message rebuilt from some of its parts (imap: a large message whose
     # attachments over max_attachment_mb were left on the server); parse reads its marks.
     partial: bool = False
+    # Gmail's thread id (imap: the X-GM-THRID FETCH attribute of a server with X-GM-EXT-1).
+    gm_thrid: str | None = None
 
     @property
     def label(self) -> str:

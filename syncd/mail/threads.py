@@ -1,27 +1,81 @@
-"""Thread keys: which conversation an email belongs to, from its own headers alone.
+"""Thread keys: which conversation an email belongs to, from its own headers and people.
 
-The key is chosen so that every message of a conversation computes the same value without
-looking at any other message (the pipeline logs mail in any order, from several sources):
+The key is chosen so that every message of a conversation computes the same value from
+itself alone (the pipeline logs mail in any order, from several sources):
 
 1. ``gm:<X-GM-THRID>`` when Gmail told us its thread id: Gmail already grouped the thread,
-   including replies whose clients dropped References.
+   including replies whose clients dropped References. The caller decides whose word that
+   is: Gmail's IMAP FETCH attribute, or the header of a Google Takeout mbox, never a header
+   in mail anyone could have sent.
 2. Else the first Message-ID in References: by RFC 5322 section 3.6.4 that is the root of
    the conversation, and every well-behaved reply carries it (clients that trim a long
    References list keep the first entry).
 3. Else In-Reply-To: a reply from a client that sends no References; it names the parent,
    which is the root for the common two-message exchange.
-4. Else the message's own id (or its digest key when it has none): it starts a thread, and
-   because a root's thread key equals its own id, replies to it land on the same key.
+4. Else the normalised subject within the same participants (``subject_key``): mail with
+   no reply headers at all, such as a root, or a reply from a client that drops them,
+   whose subject reads the same once "Re:", "Fwd:", "AW:" and list tags are taken off,
+   between the same people. The participants are part of the key so that "Invoice" or
+   "Re: Hello" never joins conversations of different people; the caller passes the
+   participants it means (the store: the people outside the team on From, To and Cc).
+5. Else the message's own id (or its digest key when it has none).
 
-The subject is deliberately not used: "Re: Hello" or "Invoice" would merge unrelated
-conversations of different contacts. A conversation seen through Gmail IMAP and through
-another source (BCC, import) can carry both a ``gm:`` key and a Message-ID key; the
-exactly-once key is the Message-ID, so the first copy logged decides.
+A reply found by step 2 or 3 names a Message-ID while its root, keyed by step 1 or 4,
+does not carry its own id as key: the store joins the two (``syncd.store.threads``) by
+giving a reply the stored thread key of the message it names, and the replies logged
+before their root the root's key once it comes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+
+GMAIL_PREFIX = "gm:"
+SUBJECT_PREFIX = "subject:"
+
+# Reply and forward prefixes as mail clients write them in English, German, the Nordic
+# languages, Dutch, French, Italian, Spanish, Portuguese, Polish, Czech, Turkish, Chinese
+# and Japanese ("Re[2]:", "RE :", "Re: Re:" included), and list or gateway tags in
+# brackets ("[EXTERNAL]", "[sales]"), which one side of a conversation often lacks.
+_PREFIX = re.compile(
+    r"""^(?:
+        (?:re|fwd?|aw|wg|sv|vs|vb|antw|doorst|rif|r|i|tr|ref|réf|rép|res|enc|odp|pd|fs|
+           ynt|ilt|回复|回覆|答复|转发|轉寄|返信|転送)
+        \s*(?:\[\d+\]|\(\d+\))?\s*[:：]
+      | \[[^\]]{0,40}\]
+    )\s*""",
+    re.IGNORECASE | re.VERBOSE,
+)
+_SPACE = re.compile(r"\s+")
+_FWD_SUFFIX = re.compile(r"\s*\((?:fwd|fw)\)$", re.IGNORECASE)
+
+
+def normalise_subject(subject: str) -> str:
+    """The subject as a conversation's messages share it: reply and forward prefixes and
+    bracketed tags taken off (repeatedly), runs of white space as one space, case folded;
+    '' when nothing is left."""
+    text = _SPACE.sub(" ", unicodedata.normalize("NFKC", subject or "")).strip()
+    while True:
+        stripped = _PREFIX.sub("", text, count=1)
+        if stripped == text:
+            break
+        text = stripped
+    return _FWD_SUFFIX.sub("", text).strip().casefold()
+
+
+def subject_key(subject: str, participants: Iterable[str]) -> str | None:
+    """``subject:<digest>`` of the normalised subject and the set of participants (lower
+    case); None when the subject normalises to nothing or there is nobody. A digest, so
+    the key holds neither the subject nor an address (an erase need not look in it)."""
+    normalised = normalise_subject(subject)
+    people = sorted({p.strip().lower() for p in participants if p and p.strip()})
+    if not normalised or not people:
+        return None
+    text = "\x00".join([normalised, *people])
+    return SUBJECT_PREFIX + hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def thread_key(
@@ -30,19 +84,24 @@ def thread_key(
     references: Sequence[str],
     gm_thrid: str | None,
     subject: str = "",
+    participants: Iterable[str] = (),
 ) -> str:
     """The thread key of one message; ``message_id`` is its id, or its digest key if none.
 
-    ``subject`` is accepted so callers hand over everything a thread could be keyed on, and
-    ignored on purpose (see the module docstring). Ids are expected already normalised by
-    ``syncd.mail.parse`` (no angle brackets, domain lower-cased).
+    Ids are expected already normalised by ``syncd.mail.parse`` (no angle brackets, domain
+    lower-cased). Without ``participants`` there is no subject fallback (step 4).
     """
-    del subject
     if gm_thrid and gm_thrid.strip():
-        return "gm:" + gm_thrid.strip()
+        return GMAIL_PREFIX + gm_thrid.strip()
     for ref in references:
         if ref:
             return ref
     if in_reply_to:
         return in_reply_to
-    return message_id
+    return subject_key(subject, participants) or message_id
+
+
+def names_a_message(key: str, own_key: str) -> bool:
+    """Whether ``key`` (from ``thread_key``) is another message's id, i.e. came from
+    References or In-Reply-To, so the store may know that message's thread."""
+    return key != own_key and not key.startswith((GMAIL_PREFIX, SUBJECT_PREFIX))

@@ -23,6 +23,7 @@ from syncd.crm.model import ContactState, Outcome
 from syncd.crm.rules import ContactPlan, Plan, RulesSettings
 from syncd.mail.addresses import normalise
 from syncd.mail.provenance import Provenance
+from syncd.store import threads
 from syncd.store.blobs import adopt_blob, write_blob
 from syncd.store.contacts import company_for_domain, create_contact
 from syncd.store.db import select_in
@@ -192,7 +193,7 @@ class MailWriter:
         if prepared is None:
             prepared = prepare(email, raw)
         date = prepared.date
-        engagement_id = self._insert_email(email, plan, prepared)
+        engagement_id = self._insert_email(email, provenance, plan, prepared)
         _add_sighting(conn, engagement_id, provenance)
         copy = prepared.copy
         if not self._store_attachments(engagement_id, email.attachments, prepared):
@@ -271,7 +272,11 @@ class MailWriter:
         self._contacted.clear()
         self._company_activity.clear()
 
-    def _insert_email(self, email: Email, plan: Plan, prepared: Prepared) -> int:
+    def _insert_email(
+        self, email: Email, provenance: Provenance, plan: Plan, prepared: Prepared
+    ) -> int:
+        thread_key = threads.key_for(self.conn, email, provenance, plan.participants)
+        threads.adopt_replies(self.conn, email, thread_key)
         cur = self.conn.execute(
             "INSERT INTO engagements(type, occurred_at, created_at, owner) "
             "VALUES ('email', ?, ?, ?)",
@@ -290,7 +295,7 @@ class MailWriter:
                 engagement_id,
                 email.key,
                 email.message_id,
-                email.thread_key,
+                thread_key,
                 plan.direction,
                 sender.email if sender else None,
                 sender.name if sender else None,
