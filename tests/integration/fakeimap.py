@@ -4,7 +4,9 @@ It speaks just enough IMAP for one sync pass of one folder (greeting, CAPABILITY
 LIST, EXAMINE/SELECT, UID SEARCH, UID FETCH, NOOP, LOGOUT) over a real socket, and then
 misbehaves the way a test asks: garbage in its LOGIN answer, an EXAMINE or a body FETCH
 answered one byte at a time, a literal announced far larger than anything it sends. Dovecot
-(``conftest.py``) is the server for normal behaviour; this one only exists to be wrong.
+(``conftest.py``) is the server for normal behaviour; this one only exists to be wrong, or
+to be Gmail where Dovecot cannot: with ``gmail_threads`` it offers X-GM-EXT-1 and answers
+X-GM-THRID, which no Dovecot has.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class FakeImap:
     login_garbage: bytes = b""  # lines sent before the tagged OK to LOGIN
     body: BodyScript | None = None  # None: every body is sent honestly
     slow_examine: bool = False  # the answer to EXAMINE a byte every 50 ms
+    # UID -> Gmail thread id: the server then says X-GM-EXT-1 and answers X-GM-THRID
+    gmail_threads: dict[int, int] | None = None
     logins: int = 0
     connections: int = 0
     port: int = 0
@@ -112,7 +116,8 @@ class Connection:
     def answer(self, tag: bytes, cmd: bytes, args: bytes) -> bool:
         msgs = self.fake.messages
         if cmd == b"CAPABILITY":
-            self.send(b"* CAPABILITY IMAP4rev1\r\n" + tag + b" OK done\r\n")
+            gmail = b" X-GM-EXT-1" if self.fake.gmail_threads is not None else b""
+            self.send(b"* CAPABILITY IMAP4rev1" + gmail + b"\r\n" + tag + b" OK done\r\n")
         elif cmd == b"LOGIN":
             self.fake.logins += 1
             self.send(self.fake.login_garbage + tag + b" OK logged in\r\n")
@@ -150,6 +155,10 @@ class Connection:
         seq = sorted(self.fake.messages).index(uid) + 1
         raw = self.fake.messages[uid]
         head = f'* {seq} FETCH (UID {uid} INTERNALDATE "{INTERNALDATE}"'.encode()
+        threads = self.fake.gmail_threads
+        if threads is not None and b"X-GM-THRID" in items.upper() and uid in threads:
+            # Gmail names the thread first, before the items asked for.
+            head = head.replace(b"(UID", f"(X-GM-THRID {threads[uid]} UID".encode(), 1)
         if not re.search(rb"BODY(\.PEEK)?\[\]", items.upper()):
             self.send(head + f" RFC822.SIZE {len(raw)})\r\n".encode())
             return

@@ -303,7 +303,7 @@ def test_key_from_fetched_headers_never_names_another_message(imap_user: ImapUse
         session.examine("INBOX")
         uids = list(range(1, len(AWKWARD_IDS) + 1))
         headers = {uid: h for uid, _, _, h in session.fetch_meta(uids, headers=True)}
-        bodies = {uid: raw for uid, raw, _ in session.fetch_bodies(uids)}
+        bodies = {body.uid: body.raw for body in session.fetch_bodies(uids)}
     finally:
         session.close()
     for uid in uids:

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from syncd.sources.imap.fetchparse import FetchParseError, internal_date, parse_fetch
+from syncd.sources.imap.fetchparse import (
+    FetchParseError,
+    _parse_any,
+    _parse_common,
+    gm_thrid,
+    internal_date,
+    parse_fetch,
+)
 
 DATE = b'"17-Jul-1996 02:44:25 -0700"'
 HEADERS = b"BODY[HEADER.FIELDS (FROM TO CC BCC)]"
@@ -129,3 +136,49 @@ def test_broken_fetch_responses_raise_one_error(data: list[Any]) -> None:
 )
 def test_internal_date(value: Any, expected: datetime | None) -> None:
     assert internal_date(value) == expected
+
+
+# Gmail's X-GM-THRID in each place a server may put it in a body FETCH answer, the
+# largest id it can be (unsigned 64-bit), and said twice (the last one counts, as for
+# any field said twice).
+THRID = b"18446744073709551615"
+GMAIL_BODIES = [
+    ("first", b"1 (X-GM-THRID " + THRID + b" UID 5 INTERNALDATE " + DATE + b" BODY[] {5}"),
+    ("after UID", b"1 (UID 5 X-GM-THRID " + THRID + b" INTERNALDATE " + DATE + b" BODY[] {5}"),
+    ("before BODY[]", b"1 (UID 5 INTERNALDATE " + DATE + b" X-GM-THRID " + THRID + b" BODY[] {5}"),
+    ("twice", b"1 (X-GM-THRID 1 UID 5 X-GM-THRID " + THRID + b" INTERNALDATE " + DATE
+     + b" BODY[] {5}"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", [c[1] for c in GMAIL_BODIES], ids=[c[0] for c in GMAIL_BODIES])
+def test_gmail_thread_id_in_any_place(text: bytes) -> None:
+    data = [(text, b"hello"), b")"]
+    fields = parse_fetch(data)[5]
+    assert fields == {
+        b"UID": 5,
+        b"INTERNALDATE": DATE[1:-1],
+        b"X-GM-THRID": int(THRID),
+        b"BODY[]": b"hello",
+    }
+    assert gm_thrid(fields) == THRID.decode()
+    assert _parse_any(data) == parse_fetch(data)  # the fast reader gives what the general does
+    if not text.startswith(b"1 (X-GM-THRID 1 "):
+        assert _parse_common(data) is not None  # and the common shapes take the fast path
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({b"X-GM-THRID": 1789012345678901234}, "1789012345678901234"),
+        ({b"X-GM-THRID": b"42"}, "42"),
+        ({b"X-GM-THRID": 2**64}, None),  # more than 64 bits: not Gmail's
+        ({b"X-GM-THRID": -1}, None),
+        ({b"X-GM-THRID": b"12a"}, None),
+        ({b"X-GM-THRID": None}, None),
+        ({b"X-GM-THRID": [1]}, None),
+        ({}, None),
+    ],
+)
+def test_gm_thrid(fields: dict[bytes, Any], expected: str | None) -> None:
+    assert gm_thrid(fields) == expected

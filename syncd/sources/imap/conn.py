@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import LoginError
@@ -35,7 +35,13 @@ from imapclient.exceptions import LoginError
 from syncd import secrets
 from syncd.errors import InboxError
 from syncd.hosts import is_loopback
-from syncd.sources.imap.fetchparse import FetchParseError, Fields, internal_date, parse_fetch
+from syncd.sources.imap.fetchparse import (
+    FetchParseError,
+    Fields,
+    gm_thrid,
+    internal_date,
+    parse_fetch,
+)
 from syncd.sources.imap.syncplan import FolderStatus, idle_slices
 from syncd.sources.imap.wire import Client
 
@@ -43,6 +49,15 @@ HEADER_FIELDS = "BODY.PEEK[HEADER.FIELDS (FROM TO CC BCC MESSAGE-ID)]"
 CONNECT_TIMEOUT = 20.0
 WAIT_NOTICE = 3.0  # seconds without an answer before the log says what is awaited
 log = logging.getLogger("syncd.imap")
+
+
+class FetchedBody(NamedTuple):
+    """One message's body as a body FETCH returned it."""
+
+    uid: int
+    raw: bytes
+    internal_date: datetime | None
+    gm_thrid: str | None = None  # Gmail's thread id, from a server with X-GM-EXT-1
 
 
 class ImapSettings(Protocol):
@@ -211,6 +226,7 @@ class ImapSession:
         self.client = client
         self.selected: str | None = None
         self._interrupted = False
+        self._gmail: bool | None = None
 
     def close(self) -> None:
         try:
@@ -294,22 +310,37 @@ class ImapSession:
             out.append((uid, size, internal_date(data.get(b"INTERNALDATE")), header))
         return out
 
-    def fetch_bodies(self, uids: Sequence[int]) -> list[tuple[int, bytes, datetime | None]]:
-        """(uid, raw message, internaldate) with BODY.PEEK[], so \\Seen is never set. Only
-        the UIDs whose body came back are listed (an expunged message comes back as
-        ``BODY[] NIL`` or not at all): the caller compares them with what it asked for."""
-        response = self._uid_fetch(uids, "INTERNALDATE BODY.PEEK[]")
+    @property
+    def gmail(self) -> bool:
+        """Whether the server offers Gmail's extensions (X-GM-EXT-1): then each body fetch
+        also asks for X-GM-THRID, Gmail's thread id, which no message header carries."""
+        if self._gmail is None:
+            with _imap_errors(self.inbox, "CAPABILITY"):
+                self._gmail = bool(self.client.has_capability("X-GM-EXT-1"))
+        return self._gmail
+
+    def fetch_bodies(self, uids: Sequence[int]) -> list[FetchedBody]:
+        """Each message's raw bytes, INTERNALDATE and (Gmail) thread id, with BODY.PEEK[],
+        so \\Seen is never set. Only the UIDs whose body came back are listed (an expunged
+        message comes back as ``BODY[] NIL`` or not at all): the caller compares them with
+        what it asked for."""
+        thrid = " X-GM-THRID" if self.gmail else ""
+        response = self._uid_fetch(uids, f"INTERNALDATE{thrid} BODY.PEEK[]")
         out = []
         for uid in uids:
             data = response.get(uid)
             body = None if data is None else data.get(b"BODY[]")
-            if isinstance(body, bytes):
-                out.append((uid, body, internal_date(data.get(b"INTERNALDATE"))))  # type: ignore[union-attr]
+            if data is not None and isinstance(body, bytes):
+                out.append(
+                    FetchedBody(uid, body, internal_date(data.get(b"INTERNALDATE")), gm_thrid(data))
+                )
         return out
 
     def fetch_structure(self, uid: int) -> Fields | None:
-        """INTERNALDATE and BODYSTRUCTURE of ``uid``; None when it is gone."""
-        return self._uid_fetch([uid], "INTERNALDATE BODYSTRUCTURE").get(uid)
+        """INTERNALDATE, BODYSTRUCTURE and (Gmail) X-GM-THRID of ``uid``; None when it is
+        gone."""
+        thrid = " X-GM-THRID" if self.gmail else ""
+        return self._uid_fetch([uid], f"INTERNALDATE{thrid} BODYSTRUCTURE").get(uid)
 
     def fetch_parts(self, uid: int, items: Sequence[str]) -> Fields | None:
         """``items`` (BODY.PEEK sections, see ``bodystructure.fetch_items``) of ``uid`` in

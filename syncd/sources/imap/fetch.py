@@ -45,11 +45,11 @@ from syncd.mail.provenance import Provenance, imap_label
 from syncd.sources.base import Item
 from syncd.sources.imap import bodystructure, syncplan
 from syncd.sources.imap.bodystructure import HEAD_KEY as HEAD
-from syncd.sources.imap.conn import ConnectionLost, FolderError, ImapSession
-from syncd.sources.imap.fetchparse import internal_date
+from syncd.sources.imap.conn import ConnectionLost, FetchedBody, FolderError, ImapSession
+from syncd.sources.imap.fetchparse import gm_thrid, internal_date
 from syncd.sources.imap.syncplan import Action, FolderCheckpoint, FolderPlan
 
-Body = tuple[int, bytes, datetime | None]  # uid, raw message, INTERNALDATE
+Body = FetchedBody  # uid, raw message, INTERNALDATE, Gmail's thread id
 KnownKeys = Callable[[str, set[str]], set[str]]  # label, keys -> those logged under it
 # Called on the fetching thread with each batch as it arrives; what it returns is what
 # ``deliver`` gets (the pipeline starts parsing there, ahead of the writer).
@@ -88,7 +88,12 @@ class PassSettings:
     parse_ahead: ParseAhead | None = None
 
     def provenance(
-        self, folder: str, uid: int, internal_date: datetime | None, partial: bool = False
+        self,
+        folder: str,
+        uid: int,
+        internal_date: datetime | None,
+        partial: bool = False,
+        gm_thrid: str | None = None,
     ) -> Provenance:
         return Provenance(
             source="imap",
@@ -99,6 +104,7 @@ class PassSettings:
             owner=self.owner,
             internal_date=internal_date,
             partial=partial,
+            gm_thrid=gm_thrid,
         )
 
 
@@ -288,8 +294,8 @@ class Fetcher:
     def _deliver_bodies(self, plan: FolderPlan, uids: list[int], planned: int, last: bool) -> bool:
         fetched, stuck = self._fetch_all(plan, uids, planned)
         items = [
-            (raw, self.pass_.provenance(self.folder, uid, internal, uid in self.partial))
-            for uid, raw, internal in fetched
+            (raw, self.pass_.provenance(self.folder, uid, internal, uid in self.partial, thrid))
+            for uid, raw, internal, thrid in fetched
         ]
         if items and self.pass_.parse_ahead is not None:
             items = self.pass_.parse_ahead(items)
@@ -353,7 +359,7 @@ class Fetcher:
             f"{UNFETCHABLE_FIELD}: UID {uid} in {self.folder} stopped"
             f" {syncplan.MAX_STUCK_PASSES} sync passes in a row; see it on the server\r\n\r\n"
         )
-        return uid, note.encode(), None
+        return FetchedBody(uid, note.encode(), None)
 
     def _bodies(self, uids: list[int]) -> list[Body] | None:
         """BODY[] of those ``uids`` the server returns; None when it refuses (NO/BAD)."""
@@ -382,7 +388,7 @@ class Fetcher:
         except bodystructure.StructureError:
             return self._bodies([uid])  # a structure we cannot rebuild from: whole, as before
         self.partial.add(uid)
-        return [(uid, raw, internal_date(fields.get(b"INTERNALDATE")))]
+        return [FetchedBody(uid, raw, internal_date(fields.get(b"INTERNALDATE")), gm_thrid(fields))]
 
     def _guarded(self, uids: list[int], fetch: Callable[[], Any]) -> Any:
         """``fetch()``; None when the server refuses (NO/BAD). A lost connection marks

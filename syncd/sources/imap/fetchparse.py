@@ -12,7 +12,8 @@ after a literal) or ``(text, literal)`` tuples where ``text`` ends with ``{N}``.
 
 The two responses a bulk sync reads tens of thousands of, metadata and body in the
 order syncd asks for them (``UID INTERNALDATE RFC822.SIZE``, ``UID INTERNALDATE
-BODY[]``), are read by one regular expression each; a response in any other shape sends
+BODY[]``, the latter with Gmail's X-GM-THRID wherever Gmail puts it), are read by one
+regular expression each; a response in any other shape sends
 the whole answer through the general reader, which gives the same values.
 """
 
@@ -50,7 +51,18 @@ _MONTHS = {
 }
 _LIT = object()  # marks where a literal sits in the token stream
 _FAST_META = re.compile(rb'\d+ \(UID (\d+) INTERNALDATE "([^"\\]*)" RFC822\.SIZE (\d+)\)')
-_FAST_BODY = re.compile(rb'\d+ \(UID (\d+) INTERNALDATE "([^"\\]*)" BODY\[\] \{(\d+)\}')
+# Gmail (X-GM-EXT-1) adds X-GM-THRID, which servers place before, between or after the
+# items asked for: each place is an optional group, at most one of which matches.
+_THRID = rb"(?:X-GM-THRID (\d+) )?"
+_FAST_BODY = re.compile(
+    rb"\d+ \("
+    + _THRID
+    + rb"UID (\d+) "
+    + _THRID
+    + rb'INTERNALDATE "([^"\\]*)" '
+    + _THRID
+    + rb"BODY\[\] \{(\d+)\}"
+)
 
 
 class FetchParseError(ValueError):
@@ -75,16 +87,22 @@ def _parse_common(data: list[Any]) -> dict[int, Fields] | None:
                 return None
             closing = False
         elif isinstance(item, tuple):
-            match = _FAST_BODY.fullmatch(item[0])
-            if match is None or int(match[3]) != len(item[1]):
+            body = _FAST_BODY.fullmatch(item[0])
+            if body is None or int(body[6]) != len(item[1]):
                 return None
-            fields: Fields = {b"INTERNALDATE": match[2], b"BODY[]": bytes(item[1])}
+            uid = int(body[2])
+            fields: Fields = {b"INTERNALDATE": body[4], b"BODY[]": bytes(item[1])}
+            thrids = [int(t) for t in (body[1], body[3], body[5]) if t is not None]
+            if len(thrids) > 1:
+                return None  # said twice: the general reader keeps the last, as for any field
+            if thrids:
+                fields[b"X-GM-THRID"] = thrids[0]
             closing = True
         elif isinstance(item, bytes) and (match := _FAST_META.fullmatch(item)):
+            uid = int(match[1])
             fields = {b"INTERNALDATE": match[2], b"RFC822.SIZE": int(match[3])}
         else:
             return None
-        uid = int(match[1])
         fields[b"UID"] = uid
         out.setdefault(uid, {}).update(fields)
     return None if closing else out
@@ -180,6 +198,17 @@ class _Reader:
         if text.isdigit():
             return int(text)
         return None if text.upper() == b"NIL" else text
+
+
+def gm_thrid(fields: Fields) -> str | None:
+    """Gmail's thread id (X-GM-THRID, an unsigned 64-bit number) from a message's fields,
+    as decimal text; None when absent or not a number."""
+    value = fields.get(b"X-GM-THRID")
+    if isinstance(value, bytes) and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and 0 <= value < 2**64:
+        return str(value)
+    return None
 
 
 def internal_date(value: Any) -> datetime | None:
