@@ -30,7 +30,7 @@ from syncd.crm.model import ContactRecord
 from syncd.crm.team import Team
 from syncd.mail.addresses import normalise
 from syncd.sources.files import FileFormatError, read_contacts
-from syncd.store import db, queries, records
+from syncd.store import db, queries, records, threads
 from syncd.store.searchquery import QueryError
 
 # --- contacts ----------------------------------------------------------------------------
@@ -167,10 +167,19 @@ def contacts_show(ctx: click.Context, email: str, as_json: bool) -> None:
 
 @click.command("timeline")
 @click.argument("email")
+@click.option(
+    "--threads",
+    "by_thread",
+    is_flag=True,
+    help="One line per thread, with how many of its emails are on the timeline.",
+)
 @JSON_FLAG
 @click.pass_context
-def timeline(ctx: click.Context, email: str, as_json: bool) -> None:
+def timeline(ctx: click.Context, email: str, by_thread: bool, as_json: bool) -> None:
     """The contact's engagements, newest first."""
+    if by_thread:
+        timeline_threads(ctx, email, as_json)
+        return
     with open_store(ctx, readonly=True) as (_config, conn):
         items = queries.timeline(conn, email)
     if items is None:
@@ -179,12 +188,30 @@ def timeline(ctx: click.Context, email: str, as_json: bool) -> None:
         emit_json(items)
         return
     for item in items:
-        arrow = {"outgoing": "->", "incoming": "<-"}.get(item["direction"] or "", "  ")
-        title = printable(item["subject"] if item["type"] == "email" else item.get("text", ""))
-        seen = tracking_text(item)
-        sources = ",".join(printable(s) for s in item["sources"])
-        line = f"{item['date']}  {item['type']:<7} {arrow} {title}{seen}  [{sources}]"
-        click.echo(line.rstrip())
+        click.echo(timeline_line(item))
+
+
+def timeline_line(item: dict[str, Any], count: int = 1) -> str:
+    """One timeline item for people; ``count`` > 1: the emails of its thread folded in."""
+    arrow = {"outgoing": "->", "incoming": "<-"}.get(item["direction"] or "", "  ")
+    title = printable(item["subject"] if item["type"] == "email" else item.get("text", ""))
+    seen = tracking_text(item)
+    folded = f"  ({count} emails)" if count > 1 else ""
+    sources = ",".join(printable(s) for s in item["sources"])
+    return f"{item['date']}  {item['type']:<7} {arrow} {title}{seen}{folded}  [{sources}]".rstrip()
+
+
+def timeline_threads(ctx: click.Context, email: str, as_json: bool) -> None:
+    """``timeline --threads``: each thread folded into its latest item and a count."""
+    with open_store(ctx, readonly=True) as (_config, conn):
+        folded = threads.folded_timeline(conn, email)
+    if folded is None:
+        fail(f"no contact with address {email}")
+    if as_json:
+        emit_json(folded)
+        return
+    for entry in folded:
+        click.echo(timeline_line(entry["latest"], entry["count"]))
 
 
 def tracking_text(item: dict[str, Any]) -> str:

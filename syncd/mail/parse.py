@@ -71,6 +71,7 @@ PARTIAL_FIELD = "X-Syncd-Partial"
 OMITTED_FIELD = "X-Syncd-Omitted"
 CUT_FIELD = "X-Syncd-Cut"
 UNFETCHABLE_FIELD = "X-Syncd-Unfetchable"
+PARTIAL_DEFECT = "fetched by parts: attachments over max_attachment_mb left on the server"
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +255,7 @@ def _parse(raw: bytes, received_at: datetime, max_att: int | None, partial: bool
     size, marked_key = len(raw), None
     if partial:
         size, marked_key = _partial_mark(first(fields, PARTIAL_FIELD.lower()) or "", size)
-        defects.append("fetched by parts: attachments over max_attachment_mb left on the server")
+        defects.append(PARTIAL_DEFECT)
     key = message_id or marked_key or _digest_key(fields, body)
     from_list = parse_addresses(fields.get("from"), defects)
 

@@ -232,6 +232,7 @@ def engagement_item(
         item["cc"] = _addresses(row["cc_json"])
         item["attachments"] = [
             {
+                "id": r["id"],
                 "filename": r["filename"],
                 "content_type": r["content_type"],
                 "size": r["size"],
@@ -240,7 +241,7 @@ def engagement_item(
                 "note": r["note"],
             }
             for r in conn.execute(
-                "SELECT filename, content_type, size, sha256, stored, note FROM attachments "
+                "SELECT id, filename, content_type, size, sha256, stored, note FROM attachments "
                 "WHERE engagement_id = ? ORDER BY id",
                 (engagement_id,),
             )

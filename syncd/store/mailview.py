@@ -1,0 +1,107 @@
+"""One logged email in full, as ``syncd email show`` and ``attachment save`` read it.
+
+An email is named by its engagement id (the short, stable id every timeline item
+carries) or by its Message-ID, with or without angle brackets; ``find`` says which
+engagement that is. ``email_view`` is the timeline item (``queries.engagement_item``:
+sources, associations, tracking, attachments with their ids) plus what only a reader of
+the whole email wants: display names, the text body, the defects the parser noted and
+how many emails its thread holds. The raw bytes come from ``raw.raw_message``; an
+attachment's content from its file under ``attachments_dir`` (``attachment_file``).
+Read-only.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from syncd.mail.headers import first_id
+from syncd.store import queries
+from syncd.store.blobs import HEX64, blob_path
+
+
+class Found(NamedTuple):
+    """The engagement an ID names, and its type (``email``, ``note``...)."""
+
+    engagement_id: int
+    type: str
+
+
+def find(conn: sqlite3.Connection, ident: str) -> Found | None:
+    """The engagement ``ident`` names: digits are an engagement id, anything else a
+    Message-ID (``<a@b>`` or ``a@b``, compared as the parser normalises it: the domain in
+    lower case). None when nothing matches."""
+    text = ident.strip()
+    if text.isdigit():
+        row = conn.execute("SELECT id, type FROM engagements WHERE id = ?", (int(text),)).fetchone()
+        return Found(row[0], row[1]) if row is not None else None
+    message_id = first_id(text) or (text if text.startswith("sha256:") else None)
+    if message_id is None:
+        return None
+    # An email with a Message-ID is keyed by it (the UNIQUE message_key), one without by
+    # its digest, which is accepted too.
+    row = conn.execute(
+        "SELECT engagement_id FROM emails WHERE message_key = ?", (message_id,)
+    ).fetchone()
+    return Found(row[0], "email") if row is not None else None
+
+
+def _people(text: str) -> list[dict[str, str]]:
+    return [{"name": name or "", "email": email} for name, email in json.loads(text or "[]")]
+
+
+def email_view(conn: sqlite3.Connection, engagement_id: int) -> dict[str, Any] | None:
+    """The email in full (the timeline item's fields and more); None if it is no email."""
+    row = conn.execute(
+        queries.ENGAGEMENT_SQL + " WHERE g.id = ? AND g.type = 'email'", (engagement_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    item = queries.engagement_item(conn, row)
+    extra = conn.execute(
+        "SELECT e.from_name, e.to_json, e.cc_json, e.size, e.thread_key, "
+        "(SELECT count(*) FROM emails t WHERE t.thread_key = e.thread_key) AS in_thread, "
+        "(SELECT size FROM raw_messages r WHERE r.engagement_id = e.engagement_id) AS raw_size "
+        "FROM emails e WHERE e.engagement_id = ?",
+        (engagement_id,),
+    ).fetchone()
+    item.update(
+        from_name=extra["from_name"] or "",
+        recipients={"to": _people(extra["to_json"]), "cc": _people(extra["cc_json"])},
+        date_missing=bool(row["date_missing"]),
+        size=extra["size"],
+        body=row["body"] or "",
+        defects=defects(conn, engagement_id),
+        thread={"count": extra["in_thread"] if extra["thread_key"] else 1},
+        raw_kept=extra["raw_size"] is not None,
+    )
+    return item
+
+
+def defects(conn: sqlite3.Connection, engagement_id: int) -> list[str]:
+    """What the parser noted about the email (``emails.defects``, one note each)."""
+    row = conn.execute(
+        "SELECT defects FROM emails WHERE engagement_id = ?", (engagement_id,)
+    ).fetchone()
+    return [d for d in (row[0] if row else "").split("; ") if d]
+
+
+def attachment(conn: sqlite3.Connection, attachment_id: int) -> dict[str, Any] | None:
+    """An attachment's row: ``id``, ``engagement_id``, ``sha256``, ``filename`` (from the
+    mail: hostile), ``content_type``, ``size``, ``stored``, ``note``; None if unknown."""
+    row = conn.execute(
+        "SELECT id, engagement_id, sha256, filename, content_type, size, stored, note "
+        "FROM attachments WHERE id = ?",
+        (attachment_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return {**dict(row), "stored": bool(row["stored"])}
+
+
+def attachment_file(attachments_dir: Path, sha256: str) -> Path | None:
+    """Where a stored attachment's content lives; None for a digest that is not one (an
+    attachment never stored has none)."""
+    return blob_path(attachments_dir, sha256) if HEX64.match(sha256 or "") else None
