@@ -10,7 +10,7 @@ import pytest
 from syncd.mail.parse import parse
 from syncd.mail.provenance import Provenance
 from syncd.mail.threads import names_a_message, normalise_subject, subject_key, thread_key
-from syncd.store.threads import trusted_gm_thrid
+from syncd.store.threads import fold, trusted_gm_thrid
 
 WHEN = datetime(2024, 5, 1, tzinfo=UTC)
 
@@ -198,3 +198,22 @@ TAKEOUT = message(
 )
 def test_whose_gmail_thread_id_counts(provenance: Provenance, want: str | None) -> None:
     assert trusted_gm_thrid(parse(TAKEOUT, received_at=WHEN), provenance) == want
+
+
+def item(engagement_id: int, date: str, kind: str = "email") -> dict[str, object]:
+    return {"id": engagement_id, "date": date, "type": kind}
+
+
+def test_fold_keeps_the_order_given_and_counts_each_thread() -> None:
+    # A timeline as it may come: a pinned old email first, then newest first; 4 is a note.
+    items = [item(1, "2024-01-01"), item(5, "2024-03-01"), item(4, "2024-02-15", "note"),
+             item(3, "2024-02-01"), item(2, "2024-01-02"), item(6, "2024-01-03")]  # fmt: skip
+    keys = {1: "t", 2: "t", 5: "t", 3: "u", 6: "v"}
+    folded = fold(items, keys)
+    assert [(f["count"], f["ids"], f["latest"]["id"]) for f in folded] == [
+        (3, [5, 2, 1], 5),  # where its first item stood (the pin); latest is the newest
+        (1, [4], 4),
+        (1, [3], 3),
+        (1, [6], 6),
+    ]
+    assert fold([], {}) == []
