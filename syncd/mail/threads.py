@@ -40,29 +40,31 @@ SUBJECT_PREFIX = "subject:"
 # languages, Dutch, French, Italian, Spanish, Portuguese, Polish, Czech, Turkish, Chinese
 # and Japanese ("Re[2]:", "RE :", "Re: Re:" included), and list or gateway tags in
 # brackets ("[EXTERNAL]", "[sales]"), which one side of a conversation often lacks.
-_PREFIX = re.compile(
-    r"""^(?:
+_PREFIXES = re.compile(
+    r"""(?:
         (?:re|fwd?|aw|wg|sv|vs|vb|antw|doorst|rif|r|i|tr|ref|réf|rép|res|enc|odp|pd|fs|
            ynt|ilt|回复|回覆|答复|转发|轉寄|返信|転送)
-        \s*(?:\[\d+\]|\(\d+\))?\s*[:：]
+        \s*(?:\[\d+\]|\(\d+\))?\s*:
       | \[[^\]]{0,40}\]
     )\s*""",
     re.IGNORECASE | re.VERBOSE,
 )
+_ALL_PREFIXES = re.compile(f"(?:{_PREFIXES.pattern})+", re.IGNORECASE | re.VERBOSE)
 _SPACE = re.compile(r"\s+")
 _FWD_SUFFIX = re.compile(r"\s*\((?:fwd|fw)\)$", re.IGNORECASE)
 
 
 def normalise_subject(subject: str) -> str:
     """The subject as a conversation's messages share it: reply and forward prefixes and
-    bracketed tags taken off (repeatedly), runs of white space as one space, case folded;
-    '' when nothing is left."""
-    text = _SPACE.sub(" ", unicodedata.normalize("NFKC", subject or "")).strip()
-    while True:
-        stripped = _PREFIX.sub("", text, count=1)
-        if stripped == text:
-            break
-        text = stripped
+    bracketed tags taken off (however many), runs of white space as one space, case
+    folded; '' when nothing is left."""
+    text = subject or ""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)  # full-width colons and letters
+    text = _SPACE.sub(" ", text).strip()
+    prefixes = _ALL_PREFIXES.match(text)
+    if prefixes:
+        text = text[prefixes.end() :]
     return _FWD_SUFFIX.sub("", text).strip().casefold()
 
 

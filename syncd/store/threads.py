@@ -20,7 +20,6 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from syncd.mail.addresses import normalise
 from syncd.mail.provenance import Provenance
 from syncd.mail.threads import names_a_message, thread_key
 from syncd.store import queries, tracking
@@ -44,9 +43,12 @@ def key_for(
     """The thread key to store a new ``email`` with. ``participants`` are the rules'
     (outside the team); only those on From, To or Cc count for the subject fallback, since
     Bcc is on the sender's copy alone."""
-    visible = {normalise(a.email) for a in (email.from_, *email.to, *email.cc) if a is not None}
-    people = [p for p in participants if p in visible]
     gm_thrid = trusted_gm_thrid(email, provenance)
+    people: list[str] = []
+    if not (gm_thrid or email.in_reply_to or any(email.references)):
+        # Only mail without reply headers is keyed by subject and people.
+        visible = {a.email for a in (email.from_, *email.to, *email.cc) if a is not None}
+        people = [p for p in participants if p in visible]
     key = thread_key(
         email.key, email.in_reply_to, email.references, gm_thrid, email.subject, people
     )
