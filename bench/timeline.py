@@ -3,7 +3,8 @@
 
 The store is built through the real pipeline (parser processes, rules, the one writer,
 batches of ``--batch``) from ``bench.corpus`` mail (reply threads, several charsets, 1%
-with attachments), generated and ingested a batch at a time, so memory stays flat. With
+with attachments; one mail in 20 also copies a key account, whose timeline is the
+longest), generated and ingested a batch at a time, so memory stays flat. With
 ``--dir DIR`` the store is kept there and reused by the next run if it holds ``-n``
 emails already.
 
@@ -50,6 +51,10 @@ from syncd.store import db, mailview, queries, threads
 
 TEAM = {"ada@example.com": (), "bob@example.com": ()}
 MAX_ATTACHMENT = 50 * 1024 * 1024
+# The corpus spreads mail over ~500 people; a CRM also has the key account on copy of
+# one mail in 20 (5,000 of 100,000): the long timeline a user scrolls.
+KEY_ACCOUNT = b"Cc: Kim Key <kim@key-account.example>\r\n"
+KEY_ACCOUNT_EVERY = 20
 
 
 def _settings() -> RulesSettings:
@@ -66,6 +71,8 @@ def _batches(n: int, size: int) -> Iterator[list[tuple[bytes, Provenance]]]:
         items = []
         for raw, when in chunk:
             uid += 1
+            if uid % KEY_ACCOUNT_EVERY == 0:
+                raw = KEY_ACCOUNT + raw
             items.append((raw, Provenance("imap", when, inbox="ada", folder="INBOX", uid=uid)))
         yield items
 
