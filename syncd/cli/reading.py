@@ -95,20 +95,26 @@ def email_show(ctx: click.Context, ident: str, as_raw: bool, as_json: bool) -> N
     if as_raw and as_json:
         fail("--raw and --json do not go together", EX_USAGE)
     if as_raw:
-        _refuse_terminal("email show --raw")
+        _show_raw(ctx, ident)
+        return
+    with open_store(ctx, readonly=True) as (_config, conn):
+        engagement_id = _email_id(conn, ident)
+        view = mailview.email_view(conn, engagement_id)
+    if view is None:  # removed since _email_id looked (a concurrent erase)
+        fail(f"no email with id {engagement_id}")
+    if as_json:
+        emit_json(view)
+    else:
+        _print_email(view)
+
+
+def _show_raw(ctx: click.Context, ident: str) -> None:
+    """The message's bytes as they arrived, to a file or pipe."""
+    _refuse_terminal("email show --raw")
     with open_store(ctx, readonly=True) as (config, conn):
         engagement_id = _email_id(conn, ident)
-        if as_raw:
-            data = raw.raw_message(conn, engagement_id, config.store.attachments_dir)
-            partial = PARTIAL_DEFECT in mailview.defects(conn, engagement_id)
-        else:
-            view = mailview.email_view(conn, engagement_id)
-    if not as_raw:
-        if as_json:
-            emit_json(view)
-        else:
-            _print_email(view)  # type: ignore[arg-type]  # an email: _email_id said so
-        return
+        data = raw.raw_message(conn, engagement_id, config.store.attachments_dir)
+        partial = PARTIAL_DEFECT in mailview.defects(conn, engagement_id)
     if data is None:
         fail(f"email {engagement_id}: no raw copy of it is kept")
     if partial:
