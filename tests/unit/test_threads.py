@@ -10,6 +10,7 @@ import pytest
 from syncd.mail.parse import parse
 from syncd.mail.provenance import Provenance
 from syncd.mail.threads import names_a_message, normalise_subject, subject_key, thread_key
+from syncd.store.quarantine import provenance_from_json, provenance_json
 from syncd.store.threads import fold, trusted_gm_thrid
 
 WHEN = datetime(2024, 5, 1, tzinfo=UTC)
@@ -217,3 +218,12 @@ def test_fold_keeps_the_order_given_and_counts_each_thread() -> None:
         (1, [6], 6),
     ]
     assert fold([], {}) == []
+
+
+def test_gmail_thread_id_survives_the_quarantine() -> None:
+    """Mail quarantined and retried later keys its thread as it would have at once."""
+    given = Provenance("imap", WHEN, inbox="ada", folder="INBOX", uid=7, gm_thrid="1789")
+    assert provenance_from_json(provenance_json(given)) == given
+    plain = Provenance("bcc", WHEN, sender="ada@example.com")
+    assert "gm_thrid" not in provenance_json(plain)
+    assert provenance_from_json(provenance_json(plain)) == plain
