@@ -415,6 +415,20 @@ def test_tracking_disabled_still_relays_and_logs(make: Callable[..., Harness]) -
     assert h.drain() == {"logged": 1} and tracked_rows(h) == []
 
 
+def test_8bit_mail_is_relayed_with_body_8bitmime(make: Callable[..., Harness]) -> None:
+    h = make(tracking=False)
+    client = h.client()
+    client.sendmail("ada@example.com", ["client@customer.example"], html_mail())
+    eight_bit = html_mail(mid="offer-2").replace(b"</p>", "<p>Grüße</p>".encode(), 1)
+    client.sendmail("ada@example.com", ["client@customer.example"], eight_bit)
+    client.quit()
+    assert h.sink.received[1][2] == eight_bit
+    assert [[o.upper() for o in options] for options in h.sink.mail_options] == [
+        [],
+        ["BODY=8BITMIME"],
+    ]
+
+
 def test_a_resend_is_one_engagement_and_one_tracked_message(
     make: Callable[..., Harness],
 ) -> None:
