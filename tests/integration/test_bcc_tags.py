@@ -193,6 +193,11 @@ def test_tags_pick_the_records_of_one_email(tmp_path: Path, daemon: Any) -> None
         "the BCC tag names no deal or ticket that exists, and no participant is a contact "
         "(deal-99+nocreate)"
     )
+    # ... and its tag with it: a retry judges it by the same picks (without them it would
+    # be skipped, and leave the quarantine unlogged).
+    retried = syncd(config, "quarantine", "retry")
+    assert retried.returncode == 1 and "the BCC tag names no deal" in retried.stdout
+    assert [q["reason"] for q in as_json(config, "quarantine", "list")] == [held["reason"]]
 
     # The same message again from another source (an import of the Sent folder, say)
     # adds where it was seen, and no automatic deals or tickets.
