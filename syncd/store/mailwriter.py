@@ -106,6 +106,9 @@ class MailWriter:
     message under a SAVEPOINT would flush a tiny index segment every time),
     associations (the cap check sees the same counts in the same order) and
     last_activity/last_contacted (only ever the latest date, so one UPDATE per record).
+    The plan says which deals and tickets: each contact's most recent open ones, or the
+    ones a BCC tag picked (those that exist; ``emails.picked`` remembers the tag, so a
+    later copy adds no automatic ones).
     Each message runs under the caller's SAVEPOINT: ``keep`` after RELEASE, ``discard``
     after ROLLBACK TO, which forgets that message's deferred rows and every cache (they
     may name rows the rollback removed).
