@@ -138,8 +138,8 @@ def _row(label: str, ours: list[float], ceiling: list[float], rows: str) -> None
 
 # The ceilings: the rows each function returns, in one SELECT, nothing per row.
 TIMELINE_ROWS = (
-    queries.ENGAGEMENT_SQL + " JOIN engagement_contacts ec ON ec.engagement_id = g.id "
-    "WHERE ec.contact_id = (SELECT contact_id FROM contact_addresses WHERE address = ?) "
+    queries.ENGAGEMENT_SQL + " WHERE g.id IN (SELECT engagement_id FROM engagement_contacts "
+    "WHERE contact_id = (SELECT contact_id FROM contact_addresses WHERE address = ?)) "
     "ORDER BY g.occurred_at DESC, g.id DESC"
 )
 THREAD_ROWS = (

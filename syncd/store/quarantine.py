@@ -47,6 +47,7 @@ def provenance_json(provenance: Provenance) -> str:
             else None,
         }
         | ({"partial": True} if provenance.partial else {})
+        | ({"tag": provenance.tag} if provenance.tag else {})
         | ({"gm_thrid": provenance.gm_thrid} if provenance.gm_thrid else {})
     )
 
@@ -64,6 +65,7 @@ def provenance_from_json(text: str) -> Provenance:
         sender=data.get("sender"),
         internal_date=datetime.fromisoformat(internal) if internal else None,
         partial=bool(data.get("partial")),
+        tag=data.get("tag") or None,
         gm_thrid=data.get("gm_thrid"),
     )
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from syncd.mail.addresses import normalise, normalise_domain
 from syncd.store import tracking
+from syncd.store.engagements import ASSOCIATION
 from syncd.store.searchquery import QueryError, fts_query
 
 CONTACT_SQL = (
@@ -251,6 +252,30 @@ def engagement_item(
     return item
 
 
+def timeline_of(
+    conn: sqlite3.Connection, engagement_ids: str, args: Sequence[Any] = ()
+) -> list[dict[str, Any]]:
+    """The timeline of the engagements the SQL ``engagement_ids`` selects (one column of
+    engagement ids, its ``?`` bound to ``args``), each shaped by ``engagement_item``.
+
+    The one place that orders and filters a timeline: the contact, company, deal and
+    ticket timelines all come through here, so what shows and in which order is the
+    same on every record. Newest first; the id breaks ties so the order is total."""
+    rows = conn.execute(
+        f"{ENGAGEMENT_SQL} WHERE g.id IN ({engagement_ids}) ORDER BY g.occurred_at DESC, g.id DESC",
+        tuple(args),
+    ).fetchall()
+    tracked = tracking.summaries(conn, [r["id"] for r in rows])
+    return [engagement_item(conn, r, tracked) for r in rows]
+
+
+def record_timeline(conn: sqlite3.Connection, kind: str, record_id: int) -> list[dict[str, Any]]:
+    """The timeline of one record: ``kind`` is contact, company, deal or ticket (a key of
+    ``engagements.ASSOCIATION``, never user input: it names fixed tables)."""
+    table, column, _records = ASSOCIATION[kind]
+    return timeline_of(conn, f"SELECT engagement_id FROM {table} WHERE {column} = ?", (record_id,))
+
+
 def timeline(conn: sqlite3.Connection, address: str) -> list[dict[str, Any]] | None:
     """The contact's engagements, newest first; None if no contact has ``address``."""
     row = conn.execute(
@@ -258,13 +283,7 @@ def timeline(conn: sqlite3.Connection, address: str) -> list[dict[str, Any]] | N
     ).fetchone()
     if row is None:
         return None
-    rows = conn.execute(
-        ENGAGEMENT_SQL + " JOIN engagement_contacts ec ON ec.engagement_id = g.id "
-        "WHERE ec.contact_id = ? ORDER BY g.occurred_at DESC, g.id DESC",
-        (row[0],),
-    ).fetchall()
-    tracked = tracking.summaries(conn, [r["id"] for r in rows])
-    return [engagement_item(conn, r, tracked) for r in rows]
+    return record_timeline(conn, "contact", row[0])
 
 
 def search(conn: sqlite3.Connection, text: str, *, limit: int = 50) -> list[dict[str, Any]]:
@@ -298,7 +317,7 @@ def search(conn: sqlite3.Connection, text: str, *, limit: int = 50) -> list[dict
     ]
 
 
-def _with_links(
+def with_links(
     conn: sqlite3.Connection, rows: list[sqlite3.Row], kind: str
 ) -> list[dict[str, Any]]:
     """Deal or ticket rows with their contacts' primary addresses and companies' names.
@@ -327,14 +346,14 @@ def deals_list(conn: sqlite3.Connection) -> list[dict[str, Any]]:
         "SELECT id, name, pipeline, stage, state, amount, close_date, owner, created_at "
         "FROM deals ORDER BY id"
     ).fetchall()
-    return _with_links(conn, rows, "deal")
+    return with_links(conn, rows, "deal")
 
 
 def tickets_list(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT id, subject, pipeline, status, state, owner, created_at FROM tickets ORDER BY id"
     ).fetchall()
-    return _with_links(conn, rows, "ticket")
+    return with_links(conn, rows, "ticket")
 
 
 def quarantine_list(conn: sqlite3.Connection) -> list[dict[str, Any]]:
