@@ -109,20 +109,21 @@ def thread_keys(conn: sqlite3.Connection, engagement_ids: Sequence[int]) -> dict
     return {r[0]: r[1] for r in rows}
 
 
-def fold(items: Sequence[Mapping[str, Any]], keys: Mapping[int, str]) -> list[dict[str, Any]]:
+def fold(items: Sequence[dict[str, Any]], keys: Mapping[int, str]) -> list[dict[str, Any]]:
     """One entry per thread, ``{"count", "ids", "latest"}``, where the thread's first item
     stands in ``items`` (so a timeline's order, pins included, holds). ``latest`` is the
     thread's newest item, ``ids`` its items' ids newest first. Notes, calls and emails
     without a key are threads of their own."""
-    groups: dict[Any, list[Mapping[str, Any]]] = {}
+    groups: dict[Any, list[dict[str, Any]]] = {}
     for item in items:
         key = keys.get(item["id"])
         groups.setdefault(("thread", key) if key else ("item", item["id"]), []).append(item)
     folded = []
     for members in groups.values():
-        newest = sorted(members, key=lambda i: (i["date"] or "", i["id"]), reverse=True)
+        if len(members) > 1:
+            members = sorted(members, key=lambda i: (i["date"] or "", i["id"]), reverse=True)
         folded.append(
-            {"count": len(members), "ids": [i["id"] for i in newest], "latest": dict(newest[0])}
+            {"count": len(members), "ids": [i["id"] for i in members], "latest": members[0]}
         )
     return folded
 
