@@ -26,9 +26,11 @@ from syncd.mail.provenance import Provenance
 from syncd.store.blobs import adopt_blob, write_blob
 from syncd.store.contacts import company_for_domain, create_contact
 from syncd.store.db import select_in
+from syncd.store.detached import any_detached, detach_new, release, waiting
 from syncd.store.engagements import ASSOCIATION, OVERSIZED_NOTE, safe_filename
 from syncd.store.raw import RawCopy, insert_raw, prepare_raw, stored_digest
 from syncd.store.timestamps import iso, now_iso
+from syncd.store.tombstones import REMOVED, any_removed, is_removed
 
 if TYPE_CHECKING:
     from syncd.mail.parse import Email
@@ -125,6 +127,11 @@ class MailWriter:
         self._msg_pairs: dict[tuple[str, int, int], None] = {}
         self._msg_added: dict[tuple[str, int], int] = {}
         self._touches: list[tuple[list[int], list[int], str, bool]] = []
+        # Whether the store holds any tombstone, or any engagement waiting for an
+        # address (store/detached.py): asked once per transaction, since most stores
+        # hold none and then no message pays for either check.
+        self._removed: bool | None = None
+        self._detached: bool | None = None
         self._forget()
 
     def _forget(self) -> None:
@@ -175,9 +182,15 @@ class MailWriter:
         prepared: Prepared | None = None,
     ) -> Outcome:
         """Carry out ``plan`` for ``email``; ``prepared`` is ``prepare(email, raw)``'s, if made."""
+        conn = self.conn
+        if self._removed is None:
+            self._removed = any_removed(conn)
+        if self._removed and is_removed(conn, email.key):
+            # Removed from the timeline by a person: the same email coming again is a
+            # duplicate of what they removed, not new mail.
+            return Outcome("duplicate", email.key, REMOVED)
         if plan.skip:
             return Outcome("skipped", email.key, plan.skip)
-        conn = self.conn
         row = conn.execute(
             "SELECT engagement_id, date, direction FROM emails WHERE message_key = ?",
             (email.key,),
@@ -199,6 +212,11 @@ class MailWriter:
             copy = prepare_raw(raw, [])  # no holes: an attachment file to refill one is gone
         insert_raw(conn, engagement_id, copy)
         self._associate(engagement_id, plan, date)
+        if self._any_detached():
+            # Mail naming an address whose contact was deleted waits with its older mail.
+            ids = self._address_ids
+            others = [a.email for a in email.addresses() if ids.get(normalise(a.email)) is None]
+            detach_new(conn, engagement_id, (normalise(a) for a in others))
         return Outcome("logged", email.key, "")
 
     def keep(self) -> None:
@@ -379,6 +397,7 @@ class MailWriter:
                 self._company_of[contact_id] = None
                 self._counts[("contact", contact_id)] = 0
                 self._open[("deal", contact_id)] = self._open[("ticket", contact_id)] = []
+                self._reattach(contact_id, plan.email)
             self._address_ids[plan.email] = contact_id
         elif plan.owner:
             state = self._states.get(contact_id)
@@ -405,6 +424,23 @@ class MailWriter:
             )
         self._company_of[contact_id] = company_id
         return contact_id, company_id
+
+    def _any_detached(self) -> bool:
+        if self._detached is None:
+            self._detached = any_detached(self.conn)
+        return self._detached
+
+    def _reattach(self, contact_id: int, address: str) -> None:
+        """A contact created for an address whose deleted contact left engagements: they
+        are associated with it again (``store/detached.py``), through ``_link`` so that
+        the cap and the deferred rows stay this writer's. The rules create no contact
+        under ``require_legal_basis``, so a new contact here may have them all."""
+        if not self._any_detached():
+            return
+        for engagement_id, date, direction in waiting(self.conn, [address]):
+            self._link("contact", engagement_id, contact_id)
+            self._touches.append(([contact_id], [], date, direction == "outgoing"))
+        release(self.conn, [address])
 
     def _open_records(self, kind: str, contact_ids: Sequence[int], limit: int) -> list[int]:
         """Each contact's most recent open deals (or tickets), up to ``limit`` per contact."""
