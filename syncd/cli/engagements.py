@@ -27,7 +27,7 @@ def engagement_id(text: str) -> int:
     """The engagement id in ``text`` (``12`` or ``#12``); exits 2 for anything else."""
     value = text.strip().removeprefix("#")
     if not (value.isascii() and value.isdigit()) or int(value) == 0:
-        fail(f"not an engagement id: {printable(text)!r} (the number timeline shows)", EX_USAGE)
+        fail(f"not an engagement id: '{printable(text)}' (the number timeline shows)", EX_USAGE)
     return int(value)
 
 

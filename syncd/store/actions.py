@@ -148,8 +148,9 @@ def associate(
                 f"SELECT engagement_count FROM {records} WHERE id = ?", (record_id,)
             ).fetchone()[0]
             if count >= cap:
+                (label,) = labels(conn, {kind: [record_id]})
                 raise CapReached(
-                    f"{kind} {record_id} has {count} engagements, the "
+                    f"{label} has {count} engagements, the "
                     f"store.max_engagements_per_record limit ({cap}); nothing was associated"
                 )
             conn.execute(
