@@ -5,7 +5,7 @@ deal and ticket links) but not its engagements: each is kept in
 ``detached_engagements`` under the address it concerns (an email's From, To, Cc or Bcc
 address of that contact; a note, or mail associated by hand that names none, under the
 primary address). Mail logged later that names such an address while it is no
-contact is kept there too (``MailWriter`` calls ``detach_new``). ``reattach`` associates
+contact is kept there too (``MailWriter`` calls ``detach``). ``reattach`` associates
 them with the contact that has one of those addresses again, however it came to have
 it: created by logging, by ``contacts import``, or given the address. ``erase`` removes
 the rows of the addresses it erases. Every function runs inside the caller's
@@ -26,10 +26,11 @@ from syncd.store.engagements import associate
 from syncd.store.timestamps import now_iso
 
 
-def any_detached(conn: sqlite3.Connection) -> bool:
-    """Whether any engagement waits for an address: usually none, and then the write
-    path asks nothing more when it creates a contact."""
-    return conn.execute("SELECT 1 FROM detached_engagements LIMIT 1").fetchone() is not None
+def waiting_addresses(conn: sqlite3.Connection) -> set[str]:
+    """The addresses engagements wait for: usually none, and a handful after a few
+    deletions, so the write path reads them once per transaction and asks nothing
+    more for mail that names none of them."""
+    return {r[0] for r in conn.execute("SELECT DISTINCT address FROM detached_engagements")}
 
 
 def contact_addresses(conn: sqlite3.Connection, contact_id: int) -> list[str]:
@@ -81,22 +82,14 @@ def delete_contact(conn: sqlite3.Connection, contact_id: int) -> int:
     return len(rows)
 
 
-def detach_new(conn: sqlite3.Connection, engagement_id: int, addresses: Iterable[str]) -> None:
-    """Keep a newly logged engagement for those of ``addresses`` (no contact's) that
-    have engagements waiting: it is part of that address's mail too."""
-    waiting = [
-        r[0]
-        for r in select_in(
-            conn,
-            "SELECT DISTINCT address FROM detached_engagements WHERE address IN ({marks})",
-            sorted(set(addresses)),
-        )
-    ]
+def detach(conn: sqlite3.Connection, engagement_id: int, addresses: Iterable[str]) -> None:
+    """Keep a newly logged engagement for ``addresses`` (no contact's, each with
+    engagements waiting): it is part of that address's mail too."""
     now = now_iso()
     conn.executemany(
         "INSERT OR IGNORE INTO detached_engagements(address, engagement_id, detached_at) "
         "VALUES (?, ?, ?)",
-        [(address, engagement_id, now) for address in waiting],
+        [(address, engagement_id, now) for address in sorted(set(addresses))],
     )
 
 
