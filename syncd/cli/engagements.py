@@ -22,11 +22,14 @@ from syncd.cli.common import EX_USAGE, JSON_FLAG, emit_json, fail, open_store, p
 from syncd.crm.rules import RulesSettings
 from syncd.store import actions, db, queries, records
 
+MAX_ID = 2**63 - 1  # SQLite's largest rowid: a larger number names nothing
+RECORD_ID = click.IntRange(1, MAX_ID)
+
 
 def engagement_id(text: str) -> int:
     """The engagement id in ``text`` (``12`` or ``#12``); exits 2 for anything else."""
     value = text.strip().removeprefix("#")
-    if not (value.isascii() and value.isdigit()) or int(value) == 0:
+    if not (value.isascii() and value.isdigit()) or not 0 < int(value) <= MAX_ID:
         fail(f"not an engagement id: '{printable(text)}' (the number timeline shows)", EX_USAGE)
     return int(value)
 
@@ -105,9 +108,11 @@ def remove(ctx: click.Context, engagement: str, as_json: bool) -> None:
 
 def _record_options(command: Any) -> Any:
     options = [
-        click.option("--deal", "deals", type=int, multiple=True, metavar="N", help="A deal id."),
         click.option(
-            "--ticket", "tickets", type=int, multiple=True, metavar="N", help="A ticket id."
+            "--deal", "deals", type=RECORD_ID, multiple=True, metavar="N", help="A deal id."
+        ),
+        click.option(
+            "--ticket", "tickets", type=RECORD_ID, multiple=True, metavar="N", help="A ticket id."
         ),
         click.option(
             "--company",
@@ -127,8 +132,9 @@ def _record_options(command: Any) -> Any:
 
 def _company_id(conn: Any, text: str) -> int:
     value = text.strip()
-    if value.isascii() and value.isdigit() and actions.record_exists(conn, "company", int(value)):
-        return int(value)
+    number = int(value) if value.isascii() and value.isdigit() else 0
+    if 0 < number <= MAX_ID and actions.record_exists(conn, "company", number):
+        return number
     found = queries.companies_named(conn, value)
     if not found:
         raise LookupError(f"no company {value}")

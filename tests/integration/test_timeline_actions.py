@@ -180,6 +180,7 @@ def test_pinned_first_then_newest_first(env: Env) -> None:
         (("remove", "12abc"), 2, "syncd: not an engagement id: '12abc'"),
         (("pin", "\x1b[31m1"), 2, "syncd: not an engagement id: '\\x1b[31m1'"),
         (("remove", "0"), 2, "syncd: not an engagement id: '0'"),
+        (("pin", "9" * 30), 2, "syncd: not an engagement id: '999"),
         (("associate", "1"), 2, "syncd: name a record: --deal N"),
         (("associate", "1", "--deal", "7"), 1, "syncd: no deal 7"),
         (("associate", "1", "--company", "nowhere.example"), 1, "no company nowhere.example"),
@@ -406,6 +407,7 @@ def test_contacts_set(env: Env) -> None:
         "subscriber"
     )
     assert env.json("contacts", "set", CAROL, "--legal-basis", "")["legal_basis"] is None
+    assert env.json("contacts", "set", CAROL, "--company-name", "")["company"] is None
     assert "not a team member" in env.fails(2, "contacts", "set", CAROL, "--owner", "x@y.example")
     assert "unknown lifecycle stage 'won'" in env.fails(
         2, "contacts", "set", CAROL, "--stage", "won"
@@ -465,6 +467,21 @@ def test_deleted_contact_mail_returns_when_it_is_a_contact_again(env: Env) -> No
     assert (carol["lifecycle_stage"], carol["marketing_contact"]) == ("lead", False)
     assert env.json("import", str(mail), "--owner", ADA)["duplicates"] == 3
     assert len(env.ids(CAROL)) == 6
+
+
+def test_with_require_legal_basis_mail_waits_for_a_legal_basis(tmp_path: Path) -> None:
+    env = Env(tmp_path, "privacy: {require_legal_basis: true}\n")
+    people = tmp_path / "people.csv"
+    header = "email,first_name,last_name,company,owner,lifecycle_stage,legal_basis\n"
+    people.write_text(header + f"{CAROL},Carol,Jones,,,,consent\n", encoding="utf-8")
+    assert env.run("contacts", "import", str(people)).returncode == 0
+    assert env.imported(three_to_carol(env))["logged"] == 3
+    env.json("contacts", "delete", CAROL)
+    people.write_text(header + f"{CAROL},Carol,Jones,,,,\n", encoding="utf-8")
+    assert env.run("contacts", "import", str(people)).returncode == 0
+    assert env.ids(CAROL) == []  # no legal basis: nothing may be associated with her
+    env.json("contacts", "set", CAROL, "--legal-basis", "consent")
+    assert env.ids(CAROL) == [CAROL_MID, "mid@x", "old@x"]
 
 
 def test_deleted_contact_mail_returns_when_bcc_logs_to_the_address(
