@@ -11,9 +11,13 @@ so the server is what is measured), for ``--seconds`` each. Requests carry an
 addresses, as behind a reverse proxy, so the per-IP limit does not hide the writer.
 
 After each tracking cell the store is read until every sent hit is stored (or 20 s
-pass): "stored/sent" shows none is lost below the queue bound.
+pass): "stored/sent" shows none is lost below the queue bound. Flat out, a closed
+loop's latency is clients / throughput whatever the server does, so the last rows pace
+50 clients at ``--paced-rate`` requests a second in all (default 1000; latency counted
+from when each request was due) to show what the endpoint adds below saturation.
 Each cell is the best of ``--repeat`` rounds (a shared machine is noisy).
-Usage: ``python -m bench.tracking [--seconds S] [--messages N] [--repeat K]``.
+Usage: ``python -m bench.tracking [--seconds S] [--messages N] [--repeat K]
+[--paced-rate R]``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ LINKS = ("https://shop.example.com/offer?a=1&b=2", "https://docs.example.org/gui
          "https://example.net/", "https://example.net/pricing")  # fmt: skip
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 CLIENTS = (1, 50, 200)
+PACED_CLIENTS = 50
 # The readers' addresses: 5000, as behind a reverse proxy (so the per-IP limit of 600 a
 # minute is not what is measured).
 READERS = [f"10.{i // 250}.{i % 250}.{1 + i % 7}" for i in range(5000)]
@@ -138,10 +143,13 @@ async def _until_term() -> None:
 # The load generator ------------------------------------------------------------------
 
 
-async def _client(port: int, paths: list[str], until: float, latencies: list[float]) -> int:
+async def _client(
+    port: int, paths: list[str], until: float, latencies: list[float], interval: float = 0.0
+) -> int:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     sent = 0
     rng = random.Random()
+    due = time.perf_counter() + rng.random() * interval
     try:
         while time.perf_counter() < until:
             path = paths[rng.randrange(len(paths))]
@@ -149,6 +157,11 @@ async def _client(port: int, paths: list[str], until: float, latencies: list[flo
             request = (f"GET {path} HTTP/1.1\r\nHost: t.example.com\r\nUser-Agent: {UA}\r\n"
                        f"X-Forwarded-For: {ip}\r\n\r\n").encode()  # fmt: skip
             started = time.perf_counter()
+            if interval:
+                # Paced: latency counts from when the request was due, so a server that
+                # falls behind is charged for the wait (no coordinated omission).
+                await asyncio.sleep(max(0.0, due - started))
+                started, due = due, due + interval
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             length = 0
@@ -166,11 +179,18 @@ async def _client(port: int, paths: list[str], until: float, latencies: list[flo
     return sent
 
 
-async def _load(port: int, paths: list[str], clients: int, seconds: float) -> dict[str, float]:
+async def _load(
+    port: int, paths: list[str], clients: int, seconds: float, rate: float = 0.0
+) -> dict[str, float]:
+    """``clients`` connections, each sending as fast as answers come, or, with ``rate``,
+    all together ``rate`` requests a second at even intervals."""
     latencies: list[float] = []
     until = time.perf_counter() + seconds
     started = time.perf_counter()
-    counts = await asyncio.gather(*(_client(port, paths, until, latencies) for _ in range(clients)))
+    interval = clients / rate if rate else 0.0
+    counts = await asyncio.gather(
+        *(_client(port, paths, until, latencies, interval) for _ in range(clients))
+    )
     elapsed = time.perf_counter() - started
     latencies.sort()
     sent = sum(counts)
@@ -216,6 +236,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--paced-rate", type=float, default=1000.0)
     parser.add_argument("--serve", nargs="+")
     args = parser.parse_args()
     if args.serve:
@@ -242,6 +263,7 @@ def main() -> None:
     pixels = [f"/o/{signer.open_token(i)}.gif" for i in ids]
     clicks = [f"/c/{signer.click_token(i, j)}" for i in ids for j in range(len(LINKS))]
     rows: list[tuple[str, int, dict[str, float], str]] = []
+    paced: list[tuple[str, int, dict[str, float], str]] = []
     total = 0
     try:
         for clients in CLIENTS:
@@ -265,13 +287,24 @@ def main() -> None:
             for name in ("pixel", "click"):
                 share = f"{best[name]['rps'] / ceiling['rps']:.0%}"
                 rows.append((name, clients, best[name], f"{share}  stored {stored}/{total}"))
+            if clients == PACED_CLIENTS:
+                rate = args.paced_rate
+                for name, target, paths in (
+                    ("no-op", noop_port, pixels),
+                    ("pixel", port, pixels),
+                    ("click", port, clicks),
+                ):
+                    result = asyncio.run(_load(target, paths, clients, args.seconds, rate))
+                    if target == port:
+                        total += int(result["sent"])
+                    paced.append((name, clients, result, f"paced at {rate:.0f} req/s"))
     finally:
         noop.send_signal(signal.SIGTERM)
         server.send_signal(signal.SIGTERM)
         noop.wait(30)
         out, _ = server.communicate(timeout=60)
     print(f"{'handler':8} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  vs no-op")
-    for name, clients, r, note in rows:
+    for name, clients, r, note in rows + paced:
         print(f"{name:8} {clients:>7} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}  {note}")
     print("endpoint counts:", out.strip().splitlines()[-1] if out.strip() else "?")
 

@@ -20,9 +20,9 @@ import click
 
 from syncd.cli.common import EX_USAGE, JSON_FLAG, emit_json, fail, open_store, printable
 from syncd.crm.rules import RulesSettings
-from syncd.store import actions, db, queries, records
+from syncd.store import actions, db, queries, records, recordviews
+from syncd.store.recordviews import MAX_ID
 
-MAX_ID = 2**63 - 1  # SQLite's largest rowid: a larger number names nothing
 RECORD_ID = click.IntRange(1, MAX_ID)
 
 
@@ -119,7 +119,7 @@ def _record_options(command: Any) -> Any:
             "companies",
             multiple=True,
             metavar="C",
-            help="A company: its id, name (any case) or domain.",
+            help="A company: its id, a domain, or its name (any case).",
         ),
         click.option(
             "--contact", "contacts", multiple=True, metavar="EMAIL", help="A contact's address."
@@ -131,16 +131,13 @@ def _record_options(command: Any) -> Any:
 
 
 def _company_id(conn: Any, text: str) -> int:
-    value = text.strip()
-    number = int(value) if value.isascii() and value.isdigit() else 0
-    if 0 < number <= MAX_ID and actions.record_exists(conn, "company", number):
-        return number
-    found = queries.companies_named(conn, value)
+    """The company ``text`` names, as ``companies show`` finds it (id, domain, name)."""
+    found = recordviews.company_find(conn, text)
     if not found:
-        raise LookupError(f"no company {value}")
+        raise LookupError(f"no company with id, domain or name {text.strip()}")
     if len(found) > 1:
         ids = ", ".join(str(i) for i in found)
-        raise LookupError(f"{value} names several companies ({ids}); give one id")
+        raise LookupError(f"{text.strip()} names several companies ({ids}); give one id")
     return found[0]
 
 

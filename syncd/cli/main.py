@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import click
 
 from syncd import __version__
-from syncd.cli import daemon, data, engagements, install, logsetup, records
+from syncd.cli import companies, daemon, data, engagements, install, logsetup, records
 from syncd.cli import tracking as tracking_cli
 from syncd.cli.common import (
     DEFAULT_CONFIG,
@@ -168,6 +168,7 @@ def _accept_config_everywhere(group: click.Group) -> None:
 
 data.register(main)
 records.register(main)
+companies.register(main)
 engagements.register(main)
 daemon.register(main)
 install.register(main)

@@ -1,5 +1,8 @@
 """The record commands of the CLI: contacts, timeline, search, deals, tickets, notes.
 
+``deals show`` and ``tickets show`` (and ``companies show``, cli/companies.py) print a
+record with its timeline, in the same item shape as ``timeline``.
+
 ``register(group)`` adds them to the main click group. Each command loads the config
 from ``ctx.obj.config()``, opens the store it names, and either prints for humans or,
 with ``--json``, one JSON document on stdout. Exit status: 0 done, 1 problems found
@@ -31,7 +34,7 @@ from syncd.crm.rules import RulesSettings
 from syncd.crm.team import Team
 from syncd.mail.addresses import normalise
 from syncd.sources.files import FileFormatError, read_contacts
-from syncd.store import db, detached, queries, records
+from syncd.store import db, detached, queries, records, recordviews
 from syncd.store.searchquery import QueryError
 
 # --- contacts ----------------------------------------------------------------------------
@@ -262,6 +265,11 @@ def timeline(ctx: click.Context, email: str, as_json: bool) -> None:
     if as_json:
         emit_json(items)
         return
+    print_timeline(items)
+
+
+def print_timeline(items: list[dict[str, Any]], indent: str = "") -> None:
+    """A timeline for humans, one engagement a line; what came in a mail is escaped."""
     for item in items:
         arrow = {"outgoing": "->", "incoming": "<-"}.get(item["direction"] or "", "  ")
         title = printable(item["subject"] if item["type"] == "email" else item.get("text", ""))
@@ -269,8 +277,27 @@ def timeline(ctx: click.Context, email: str, as_json: bool) -> None:
         sources = ",".join(printable(s) for s in item["sources"])
         # The id is what pin, remove and associate take; a pin shows before the date.
         mark = "*" if item.get("pinned") else " "
-        head = f"{mark}#{item['id']:<6} {item['date']}  {item['type']:<7} {arrow}"
+        head = f"{indent}{mark}#{item['id']:<6} {item['date']}  {item['type']:<7} {arrow}"
         click.echo(f"{head} {title}{seen}  [{sources}]".rstrip())
+
+
+def print_record(record: dict[str, Any]) -> None:
+    """``key: value`` lines (lists joined by commas, escaped), then the record's timeline."""
+    for key, value in record.items():
+        if key == "timeline":
+            continue
+        shown = ", ".join(printable(v) for v in value) if isinstance(value, list) else value
+        click.echo(f"{key}: {'' if shown is None else printable(shown)}")
+    click.echo(f"timeline: {len(record['timeline'])} engagement(s)")
+    print_timeline(record["timeline"], indent="  ")
+
+
+def record_id(text: str, kind: str) -> int:
+    """A deal or ticket id as typed; anything but digits exits 2 with one line."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
+        fail(f"{text!r} is not a {kind} id (a number, as `syncd {kind}s list` shows)", EX_USAGE)
+    return int(text)
 
 
 def tracking_text(item: dict[str, Any]) -> str:
@@ -330,7 +357,7 @@ def search(ctx: click.Context, query: tuple[str, ...], limit: int, as_json: bool
 
 @click.group("deals")
 def deals() -> None:
-    """Deals: create, move between stages, list."""
+    """Deals: create, move between stages, list, show."""
 
 
 @deals.command("create")
@@ -378,9 +405,26 @@ def deals_list(ctx: click.Context, as_json: bool) -> None:
     print_table(rows, ("id", "name", "stage", "amount", "contacts"))
 
 
+@deals.command("show")
+@click.argument("deal", metavar="ID")
+@JSON_FLAG
+@click.pass_context
+def deals_show(ctx: click.Context, deal: str, as_json: bool) -> None:
+    """One deal with its contacts, companies and the timeline of its engagements."""
+    deal_id = record_id(deal, "deal")
+    with open_store(ctx, readonly=True) as (_config, conn):
+        found = recordviews.deal_show(conn, deal_id)
+    if found is None:
+        fail(f"no deal {deal_id}")
+    if as_json:
+        emit_json(found)
+        return
+    print_record(found)
+
+
 @click.group("tickets")
 def tickets() -> None:
-    """Tickets: create, set status, list."""
+    """Tickets: create, set status, list, show."""
 
 
 @tickets.command("create")
@@ -417,6 +461,23 @@ def tickets_list(ctx: click.Context, as_json: bool) -> None:
         return
     rows = [[t["id"], t["subject"], t["status"], " ".join(t["contacts"])] for t in found]
     print_table(rows, ("id", "subject", "status", "contacts"))
+
+
+@tickets.command("show")
+@click.argument("ticket", metavar="ID")
+@JSON_FLAG
+@click.pass_context
+def tickets_show(ctx: click.Context, ticket: str, as_json: bool) -> None:
+    """One ticket with its contacts, companies and the timeline of its engagements."""
+    ticket_id = record_id(ticket, "ticket")
+    with open_store(ctx, readonly=True) as (_config, conn):
+        found = recordviews.ticket_show(conn, ticket_id)
+    if found is None:
+        fail(f"no ticket {ticket_id}")
+    if as_json:
+        emit_json(found)
+        return
+    print_record(found)
 
 
 @click.group("notes")

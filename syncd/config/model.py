@@ -232,7 +232,29 @@ class Inbox(Model):
         return data
 
 
+RECORD_TYPES = ("contacts", "companies", "deals", "tickets")
+
+
+def _record_types(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected a list of record types, some of {', '.join(RECORD_TYPES)}")
+    for item in value:
+        if item not in RECORD_TYPES:
+            raise ValueError(f"{item!r} is not one of {', '.join(RECORD_TYPES)}")
+    # A logged email is on its contacts' timelines: without them it is on none it could
+    # be found from, and the rules would have nobody to log it for.
+    if "contacts" not in value:
+        raise ValueError("must include contacts (a logged email is always on its contacts)")
+    return [t for t in RECORD_TYPES if t in value]
+
+
+RecordTypes = Annotated[list[str], BeforeValidator(_record_types)]
+
+
 class Associate(Model):
+    # Which records a logged email is associated with by default; a BCC tag (log+deal-42@)
+    # picks its own. Files written before this key stay valid: all four.
+    records: RecordTypes = list(RECORD_TYPES)
     max_deals: Annotated[int, Field(ge=0)] = 5
     max_tickets: Annotated[int, Field(ge=0)] = 5
 
@@ -259,6 +281,7 @@ class BccConfig(Model):
     addresses: Annotated[list[Email], Field(min_length=1)]
     verify_sender: Literal["auth", "spf", "dkim", "none"] = "spf"
     extra_bcc: list[Email] = []
+    create_contacts: bool = True  # false: BCC (and submitted) mail logs to existing contacts only
     relay: RelayConfig | None = None
     tls: TlsConfig | None = None
     require_tls: bool = False

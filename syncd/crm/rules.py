@@ -8,9 +8,13 @@ outgoing (sent from a team address or an inbox address); whether it is skipped
 -- or no participants, or no contact to put it on); which unknown participants become
 contacts and with which owner, as the ``ContactPolicy`` of the way the mail came in says
 (BCC: always; IMAP: when the inbox's ``sync.create_contacts``; import: when an owner is
-given; never with ``require_legal_basis``); which contacts
+given; never with ``require_legal_basis``; ``bcc.create_contacts: false`` turns it off
+for BCC and submitted mail, a ``nocreate`` tag for one email); which contacts
 it is associated with (with ``require_legal_basis`` only those with a legal basis) and
-each contact's company domain. The store carries the plan out. Which addresses are the
+each contact's company domain; which record types besides contacts
+(``logging.associate.records``), unless the sender picked the deals and tickets with a
+tag on the BCC address (``crm.bcctags``): then exactly those, and they keep an email
+that has no contact to go on. The store carries the plan out. Which addresses are the
 team's is ``crm.team.Team``'s answer, held in ``RulesSettings.team``.
 
 The policies are looked up by the provenance's source and inbox, and ``RulesSettings`` is
@@ -20,11 +24,13 @@ settings, not those it arrived under.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from syncd.crm.bcctags import Picks, TagError, parse_tag
 from syncd.crm.domains import company_domain, domain_matches
 from syncd.crm.lifecycle import Pipelines
 from syncd.crm.model import ContactPolicy, ContactState
@@ -53,6 +59,18 @@ STANDING_POLICIES: Mapping[PolicyKey, ContactPolicy] = MappingProxyType(
 NO_POLICY = ContactPolicy()
 
 
+def standing_policies(bcc_creates: bool = True) -> Mapping[PolicyKey, ContactPolicy]:
+    """``STANDING_POLICIES`` with ``bcc.create_contacts``: false keeps BCC mail, and mail
+    members submit through syncd (which is logged the same way), to existing contacts."""
+    if bcc_creates:
+        return STANDING_POLICIES
+    quiet = ContactPolicy(creates=False)
+    return MappingProxyType({**STANDING_POLICIES, ("bcc", None): quiet, ("relay", None): quiet})
+
+
+ALL_RECORDS = frozenset({"contacts", "companies", "deals", "tickets"})
+
+
 @dataclass(frozen=True, slots=True)
 class RulesSettings:
     """Every setting the rules and the store's write path read, as one frozen value."""
@@ -66,6 +84,9 @@ class RulesSettings:
     max_tickets: int = 5
     max_engagements_per_record: int = 10000
     pipelines: Pipelines = field(default_factory=Pipelines)
+    # Record types a logged email is associated with by default (logging.associate.records);
+    # contacts always are.
+    associate: frozenset[str] = ALL_RECORDS
 
     @classmethod
     def build(
@@ -103,11 +124,13 @@ class RulesSettings:
         return cls.build(
             never_log=tuple(config.logging.never_log or ()),
             team=Team.from_config(config),
+            policies=standing_policies(config.bcc.create_contacts if config.bcc else True),
             require_legal_basis=bool(config.privacy.require_legal_basis),
             max_deals=int(associate.max_deals),
             max_tickets=int(associate.max_tickets),
             max_engagements_per_record=int(config.store.max_engagements_per_record),
             pipelines=Pipelines.from_config(getattr(config, "pipelines", None)),
+            associate=frozenset(associate.records) | {"contacts"},
         )
 
     def policy_for(self, provenance: Provenance) -> ContactPolicy:
@@ -135,13 +158,23 @@ class ContactPlan:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What to log for one email; ``skip`` set means log nothing."""
+    """What to log for one email; ``skip`` set means log nothing.
+
+    ``deals`` and ``tickets``: None means each contact's most recent open ones (up to
+    ``max_deals``/``max_tickets``); a tuple means exactly these (a BCC tag's picks, or
+    none when ``logging.associate.records`` leaves the type out). ``picked`` is the tag
+    that picked them, kept with the email so that a later copy adds no automatic ones.
+    """
 
     direction: str  # "incoming" | "outgoing"
     participants: tuple[str, ...]
     contacts: tuple[ContactPlan, ...] = ()
     sender: str | None = None  # the sending member (primary email) of outgoing mail
     skip: str | None = None
+    companies: bool = True  # associate the contacts' companies
+    deals: tuple[int, ...] | None = None
+    tickets: tuple[int, ...] | None = None
+    picked: str | None = None
 
 
 def participants(email: Email, settings: RulesSettings) -> dict[str, str]:
@@ -181,6 +214,18 @@ def new_contact_owner(
     return settings.policy_for(provenance).owner
 
 
+def picks_of(provenance: Provenance) -> Picks:
+    """The records the sender picked with a BCC tag; none for mail without one. A tag
+    that does not read (it was checked at RCPT, so only a hand-edited spool row) picks
+    nothing rather than guess."""
+    if not provenance.tag:
+        return Picks()
+    try:
+        return parse_tag(provenance.tag)
+    except TagError:
+        return Picks()
+
+
 def plan(
     email: Email,
     provenance: Provenance,
@@ -193,12 +238,17 @@ def plan(
     outgoing = bool(from_address) and settings.team.is_internal(from_address)
     direction = "outgoing" if outgoing else "incoming"
     sender = settings.team.owner_of(from_address) if outgoing else None
+    picks = picks_of(provenance)
     base = Plan(direction=direction, participants=tuple(people), sender=sender)
+    base = _records(base, picks, settings)
     if any(settings.never_logged(a) for a in people):
         return _skip(base, SKIP_NEVER_LOG)
-    if not people:
+    # Records the sender named keep mail that has no contact to go on (internal mail, or
+    # nocreate to new people), unless require_legal_basis withheld someone.
+    rescued = picks.records and (not settings.require_legal_basis or not people)
+    if not people and not rescued:
         return _skip(base, SKIP_NO_PARTICIPANTS)
-    creating = may_create(provenance, settings)
+    creating = may_create(provenance, settings) and not picks.nocreate
     owner = new_contact_owner(provenance, settings, sender)
     contacts: list[ContactPlan] = []
     seen_ids: set[int] = set()
@@ -216,10 +266,29 @@ def plan(
         contacts.append(
             ContactPlan(address, name, state.contact_id, owner, company_domain(address))
         )
-    if not contacts:
+    if not contacts and not rescued:
         return _skip(base, SKIP_NO_CONTACTS)
-    return Plan(direction, base.participants, tuple(contacts), sender)
+    return dataclasses.replace(base, contacts=tuple(contacts))
+
+
+def _records(base: Plan, picks: Picks, settings: RulesSettings) -> Plan:
+    """Which companies, deals and tickets: the tag's picks replace the automatic deals
+    and tickets (a tag naming only a deal picks no ticket); else the settings' types."""
+    wanted = settings.associate
+    if picks.records:
+        deals: tuple[int, ...] | None = picks.deals
+        tickets: tuple[int, ...] | None = picks.tickets
+    else:
+        deals = None if "deals" in wanted else ()
+        tickets = None if "tickets" in wanted else ()
+    return dataclasses.replace(
+        base,
+        companies="companies" in wanted,
+        deals=deals,
+        tickets=tickets,
+        picked=str(picks) if picks.records else None,
+    )
 
 
 def _skip(base: Plan, reason: str) -> Plan:
-    return Plan(base.direction, base.participants, (), base.sender, reason)
+    return dataclasses.replace(base, contacts=(), skip=reason)

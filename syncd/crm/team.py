@@ -13,7 +13,7 @@ takes an address in any case and compares its normal form (``mail.addresses.norm
 - ``may_send_as``: a member may send as their own addresses and as any team inbox.
 - ``inbox``: a connected inbox by name.
 - ``is_internal``: never a participant: a member's address or alias, any inbox's
-  address, a BCC logging address.
+  address, a BCC logging address with or without a tag (``crm.bcctags``).
 
 Where two entries claim one address (which config validation mostly refuses), a member's
 own address or alias wins over a personal inbox, and the first inbox over later ones.
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from syncd.crm.bcctags import is_tagged_form
 from syncd.mail.addresses import normalise
 
 
@@ -140,5 +141,9 @@ class Team:
         return next((i for i in self.inboxes if i.name == name), None) if name else None
 
     def is_internal(self, address: str) -> bool:
-        """A member's address or alias, an inbox address or a BCC logging address."""
-        return normalise(address) in self._internal
+        """A member's address or alias, an inbox address or a BCC logging address, tags
+        included (``log+deal-42@``: a copy may name it in Bcc or To)."""
+        address = normalise(address)
+        if address in self._internal:
+            return True
+        return "+" in address and is_tagged_form(address, self.bcc_addresses)

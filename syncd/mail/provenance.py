@@ -26,6 +26,10 @@ class Provenance:
     # The bytes are a message rebuilt from some of its parts (imap: a large message whose
     # attachments over max_attachment_mb were left on the server); parse reads its marks.
     partial: bool = False
+    # The tag of the BCC logging address the message was sent to (``deal-42+nocreate`` of
+    # ``log+deal-42+nocreate@...``, canonical, see crm/bcctags.py): the records the
+    # sender picked. None: no tag, the rules pick.
+    tag: str | None = None
 
     @property
     def label(self) -> str:

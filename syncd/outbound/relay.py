@@ -361,7 +361,7 @@ class Submitter:
     ) -> Answer:
         client = self._take()
         reused = client is not None
-        options = ["BODY=8BITMIME"] if any(b > 0x7F for b in raw[:1_000_000]) else []
+        options = [] if raw.isascii() else ["BODY=8BITMIME"]
         for _attempt in range(2):
             if client is None:
                 try:

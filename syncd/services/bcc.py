@@ -102,7 +102,8 @@ def drain_spool(
             tracking.mark_logged(tx, message_key)
 
     items = [
-        (row.raw, provenance(row.received_at, row.mail_from, row.owner, row.source)) for row in rows
+        (row.raw, provenance(row.received_at, row.mail_from, row.owner, row.source, row.tag))
+        for row in rows
     ]
     [outcomes] = hand_over([Handover(items, ids)], deliverer(ingest_batch, write))
     statuses = Counter(str(outcome.status) for outcome in outcomes)
@@ -171,13 +172,21 @@ class BccService:
         files = {m.email: m.smtp_password_file for m in self._config.team if m.smtp_password_file}
         return PasswordFiles(files, self._team)
 
-    def _spool(self, raw: bytes, mail_from: str, peer_ip: str, owner: str | None = None) -> int:
+    def _spool(
+        self,
+        raw: bytes,
+        mail_from: str,
+        peer_ip: str,
+        owner: str | None = None,
+        *,
+        tag: str | None = None,
+    ) -> int:
         """Called by the handler from a worker thread: commit, then nudge the drain."""
         health = self._store.health
         if health.damaged:
             raise health.refusal()
         try:
-            spool_id = self._writer(raw, mail_from, peer_ip, owner)
+            spool_id = self._writer(raw, mail_from, peer_ip, owner, tag=tag)
         except Exception as exc:
             if health.report(exc):
                 raise health.refusal() from exc

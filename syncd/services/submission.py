@@ -45,6 +45,7 @@ from syncd.secrets import read_password
 from syncd.services.bcc import DRAIN_MAX_SECONDS, DRAIN_SECONDS, drain_batch
 from syncd.services.schedule import Backoff, Every
 from syncd.sources.bcc import TEMPFAIL, BccServer, PasswordFiles, ServerOptions, tls_context
+from syncd.sources.senders import envelope_tag
 from syncd.sources.submission import Forwarded, Outgoing, SubmissionHandler, start
 from syncd.store import db, spool, tracking
 
@@ -197,10 +198,13 @@ class Relayer:
             ip = message.peer_ip if self.keep_full_ips else hosts.truncate(message.peer_ip)
         also = partial(tracking.record_relayed, message=tracked, member=normalise(message.member),
                        ip=ip, at=at)  # fmt: skip
+        # A Bcc to a tagged logging address (log+deal-42@) picks the records of the copy
+        # logged here too, not only of the one the BCC endpoint gets later.
+        tag = envelope_tag(message.recipients, self.team.bcc_addresses)
         try:
             self.record(
                 message.raw, message.mail_from, message.peer_ip, normalise(message.member),
-                source="relay", also=also,
+                source="relay", also=also, **({"tag": tag} if tag else {}),
             )  # fmt: skip
         except Exception as error:
             # The smarthost has it; the client will retry and the recipient may get it

@@ -3,6 +3,9 @@
 The BCC endpoint (``sources/bcc.py``) owns the SMTP protocol; this module owns the
 decisions, as functions of plain values that tests drive by tables:
 
+- ``recipient_reply``: the allow-list: a logging address, or its tagged form
+  (``log+deal-42@``, ``crm.bcctags``), else 550; ``envelope_tag`` is the tag the message
+  travels with.
 - ``plain_path``: the literal address of a ``RCPT TO:``/``MAIL FROM:`` argument, or None
   for anything but a plain ``<local@domain>`` (no source routes, ``%`` hacks, quoted or
   commented local parts, address literals). aiosmtpd normalises those away, so the
@@ -23,13 +26,15 @@ mail client shows it.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import spf
 
+from syncd.crm.bcctags import Picks, TagError, logging_recipient
 from syncd.crm.domains import registrable_domain
 from syncd.errors import MessageError
 from syncd.mail.addresses import domain_of, normalise, normalise_domain
@@ -47,6 +52,10 @@ _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})+"
 _PLAIN = re.compile(rf"<?({_LOCAL}@{_DOMAIN})>?")
 
 RELAY_DENIED = "550 5.7.1 Relaying denied: this server only accepts mail for its logging address"
+BAD_TAG = (
+    "550 5.1.1 Unknown tag on the logging address: after the + write deal-N, ticket-N "
+    "or nocreate, joined by + (e.g. log+deal-42+ticket-7@...)"
+)
 TOO_MANY_RCPTS = f"452 4.5.3 Too many recipients (at most {MAX_RECIPIENTS} per message)"
 
 
@@ -65,13 +74,36 @@ def plain_path(arg: str | None, keyword: str) -> str | None:
 
 
 def recipient_reply(raw_arg: str | None, allowed: frozenset[str], accepted: int) -> str | None:
-    """None when ``RCPT TO`` may go on to aiosmtpd, else the refusal to send."""
+    """None when ``RCPT TO`` may go on to aiosmtpd, else the refusal to send. A logging
+    address is accepted with a tag (``log+deal-42@``) too; nothing else is."""
     address = plain_path(raw_arg, "TO:")
-    if address is None or normalise(address) not in allowed:
+    if address is None:
         return RELAY_DENIED
+    reply = address_reply(address, allowed)
+    if reply is not None:
+        return reply
     if accepted >= MAX_RECIPIENTS:
         return TOO_MANY_RCPTS
     return None
+
+
+def address_reply(address: str, allowed: frozenset[str]) -> str | None:
+    """None for a logging address or a well-formed tagged form of one, else the 550."""
+    try:
+        picks = logging_recipient(address, allowed)
+    except TagError:
+        return BAD_TAG
+    return RELAY_DENIED if picks is None else None
+
+
+def envelope_tag(recipients: Iterable[str], allowed: frozenset[str]) -> str | None:
+    """The canonical tag of a message's accepted recipients (their picks add up), or
+    None when none is tagged. Recipients are those ``address_reply`` let through."""
+    picks = Picks()
+    for address in recipients:
+        with contextlib.suppress(TagError):
+            picks = picks | (logging_recipient(address, allowed) or Picks())
+    return str(picks) or None
 
 
 def aligned(signing_domain: str, from_domain: str) -> bool:

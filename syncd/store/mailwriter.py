@@ -13,6 +13,7 @@ one transaction: nothing else writes while a batch holds the write lock.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -39,6 +40,10 @@ if TYPE_CHECKING:
 # stored, note.
 AttachmentRow = tuple[str, str, str, int, int, str]
 MISSING_NOTE = "file removed before the message was logged"
+NO_PICKED_RECORD = (
+    "the BCC tag names no deal or ticket that exists, and no participant is a contact"
+)
+log = logging.getLogger(__name__)
 
 
 class Prepared(NamedTuple):
@@ -103,6 +108,9 @@ class MailWriter:
     message under a SAVEPOINT would flush a tiny index segment every time),
     associations (the cap check sees the same counts in the same order) and
     last_activity/last_contacted (only ever the latest date, so one UPDATE per record).
+    The plan says which deals and tickets: each contact's most recent open ones, or the
+    ones a BCC tag picked (those that exist; ``emails.picked`` remembers the tag, so a
+    later copy adds no automatic ones).
     Each message runs under the caller's SAVEPOINT: ``keep`` after RELEASE, ``discard``
     after ROLLBACK TO, which forgets that message's deferred rows and every cache (they
     may name rows the rollback removed).
@@ -157,8 +165,11 @@ class MailWriter:
             self._looked_up |= keys
         everyone = {a.email for e in emails for a in e.addresses()}
         ids = sorted({state.contact_id for state in self.known(everyone).values()})
-        self._ensure_open("deal", ids, self.settings.max_deals)
-        self._ensure_open("ticket", ids, self.settings.max_tickets)
+        wanted = self.settings.associate
+        if "deals" in wanted:
+            self._ensure_open("deal", ids, self.settings.max_deals)
+        if "tickets" in wanted:
+            self._ensure_open("ticket", ids, self.settings.max_tickets)
 
     def known(self, addresses: Iterable[str]) -> dict[str, ContactState]:
         """Existing contacts by any of their addresses, as ``lookup_contacts`` finds them."""
@@ -204,16 +215,28 @@ class MailWriter:
         if plan.skip:
             return Outcome("skipped", email.key, plan.skip)
         row = conn.execute(
-            "SELECT engagement_id, date, direction FROM emails WHERE message_key = ?",
+            "SELECT engagement_id, date, direction, picked FROM emails WHERE message_key = ?",
             (email.key,),
         ).fetchone()
         if row is not None:
             # The first copy's date and direction stand: a later copy adds where it was
             # seen and whom it concerns, nothing else.
-            engagement_id, date, direction = row
+            engagement_id, date, direction, picked = row
             _add_sighting(conn, engagement_id, provenance)
-            self._associate(engagement_id, replace(plan, direction=direction), date)
+            plan = replace(plan, direction=direction)
+            if picked is not None:
+                # The sender picked this email's deals and tickets: no copy adds others.
+                plan = replace(plan, deals=plan.deals or (), tickets=plan.tickets or ())
+            elif plan.picked is not None:
+                conn.execute(
+                    "UPDATE emails SET picked = ? WHERE engagement_id = ?",
+                    (plan.picked, engagement_id),
+                )
+            self._associate(engagement_id, plan, date)
             return Outcome("duplicate", email.key, "already logged")
+        if not plan.contacts and not self._any_picked(plan):
+            # Kept for the sender's sake: logged, it would be on no timeline at all.
+            return Outcome("quarantined", email.key, f"{NO_PICKED_RECORD} ({plan.picked})")
         if prepared is None:
             prepared = prepare(email, raw)
         date = prepared.date
@@ -316,8 +339,8 @@ class MailWriter:
         self.conn.execute(
             "INSERT INTO emails(engagement_id, message_key, message_id, thread_key, direction, "
             "from_addr, from_name, to_json, cc_json, bcc_json, subject, body, addresses, "
-            "attachment_names, date, date_missing, size, defects) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "attachment_names, date, date_missing, size, defects, picked) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 engagement_id,
                 email.key,
@@ -337,6 +360,7 @@ class MailWriter:
                 int(bool(email.date_missing)),
                 int(email.size),
                 prepared.defects,
+                plan.picked,
             ),
         )
         self._msg_search = (engagement_id, subject, body, prepared.addresses, names)
@@ -352,11 +376,11 @@ class MailWriter:
             if company_id is not None and company_id not in company_ids:
                 company_ids.append(company_id)
         settings = self.settings
-        deal_ids = self._open_records("deal", contact_ids, settings.max_deals)
-        ticket_ids = self._open_records("ticket", contact_ids, settings.max_tickets)
+        deal_ids = self._records("deal", plan.deals, contact_ids, settings.max_deals)
+        ticket_ids = self._records("ticket", plan.tickets, contact_ids, settings.max_tickets)
         for kind, ids in (
             ("contact", contact_ids),
-            ("company", company_ids),
+            ("company", company_ids if plan.companies else []),
             ("deal", deal_ids),
             ("ticket", ticket_ids),
         ):
@@ -369,7 +393,7 @@ class MailWriter:
         pair = (kind, engagement_id, record_id)
         if pair in self._msg_pairs or pair in self._pairs:
             return
-        table, column, records = ASSOCIATION[kind]
+        table, column, _records = ASSOCIATION[kind]
         current = self._msg_search is not None and self._msg_search[0] == engagement_id
         if not current and engagement_id not in self._new:
             # A copy of mail logged before this transaction: it may be linked already.
@@ -380,13 +404,7 @@ class MailWriter:
             if linked is not None:
                 return
         key = (kind, record_id)
-        if key in self._counts:
-            stored = self._counts[key]
-        else:
-            row = self.conn.execute(
-                f"SELECT engagement_count FROM {records} WHERE id = ?", (record_id,)
-            ).fetchone()
-            stored = self._counts[key] = row[0] if row else None
+        stored = self._count(kind, record_id)
         if stored is None:
             return
         count = stored + self._added.get(key, 0) + self._msg_added.get(key, 0)
@@ -438,6 +456,38 @@ class MailWriter:
             )
         self._company_of[contact_id] = company_id
         return contact_id, company_id
+
+    def _records(
+        self, kind: str, picked: Sequence[int] | None, contact_ids: Sequence[int], limit: int
+    ) -> list[int]:
+        """The deals (or tickets) to associate: the plan's picks that exist, else (None)
+        each contact's most recent open ones."""
+        if picked is None:
+            return self._open_records(kind, contact_ids, limit)
+        found = [i for i in picked if self._count(kind, i) is not None]
+        for missing in sorted(set(picked) - set(found)):
+            log.warning("the BCC tag names %s %d, which does not exist; logged without it",
+                        kind, missing)  # fmt: skip
+        return found
+
+    def _any_picked(self, plan: Plan) -> bool:
+        """Whether a deal or ticket the plan picked exists."""
+        return any(
+            self._count(kind, i) is not None
+            for kind, ids in (("deal", plan.deals or ()), ("ticket", plan.tickets or ()))
+            for i in ids
+        )
+
+    def _count(self, kind: str, record_id: int) -> int | None:
+        """The record's engagement_count as stored, None if there is no such record."""
+        key = (kind, record_id)
+        if key not in self._counts:
+            _table, _column, records = ASSOCIATION[kind]
+            row = self.conn.execute(
+                f"SELECT engagement_count FROM {records} WHERE id = ?", (record_id,)
+            ).fetchone()
+            self._counts[key] = row[0] if row else None
+        return self._counts[key]
 
     def _any_tombstones(self) -> bool:
         if self._tombstones is None:

@@ -47,6 +47,7 @@ def provenance_json(provenance: Provenance) -> str:
             else None,
         }
         | ({"partial": True} if provenance.partial else {})
+        | ({"tag": provenance.tag} if provenance.tag else {})
     )
 
 
@@ -63,6 +64,7 @@ def provenance_from_json(text: str) -> Provenance:
         sender=data.get("sender"),
         internal_date=datetime.fromisoformat(internal) if internal else None,
         partial=bool(data.get("partial")),
+        tag=data.get("tag") or None,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from syncd.mail.addresses import normalise, normalise_domain
@@ -260,23 +260,28 @@ def engagement_item(
 TIMELINE_ORDER = "g.pinned_at IS NULL, g.occurred_at DESC, g.id DESC"
 
 
-def timeline_rows(conn: sqlite3.Connection, kind: str, record_id: int) -> list[sqlite3.Row]:
-    """``ENGAGEMENT_SQL`` rows of the engagements associated with one record, in
-    ``TIMELINE_ORDER``; ``kind`` is a key of ``engagements.ASSOCIATION`` (contact,
-    company, deal, ticket), never user input."""
-    table, column, _records = ASSOCIATION[kind]
-    return conn.execute(
-        f"{ENGAGEMENT_SQL} JOIN {table} l ON l.engagement_id = g.id "
-        f"WHERE l.{column} = ? ORDER BY {TIMELINE_ORDER}",
-        (record_id,),
+def timeline_of(
+    conn: sqlite3.Connection, engagement_ids: str, args: Sequence[Any] = ()
+) -> list[dict[str, Any]]:
+    """The timeline of the engagements the SQL ``engagement_ids`` selects (one column of
+    engagement ids, its ``?`` bound to ``args``), each shaped by ``engagement_item``.
+
+    The one place that orders and filters a timeline: the contact, company, deal and
+    ticket timelines all come through here, so what shows and in which order is the
+    same on every record. Pinned first, then newest first (``TIMELINE_ORDER``)."""
+    rows = conn.execute(
+        f"{ENGAGEMENT_SQL} WHERE g.id IN ({engagement_ids}) ORDER BY {TIMELINE_ORDER}",
+        tuple(args),
     ).fetchall()
+    tracked = tracking.summaries(conn, [r["id"] for r in rows])
+    return [engagement_item(conn, r, tracked) for r in rows]
 
 
 def record_timeline(conn: sqlite3.Connection, kind: str, record_id: int) -> list[dict[str, Any]]:
-    """One record's timeline as the JSON contract shapes it (``engagement_item``)."""
-    rows = timeline_rows(conn, kind, record_id)
-    tracked = tracking.summaries(conn, [r["id"] for r in rows])
-    return [engagement_item(conn, r, tracked) for r in rows]
+    """The timeline of one record: ``kind`` is contact, company, deal or ticket (a key of
+    ``engagements.ASSOCIATION``, never user input: it names fixed tables)."""
+    table, column, _records = ASSOCIATION[kind]
+    return timeline_of(conn, f"SELECT engagement_id FROM {table} WHERE {column} = ?", (record_id,))
 
 
 def timeline(conn: sqlite3.Connection, address: str) -> list[dict[str, Any]] | None:
@@ -327,7 +332,7 @@ def search(conn: sqlite3.Connection, text: str, *, limit: int = 50) -> list[dict
     ]
 
 
-def _with_links(
+def with_links(
     conn: sqlite3.Connection, rows: list[sqlite3.Row], kind: str
 ) -> list[dict[str, Any]]:
     """Deal or ticket rows with their contacts' primary addresses and companies' names.
@@ -356,14 +361,14 @@ def deals_list(conn: sqlite3.Connection) -> list[dict[str, Any]]:
         "SELECT id, name, pipeline, stage, state, amount, close_date, owner, created_at "
         "FROM deals ORDER BY id"
     ).fetchall()
-    return _with_links(conn, rows, "deal")
+    return with_links(conn, rows, "deal")
 
 
 def tickets_list(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT id, subject, pipeline, status, state, owner, created_at FROM tickets ORDER BY id"
     ).fetchall()
-    return _with_links(conn, rows, "ticket")
+    return with_links(conn, rows, "ticket")
 
 
 def quarantine_list(conn: sqlite3.Connection) -> list[dict[str, Any]]:

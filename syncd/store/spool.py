@@ -62,18 +62,20 @@ def spool_message(
     now: float | None = None,
     source: str = "bcc",
     also: Also | None = None,
+    tag: str | None = None,
 ) -> int:
     """Commit one message to the spool (its own transaction); returns its id.
 
     ``source`` 'relay' marks mail the smarthost accepted from a member (counted as
     ``submission.relayed``, not as a BCC acceptance); ``also(conn)`` writes more rows in
-    the same transaction (the relay's tracked message)."""
+    the same transaction (the relay's tracked message); ``tag`` is the logging address's
+    tag (``crm.bcctags``), handed to the pipeline with the message."""
     with db.transaction(conn):
         cursor = conn.execute(
-            "INSERT INTO spool (received_at, mail_from, peer, owner, raw, source)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO spool (received_at, mail_from, peer, owner, raw, source, tag)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (from_epoch(time.time() if now is None else now), mail_from, peer, owner, raw,
-             source),
+             source, tag),
         )  # fmt: skip
         if also is not None:
             also(conn)
@@ -97,6 +99,7 @@ class _Job:
     error: BaseException | None = None
     source: str = "bcc"
     also: Also | None = None
+    tag: str | None = None
 
 
 class SpoolWriter:
@@ -162,9 +165,12 @@ class SpoolWriter:
         *,
         source: str = "bcc",
         also: Also | None = None,
+        tag: str | None = None,
     ) -> int:
-        """Commit one message (see ``spool_message`` for ``source`` and ``also``)."""
-        job = _Job(raw, mail_from, peer_ip, owner, threading.Event(), source=source, also=also)
+        """Commit one message (see ``spool_message`` for ``source``, ``also`` and ``tag``)."""
+        job = _Job(
+            raw, mail_from, peer_ip, owner, threading.Event(), source=source, also=also, tag=tag
+        )
         with self._cond:
             if self._closed:
                 raise StoreError("the spool is closed")
@@ -289,9 +295,9 @@ class SpoolWriter:
         with db.transaction(self._conn):
             for job in batch:
                 cursor = self._conn.execute(
-                    "INSERT INTO spool (received_at, mail_from, peer, owner, raw, source) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (now, job.mail_from, job.peer, job.owner, job.raw, job.source),
+                    "INSERT INTO spool (received_at, mail_from, peer, owner, raw, source, tag) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (now, job.mail_from, job.peer, job.owner, job.raw, job.source, job.tag),
                 )
                 job.spool_id = int(cursor.lastrowid or 0)
                 if job.also is not None:
@@ -309,6 +315,7 @@ class Spooled:
     owner: str | None
     raw: bytes
     source: str = "bcc"
+    tag: str | None = None
 
 
 def take_batch(
@@ -316,7 +323,7 @@ def take_batch(
 ) -> list[Spooled]:
     """The oldest spooled messages, at least one, at most ``n`` and about ``max_bytes``."""
     rows = conn.execute(
-        "SELECT id, received_at, mail_from, peer, owner, source, length(raw) AS size "
+        "SELECT id, received_at, mail_from, peer, owner, source, tag, length(raw) AS size "
         "FROM spool ORDER BY id LIMIT ?",
         (n,),
     ).fetchall()
@@ -331,7 +338,7 @@ def take_batch(
             continue
         batch.append(
             Spooled(row["id"], to_epoch(row["received_at"]), row["mail_from"], row["peer"],
-                    row["owner"], bytes(raw[0]), row["source"])
+                    row["owner"], bytes(raw[0]), row["source"], row["tag"])
         )  # fmt: skip
     return batch
 

@@ -871,6 +871,7 @@ class Sink:
 
     def __init__(self, replies: list[str], **smtp: Any) -> None:
         self.replies, self.received = list(replies), []
+        self.mail_options: list[list[str]] = []
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         factory = lambda: SMTP(self, hostname="sink.test", loop=self.loop, **smtp)  # noqa: E731
@@ -882,6 +883,7 @@ class Sink:
         if self.replies:
             return self.replies.pop(0)
         self.received.append((envelope.mail_from, envelope.rcpt_tos, envelope.original_content))
+        self.mail_options.append(envelope.mail_options)
         return "250 OK"
 
     def close(self) -> None:

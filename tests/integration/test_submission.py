@@ -145,6 +145,7 @@ def make(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
         team = Team.build(
             [("ada@example.com", ["a.l@example.com"]), ("bob@example.com", [])],
             [InboxRule("sales", "sales@example.com", "team")],
+            ["log@crm.example.com"],
         )
         (tmp_path / "ada.pw").write_text(ADA_PW)
         (tmp_path / "bob.pw").write_text(BOB_PW)
@@ -413,6 +414,35 @@ def test_tracking_disabled_still_relays_and_logs(make: Callable[..., Harness]) -
     client.quit()
     assert h.sink.received[0][2] == raw
     assert h.drain() == {"logged": 1} and tracked_rows(h) == []
+
+
+def test_8bit_mail_is_relayed_with_body_8bitmime(make: Callable[..., Harness]) -> None:
+    h = make(tracking=False)
+    client = h.client()
+    client.sendmail("ada@example.com", ["client@customer.example"], html_mail())
+    eight_bit = html_mail(mid="offer-2").replace(b"</p>", "<p>Grüße</p>".encode(), 1)
+    client.sendmail("ada@example.com", ["client@customer.example"], eight_bit)
+    client.quit()
+    assert h.sink.received[1][2] == eight_bit
+    assert [[o.upper() for o in options] for options in h.sink.mail_options] == [
+        [],
+        ["BODY=8BITMIME"],
+    ]
+
+
+def test_a_bcc_to_a_tagged_logging_address_picks_the_relayed_copys_records(
+    make: Callable[..., Harness],
+) -> None:
+    h = make(tracking=False)
+    client = h.client()
+    rcpts = ["client@customer.example", "log+deal-1+nocreate@crm.example.com"]
+    assert client.sendmail("ada@example.com", rcpts, html_mail()) == {}
+    client.quit()
+    assert h.sink.received[0][1] == rcpts  # relayed to every recipient, as sent
+    with h.db() as conn:
+        assert [tuple(r) for r in conn.execute("SELECT source, tag FROM spool")] == [
+            ("relay", "deal-1+nocreate")
+        ]
 
 
 def test_a_resend_is_one_engagement_and_one_tracked_message(

@@ -183,7 +183,7 @@ def test_pinned_first_then_newest_first(env: Env) -> None:
         (("pin", "9" * 30), 2, "syncd: not an engagement id: '999"),
         (("associate", "1"), 2, "syncd: name a record: --deal N"),
         (("associate", "1", "--deal", "7"), 1, "syncd: no deal 7"),
-        (("associate", "1", "--company", "nowhere.example"), 1, "no company nowhere.example"),
+        (("associate", "1", "--company", "Nowhere Inc"), 1, "no company with id, domain or name"),
         (("disassociate", "1", "--contact", "ghost@acme.com"), 1, "no contact with address"),
         (("associate", "99", "--contact", CAROL), 1, "syncd: no engagement 99"),
     ],

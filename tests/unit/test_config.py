@@ -195,6 +195,26 @@ BAD = [
         "6:12: team[1].email: a.l@example.com already belongs to team[0]",
     ),
     (
+        BASE + "logging: {associate: {records: [contacts, deal]}}\n",
+        "18:32: logging.associate.records: 'deal' is not one of contacts, companies, deals, tickets",
+    ),
+    (
+        BASE + "logging: {associate: {records: [companies, deals]}}\n",
+        "18:32: logging.associate.records: must include contacts (a logged email is always on its contacts)",
+    ),
+    (
+        BASE + "logging: {associate: {records: all}}\n",
+        "18:32: logging.associate.records: expected a list of record types, some of contacts, companies, deals, tickets",
+    ),
+    (
+        BASE + "logging: {associate: {records: []}}\n",
+        "18:32: logging.associate.records: expected a list of record types, some of contacts, companies, deals, tickets",
+    ),
+    (
+        BASE + "  create_contacts: sometimes\n",
+        "18:20: bcc.create_contacts: Input should be a valid boolean, unable to interpret input",
+    ),
+    (
         BASE + "logging: {never_log: [not a domain]}\n",
         "18:23: logging.never_log[0]: 'not a domain' is not an address or a domain",
     ),

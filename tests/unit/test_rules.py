@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from syncd.config.model import Config
+from syncd.crm.bcctags import parse_tag
 from syncd.crm.model import ContactState
 from syncd.crm.rules import (
     SKIP_NEVER_LOG,
@@ -281,3 +282,131 @@ def test_contact_policy_follows_the_settings_it_is_asked_with() -> None:
     assert not may_create(retried, settings())
     now_on = (InboxRule("quiet", "sales@example.com", "team", None, create_contacts=True),)
     assert may_create(retried, settings(inboxes=now_on))
+
+
+# Which records: logging.associate.records, bcc.create_contacts and BCC tags --------------
+
+KNOWN = {"carol@acme.com": ContactState(11)}
+
+
+def tagged(tag: str | None) -> Provenance:
+    return Provenance("bcc", NOW, tag=tag)
+
+
+@pytest.mark.parametrize(
+    ("records", "companies", "deals", "tickets"),
+    [
+        (("contacts", "companies", "deals", "tickets"), True, None, None),
+        (("contacts",), False, (), ()),
+        (("contacts", "deals"), False, None, ()),
+        (("contacts", "companies", "tickets"), True, (), None),
+    ],
+)
+def test_associate_records_by_default(
+    records: tuple[str, ...], companies: bool, deals: object, tickets: object
+) -> None:
+    result = plan(
+        email(ADA, ("carol@acme.com",)), BCC, settings(associate=frozenset(records)), KNOWN
+    )
+    assert (result.companies, result.deals, result.tickets) == (companies, deals, tickets)
+    assert [c.contact_id for c in result.contacts] == [11] and result.picked is None
+
+
+@pytest.mark.parametrize(
+    ("tag", "deals", "tickets", "picked"),
+    [
+        (None, None, None, None),
+        ("deal-42", (42,), (), "deal-42"),
+        ("ticket-7", (), (7,), "ticket-7"),
+        ("deal-42+ticket-7", (42,), (7,), "deal-42+ticket-7"),
+        ("nocreate", None, None, None),  # picks no record: the automatic ones stay
+        ("deal-42+nocreate", (42,), (), "deal-42+nocreate"),
+        ("deal-x", None, None, None),  # unreadable (only a hand-edited spool row): no picks
+    ],
+)
+def test_a_tag_picks_exactly_its_deals_and_tickets(
+    tag: str | None, deals: object, tickets: object, picked: str | None
+) -> None:
+    result = plan(email(ADA, ("carol@acme.com",)), tagged(tag), settings(), KNOWN)
+    assert (result.deals, result.tickets, result.picked) == (deals, tickets, picked)
+    assert result.companies and result.skip is None
+
+
+def test_a_tag_overrides_the_default_record_types() -> None:
+    quiet = settings(associate=frozenset({"contacts"}))
+    result = plan(email(ADA, ("carol@acme.com",)), tagged("deal-42"), quiet, KNOWN)
+    assert (result.deals, result.tickets, result.companies) == ((42,), (), False)
+
+
+@pytest.mark.parametrize(
+    ("tag", "create", "created_", "skip"),
+    [
+        (None, True, ["dan@beta.example"], None),
+        ("nocreate", True, [], None),
+        ("nocreate+deal-42", True, [], None),
+        (None, False, [], None),  # bcc.create_contacts: false
+        ("deal-42", False, [], None),
+    ],
+)
+def test_nocreate_and_bcc_create_contacts(
+    tag: str | None, create: bool, created_: list[str], skip: str | None
+) -> None:
+    from syncd.crm.rules import standing_policies
+
+    rules = settings(policies=standing_policies(create))
+    result = plan(email(ADA, ("carol@acme.com", "dan@beta.example")), tagged(tag), rules, KNOWN)
+    assert [c.email for c in created(result)] == created_
+    assert [c.contact_id for c in result.contacts if c.contact_id] == [11]
+    assert result.skip == skip
+
+
+@pytest.mark.parametrize(
+    ("message", "tag", "legal_basis", "skip"),
+    [
+        # New people only, nocreate: no contact; a picked record keeps the mail.
+        (email(ADA, ("dan@beta.example",)), "nocreate", False, SKIP_NO_CONTACTS),
+        (email(ADA, ("dan@beta.example",)), "nocreate+deal-42", False, None),
+        # Internal mail: logged only on records the sender named.
+        (email(ADA, (BOB,)), None, False, SKIP_NO_PARTICIPANTS),
+        (email(ADA, (BOB,)), "ticket-7", False, None),
+        (email(ADA, (BOB,)), "ticket-7", True, None),  # nobody's basis is at stake
+        # require_legal_basis withheld someone: a tag does not bring the mail back.
+        (email(ADA, ("dan@beta.example",)), "deal-42", True, SKIP_NO_CONTACTS),
+        # never_log always wins.
+        (email(ADA, ("pat@partner.example",)), "deal-42", False, SKIP_NEVER_LOG),
+    ],
+)
+def test_picked_records_keep_mail_without_contacts(
+    message: Email, tag: str | None, legal_basis: bool, skip: str | None
+) -> None:
+    result = plan(message, tagged(tag), settings(require_legal_basis=legal_basis), {})
+    assert result.skip == skip
+    if skip is None:
+        assert result.contacts == () and result.picked == str(parse_tag(tag or ""))
+
+
+def test_tagged_logging_address_on_the_mail_is_no_participant() -> None:
+    message = email(ADA, ("carol@acme.com",), bcc=("log+deal-42@crm.example.com",))
+    assert plan(message, tagged("deal-42"), settings(), KNOWN).participants == ("carol@acme.com",)
+
+
+def test_records_and_create_contacts_from_config() -> None:
+    from syncd.crm.rules import may_create
+
+    def built(logging: dict[str, object], bcc: dict[str, object] | None) -> RulesSettings:
+        data: dict[str, object] = {
+            "team": [{"name": "Ada", "email": ADA}],
+            "logging": logging,
+        }
+        if bcc is not None:
+            data["bcc"] = {"addresses": ["log@crm.example.com"], **bcc}
+        return RulesSettings.from_config(Config.from_mapping(data))
+
+    old = built({"associate": {"max_deals": 2}}, {})
+    assert old.associate == {"contacts", "companies", "deals", "tickets"}
+    assert may_create(BCC, old) and may_create(Provenance("relay", NOW), old)
+    chosen = built({"associate": {"records": ["deals", "contacts"]}}, {"create_contacts": False})
+    assert chosen.associate == {"contacts", "deals"}
+    assert not may_create(BCC, chosen) and not may_create(Provenance("relay", NOW), chosen)
+    assert may_create(IMPORT_OWNED, chosen)  # other ways in keep their own rules
+    assert may_create(BCC, built({}, None))  # no bcc section: the standing policy
