@@ -160,8 +160,10 @@ def test_pinned_first_then_newest_first(env: Env) -> None:
     assert (pinned["id"], pinned["pinned"], pinned["message_id"]) == (old["id"], True, "old@x")
     env.json("pin", f"#{mid['id']}")  # as the timeline shows it
     assert env.ids(CAROL) == ["mid@x", "old@x", "note:Prefers mornings", CAROL_MID]
-    # Pinned on every timeline it is on: Dan's too.
+    # Pinned on every timeline it is on: Dan's too, and the company's.
     assert [t["pinned"] for t in env.timeline(DAN)] == [True]
+    company = env.json("companies", "show", "acme.com")["timeline"]
+    assert [t["message_id"] or t["type"] for t in company] == ["mid@x", "old@x", "note", CAROL_MID]
     text = env.run("timeline", CAROL).stdout.splitlines()
     assert text[0].startswith(f"*#{mid['id']} ") and text[3].startswith(f" #{new['id']} ")
 
