@@ -140,7 +140,7 @@ def _row(label: str, ours: list[float], ceiling: list[float], rows: str) -> None
 TIMELINE_ROWS = (
     queries.ENGAGEMENT_SQL + " WHERE g.id IN (SELECT engagement_id FROM engagement_contacts "
     "WHERE contact_id = (SELECT contact_id FROM contact_addresses WHERE address = ?)) "
-    "ORDER BY g.occurred_at DESC, g.id DESC"
+    f"ORDER BY {queries.TIMELINE_ORDER}"
 )
 THREAD_ROWS = (
     queries.ENGAGEMENT_SQL + " WHERE e.thread_key = "

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import click
 
 from syncd import __version__
-from syncd.cli import companies, daemon, data, install, logsetup, reading, records
+from syncd.cli import companies, daemon, data, engagements, install, logsetup, reading, records
 from syncd.cli import tracking as tracking_cli
 from syncd.cli.common import (
     DEFAULT_CONFIG,
@@ -170,6 +170,7 @@ data.register(main)
 records.register(main)
 reading.register(main)
 companies.register(main)
+engagements.register(main)
 daemon.register(main)
 install.register(main)
 tracking_cli.register(main)

@@ -6,8 +6,8 @@ record with its timeline, in the same item shape as ``timeline``.
 ``register(group)`` adds them to the main click group. Each command loads the config
 from ``ctx.obj.config()``, opens the store it names, and either prints for humans or,
 with ``--json``, one JSON document on stdout. Exit status: 0 done, 1 problems found
-(no such contact, quarantined mail, a bad row in a contacts file), 2 usage (an unknown
-stage, an owner who is not on the team).
+(no such contact, quarantined mail, a bad row in a contacts file, a lifecycle stage set
+back without clearing it), 2 usage (an unknown stage, an owner who is not on the team).
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ from syncd.cli.common import (
     print_table,
     printable,
 )
-from syncd.crm.lifecycle import STAGES, StageError, check_stage
+from syncd.crm.lifecycle import STAGES, StageBackward, StageError, check_stage
 from syncd.crm.model import ContactRecord
+from syncd.crm.rules import RulesSettings
 from syncd.crm.team import Team
 from syncd.mail.addresses import normalise
 from syncd.sources.files import FileFormatError, read_contacts
-from syncd.store import db, queries, records, recordviews, threads
+from syncd.store import db, detached, queries, records, recordviews, threads
 from syncd.store.searchquery import QueryError
 
 # --- contacts ----------------------------------------------------------------------------
@@ -41,7 +42,7 @@ from syncd.store.searchquery import QueryError
 
 @click.group("contacts")
 def contacts() -> None:
-    """Contacts: import from CSV or vCard, list, show."""
+    """Contacts: import from CSV or vCard, list, show, set, delete."""
 
 
 @contacts.command("import")
@@ -60,8 +61,12 @@ def contacts_import(ctx: click.Context, file: Path) -> None:
             click.echo(problem, err=True)
         if problems:
             fail(f"{len(problems)} problem(s) in {file}; nothing imported")
+        settings = RulesSettings.from_config(config)
+        cap, basis = settings.max_engagements_per_record, settings.require_legal_basis
         with db.transaction(conn):
-            created = sum(records.upsert_contact(conn, r) for r in checked)
+            created = sum(
+                records.upsert_contact(conn, r, cap=cap, require_legal_basis=basis) for r in checked
+            )
     click.echo(f"created {created}, updated {len(checked) - created}")
 
 
@@ -160,9 +165,87 @@ def contacts_show(ctx: click.Context, email: str, as_json: bool) -> None:
     if as_json:
         emit_json(contact)
         return
+    _print_contact(contact)
+
+
+def _print_contact(contact: dict[str, Any]) -> None:
     for key, value in contact.items():
         shown = ", ".join(map(str, value)) if isinstance(value, list) else value
-        click.echo(f"{key}: {'' if shown is None else shown}")
+        click.echo(f"{key}: {printable('' if shown is None else shown)}")
+
+
+@contacts.command("set")
+@click.argument("email")
+@click.option("--owner", metavar="EMAIL", help="The team member who owns it (an alias works).")
+@click.option("--stage", metavar="STAGE", help=f"Forward only: {', '.join(STAGES)}.")
+@click.option("--clear-stage", is_flag=True, help="Clear the stage first: the only way back.")
+@click.option("--legal-basis", metavar="TEXT", help="Its legal basis; '' clears it.")
+@click.option("--name", metavar="NAME", help="'First Last' or 'Last, First'; '' clears it.")
+@click.option(
+    "--company-name", metavar="NAME", help="Its company, by name (made if none); '' for none."
+)
+@JSON_FLAG
+@click.pass_context
+def contacts_set(
+    ctx: click.Context,
+    email: str,
+    owner: str | None,
+    stage: str | None,
+    clear_stage: bool,
+    legal_basis: str | None,
+    name: str | None,
+    company_name: str | None,
+    as_json: bool,
+) -> None:
+    """Set a contact's owner, lifecycle stage, legal basis, name or company. The stage
+    moves forward only: to set an earlier one, clear it in the same command."""
+    given = (owner, stage, legal_basis, name, company_name)
+    if not clear_stage and all(v is None for v in given):
+        fail("nothing to set: give --owner, --stage, --clear-stage, --legal-basis, --name "
+             "or --company-name", EX_USAGE)  # fmt: skip
+    with editing_settings(ctx) as (settings, conn):
+        if owner is not None:
+            member = settings.team.member(owner)
+            if member is None:
+                fail(f"owner {owner} is not a team member", EX_USAGE)
+            owner = member
+        (contact_id,) = records.contact_ids_for(conn, [email])
+        try:
+            records.set_contact(conn, contact_id, owner=owner, stage=stage,
+                                clear_stage=clear_stage, legal_basis=legal_basis, name=name,
+                                company_name=company_name)  # fmt: skip
+        except StageBackward as exc:
+            fail(f"{email}: {exc} (--clear-stage)")
+        # A legal basis given under privacy.require_legal_basis lets waiting mail in.
+        detached.reattach(conn, contact_id, settings.max_engagements_per_record,
+                          require_legal_basis=settings.require_legal_basis)  # fmt: skip
+        contact = queries.contact_show(conn, email)
+    assert contact is not None
+    if as_json:
+        emit_json(contact)
+        return
+    _print_contact(contact)
+
+
+@contacts.command("delete")
+@click.argument("email")
+@JSON_FLAG
+@click.pass_context
+def contacts_delete(ctx: click.Context, email: str, as_json: bool) -> None:
+    """Delete a contact record, not its mail: its engagements stay with its addresses
+    and are on its timeline again when an address of it is a contact again (logged,
+    imported). `syncd erase` removes everything (GDPR)."""
+    with editing_settings(ctx) as (_settings, conn):
+        (contact_id,) = records.contact_ids_for(conn, [email])
+        addresses = detached.contact_addresses(conn, contact_id)
+        kept = detached.delete_contact(conn, contact_id)
+    if as_json:
+        emit_json({"email": addresses[0], "emails": addresses, "engagements_kept": kept})
+        return
+    click.echo(
+        f"deleted contact {addresses[0]}; its {kept} engagement(s) stay with the address "
+        "and come back when it is a contact again (erase removes them)"
+    )
 
 
 # --- timeline and search -----------------------------------------------------------------
@@ -179,7 +262,8 @@ def contacts_show(ctx: click.Context, email: str, as_json: bool) -> None:
 @JSON_FLAG
 @click.pass_context
 def timeline(ctx: click.Context, email: str, by_thread: bool, as_json: bool) -> None:
-    """The contact's engagements, newest first."""
+    """The contact's engagements: pinned first (marked *), then newest first. The #id
+    is what pin, unpin, remove, associate and disassociate take."""
     if by_thread:
         timeline_threads(ctx, email, as_json)
         return
@@ -199,15 +283,20 @@ def print_timeline(items: list[dict[str, Any]], indent: str = "") -> None:
         click.echo(timeline_line(item, indent=indent))
 
 
-def timeline_line(item: dict[str, Any], count: int = 1, indent: str = "") -> str:
-    """One timeline item for people; ``count`` > 1: the emails of its thread folded in."""
+def timeline_line(
+    item: dict[str, Any], count: int = 1, indent: str = "", pinned: bool | None = None
+) -> str:
+    """One timeline item for people; ``count`` > 1: the emails of its thread folded in,
+    ``pinned``: whether to mark it so (default: whether the item is)."""
     arrow = {"outgoing": "->", "incoming": "<-"}.get(item["direction"] or "", "  ")
     title = printable(item["subject"] if item["type"] == "email" else item.get("text", ""))
     seen = tracking_text(item)
     folded = f"  ({count} emails)" if count > 1 else ""
     sources = ",".join(printable(s) for s in item["sources"])
-    line = f"{indent}{item['date']}  {item['type']:<7} {arrow} {title}{seen}{folded}  [{sources}]"
-    return line.rstrip()
+    # The id is what pin, remove and associate take; a pin shows before the date.
+    mark = "*" if (item.get("pinned") if pinned is None else pinned) else " "
+    head = f"{indent}{mark}#{item['id']:<6} {item['date']}  {item['type']:<7} {arrow}"
+    return f"{head} {title}{seen}{folded}  [{sources}]".rstrip()
 
 
 def timeline_threads(ctx: click.Context, email: str, as_json: bool) -> None:
@@ -220,7 +309,7 @@ def timeline_threads(ctx: click.Context, email: str, as_json: bool) -> None:
         emit_json(folded)
         return
     for entry in folded:
-        click.echo(timeline_line(entry["latest"], entry["count"]))
+        click.echo(timeline_line(entry["latest"], entry["count"], pinned=entry["pinned"]))
 
 
 def print_record(record: dict[str, Any]) -> None:

@@ -5,7 +5,10 @@ Lifecycle stages of contacts and companies only move forward::
     subscriber -> lead -> marketingqualifiedlead -> salesqualifiedlead
                -> opportunity -> customer -> evangelist -> other
 
-A cleared stage ('' or None) accepts any stage; that is the only way back.
+A cleared stage ('' or None) accepts any stage; that is the only way back. Stages
+proposed by the CRM (an import, a deal's effects) that would move a record back are
+ignored (``advance``); a stage a person sets by hand that would is refused
+(``set_stage`` raises ``StageBackward``) unless they clear it in the same breath.
 
 Deals move through a pipeline of open stages, then to one won or one lost stage; tickets
 through open statuses to one closed status. Both pipelines can be replaced from the
@@ -56,6 +59,28 @@ def advance(current: str | None, proposed: str) -> str:
         # A stage written by hand into the store: keep it rather than guess.
         return current
     return proposed if _RANK[proposed] > _RANK[current] else current
+
+
+class StageBackward(ValueError):
+    """A stage set by hand that would move a record back; ``str`` says how to do it."""
+
+
+def set_stage(current: str | None, proposed: str | None, *, clear: bool = False) -> str | None:
+    """The stage after a person sets it: ``clear`` empties it first, then ``proposed``
+    (None: none given) must be ``current`` or later. A stage written into the store by
+    hand (not one of ``STAGES``) has no place in the order, so anything may follow it.
+    StageError for an unknown ``proposed``, StageBackward for a move back."""
+    if proposed is not None:
+        check_stage(proposed)
+    if clear:
+        current = None
+    if proposed is None:
+        return current
+    if current and current in _RANK and _RANK[proposed] < _RANK[current]:
+        raise StageBackward(
+            f"lifecycle stages move forward only ({current} to {proposed}); clear the stage first"
+        )
+    return proposed
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,8 @@ class Outcome:
     """What became of one message.
 
     ``logged``: a new engagement; ``duplicate``: the message was already logged (its
-    sighting and any new associations were added); ``skipped``: the rules log nothing
+    sighting and any new associations were added), or a person removed it from the
+    timeline (``reason`` says so, and nothing was written); ``skipped``: the rules log nothing
     (``reason`` says why); ``quarantined``: it could not be logged and waits in the
     quarantine with ``reason``. ``key`` is the message key when the message parsed.
     """

@@ -11,18 +11,21 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 
 from syncd.store.db import select_in
+from syncd.store.tombstones import removed_keys
 
 OVERSIZED_NOTE = "not stored: larger than store.max_attachment_mb"
 
 
 def sighted_keys(conn: sqlite3.Connection, label: str, keys: Iterable[str]) -> set[str]:
-    """Those of ``keys`` (message keys) logged with a sighting under ``label``: mail that
-    source already handed over, so handing it over again would add nothing."""
+    """Those of ``keys`` (message keys) logged with a sighting under ``label``, or removed
+    from the timeline: mail that source already handed over, or that would not be logged
+    again, so handing it over again would add nothing."""
+    keys = list(keys)
     sql = (
         "SELECT DISTINCT e.message_key FROM emails e JOIN sightings s"
         " ON s.engagement_id = e.engagement_id AND s.label = ? WHERE e.message_key IN ({marks})"
     )
-    return {row[0] for row in select_in(conn, sql, list(keys), (label,))}
+    return {row[0] for row in select_in(conn, sql, keys, (label,))} | removed_keys(conn, keys)
 
 
 ASSOCIATION = {

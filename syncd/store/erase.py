@@ -7,7 +7,10 @@ copies of the address may hide in them; raw copies are searched decompressed).
 Quarantined, spooled and outbox mail carrying the address, and attachment files no
 remaining email uses, are deleted, and so is the tracking of mail sent to the contact or
 logged as those engagements (tracked messages, link destinations, hits): its tokens then
-resolve to nothing. Then the full-text index is
+resolve to nothing. Engagements a deleted contact left waiting for the addresses
+(``store/detached.py``) count as the contact's, and their rows go. Tombstones of
+removed mail (``store/tombstones.py``) stay: they hold a hash of the message key, no
+address, and keep that mail from being logged again. Then the full-text index is
 rebuilt from what is left, the file is VACUUMed with ``secure_delete`` on, and the WAL
 is checkpointed and truncated, so the freed pages holding the old text are gone from the
 store directory. ``scan`` checks that claim byte by byte.
@@ -27,6 +30,7 @@ from syncd.errors import StoreError
 from syncd.mail.addresses import normalise
 from syncd.store.blobs import STAGING, blob_path
 from syncd.store.db import transaction
+from syncd.store.detached import forget
 from syncd.store.raw import unpack
 
 ERASED = "[erased]"
@@ -132,8 +136,11 @@ def _erase_engagements(
 
 
 def _candidates(conn: sqlite3.Connection, contact_ids: list[int], addresses: set[str]) -> set[int]:
-    """The engagements of the contacts, and those whose mail or text names an address."""
-    candidates: set[int] = set()
+    """The engagements of the contacts, those kept for the addresses since a contact of
+    theirs was deleted, and those whose mail or text names an address."""
+    # What a deleted contact of these addresses left waiting for them (store/detached.py)
+    # is theirs as much as a contact's timeline is; its rows hold the address.
+    candidates: set[int] = forget(conn, addresses)
     for contact_id in contact_ids:
         candidates.update(
             r[0]

@@ -28,9 +28,11 @@ from syncd.store import threads
 from syncd.store.blobs import adopt_blob, write_blob
 from syncd.store.contacts import company_for_domain, create_contact
 from syncd.store.db import select_in
+from syncd.store.detached import detach, release, waiting, waiting_addresses
 from syncd.store.engagements import ASSOCIATION, OVERSIZED_NOTE, safe_filename
 from syncd.store.raw import RawCopy, insert_raw, prepare_raw, stored_digest
 from syncd.store.timestamps import iso, now_iso
+from syncd.store.tombstones import REMOVED, any_removed, is_removed, removed_keys
 
 if TYPE_CHECKING:
     from syncd.mail.parse import Email
@@ -134,9 +136,18 @@ class MailWriter:
         self._msg_pairs: dict[tuple[str, int, int], None] = {}
         self._msg_added: dict[tuple[str, int], int] = {}
         self._touches: list[tuple[list[int], list[int], str, bool]] = []
+        # Whether the store holds any tombstone (store/tombstones.py), asked once per
+        # transaction: most stores hold none, and then no message pays for the check.
+        # Otherwise ``prefetch`` looks up a group's keys at once.
+        self._tombstones: bool | None = None
+        self._looked_up: set[str] = set()  # message keys prefetch asked about
+        self._removed: set[str] = set()  # those of them that were removed
         self._forget()
 
     def _forget(self) -> None:
+        # The addresses deleted contacts left engagements for (store/detached.py), read
+        # on first use: a rollback may have put back rows this writer released.
+        self._waiting: set[str] | None = None
         self._address_ids: dict[str, int | None] = {}  # None: no contact has it
         self._states: dict[int, ContactState] = {}
         self._company_of: dict[int, int | None] = {}
@@ -146,7 +157,13 @@ class MailWriter:
 
     def prefetch(self, emails: Iterable[Email]) -> None:
         """Look up the contacts of several messages' participants, and their open deals
-        and tickets, with one query each instead of a few per message."""
+        and tickets, with one query each instead of a few per message; and which of
+        their keys were removed, if the store holds tombstones."""
+        emails = list(emails)
+        if self._any_tombstones():
+            keys = {e.key for e in emails} - self._looked_up
+            self._removed |= removed_keys(self.conn, keys)
+            self._looked_up |= keys
         everyone = {a.email for e in emails for a in e.addresses()}
         ids = sorted({state.contact_id for state in self.known(everyone).values()})
         wanted = self.settings.associate
@@ -187,9 +204,17 @@ class MailWriter:
         prepared: Prepared | None = None,
     ) -> Outcome:
         """Carry out ``plan`` for ``email``; ``prepared`` is ``prepare(email, raw)``'s, if made."""
+        conn = self.conn
+        if self._any_tombstones() and (
+            email.key in self._removed
+            if email.key in self._looked_up
+            else is_removed(conn, email.key)
+        ):
+            # Removed from the timeline by a person: the same email coming again is a
+            # duplicate of what they removed, not new mail.
+            return Outcome("duplicate", email.key, REMOVED)
         if plan.skip:
             return Outcome("skipped", email.key, plan.skip)
-        conn = self.conn
         row = conn.execute(
             "SELECT engagement_id, date, direction, picked FROM emails WHERE message_key = ?",
             (email.key,),
@@ -223,6 +248,13 @@ class MailWriter:
             copy = prepare_raw(raw, [])  # no holes: an attachment file to refill one is gone
         insert_raw(conn, engagement_id, copy)
         self._associate(engagement_id, plan, date)
+        waiting_for = self._waiting_for()
+        if waiting_for:
+            # Mail naming an address whose contact was deleted waits with its older mail.
+            ids = self._address_ids
+            named = {normalise(a.email) for a in email.addresses()} & waiting_for
+            if named := [a for a in named if ids.get(a) is None]:
+                detach(conn, engagement_id, named)
         return Outcome("logged", email.key, "")
 
     def keep(self) -> None:
@@ -402,6 +434,7 @@ class MailWriter:
                 self._company_of[contact_id] = None
                 self._counts[("contact", contact_id)] = 0
                 self._open[("deal", contact_id)] = self._open[("ticket", contact_id)] = []
+                self._reattach(contact_id, plan.email)
             self._address_ids[plan.email] = contact_id
         elif plan.owner:
             state = self._states.get(contact_id)
@@ -460,6 +493,30 @@ class MailWriter:
             ).fetchone()
             self._counts[key] = row[0] if row else None
         return self._counts[key]
+
+    def _any_tombstones(self) -> bool:
+        if self._tombstones is None:
+            self._tombstones = any_removed(self.conn)
+        return self._tombstones
+
+    def _waiting_for(self) -> set[str]:
+        if self._waiting is None:
+            self._waiting = waiting_addresses(self.conn)
+        return self._waiting
+
+    def _reattach(self, contact_id: int, address: str) -> None:
+        """A contact created for an address whose deleted contact left engagements: they
+        are associated with it again (``store/detached.py``), through ``_link`` so that
+        the cap and the deferred rows stay this writer's. The rules create no contact
+        under ``require_legal_basis``, so a new contact here may have them all."""
+        waiting_for = self._waiting_for()
+        if address not in waiting_for:
+            return
+        for engagement_id, date, direction in waiting(self.conn, [address]):
+            self._link("contact", engagement_id, contact_id)
+            self._touches.append(([contact_id], [], date, direction == "outgoing"))
+        release(self.conn, [address])
+        waiting_for.discard(address)
 
     def _open_records(self, kind: str, contact_ids: Sequence[int], limit: int) -> list[int]:
         """Each contact's most recent open deals (or tickets), up to ``limit`` per contact."""

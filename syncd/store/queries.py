@@ -127,6 +127,8 @@ def contact_show(conn: sqlite3.Connection, address: str) -> dict[str, Any] | Non
             )
         ],
         marketing=bool(row["marketing"]),
+        # HubSpot's name for it: contacts syncd creates are never marketing contacts.
+        marketing_contact=bool(row["marketing"]),
         last_activity=row["last_activity"],
         created_at=row["created_at"],
         deals=[
@@ -190,7 +192,7 @@ def associations(conn: sqlite3.Connection, engagement_id: int) -> dict[str, list
 
 
 ENGAGEMENT_SQL = (
-    "SELECT g.id, g.type, g.occurred_at, g.owner, g.body AS note, g.status, "
+    "SELECT g.id, g.type, g.occurred_at, g.owner, g.body AS note, g.status, g.pinned_at, "
     "e.message_id, e.subject, e.direction, e.from_addr, e.to_json, e.cc_json, e.body, "
     "e.date_missing FROM engagements g LEFT JOIN emails e ON e.engagement_id = g.id"
 )
@@ -222,6 +224,7 @@ def engagement_item(
             )
         ],
         "status": row["status"],
+        "pinned": row["pinned_at"] is not None,
         "associations": associations(conn, engagement_id),
     }
     if is_email:
@@ -252,6 +255,12 @@ def engagement_item(
     return item
 
 
+# The order of every timeline (a contact's, a company's, a deal's, a ticket's): pinned
+# items first, then newest first, the id last so that the order is total. A removed
+# engagement is deleted (store/actions.py), so no timeline needs to leave it out.
+TIMELINE_ORDER = "g.pinned_at IS NULL, g.occurred_at DESC, g.id DESC"
+
+
 def timeline_of(
     conn: sqlite3.Connection, engagement_ids: str, args: Sequence[Any] = ()
 ) -> list[dict[str, Any]]:
@@ -260,9 +269,9 @@ def timeline_of(
 
     The one place that orders and filters a timeline: the contact, company, deal and
     ticket timelines all come through here, so what shows and in which order is the
-    same on every record. Newest first; the id breaks ties so the order is total."""
+    same on every record. Pinned first, then newest first (``TIMELINE_ORDER``)."""
     rows = conn.execute(
-        f"{ENGAGEMENT_SQL} WHERE g.id IN ({engagement_ids}) ORDER BY g.occurred_at DESC, g.id DESC",
+        f"{ENGAGEMENT_SQL} WHERE g.id IN ({engagement_ids}) ORDER BY {TIMELINE_ORDER}",
         tuple(args),
     ).fetchall()
     tracked = tracking.summaries(conn, [r["id"] for r in rows])
@@ -277,13 +286,20 @@ def record_timeline(conn: sqlite3.Connection, kind: str, record_id: int) -> list
 
 
 def timeline(conn: sqlite3.Connection, address: str) -> list[dict[str, Any]] | None:
-    """The contact's engagements, newest first; None if no contact has ``address``."""
+    """The contact's engagements, pinned first, then newest first; None if no contact
+    has ``address``."""
     row = conn.execute(
         "SELECT contact_id FROM contact_addresses WHERE address = ?", (normalise(address),)
     ).fetchone()
     if row is None:
         return None
     return record_timeline(conn, "contact", row[0])
+
+
+def engagement(conn: sqlite3.Connection, engagement_id: int) -> dict[str, Any] | None:
+    """One engagement as a timeline shows it; None if there is no such engagement."""
+    row = conn.execute(ENGAGEMENT_SQL + " WHERE g.id = ?", (engagement_id,)).fetchone()
+    return None if row is None else engagement_item(conn, row)
 
 
 def search(conn: sqlite3.Connection, text: str, *, limit: int = 50) -> list[dict[str, Any]]:

@@ -1,8 +1,11 @@
-"""Records people edit from the command line: contacts imported from files, deals,
-tickets and notes, with the lifecycle effects a deal's stage has on its contacts and
-companies (``crm.lifecycle``). Functions take a connection and run inside the caller's
-transaction; they raise ``LookupError`` for a record that does not exist and
-``crm.lifecycle.StageError`` for a stage the pipeline does not know.
+"""Records people edit from the command line: contacts imported from files or set field
+by field, deals, tickets and notes, with the lifecycle effects a deal's stage has on
+its contacts and companies (``crm.lifecycle``). A contact that gains an address (created,
+or given one more) gets the engagements waiting for it (``store/detached.py``).
+Functions take a connection and run inside the caller's transaction; they raise
+``LookupError`` for a record that does not exist, ``crm.lifecycle.StageError`` for a
+stage the pipeline does not know and ``crm.lifecycle.StageBackward`` for a stage set
+back by hand.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 from syncd.crm.domains import company_domain
-from syncd.crm.lifecycle import DealPipeline, TicketPipeline, advance, deal_effect
+from syncd.crm.lifecycle import DealPipeline, TicketPipeline, advance, deal_effect, set_stage
 from syncd.crm.model import ContactRecord
 from syncd.mail.addresses import normalise
-from syncd.store.contacts import company_for_domain, create_contact
+from syncd.store.contacts import company_for_domain, create_contact, split_name
+from syncd.store.detached import reattach
 from syncd.store.engagements import associate, touch_records
 from syncd.store.timestamps import now_iso
 
@@ -39,7 +43,8 @@ def contact_ids_for(conn: sqlite3.Connection, addresses: Iterable[str]) -> list[
     return ids
 
 
-def _company_by_name(conn: sqlite3.Connection, name: str, owner: str | None) -> int:
+def company_by_name(conn: sqlite3.Connection, name: str, owner: str | None) -> int:
+    """The company called ``name`` (any case), created if there is none."""
     row = conn.execute(
         "SELECT id FROM companies WHERE lower(name) = lower(?) ORDER BY id LIMIT 1", (name,)
     ).fetchone()
@@ -52,8 +57,16 @@ def _company_by_name(conn: sqlite3.Connection, name: str, owner: str | None) -> 
     return int(cur.lastrowid or 0)
 
 
-def upsert_contact(conn: sqlite3.Connection, record: ContactRecord) -> bool:
-    """Create or update the contact with any of the record's addresses; True if created."""
+def upsert_contact(
+    conn: sqlite3.Connection,
+    record: ContactRecord,
+    *,
+    cap: int = 10000,
+    require_legal_basis: bool = False,
+) -> bool:
+    """Create or update the contact with any of the record's addresses; True if created.
+    Engagements waiting for its addresses are associated with it (under ``cap``, and
+    with ``require_legal_basis`` only if it has a legal basis)."""
     addresses = [normalise(record.email), *(normalise(e) for e in record.other_emails)]
     contact_id = next((c for a in addresses if (c := contact_id_for(conn, a))), None)
     owner = normalise(record.owner) or None
@@ -89,7 +102,52 @@ def upsert_contact(conn: sqlite3.Connection, record: ContactRecord) -> bool:
             (address, contact_id),
         )
     _link_company(conn, contact_id, record, addresses[0], owner)
+    reattach(conn, contact_id, cap, require_legal_basis=require_legal_basis)
     return created
+
+
+def set_contact(
+    conn: sqlite3.Connection,
+    contact_id: int,
+    *,
+    owner: str | None = None,
+    stage: str | None = None,
+    clear_stage: bool = False,
+    legal_basis: str | None = None,
+    name: str | None = None,
+    company_name: str | None = None,
+) -> None:
+    """Set the fields given (None: leave as it is). ``owner`` is a member's primary
+    email, checked by the caller; the stage moves forward only unless ``clear_stage``
+    (``crm.lifecycle.set_stage``); an empty ``legal_basis`` clears it, an empty
+    ``name`` clears the names, an empty ``company_name`` leaves the company."""
+    row = conn.execute(
+        "SELECT lifecycle_stage, owner FROM contacts WHERE id = ?", (contact_id,)
+    ).fetchone()
+    if row is None:
+        raise LookupError(f"no contact {contact_id}")
+    if stage is not None or clear_stage:
+        conn.execute(
+            "UPDATE contacts SET lifecycle_stage = ? WHERE id = ?",
+            (set_stage(row[0], stage, clear=clear_stage), contact_id),
+        )
+    if owner is not None:
+        conn.execute("UPDATE contacts SET owner = ? WHERE id = ?", (owner, contact_id))
+    if legal_basis is not None:
+        conn.execute(
+            "UPDATE contacts SET legal_basis = ? WHERE id = ?",
+            (legal_basis.strip() or None, contact_id),
+        )
+    if name is not None:
+        first, last = split_name(name)
+        conn.execute(
+            "UPDATE contacts SET first_name = ?, last_name = ? WHERE id = ?",
+            (first, last, contact_id),
+        )
+    if company_name is not None:
+        company = company_name.strip()
+        company_id = company_by_name(conn, company, owner or row[1]) if company else None
+        conn.execute("UPDATE contacts SET company_id = ? WHERE id = ?", (company_id, contact_id))
 
 
 def _link_company(
@@ -101,7 +159,7 @@ def _link_company(
 ) -> None:
     domain = company_domain(address)
     if record.company:
-        company_id: int | None = _company_by_name(conn, record.company, owner)
+        company_id: int | None = company_by_name(conn, record.company, owner)
         if domain:
             conn.execute(
                 "INSERT OR IGNORE INTO company_domains(domain, company_id) VALUES (?, ?)",

@@ -110,10 +110,10 @@ def thread_keys(conn: sqlite3.Connection, engagement_ids: Sequence[int]) -> dict
 
 
 def fold(items: Sequence[dict[str, Any]], keys: Mapping[int, str]) -> list[dict[str, Any]]:
-    """One entry per thread, ``{"count", "ids", "latest"}``, where the thread's first item
-    stands in ``items`` (so a timeline's order, pins included, holds). ``latest`` is the
-    thread's newest item, ``ids`` its items' ids newest first. Notes, calls and emails
-    without a key are threads of their own."""
+    """One entry per thread, ``{"count", "ids", "latest", "pinned"}``, where the thread's
+    first item stands in ``items`` (so a timeline's order, pins first, holds). ``latest``
+    is the thread's newest item, ``ids`` its items' ids newest first, ``pinned`` whether
+    any of them is. Notes, calls and emails without a key are threads of their own."""
     groups: dict[Any, list[dict[str, Any]]] = {}
     for item in items:
         key = keys.get(item["id"])
@@ -123,7 +123,12 @@ def fold(items: Sequence[dict[str, Any]], keys: Mapping[int, str]) -> list[dict[
         if len(members) > 1:
             members = sorted(members, key=lambda i: (i["date"] or "", i["id"]), reverse=True)
         folded.append(
-            {"count": len(members), "ids": [i["id"] for i in members], "latest": members[0]}
+            {
+                "count": len(members),
+                "ids": [i["id"] for i in members],
+                "latest": members[0],
+                "pinned": any(i.get("pinned") for i in members),
+            }
         )
     return folded
 

@@ -370,6 +370,25 @@ def test_timeline_threads_folds_each_thread_with_a_count(store) -> None:
     )
 
 
+def test_a_pinned_email_leads_the_folded_timeline_with_its_thread(store, tmp_path: Path) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(store["root"] / "var", root / "var")
+    config, ids = write_config(root), store["ids"]
+    pinned = syncd(config, "pin", str(ids["root@acme.com"]))  # the thread's oldest email
+    assert pinned.returncode == 0, pinned.stderr
+    first = as_json(config, "timeline", "carol@acme.com", "--threads")[0]
+    assert (first["pinned"], first["count"]) == (True, 3)
+    assert first["latest"]["id"] == ids["r2@acme.com"]  # the newest stands for the thread
+    text = syncd(config, "timeline", "carol@acme.com", "--threads").stdout.splitlines()
+    assert text[0].startswith(f"*#{ids['r2@acme.com']}") and "(3 emails)" in text[0]
+    removed = syncd(config, "remove", str(ids["r1@example.com"]))
+    assert removed.returncode == 0, removed.stderr
+    items = as_json(config, "thread", str(ids["root@acme.com"]))
+    assert [i["message_id"] for i in items] == ["root@acme.com", "r2@acme.com"]
+    gone = syncd(config, "email", "show", str(ids["r1@example.com"]))
+    assert gone.returncode == 1 and gone.stderr.startswith("syncd: no email with id")
+
+
 def test_email_logged_by_bcc_shows_and_gives_back_its_bytes(tmp_path: Path) -> None:
     port = free_port()
     config = write_config(

@@ -260,12 +260,23 @@ def test_export_formats_and_vcard_round_trip(env) -> None:
 def test_erase_then_no_byte_of_the_address_remains(env) -> None:
     imported(env)
     run(env, "notes", "add", "carol@acme.com", "carol@acme.com prefers mornings")
+    # A removed email whose Message-ID holds the address leaves a tombstone: a hash.
+    removed = env["tmp"] / "removed.mbox"
+    box = mailbox.mbox(removed)
+    box.add(message("2024/carol@acme.com", subject="Removed"))
+    box.flush()
+    assert run(env, "import", str(removed), "--owner", ADA).exit_code == 0
+    (item,) = [t for t in run_json(env, "timeline", "carol@acme.com") if t["subject"] == "Removed"]
+    assert run(env, "remove", str(item["id"])).exit_code == 0
     result = run(env, "erase", "carol@acme.com")
     assert result.exit_code == 0, result.output
     assert "erased carol@acme.com: 1 contact(s)" in result.stdout
     assert scan([env["store"]], "carol@acme.com") == []
     assert [c["email"] for c in run_json(env, "contacts", "list")] == ["dan@gmail.com"]
     assert run(env, "erase", "carol@acme.com").exit_code == 1
+    # The tombstone still works: the removed email is not logged again.
+    again = run_json(env, "import", str(removed), "--owner", ADA)
+    assert (again["logged"], again["duplicates"]) == (0, 1)
 
 
 @pytest.mark.parametrize("text", ["acme.com", "", "carol", "@acme.com"])

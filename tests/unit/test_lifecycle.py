@@ -10,10 +10,12 @@ from syncd.crm.lifecycle import (
     DealEffect,
     DealPipeline,
     Pipelines,
+    StageBackward,
     StageError,
     TicketPipeline,
     advance,
     deal_effect,
+    set_stage,
 )
 
 
@@ -118,3 +120,41 @@ def test_unknown_deal_stage_and_ticket_status_rejected() -> None:
 )
 def test_deal_effects(old: str | None, new: str, effect: DealEffect) -> None:
     assert deal_effect(DEFAULT_DEALS, old, new) == effect
+
+
+@pytest.mark.parametrize(
+    ("current", "proposed", "clear", "result"),
+    [
+        ("lead", "customer", False, "customer"),  # forward
+        ("lead", "lead", False, "lead"),  # the same stage again
+        (None, "subscriber", False, "subscriber"),  # nothing set: anything goes
+        ("", "other", False, "other"),
+        ("customer", "lead", True, "lead"),  # back, cleared in the same breath
+        ("customer", None, True, None),  # cleared only
+        ("customer", None, False, "customer"),  # nothing asked
+        ("handmade", "subscriber", False, "subscriber"),  # a stage written by hand: no order
+        ("evangelist", "other", False, "other"),
+    ],
+)
+def test_set_stage_by_hand(
+    current: str | None, proposed: str | None, clear: bool, result: str | None
+) -> None:
+    assert set_stage(current, proposed, clear=clear) == result
+
+
+@pytest.mark.parametrize(
+    ("current", "proposed"),
+    [("customer", "lead"), ("other", "subscriber"), ("lead", "subscriber")],
+)
+def test_set_stage_refuses_a_move_back(current: str, proposed: str) -> None:
+    with pytest.raises(StageBackward) as caught:
+        set_stage(current, proposed)
+    assert str(caught.value) == (
+        f"lifecycle stages move forward only ({current} to {proposed}); clear the stage first"
+    )
+
+
+@pytest.mark.parametrize("clear", [False, True])
+def test_set_stage_refuses_an_unknown_stage_even_when_clearing(clear: bool) -> None:
+    with pytest.raises(StageError, match="unknown lifecycle stage 'won'"):
+        set_stage("lead", "won", clear=clear)

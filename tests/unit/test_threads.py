@@ -209,13 +209,14 @@ def test_fold_keeps_the_order_given_and_counts_each_thread() -> None:
     # A timeline as it may come: a pinned old email first, then newest first; 4 is a note.
     items = [item(1, "2024-01-01"), item(5, "2024-03-01"), item(4, "2024-02-15", "note"),
              item(3, "2024-02-01"), item(2, "2024-01-02"), item(6, "2024-01-03")]  # fmt: skip
+    items[0]["pinned"] = True
     keys = {1: "t", 2: "t", 5: "t", 3: "u", 6: "v"}
     folded = fold(items, keys)
-    assert [(f["count"], f["ids"], f["latest"]["id"]) for f in folded] == [
-        (3, [5, 2, 1], 5),  # where its first item stood (the pin); latest is the newest
-        (1, [4], 4),
-        (1, [3], 3),
-        (1, [6], 6),
+    assert [(f["count"], f["ids"], f["latest"]["id"], f["pinned"]) for f in folded] == [
+        (3, [5, 2, 1], 5, True),  # where its first item stood (the pin); latest is the newest
+        (1, [4], 4, False),
+        (1, [3], 3, False),
+        (1, [6], 6, False),
     ]
     assert fold([], {}) == []
 
