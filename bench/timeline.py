@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if _emails(path) < args.n:
             build(root, args.n, args.batch)
         else:
+            db.connect(path).close()  # migrated to this version's schema, if older
             print(f"reusing the store ({_emails(path):,} emails)")
         targets = measure(path, args.sample)
         cli(path, targets, args.cli_rounds)
