@@ -203,11 +203,13 @@ def attachment_group() -> None:
     "Default: its file name from the mail, in the current directory.",
 )
 @click.option("--force", is_flag=True, help="Replace a file that exists.")
+@JSON_FLAG
 @click.pass_context
 def attachment_save(
-    ctx: click.Context, attachment_id: int, output: str | None, force: bool
+    ctx: click.Context, attachment_id: int, output: str | None, force: bool, as_json: bool
 ) -> None:
-    """Save an attachment (ID as `email show` lists it) and print where it went."""
+    """Save an attachment (ID as `email show` lists it) and print where it went
+    (with --json: its id, path, size, content type and sha256)."""
     with open_store(ctx, readonly=True) as (config, conn):
         row = mailview.attachment(conn, attachment_id)
     if row is None:
@@ -227,6 +229,10 @@ def attachment_save(
     if target.exists() and not force:
         fail(f"{printable(target)} exists; --force replaces it")
     _save(source, target, row, force)
+    if as_json:
+        emit_json({"id": row["id"], "path": str(target.resolve()), "size": row["size"],
+                   "content_type": row["content_type"], "sha256": row["sha256"]})  # fmt: skip
+        return
     click.echo(printable(target))
 
 

@@ -280,6 +280,16 @@ def test_attachment_save_writes_the_content_under_a_safe_name(store, tmp_path: P
     assert into.returncode == 0 and (tmp_path / "dir" / "price list.pdf").read_bytes() == PDF
     out = syncd(config, "attachment", "save", str(pdf["id"]), "-o", "-", text=False)
     assert out.returncode == 0 and out.stdout == PDF
+    told = syncd(
+        config, "attachment", "save", str(pdf["id"]), "-o", "j.pdf", "--json", cwd=tmp_path
+    )
+    assert json.loads(told.stdout) == {
+        "id": pdf["id"],
+        "path": str((tmp_path / "j.pdf").resolve()),
+        "size": len(PDF),
+        "content_type": "application/pdf",
+        "sha256": hashlib.sha256(PDF).hexdigest(),
+    }
 
 
 def test_attachment_save_refuses_hostile_names_and_says_why_not_stored(
