@@ -128,6 +128,14 @@ def drive_apart(
 
 
 class _Noop:
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, lines: list[str]
+    ) -> list[str]:
+        # Offered as real smarthosts (Postfix, Gmail's relay) offer it; smtplib clients
+        # never pipeline, so only the submission relay's client makes use of it.
+        session.host_name = hostname
+        return [lines[0], "250-PIPELINING", *lines[1:]]
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         return "250 OK"
 
