@@ -10,6 +10,9 @@ client on its own connection (AUTH PLAIN once per connection on the relay):
   loopback (a no-op smarthost), then the original and its tracked message spooled in one
   FULL commit (group commit) before the 250.
 
+A last row times the relay's SMTP client alone (``Submitter``, one thread, PIPELINING
+offered) against smtplib's ``sendmail`` on one kept connection to the same sink.
+
 The clients run in a child process, as real mail clients are elsewhere, so the
 endpoint's process spends its GIL on the endpoint alone. Prints messages/s, p50/p99
 (MAIL to 250), the endpoint process's CPU time per message, and submit/bcc. Goal: >= 0.7.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import resource
 import shutil
+import smtplib
 import subprocess
 import sys
 import tempfile
@@ -135,8 +139,40 @@ def main(argv: list[str] | None = None) -> None:
             submit = run_submission(directory, messages, clients)
             _row("submit", clients, submit)
             print(f"    submit/bcc = {submit['rate'] / bcc['rate']:.2f}")
+        relay_only(messages)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def relay_only(messages: list[bytes]) -> None:
+    """The relay's client against smtplib's sendmail, one thread, the same sink process."""
+    sink = subprocess.Popen([sys.executable, "-c", SINK], stdout=subprocess.PIPE, text=True)
+    assert sink.stdout is not None
+    port = int(sink.stdout.readline())
+    submitter = Submitter(Relay(RelaySettings("127.0.0.1", port, "none")))
+    plain = smtplib.SMTP("127.0.0.1", port)
+    to = ["client@customer.example"]
+    try:
+        for name, send in (
+            ("smtplib", lambda raw: plain.sendmail("ada@example.com", to, raw)),
+            ("relay", lambda raw: submitter.submit(raw, "ada@example.com", to)),
+        ):
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            started = time.perf_counter()
+            for raw in messages:
+                send(raw)
+            elapsed = time.perf_counter() - started
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            used = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+            print(
+                f"{name:<9} {1:>7} {len(messages) / elapsed:>8.0f} {'':>8} {'':>8} "
+                f"{used * 1000 / len(messages):>7.2f}"
+            )
+    finally:
+        plain.quit()
+        submitter.close()
+        sink.kill()
+        sink.wait()
 
 
 def _with_cpu(
