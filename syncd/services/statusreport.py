@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from syncd.config.model import Config
-from syncd.store import daemonstate, db, size, spool, syncstate, tracking
+from syncd.store import daemonstate, db, quarantine, size, spool, syncstate, tracking
 from syncd.store.timestamps import offset_form, parse
 
 
@@ -93,7 +93,7 @@ def _from_store(conn: sqlite3.Connection, names: list[str]) -> dict[str, Any]:
     report.update(spool.status(conn))
     report["bcc"] |= report["daemon"].pop("bcc", {})
     report["submission"] |= report["daemon"].pop("submission", {})
-    report["quarantine"] = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+    report["quarantine"] = quarantine.count(conn)
     # Tracked messages and their hits by verdict: what the store holds, since ever; and
     # the running endpoint's counts since it started (dropped, rate-limited, queue).
     report["tracking"] = tracking.counts(conn) | report["daemon"].pop("tracking", {})

@@ -111,4 +111,4 @@ class StoreWorker:
 def _forget_cached_pages(job: StoreJob) -> None:
     # Pages read while the file was damaged may sit in the connection's cache, which
     # only another connection's write would invalidate.
-    job.session.conn.execute("PRAGMA shrink_memory")
+    job.session.forget_cached_pages()

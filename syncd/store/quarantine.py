@@ -78,6 +78,11 @@ def quarantined(conn: sqlite3.Connection, ids: Sequence[int] | None = None) -> l
     return list(conn.execute(sql + " ORDER BY id", tuple(ids or ())))
 
 
+def count(conn: sqlite3.Connection) -> int:
+    """How many messages wait in the quarantine."""
+    return int(conn.execute("SELECT count(*) FROM quarantine").fetchone()[0])
+
+
 def requarantine(conn: sqlite3.Connection, quarantine_id: int, reason: str) -> None:
     conn.execute(
         "UPDATE quarantine SET reason = ?, attempts = attempts + 1, quarantined_at = ? "

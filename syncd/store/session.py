@@ -136,6 +136,10 @@ class StoreSession:
 
     # One message inside a batch: its writes are kept or undone as a whole.
 
+    def forget_cached_pages(self) -> None:
+        """Drop the pages this connection holds in its cache, so they are read again."""
+        self.conn.execute("PRAGMA shrink_memory")
+
     def savepoint(self) -> None:
         self.conn.execute("SAVEPOINT message")
 
