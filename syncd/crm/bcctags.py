@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from syncd.mail.addresses import normalise
+from syncd.mail.addresses import normalise, split
 
 MAX_PARTS = 10
 _PART = re.compile(r"(deal|ticket)-([1-9][0-9]{0,17})|nocreate")
@@ -94,13 +94,14 @@ def tag_of(address: str, logging_addresses: Iterable[str]) -> str | None:
     """The tag text of ``address`` if it is a ``+`` form of one of ``logging_addresses``
     (``''`` for ``log+@``), else None. A logging address that itself holds a ``+`` is
     matched whole first, by the caller; here the longest local part wins."""
-    local, at, domain = normalise(address).rpartition("@")
-    if not at:
+    parts = split(address)
+    if parts is None:
         return None
+    local, domain = parts
     found: str | None = None
     best = -1
     for candidate in logging_addresses:
-        base_local, _, base_domain = normalise(candidate).rpartition("@")
+        base_local, base_domain = split(candidate) or ("", "")
         if base_domain == domain and local.startswith(base_local + "+") and len(base_local) > best:
             found, best = local[len(base_local) + 1 :], len(base_local)
     return found

@@ -61,6 +61,13 @@ def domain_of(address: str) -> str:
     return normalise_domain(domain) if at else ""
 
 
+def split(address: str) -> tuple[str, str] | None:
+    """(local part, domain) of the normalised address, split at the last '@'; None
+    for text without '@'."""
+    local, at, domain = normalise(address).rpartition("@")
+    return (local, domain) if at else None
+
+
 def parse_addresses(values: list[str] | None, defects: list[str]) -> tuple[Address, ...]:
     """Every plain address of some address fields, in order; the rest noted in ``defects``."""
     if not values:

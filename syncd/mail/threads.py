@@ -33,6 +33,8 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
+from syncd.mail.addresses import normalise
+
 GMAIL_PREFIX = "gm:"
 SUBJECT_PREFIX = "subject:"
 
@@ -73,7 +75,7 @@ def subject_key(subject: str, participants: Iterable[str]) -> str | None:
     case); None when the subject normalises to nothing or there is nobody. A digest, so
     the key holds neither the subject nor an address (an erase need not look in it)."""
     normalised = normalise_subject(subject)
-    people = sorted({p.strip().lower() for p in participants if p and p.strip()})
+    people = sorted({normalise(p) for p in participants if p and p.strip()})
     if not normalised or not people:
         return None
     text = "\x00".join([normalised, *people])

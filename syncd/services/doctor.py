@@ -20,6 +20,7 @@ import dns.resolver
 
 from syncd.config.model import Config, Inbox
 from syncd.errors import SyncdError
+from syncd.mail.addresses import domain_of
 from syncd.sources.imap.conn import connect
 from syncd.store import db, integrity
 
@@ -41,7 +42,7 @@ def run_checks(config: Config) -> list[Check]:
     checks = [check_imap(inbox) for inbox in config.inboxes]
     if config.bcc is not None:
         checks.append(check_listener(config.bcc.listen.host, config.bcc.listen.port))
-        for domain in sorted({a.rsplit("@", 1)[1] for a in config.bcc.addresses}):
+        for domain in sorted({domain_of(a) for a in config.bcc.addresses}):
             checks.append(check_dns(domain))
     checks.append(check_store(config))
     return checks

@@ -173,7 +173,7 @@ class MailWriter:
             self._ensure_open("ticket", ids, self.settings.max_tickets)
 
     def known(self, addresses: Iterable[str]) -> dict[str, ContactState]:
-        """Existing contacts by any of their addresses, as ``lookup_contacts`` finds them."""
+        """Existing contacts by any of their addresses (normalised)."""
         wanted = {normalise(a) for a in addresses}
         ids = self._address_ids
         missing = sorted(a for a in wanted if a not in ids)
