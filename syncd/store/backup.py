@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from syncd import __version__
-from syncd.errors import SyncdError
+from syncd.errors import StoreDamaged, SyncdError
 from syncd.store.blobs import blob_path
 from syncd.store.db import latest_version
+from syncd.store.integrity import is_damage
 
 FORMAT = 1
 STORE_MEMBER = "syncd.sqlite3"
@@ -73,11 +74,12 @@ class BackupError(SyncdError):
 class DamagedArchive(BackupError):
     """An archive that does not hold what its manifest says; ``problems`` lists each."""
 
-    def __init__(self, archive: Path, problems: list[str]) -> None:
+    def __init__(self, archive: Path, problems: list[str], *, store_copy: bool = False) -> None:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         super().__init__(f"{archive} is damaged: {problems[0]}{more}")
         self.archive = archive
         self.problems = problems
+        self.store_copy = store_copy  # the members are whole; the store copy is not
 
 
 @dataclass
@@ -127,18 +129,29 @@ def write_archive(store: Path, attachments_dir: Path, dest: Path, *, force: bool
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         archive = work / "archive"
-        for attempt in range(SNAPSHOT_TRIES):
-            try:
-                _write(store, attachments_dir, archive, work, _mode(dest))
-                break
-            except FileNotFoundError as exc:
-                if attempt == SNAPSHOT_TRIES - 1:
-                    raise BackupError(
-                        f"the attachment file {exc.filename} the store lists is missing"
-                    ) from None
-                # An erase unlinks files before it commits: let it finish.
-                time.sleep(1.0)
-        report = _read(archive, lambda name: work / "check" if name == STORE_MEMBER else None)
+        try:
+            for attempt in range(SNAPSHOT_TRIES):
+                try:
+                    _write(store, attachments_dir, archive, work, _mode(dest))
+                    break
+                except FileNotFoundError as exc:
+                    if attempt == SNAPSHOT_TRIES - 1:
+                        raise BackupError(
+                            f"the attachment file {exc.filename} the store lists is missing"
+                        ) from None
+                    # An erase unlinks files before it commits: let it finish.
+                    time.sleep(1.0)
+            report = _read(archive, lambda name: work / "check" if name == STORE_MEMBER else None)
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc):
+                raise
+            raise StoreDamaged.found(str(store), [str(exc)]) from None
+        except DamagedArchive as exc:
+            if not exc.store_copy:
+                raise
+            # Every member read back as written: the copy holds the pages the snapshot
+            # read, so the damage is the store's, and the backup it would be is no use.
+            raise StoreDamaged.found(str(store), exc.problems) from None
         report.archive = dest
         if dest.exists() and not force:
             raise BackupError(f"{dest} exists; give --force to replace it")
@@ -300,6 +313,8 @@ def _read(archive: Path, place: Callable[[str], Path | None]) -> Report:
     counts: dict[str, int] = {}
     if store_copy is not None and not problems:
         counts, store_problems = _check_store(store_copy, set(seen))
+        if store_problems and not counts:  # the copy itself, not a member it lacks
+            raise DamagedArchive(archive, store_problems, store_copy=True)
         problems += store_problems
         problems += [
             f"the manifest counts {want} {name}, the store copy holds {counts.get(name)}"

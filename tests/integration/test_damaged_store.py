@@ -186,6 +186,18 @@ def test_check_store_exit_codes_and_summary(tmp_path: Path) -> None:
     assert done.stderr.strip() == f"syncd: no store at {tmp_path}/none/syncd.sqlite3"
 
 
+def test_backup_of_a_damaged_store_names_the_store_and_writes_nothing(tmp_path: Path) -> None:
+    config, store = damaged_store(tmp_path)
+    dest = tmp_path / "backups" / "syncd.tar"
+    dest.parent.mkdir()
+    done = syncd(config, "backup", str(dest))
+    assert done.returncode == 65, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"syncd: the store {store} is damaged ("), line
+    assert "restore it from a backup" in line
+    assert list(dest.parent.iterdir()) == []  # no archive, no work directory left
+
+
 def root_page(store: Path, table: str) -> int:
     with contextlib.closing(sqlite3.connect(store)) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
