@@ -239,13 +239,12 @@ def _build_services(config: Config, store: StoreWorker) -> list[Service]:
     if config.inboxes:
         services.append(ImapService(config, store))
     if config.metrics.listen is not None:
-        services.append(
-            MetricsService(
-                config,
-                bcc.unsaved_counts if bcc else None,
-                bcc.spool_trouble if bcc else None,
-            )
-        )
+
+        def trouble() -> str | None:
+            # A damaged store first: it is why the spool fails too, when it does.
+            return store.health.trouble() or (bcc.spool_trouble() if bcc else None)
+
+        services.append(MetricsService(config, bcc.unsaved_counts if bcc else None, trouble))
     services.append(QuarantineService(store))
     if config.submission is not None:
         # After the metrics service in the list, so stop order keeps BCC's grace first.

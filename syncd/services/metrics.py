@@ -175,7 +175,7 @@ class MetricsService:
         assert config.metrics.listen is not None
         self._config = config
         self._unsaved = unsaved  # the BCC endpoint's counts not in the store yet
-        self._spool_trouble = spool_trouble  # why the BCC spool cannot be written, if so
+        self._spool_trouble = spool_trouble  # why the store or the BCC spool fails, if so
         self._listen = config.metrics.listen
         self._runner: web.AppRunner | None = None
         self._web: Any = None  # the aiohttp.web module, once serving

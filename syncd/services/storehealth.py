@@ -44,6 +44,12 @@ class StoreHealth:
     def damaged(self) -> bool:
         return not self._sound.is_set()
 
+    def trouble(self) -> str | None:
+        """Why the store is failing now, for ``/health``; None while it reads as sound."""
+        if not self.damaged:
+            return None
+        return f"the store {self.path} is damaged ({self._damage or 'damaged'})"
+
     def refusal(self) -> StoreDamaged:
         """The error a part raises instead of using the damaged store."""
         return StoreDamaged.found(str(self.path), [self._damage or "damaged"])

@@ -23,6 +23,7 @@ import pytest
 
 from tests.integration.conftest import Notify, free_port
 from tests.integration.test_daemon import MINIMAL, bcc_message, start
+from tests.integration.test_health import get
 from tests.integration.test_store_failures import send
 
 GARBAGE = b"\xde\xad\xbe\xef"
@@ -211,8 +212,8 @@ def root_page(store: Path, table: str) -> int:
 def test_store_damaged_while_running_answers_451_and_says_so_once(
     tmp_path: Path, notify: Notify, table: str
 ) -> None:
-    port = free_port()
-    config = config_text(tmp_path, port)
+    port, metrics = free_port(), free_port()
+    config = config_text(tmp_path, port) + f"metrics: {{listen: '127.0.0.1:{metrics}'}}\n"
     build_store(tmp_path, config)
     store = tmp_path / "var" / "syncd.sqlite3"
     proc = start(tmp_path, notify, config)
@@ -232,6 +233,10 @@ def test_store_damaged_while_running_answers_451_and_says_so_once(
             time.sleep(1.5)
             codes.append(send(port, bcc_message(n)))
         assert codes == [451] * 6, codes
+        code, body = get(f"http://127.0.0.1:{metrics}/health")
+        assert code == 503, body
+        [failing] = json.loads(body)["failing"]
+        assert failing["part"] == "store" and failing["error"], body
 
         put_back(store, saved)  # restored in place
         deadline = time.monotonic() + 60
@@ -241,6 +246,7 @@ def test_store_damaged_while_running_answers_451_and_says_so_once(
         if first == 250:  # acknowledged while the store was damaged: logged now
             expected.add("kill2@example.com")
         wait_logged(store, expected)
+        assert get(f"http://127.0.0.1:{metrics}/health")[0] == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
