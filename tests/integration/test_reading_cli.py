@@ -183,7 +183,6 @@ def test_unknown_ids_fail_in_one_line_like_contacts_show(store) -> None:
     for args in (
         ("email", "show", "999999"),
         ("email", "show", "<nobody@nowhere.example>"),
-        ("email", "show", "not an id"),
         ("thread", "999999"),
         ("attachment", "save", "999999"),
     ):
@@ -194,7 +193,17 @@ def test_unknown_ids_fail_in_one_line_like_contacts_show(store) -> None:
     note = syncd(config, "email", "show", str(store["note"]))
     assert note.returncode == 1
     assert note.stderr == f"syncd: engagement {store['note']} is a note, not an email\n"
-    assert syncd(config, "attachment", "save", "x1").returncode == 2  # not a number: usage
+    # Text that can name nothing is a usage error, one line, as for pin and remove.
+    for args in (
+        ("email", "show", "not an id"),
+        ("thread", "9" * 30),  # past SQLite's integers
+        ("attachment", "save", "x1"),
+        ("attachment", "save", "9" * 30),
+    ):
+        done = syncd(config, *args)
+        assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, (args, done.stderr)
+        kind = "attachment" if args[0] == "attachment" else "engagement"
+        assert done.stderr.startswith(f"syncd: not an {kind} id: '"), done.stderr
 
 
 def test_hostile_subject_name_and_body_are_shown_escaped(store) -> None:
@@ -396,7 +405,7 @@ def test_a_pinned_email_leads_the_folded_timeline_with_its_thread(store, tmp_pat
     items = as_json(config, "thread", str(ids["root@acme.com"]))
     assert [i["message_id"] for i in items] == ["root@acme.com", "r2@acme.com"]
     gone = syncd(config, "email", "show", str(ids["r1@example.com"]))
-    assert gone.returncode == 1 and gone.stderr.startswith("syncd: no email with id")
+    assert gone.returncode == 1 and gone.stderr == f"syncd: no engagement {ids['r1@example.com']}\n"
 
 
 def test_email_logged_by_bcc_shows_and_gives_back_its_bytes(tmp_path: Path) -> None:

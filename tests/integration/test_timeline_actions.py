@@ -199,6 +199,57 @@ def test_bad_ids_and_records_get_one_line(env: Env, args: tuple[str, ...], code:
     assert env.timeline(CAROL) == before
 
 
+def test_an_email_is_named_by_its_message_id_too(env: Env) -> None:
+    """Every command that takes an engagement ID takes an email's Message-ID, with or
+    without <>, its domain in any case, as `email show` and `thread` do."""
+    env.imported(three_to_carol(env))
+    old, mid, new = (engagement_of(env, CAROL, m) for m in ("old@x", "mid@x", CAROL_MID))
+    assert env.json("pin", "<old@x>")["id"] == old
+    assert env.ids(CAROL) == ["old@x", CAROL_MID, "mid@x"]
+    assert env.json("unpin", " old@X ")["pinned"] is False
+    assert env.json("email", "show", f"<{CAROL_MID}>")["id"] == new
+    assert [i["id"] for i in env.json("thread", CAROL_MID)] == [new]
+    item = env.json("associate", f"<{CAROL_MID}>", "--contact", DAN)
+    assert (item["id"], item["associations"]["contacts"]) == (new, [CAROL, DAN])
+    done = env.run("disassociate", CAROL_MID, "--contact", DAN)
+    assert done.stdout.strip() == f"took #{new} off contact {DAN}"
+    assert env.json("remove", "<mid@X>") == {
+        "id": mid, "type": "email", "message_id": "mid@x", "subject": "Middle",
+        "date": "2024-02-01T10:00:00Z", "removed": True,
+    }  # fmt: skip
+    assert env.ids(CAROL) == [CAROL_MID, "old@x"]
+    assert env.fails(1, "pin", "mid@x") == "syncd: no email with Message-ID <mid@x>"
+
+
+# Each command that takes an engagement ID: its words before the ID, its options after.
+ENGAGEMENT_COMMANDS = [
+    (("email", "show"), ()),
+    (("thread",), ()),
+    (("pin",), ()),
+    (("unpin",), ()),
+    (("remove",), ()),
+    (("associate",), ("--contact", DAN)),
+    (("disassociate",), ("--contact", CAROL)),
+]
+NOT_AN_ID = "syncd: not an engagement id: '{}' (the #id timeline shows, or an email's Message-ID)"
+
+
+def test_every_engagement_command_names_an_unknown_or_hostile_id_alike(env: Env) -> None:
+    """One resolver: the same line and exit status from all seven commands; text from the
+    command line is shown escaped, and nothing is changed."""
+    env.imported(three_to_carol(env))
+    before = env.timeline(CAROL)
+    for words, options in ENGAGEMENT_COMMANDS:
+        missing = env.fails(1, *words, "<Nobody@NOWHERE.example>", *options)
+        assert missing == "syncd: no email with Message-ID <Nobody@nowhere.example>", words
+        hostile = env.fails(2, *words, "\x1b]0;pwned\x07\u202e9", *options)
+        assert hostile == NOT_AN_ID.format("\\x1b]0;pwned\\x07\\u202e9"), words
+    assert env.fails(1, "email", "show", "999999") == "syncd: no engagement 999999"
+    assert env.fails(2, "thread", "9" * 30) == NOT_AN_ID.format("9" * 30)
+    assert env.fails(1, "unpin", "\x1b[31m<ghost@x>") == "syncd: no email with Message-ID <ghost@x>"
+    assert env.timeline(CAROL) == before
+
+
 # --- remove -------------------------------------------------------------------------------
 
 
