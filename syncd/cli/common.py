@@ -1,6 +1,6 @@
 """What every CLI command shares: the ``App`` on ``ctx.obj``, exit codes, ``--json``
 output, one-line failures, the store opened for a command, the engagement an ID names,
-and tables for humans.
+and lists and tables for humans.
 
 Exit codes are PRODUCT.md's, from sysexits.h, and README.md's table lists them: 0 done,
 1 problems found, 2 usage, 65 damaged store, 69 unreachable, 75 temporary failure,
@@ -156,8 +156,29 @@ def find_engagement(conn: sqlite3.Connection, ref: int | str, *, email_only: boo
     return found.engagement_id
 
 
+def emit_list(
+    items: Sequence[dict[str, Any]],
+    as_json: bool,
+    keys: Sequence[str],
+    header: Sequence[str] | None = None,
+) -> None:
+    """What a list command prints: with ``--json`` the items as they are, else a table of
+    their ``keys`` (a list's values joined by spaces) under ``header`` (default: the keys)."""
+    if as_json:
+        emit_json(items)
+        return
+    rows = [[_cell(item[k]) for k in keys] for item in items]
+    print_table(rows, header or keys)
+
+
+def _cell(value: Any) -> Any:
+    return " ".join(map(str, value)) if isinstance(value, list) else value
+
+
 def print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
-    text = [[("" if v is None else str(v)) for v in row] for row in [header, *rows]]
+    """Columns padded to their widest cell; every cell escaped (``printable``), since a
+    name, subject or reason may come from a mail."""
+    text = [[printable(v) for v in row] for row in [header, *rows]]
     widths = [max(len(r[i]) for r in text) for i in range(len(header))]
     for row in text:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

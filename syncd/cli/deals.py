@@ -17,9 +17,9 @@ from syncd.cli.common import (
     JSON_FLAG,
     editing_settings,
     emit_json,
+    emit_list,
     fail,
     open_store,
-    print_table,
 )
 from syncd.cli.records import print_record
 from syncd.store import queries, records, recordviews
@@ -76,11 +76,7 @@ def deals_list(ctx: click.Context, as_json: bool) -> None:
     """Deals with stage, amount and contacts."""
     with open_store(ctx, readonly=True) as (_config, conn):
         found = queries.deals_list(conn)
-    if as_json:
-        emit_json(found)
-        return
-    rows = [[d["id"], d["name"], d["stage"], d["amount"], " ".join(d["contacts"])] for d in found]
-    print_table(rows, ("id", "name", "stage", "amount", "contacts"))
+    emit_list(found, as_json, ("id", "name", "stage", "amount", "contacts"))
 
 
 @deals.command("show")
@@ -134,11 +130,7 @@ def tickets_list(ctx: click.Context, as_json: bool) -> None:
     """Tickets with status and contacts."""
     with open_store(ctx, readonly=True) as (_config, conn):
         found = queries.tickets_list(conn)
-    if as_json:
-        emit_json(found)
-        return
-    rows = [[t["id"], t["subject"], t["status"], " ".join(t["contacts"])] for t in found]
-    print_table(rows, ("id", "subject", "status", "contacts"))
+    emit_list(found, as_json, ("id", "subject", "status", "contacts"))
 
 
 @tickets.command("show")

@@ -23,9 +23,9 @@ from syncd.cli.common import (
     JSON_FLAG,
     editing_settings,
     emit_json,
+    emit_list,
     fail,
     open_store,
-    print_table,
     printable,
 )
 from syncd.crm.lifecycle import STAGES, StageBackward, StageError, check_stage
@@ -142,12 +142,9 @@ def contacts_list(
         found = queries.contacts_list(conn, **filters, sort=sort, limit=limit, offset=offset)
         paged = limit is not None or offset > 0
         total = queries.contacts_count(conn, **filters) if paged and not as_json else 0
-    if as_json:
-        emit_json(found)
-        return
     columns = ("email", "name", "owner", "lifecycle_stage", "company", "last_contacted")
-    print_table([[c[k] for k in columns] for c in found], columns)
-    if paged:
+    emit_list(found, as_json, columns)
+    if paged and not as_json:
         shown = f"{offset + 1}-{offset + len(found)}" if found else "none"
         click.echo(f"contacts {shown} of {total}")
 
@@ -371,8 +368,8 @@ def search(ctx: click.Context, query: tuple[str, ...], limit: int, as_json: bool
         emit_json(found)
         return
     for hit in found:
-        click.echo(f"{hit['date']}  {hit['from'] or ''}  {hit['subject']}")
-        click.echo(f"    {' '.join((hit['snippet'] or '').split())}")
+        click.echo(f"{hit['date']}  {printable(hit['from'])}  {printable(hit['subject'])}")
+        click.echo(f"    {printable(' '.join((hit['snippet'] or '').split()))}")
 
 
 def register(group: click.Group) -> None:

@@ -208,6 +208,32 @@ def test_deals_tickets_notes(env) -> None:
     assert run(env, "notes", "add", "ghost@acme.com", "x").exit_code == 1
 
 
+def test_lists_and_search_show_text_from_mail_escaped(env) -> None:
+    """A name or subject from a mail (or typed) is shown escaped in every list table and
+    in search results, as `contacts show` and `timeline` show it."""
+    hostile = message(
+        "h@x", '"Eve \x1b[31mRed" <eve@evil.example>', subject="Zebra \x1b]0;pwned\x07"
+    )
+    path = env["tmp"] / "hostile.eml"
+    path.write_bytes(hostile)
+    assert run(env, "import", str(path), "--owner", ADA).exit_code == 0
+    eve = ("--contact", "eve@evil.example")
+    assert run(env, "deals", "create", "Big \x1b[2Jdeal", *eve).exit_code == 0
+    assert run(env, "tickets", "create", "T \u202ex", *eve).exit_code == 0
+    shown = {
+        ("contacts", "list"): "Eve \\x1b[31mRed",
+        ("deals", "list"): "Big \\x1b[2Jdeal",
+        ("tickets", "list"): "T \\u202ex",
+        ("search", "zebra"): "Zebra \\x1b]0;pwned\\x07",
+    }
+    for args, escaped in shown.items():
+        result = run(env, *args)
+        assert result.exit_code == 0, result.output
+        assert escaped in result.stdout, (args, result.stdout)
+        assert "\x1b" not in result.stdout and "\u202e" not in result.stdout, args
+    assert run_json(env, "deals", "list")[0]["name"] == "Big \x1b[2Jdeal"  # JSON as it is
+
+
 def test_contacts_import_csv_upserts_and_refuses_bad_rows(env) -> None:
     imported(env)
     good = env["tmp"] / "good.csv"
