@@ -23,14 +23,19 @@ from syncd.cli.common import (
 )
 from syncd.cli.records import print_record
 from syncd.store import queries, records, recordviews
+from syncd.store.recordviews import MAX_ID
 
 
 def record_id(text: str, kind: str) -> int:
-    """A deal or ticket id as typed; anything but digits exits 2 with one line."""
+    """A deal or ticket id as typed; anything but digits exits 2 with one line, and a
+    number past SQLite's integers names no record (exit 1: it would not even bind)."""
     text = text.strip()
     if not (text.isascii() and text.isdigit()):
         fail(f"{text!r} is not a {kind} id (a number, as `syncd {kind}s list` shows)", EX_USAGE)
-    return int(text)
+    number = int(text)
+    if number > MAX_ID:
+        fail(f"no {kind} {number}")
+    return number
 
 
 @click.group("deals")
@@ -60,11 +65,12 @@ def deals_create(
 
 
 @deals.command("stage")
-@click.argument("deal_id", metavar="ID", type=int)
+@click.argument("deal", metavar="ID")
 @click.argument("stage")
 @click.pass_context
-def deals_stage(ctx: click.Context, deal_id: int, stage: str) -> None:
+def deals_stage(ctx: click.Context, deal: str, stage: str) -> None:
     """Move a deal to STAGE (won: contacts and companies become customers)."""
+    deal_id = record_id(deal, "deal")
     with editing_settings(ctx) as (settings, conn):
         records.set_deal_stage(conn, settings.pipelines.deals, deal_id, stage)
 
@@ -114,11 +120,12 @@ def tickets_create(ctx: click.Context, subject: str, contacts_: tuple[str, ...])
 
 
 @tickets.command("status")
-@click.argument("ticket_id", metavar="ID", type=int)
+@click.argument("ticket", metavar="ID")
 @click.argument("status")
 @click.pass_context
-def tickets_status(ctx: click.Context, ticket_id: int, status: str) -> None:
+def tickets_status(ctx: click.Context, ticket: str, status: str) -> None:
     """Set a ticket's status."""
+    ticket_id = record_id(ticket, "ticket")
     with editing_settings(ctx) as (settings, conn):
         records.set_ticket_status(conn, settings.pipelines.tickets, ticket_id, status)
 

@@ -234,6 +234,24 @@ def test_lists_and_search_show_text_from_mail_escaped(env) -> None:
     assert run_json(env, "deals", "list")[0]["name"] == "Big \x1b[2Jdeal"  # JSON as it is
 
 
+@pytest.mark.parametrize(
+    ("args", "code", "error"),
+    [
+        (("deals", "stage", "9" * 30, "closedwon"), 1, f"syncd: no deal {'9' * 30}\n"),
+        (("tickets", "status", "9" * 30, "closed"), 1, f"syncd: no ticket {'9' * 30}\n"),
+        (("deals", "stage", "x", "closedwon"), 2,
+         "syncd: 'x' is not a deal id (a number, as `syncd deals list` shows)\n"),
+        (("tickets", "status", "\x1b[2J", "closed"), 2,
+         "syncd: '\\x1b[2J' is not a ticket id (a number, as `syncd tickets list` shows)\n"),
+    ],
+)  # fmt: skip
+def test_stage_and_status_ids_as_show_reads_them(env, args, code: int, error: str) -> None:
+    """Before: a number past SQLite's integers raised OverflowError (a traceback)."""
+    imported(env)
+    result = run(env, *args)
+    assert (result.exit_code, result.stderr, result.stdout) == (code, error, "")
+
+
 def test_contacts_import_csv_upserts_and_refuses_bad_rows(env) -> None:
     imported(env)
     good = env["tmp"] / "good.csv"
