@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 from syncd.cli.main import main
 from syncd.store import db
 from syncd.store.erase import scan
+from tests.integration.conftest import write_mbox
 
 ADA = "ada@example.com"
 
@@ -44,12 +45,13 @@ def env(tmp_path: Path) -> dict[str, Path]:
         "  - name: Bob Martin\n    email: bob@example.com\n",
         encoding="utf-8",
     )
-    box = mailbox.mbox(tmp_path / "mail.mbox")
-    box.add(message("one@x", date="Mon, 01 Jan 2024 10:00:00 +0000", subject="Pricing"))
-    box.add(message("two@x", "carol@acme.com, Dan <dan@gmail.com>", subject="Zeppelin",
-                    date="Thu, 01 Feb 2024 10:00:00 +0000"))  # fmt: skip
-    box.add(message("one@x"))
-    box.flush()
+    write_mbox(
+        tmp_path / "mail.mbox",
+        message("one@x", date="Mon, 01 Jan 2024 10:00:00 +0000", subject="Pricing"),
+        message("two@x", "carol@acme.com, Dan <dan@gmail.com>", subject="Zeppelin",
+                date="Thu, 01 Feb 2024 10:00:00 +0000"),
+        message("one@x"),
+    )  # fmt: skip
     return {"config": config, "store": store, "mbox": tmp_path / "mail.mbox", "tmp": tmp_path}
 
 
@@ -305,10 +307,9 @@ def test_erase_then_no_byte_of_the_address_remains(env) -> None:
     imported(env)
     run(env, "notes", "add", "carol@acme.com", "carol@acme.com prefers mornings")
     # A removed email whose Message-ID holds the address leaves a tombstone: a hash.
-    removed = env["tmp"] / "removed.mbox"
-    box = mailbox.mbox(removed)
-    box.add(message("2024/carol@acme.com", subject="Removed"))
-    box.flush()
+    removed = write_mbox(
+        env["tmp"] / "removed.mbox", message("2024/carol@acme.com", subject="Removed")
+    )
     assert run(env, "import", str(removed), "--owner", ADA).exit_code == 0
     (item,) = [t for t in run_json(env, "timeline", "carol@acme.com") if t["subject"] == "Removed"]
     assert run(env, "remove", str(item["id"])).exit_code == 0
