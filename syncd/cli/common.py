@@ -1,5 +1,6 @@
 """What every CLI command shares: the ``App`` on ``ctx.obj``, exit codes, ``--json``
-output, one-line failures, the store opened for a command, and tables for humans.
+output, one-line failures, the store opened for a command, the engagement an ID names,
+and lists and tables for humans.
 
 Exit codes are PRODUCT.md's, from sysexits.h, and README.md's table lists them: 0 done,
 1 problems found, 2 usage, 65 damaged store, 69 unreachable, 75 temporary failure,
@@ -25,7 +26,9 @@ import click
 from syncd.config.model import Config
 from syncd.crm.lifecycle import StageError
 from syncd.crm.rules import RulesSettings
-from syncd.store import db
+from syncd.mail.headers import first_id
+from syncd.store import db, mailview
+from syncd.store.recordviews import MAX_ID
 
 EX_OK, EX_PROBLEMS, EX_USAGE = 0, 1, 2
 EX_DATAERR, EX_UNAVAILABLE, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 65, 69, 75, 77, 78
@@ -105,8 +108,77 @@ def editing_settings(ctx: click.Context) -> Iterator[tuple[RulesSettings, sqlite
             fail(str(exc.args[0]))
 
 
+def id_number(text: str) -> int | None:
+    """The id in ``text`` as a user types one (``12``, ``#12`` as timeline shows it);
+    None unless it is ASCII digits naming a possible row: 1 to SQLite's largest integer
+    (a larger number would not even bind)."""
+    value = text.strip().removeprefix("#")
+    if not (value.isascii() and value.isdigit()):
+        return None
+    number = int(value)
+    return number if 0 < number <= MAX_ID else None
+
+
+def engagement_ref(text: str) -> int | str:
+    """What an engagement ID names, before the store is asked: an engagement id (``12``,
+    ``#12``), else an email's message key (its Message-ID with or without ``<>``, the
+    domain in lower case as the parser keys mail, or the ``sha256:`` key of mail without
+    one). Text that can be neither exits 2 with one line, shown escaped; so does a
+    number out of range. A Message-ID of digits alone needs its ``<>``."""
+    stripped = text.strip()
+    if stripped.removeprefix("#").isdigit():
+        number = id_number(stripped)
+        if number is not None:
+            return number
+    else:
+        key = first_id(stripped) or (stripped if stripped.startswith("sha256:") else None)
+        if key is not None:
+            return key
+    fail(
+        f"not an engagement id: '{printable(text)}' (the #id timeline shows, or an email's "
+        "Message-ID)",
+        EX_USAGE,
+    )
+
+
+def find_engagement(conn: sqlite3.Connection, ref: int | str, *, email_only: bool = False) -> int:
+    """The id of the engagement ``ref`` (from ``engagement_ref``) names, for every command
+    that takes an engagement ID; one that names nothing exits 1, and so does a note where
+    ``email_only`` asks for an email."""
+    found = mailview.find(conn, ref)
+    if found is None:
+        if isinstance(ref, int):
+            fail(f"no engagement {ref}")
+        shown = ref if ref.startswith("sha256:") else f"<{ref}>"
+        fail(f"no email with Message-ID {printable(shown)}")
+    if email_only and found.type != "email":
+        fail(f"engagement {found.engagement_id} is a {found.type}, not an email")
+    return found.engagement_id
+
+
+def emit_list(
+    items: Sequence[dict[str, Any]],
+    as_json: bool,
+    keys: Sequence[str],
+    header: Sequence[str] | None = None,
+) -> None:
+    """What a list command prints: with ``--json`` the items as they are, else a table of
+    their ``keys`` (a list's values joined by spaces) under ``header`` (default: the keys)."""
+    if as_json:
+        emit_json(items)
+        return
+    rows = [[_cell(item[k]) for k in keys] for item in items]
+    print_table(rows, header or keys)
+
+
+def _cell(value: Any) -> Any:
+    return " ".join(map(str, value)) if isinstance(value, list) else value
+
+
 def print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
-    text = [[("" if v is None else str(v)) for v in row] for row in [header, *rows]]
+    """Columns padded to their widest cell; every cell escaped (``printable``), since a
+    name, subject or reason may come from a mail."""
+    text = [[printable(v) for v in row] for row in [header, *rows]]
     widths = [max(len(r[i]) for r in text) for i in range(len(header))]
     for row in text:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

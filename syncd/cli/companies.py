@@ -15,10 +15,9 @@ from syncd.cli.common import (
     EX_USAGE,
     JSON_FLAG,
     emit_json,
+    emit_list,
     fail,
     open_store,
-    print_table,
-    printable,
 )
 from syncd.cli.records import print_record
 from syncd.store import recordviews
@@ -36,13 +35,9 @@ def companies_list(ctx: click.Context, as_json: bool) -> None:
     """Companies with their domains, owner, stage and how many contacts, by name."""
     with open_store(ctx, readonly=True) as (_config, conn):
         found = recordviews.companies_list(conn)
-    if as_json:
-        emit_json(found)
-        return
-    keys = ("owner", "lifecycle_stage", "contact_count", "last_activity")
-    rows = [[c["id"], c["name"], " ".join(c["domains"]), *[c[k] for k in keys]] for c in found]
+    keys = ("id", "name", "domains", "owner", "lifecycle_stage", "contact_count", "last_activity")
     header = ("id", "name", "domains", "owner", "lifecycle_stage", "contacts", "last_activity")
-    print_table([[printable(v) for v in row] for row in rows], header)
+    emit_list(found, as_json, keys, header)
 
 
 @companies.command("show")

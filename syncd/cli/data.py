@@ -24,9 +24,9 @@ from syncd.cli.common import (
     EX_USAGE,
     JSON_FLAG,
     emit_json,
+    emit_list,
     fail,
     open_store,
-    print_table,
 )
 from syncd.config.model import EMAIL_RE
 from syncd.crm.team import Team
@@ -118,11 +118,7 @@ def quarantine_list(ctx: click.Context, as_json: bool) -> None:
     """Quarantined mail with reason, source and size."""
     with open_store(ctx, readonly=True) as (_config, conn):
         found = queries.quarantine_list(conn)
-    if as_json:
-        emit_json(found)
-        return
-    rows = [[q["id"], q["quarantined_at"], q["source"], q["size"], q["reason"]] for q in found]
-    print_table(rows, ("id", "quarantined_at", "source", "size", "reason"))
+    emit_list(found, as_json, ("id", "quarantined_at", "source", "size", "reason"))
 
 
 @quarantine.command("retry")

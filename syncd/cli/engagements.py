@@ -1,12 +1,14 @@
 """The CLI's actions on one engagement of the timeline: pin, unpin, remove, associate,
 disassociate (``store/actions.py`` does the work).
 
-ID is the engagement's id, as ``timeline`` shows it (``#12``, or ``"id"`` in its JSON).
-``register(group)`` adds the commands to the main click group. Each runs in one
-transaction: a record that does not exist, or one at ``max_engagements_per_record``,
-exits 1 with nothing written; an ID that is not a number, or no record named, exits 2.
-With ``--json`` each prints the engagement as ``timeline --json`` shows it after the
-change (``remove``: what was removed).
+ID is the engagement's id, as ``timeline`` shows it (``#12``, or ``"id"`` in its JSON), or
+an email's Message-ID, read by ``common.engagement_ref`` and ``find_engagement`` as for
+``email show`` and ``thread``. ``register(group)`` adds the commands to the main click
+group. Each runs in one transaction: an engagement or record that does not exist, or a
+record at ``max_engagements_per_record``, exits 1 with nothing written; an ID that can
+name nothing (``abc``, ``0``), or no record named, exits 2. With ``--json`` each prints
+the engagement as ``timeline --json`` shows it after the change (``remove``: what was
+removed).
 """
 
 from __future__ import annotations
@@ -18,20 +20,21 @@ from typing import Any
 
 import click
 
-from syncd.cli.common import EX_USAGE, JSON_FLAG, emit_json, fail, open_store, printable
+from syncd.cli.common import (
+    EX_USAGE,
+    JSON_FLAG,
+    emit_json,
+    engagement_ref,
+    fail,
+    find_engagement,
+    open_store,
+    printable,
+)
 from syncd.crm.rules import RulesSettings
 from syncd.store import actions, db, queries, records, recordviews
 from syncd.store.recordviews import MAX_ID
 
 RECORD_ID = click.IntRange(1, MAX_ID)
-
-
-def engagement_id(text: str) -> int:
-    """The engagement id in ``text`` (``12`` or ``#12``); exits 2 for anything else."""
-    value = text.strip().removeprefix("#")
-    if not (value.isascii() and value.isdigit()) or not 0 < int(value) <= MAX_ID:
-        fail(f"not an engagement id: '{printable(text)}' (the number timeline shows)", EX_USAGE)
-    return int(value)
 
 
 @contextmanager
@@ -63,9 +66,11 @@ def _report(item: dict[str, Any] | None, as_json: bool, line: str) -> None:
 @JSON_FLAG
 @click.pass_context
 def pin(ctx: click.Context, engagement: str, as_json: bool) -> None:
-    """Pin an engagement: it comes first on every timeline it is on."""
-    number = engagement_id(engagement)
+    """Pin an engagement: it comes first on every timeline it is on. ID is the #id
+    timeline shows, or an email's Message-ID (with or without <>)."""
+    ref = engagement_ref(engagement)
     with acting(ctx) as (_config, conn):
+        number = find_engagement(conn, ref)
         changed = actions.pin(conn, number)
         item = queries.engagement(conn, number)
     assert item is not None
@@ -78,9 +83,11 @@ def pin(ctx: click.Context, engagement: str, as_json: bool) -> None:
 @JSON_FLAG
 @click.pass_context
 def unpin(ctx: click.Context, engagement: str, as_json: bool) -> None:
-    """Unpin an engagement: it takes its place by date again."""
-    number = engagement_id(engagement)
+    """Unpin an engagement: it takes its place by date again. ID is the #id timeline
+    shows, or an email's Message-ID."""
+    ref = engagement_ref(engagement)
     with acting(ctx) as (_config, conn):
+        number = find_engagement(conn, ref)
         changed = actions.unpin(conn, number)
         item = queries.engagement(conn, number)
     assert item is not None
@@ -95,12 +102,13 @@ def unpin(ctx: click.Context, engagement: str, as_json: bool) -> None:
 def remove(ctx: click.Context, engagement: str, as_json: bool) -> None:
     """Remove an engagement from every timeline and from the store. A removed email is
     not logged again when it comes back (sync, BCC, import); only a hash of its
-    Message-ID stays. To take it off one record only, use disassociate."""
-    number = engagement_id(engagement)
+    Message-ID stays. To take it off one record only, use disassociate. ID is the #id
+    timeline shows, or an email's Message-ID."""
+    ref = engagement_ref(engagement)
     with acting(ctx) as (config, conn):
+        number = find_engagement(conn, ref)
         item = queries.engagement(conn, number)
-        if item is None:
-            raise LookupError(f"no engagement {number}")
+        assert item is not None  # found just now, in this transaction
         actions.remove(conn, number, Path(config.store.attachments_dir))
     gone = {k: item[k] for k in ("id", "type", "message_id", "subject", "date")}
     _report({**gone, "removed": True}, as_json, f"removed #{number} {item['type']} {_title(item)}")
@@ -162,10 +170,12 @@ def _links(conn: Any, given: dict[str, tuple[Any, ...]]) -> dict[str, list[int]]
 @click.pass_context
 def associate(ctx: click.Context, engagement: str, as_json: bool, **given: Any) -> None:
     """Associate an engagement with records (each option may be given more than once).
-    A record at store.max_engagements_per_record is refused, and nothing is changed."""
-    number = engagement_id(engagement)
+    A record at store.max_engagements_per_record is refused, and nothing is changed.
+    ID is the #id timeline shows, or an email's Message-ID."""
+    ref = engagement_ref(engagement)
     _need_records(given)
     with acting(ctx) as (config, conn):
+        number = find_engagement(conn, ref)
         links = _links(conn, given)
         cap = RulesSettings.from_config(config).max_engagements_per_record
         added = actions.associate(conn, number, links, cap)
@@ -183,10 +193,12 @@ def associate(ctx: click.Context, engagement: str, as_json: bool, **given: Any) 
 @click.pass_context
 def disassociate(ctx: click.Context, engagement: str, as_json: bool, **given: Any) -> None:
     """Take an engagement off records' timelines; it stays in the store (and on the
-    others). An engagement on no record is still found by search and export."""
-    number = engagement_id(engagement)
+    others). An engagement on no record is still found by search and export. ID is the
+    #id timeline shows, or an email's Message-ID."""
+    ref = engagement_ref(engagement)
     _need_records(given)
     with acting(ctx) as (_config, conn):
+        number = find_engagement(conn, ref)
         links = _links(conn, given)
         removed = actions.disassociate(conn, number, links)
         item = queries.engagement(conn, number)

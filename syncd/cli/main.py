@@ -3,8 +3,9 @@
 Commands that report take ``--json`` and then print one JSON document on stdout and
 nothing else there; everything for humans goes to stderr. The config is loaded lazily,
 once, by whichever command needs it, so ``--help`` works without one. The command
-modules (``daemon``, ``data``, ``records``) import only ``common``; this module
-imports them and registers their commands.
+modules (``daemon``, ``data``, ``records``, ``deals``...) import ``common`` and, to print
+a timeline, ``records``; none imports this module, which imports them and registers
+their commands.
 """
 
 from __future__ import annotations
@@ -19,7 +20,17 @@ from typing import Any, NoReturn
 import click
 
 from syncd import __version__
-from syncd.cli import companies, daemon, data, engagements, install, logsetup, reading, records
+from syncd.cli import (
+    companies,
+    daemon,
+    data,
+    deals,
+    engagements,
+    install,
+    logsetup,
+    reading,
+    records,
+)
 from syncd.cli import tracking as tracking_cli
 from syncd.cli.common import (
     DEFAULT_CONFIG,
@@ -168,6 +179,7 @@ def _accept_config_everywhere(group: click.Group) -> None:
 
 data.register(main)
 records.register(main)
+deals.register(main)
 reading.register(main)
 companies.register(main)
 engagements.register(main)

@@ -1,12 +1,13 @@
 """Reading what was logged: ``email show`` (an email in full, or its raw bytes),
 ``attachment save`` and ``thread``.
 
-IDs are the engagement ids the timeline shows (``id`` in ``--json``); an email may also
-be named by its Message-ID, with or without angle brackets. Everything taken from mail
-(names, subjects, bodies, file names) is escaped for the terminal (``printable``); raw
-bytes and attachment content go only to a file or a pipe, never to a terminal. An ID
-that names nothing exits 1 with one line, as ``contacts show`` does for an unknown
-address.
+An email is named by its engagement id, as the timeline shows it (``id`` in ``--json``),
+or by its Message-ID, with or without angle brackets (``common.engagement_ref``, as for
+pin and the other engagement commands); an attachment by the id ``email show`` lists.
+Everything taken from mail (names, subjects, bodies, file names) is escaped for the
+terminal (``printable``); raw bytes and attachment content go only to a file or a pipe,
+never to a terminal. An ID that names nothing exits 1 with one line, as ``contacts
+show`` does for an unknown address; one that can name nothing (``abc``, ``0``) exits 2.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from syncd.cli.common import (
     EX_USAGE,
     JSON_FLAG,
     emit_json,
+    engagement_ref,
     fail,
+    find_engagement,
+    id_number,
     open_store,
     printable,
 )
@@ -39,16 +43,6 @@ from syncd.store import mailview, raw, threads
 ARROWS = {"outgoing": "->", "incoming": "<-"}
 # A path given with -o that cannot be a file: the user's to mend, not worth a retry.
 _BAD_PATH = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP})
-
-
-def _email_id(conn: Any, ident: str) -> int:
-    """The engagement id of the email ``ident`` names; exits 1 when it names none."""
-    found = mailview.find(conn, ident)
-    if found is None:
-        fail(f"no email with id or Message-ID {printable(ident)}")
-    if found.type != "email":
-        fail(f"engagement {found.engagement_id} is a {found.type}, not an email")
-    return found.engagement_id
 
 
 def size_text(size: int | None) -> str:
@@ -94,25 +88,26 @@ def email_show(ctx: click.Context, ident: str, as_raw: bool, as_json: bool) -> N
     Message-ID (with or without <>)."""
     if as_raw and as_json:
         fail("--raw and --json do not go together", EX_USAGE)
+    ref = engagement_ref(ident)
     if as_raw:
-        _show_raw(ctx, ident)
+        _show_raw(ctx, ref)
         return
     with open_store(ctx, readonly=True) as (_config, conn):
-        engagement_id = _email_id(conn, ident)
+        engagement_id = find_engagement(conn, ref, email_only=True)
         view = mailview.email_view(conn, engagement_id)
-    if view is None:  # removed since _email_id looked (a concurrent erase)
-        fail(f"no email with id {engagement_id}")
+    if view is None:  # removed since it was found (each read is its own snapshot)
+        fail(f"no engagement {engagement_id}")
     if as_json:
         emit_json(view)
     else:
         _print_email(view)
 
 
-def _show_raw(ctx: click.Context, ident: str) -> None:
+def _show_raw(ctx: click.Context, ref: int | str) -> None:
     """The message's bytes as they arrived, to a file or pipe."""
     _refuse_terminal("email show --raw")
     with open_store(ctx, readonly=True) as (config, conn):
-        engagement_id = _email_id(conn, ident)
+        engagement_id = find_engagement(conn, ref, email_only=True)
         data = raw.raw_message(conn, engagement_id, config.store.attachments_dir)
         partial = PARTIAL_DEFECT in mailview.defects(conn, engagement_id)
     if data is None:
@@ -194,7 +189,7 @@ def attachment_group() -> None:
 
 
 @attachment_group.command("save")
-@click.argument("attachment_id", metavar="ID", type=int)
+@click.argument("attachment", metavar="ID")
 @click.option(
     "-o",
     "--output",
@@ -206,10 +201,14 @@ def attachment_group() -> None:
 @JSON_FLAG
 @click.pass_context
 def attachment_save(
-    ctx: click.Context, attachment_id: int, output: str | None, force: bool, as_json: bool
+    ctx: click.Context, attachment: str, output: str | None, force: bool, as_json: bool
 ) -> None:
     """Save an attachment (ID as `email show` lists it) and print where it went
     (with --json: its id, path, size, content type and sha256)."""
+    attachment_id = id_number(attachment)
+    if attachment_id is None:
+        shown = printable(attachment)
+        fail(f"not an attachment id: '{shown}' (the number email show lists)", EX_USAGE)
     with open_store(ctx, readonly=True) as (config, conn):
         row = mailview.attachment(conn, attachment_id)
     if row is None:
@@ -312,8 +311,9 @@ def _copy(source: Path, out: IO[bytes], row: dict[str, Any]) -> None:
 @click.pass_context
 def thread(ctx: click.Context, ident: str, as_json: bool) -> None:
     """The thread an email belongs to, oldest first. ID is an email's id or Message-ID."""
+    ref = engagement_ref(ident)
     with open_store(ctx, readonly=True) as (_config, conn):
-        items = threads.thread(conn, _email_id(conn, ident))
+        items = threads.thread(conn, find_engagement(conn, ref, email_only=True))
     if as_json:
         emit_json(items)
         return

@@ -1,7 +1,7 @@
-"""The record commands of the CLI: contacts, timeline, search, deals, tickets, notes.
-
-``deals show`` and ``tickets show`` (and ``companies show``, cli/companies.py) print a
-record with its timeline, in the same item shape as ``timeline``.
+"""The record commands of the CLI: contacts, timeline, search; and how a timeline and a
+record with its timeline are printed for people (``print_timeline``, ``print_record``),
+which ``deals show``, ``tickets show`` (cli/deals.py) and ``companies show``
+(cli/companies.py) use too, in the same item shape as ``timeline``.
 
 ``register(group)`` adds them to the main click group. Each command loads the config
 from ``ctx.obj.config()``, opens the store it names, and either prints for humans or,
@@ -23,9 +23,9 @@ from syncd.cli.common import (
     JSON_FLAG,
     editing_settings,
     emit_json,
+    emit_list,
     fail,
     open_store,
-    print_table,
     printable,
 )
 from syncd.crm.lifecycle import STAGES, StageBackward, StageError, check_stage
@@ -34,7 +34,7 @@ from syncd.crm.rules import RulesSettings
 from syncd.crm.team import Team
 from syncd.mail.addresses import normalise
 from syncd.sources.files import FileFormatError, read_contacts
-from syncd.store import db, detached, queries, records, recordviews, threads
+from syncd.store import db, detached, queries, records, threads
 from syncd.store.searchquery import QueryError
 
 # --- contacts ----------------------------------------------------------------------------
@@ -142,12 +142,9 @@ def contacts_list(
         found = queries.contacts_list(conn, **filters, sort=sort, limit=limit, offset=offset)
         paged = limit is not None or offset > 0
         total = queries.contacts_count(conn, **filters) if paged and not as_json else 0
-    if as_json:
-        emit_json(found)
-        return
     columns = ("email", "name", "owner", "lifecycle_stage", "company", "last_contacted")
-    print_table([[c[k] for k in columns] for c in found], columns)
-    if paged:
+    emit_list(found, as_json, columns)
+    if paged and not as_json:
         shown = f"{offset + 1}-{offset + len(found)}" if found else "none"
         click.echo(f"contacts {shown} of {total}")
 
@@ -323,14 +320,6 @@ def print_record(record: dict[str, Any]) -> None:
     print_timeline(record["timeline"], indent="  ")
 
 
-def record_id(text: str, kind: str) -> int:
-    """A deal or ticket id as typed; anything but digits exits 2 with one line."""
-    text = text.strip()
-    if not (text.isascii() and text.isdigit()):
-        fail(f"{text!r} is not a {kind} id (a number, as `syncd {kind}s list` shows)", EX_USAGE)
-    return int(text)
-
-
 def tracking_text(item: dict[str, Any]) -> str:
     """What the timeline shows after a tracked email's subject: ``  (opened 3x, clicked
     1x)``, ``  (sent, not opened)``; nothing for untracked mail."""
@@ -379,164 +368,11 @@ def search(ctx: click.Context, query: tuple[str, ...], limit: int, as_json: bool
         emit_json(found)
         return
     for hit in found:
-        click.echo(f"{hit['date']}  {hit['from'] or ''}  {hit['subject']}")
-        click.echo(f"    {' '.join((hit['snippet'] or '').split())}")
-
-
-# --- deals, tickets, notes -----------------------------------------------------------------
-
-
-@click.group("deals")
-def deals() -> None:
-    """Deals: create, move between stages, list, show."""
-
-
-@deals.command("create")
-@click.argument("name")
-@click.option("--contact", "contacts_", multiple=True, required=True, metavar="EMAIL")
-@click.option("--amount", type=float, default=None)
-@click.option("--stage", default=None, help="Default: the pipeline's first stage.")
-@click.pass_context
-def deals_create(
-    ctx: click.Context,
-    name: str,
-    contacts_: tuple[str, ...],
-    amount: float | None,
-    stage: str | None,
-) -> None:
-    """Create a deal with contacts (and their companies); prints its id."""
-    with editing_settings(ctx) as (settings, conn):
-        contact_ids = records.contact_ids_for(conn, contacts_)
-        pipeline = settings.pipelines.deals
-        deal_id = records.create_deal(conn, pipeline, name, contact_ids, amount=amount, stage=stage)
-    click.echo(deal_id)
-
-
-@deals.command("stage")
-@click.argument("deal_id", metavar="ID", type=int)
-@click.argument("stage")
-@click.pass_context
-def deals_stage(ctx: click.Context, deal_id: int, stage: str) -> None:
-    """Move a deal to STAGE (won: contacts and companies become customers)."""
-    with editing_settings(ctx) as (settings, conn):
-        records.set_deal_stage(conn, settings.pipelines.deals, deal_id, stage)
-
-
-@deals.command("list")
-@JSON_FLAG
-@click.pass_context
-def deals_list(ctx: click.Context, as_json: bool) -> None:
-    """Deals with stage, amount and contacts."""
-    with open_store(ctx, readonly=True) as (_config, conn):
-        found = queries.deals_list(conn)
-    if as_json:
-        emit_json(found)
-        return
-    rows = [[d["id"], d["name"], d["stage"], d["amount"], " ".join(d["contacts"])] for d in found]
-    print_table(rows, ("id", "name", "stage", "amount", "contacts"))
-
-
-@deals.command("show")
-@click.argument("deal", metavar="ID")
-@JSON_FLAG
-@click.pass_context
-def deals_show(ctx: click.Context, deal: str, as_json: bool) -> None:
-    """One deal with its contacts, companies and the timeline of its engagements."""
-    deal_id = record_id(deal, "deal")
-    with open_store(ctx, readonly=True) as (_config, conn):
-        found = recordviews.deal_show(conn, deal_id)
-    if found is None:
-        fail(f"no deal {deal_id}")
-    if as_json:
-        emit_json(found)
-        return
-    print_record(found)
-
-
-@click.group("tickets")
-def tickets() -> None:
-    """Tickets: create, set status, list, show."""
-
-
-@tickets.command("create")
-@click.argument("subject")
-@click.option("--contact", "contacts_", multiple=True, required=True, metavar="EMAIL")
-@click.pass_context
-def tickets_create(ctx: click.Context, subject: str, contacts_: tuple[str, ...]) -> None:
-    """Open a ticket for contacts (and their companies); prints its id."""
-    with editing_settings(ctx) as (settings, conn):
-        contact_ids = records.contact_ids_for(conn, contacts_)
-        ticket_id = records.create_ticket(conn, settings.pipelines.tickets, subject, contact_ids)
-    click.echo(ticket_id)
-
-
-@tickets.command("status")
-@click.argument("ticket_id", metavar="ID", type=int)
-@click.argument("status")
-@click.pass_context
-def tickets_status(ctx: click.Context, ticket_id: int, status: str) -> None:
-    """Set a ticket's status."""
-    with editing_settings(ctx) as (settings, conn):
-        records.set_ticket_status(conn, settings.pipelines.tickets, ticket_id, status)
-
-
-@tickets.command("list")
-@JSON_FLAG
-@click.pass_context
-def tickets_list(ctx: click.Context, as_json: bool) -> None:
-    """Tickets with status and contacts."""
-    with open_store(ctx, readonly=True) as (_config, conn):
-        found = queries.tickets_list(conn)
-    if as_json:
-        emit_json(found)
-        return
-    rows = [[t["id"], t["subject"], t["status"], " ".join(t["contacts"])] for t in found]
-    print_table(rows, ("id", "subject", "status", "contacts"))
-
-
-@tickets.command("show")
-@click.argument("ticket", metavar="ID")
-@JSON_FLAG
-@click.pass_context
-def tickets_show(ctx: click.Context, ticket: str, as_json: bool) -> None:
-    """One ticket with its contacts, companies and the timeline of its engagements."""
-    ticket_id = record_id(ticket, "ticket")
-    with open_store(ctx, readonly=True) as (_config, conn):
-        found = recordviews.ticket_show(conn, ticket_id)
-    if found is None:
-        fail(f"no ticket {ticket_id}")
-    if as_json:
-        emit_json(found)
-        return
-    print_record(found)
-
-
-@click.group("notes")
-def notes() -> None:
-    """Notes on a contact's timeline."""
-
-
-@notes.command("add")
-@click.argument("email")
-@click.argument("text")
-@click.pass_context
-def notes_add(ctx: click.Context, email: str, text: str) -> None:
-    """Add a note to the contact's timeline; prints its id."""
-    with editing_settings(ctx) as (settings, conn):
-        (contact_id,) = records.contact_ids_for(conn, [email])
-        cap = settings.max_engagements_per_record
-        note_id = records.add_note(conn, contact_id, text, cap=cap)
-    click.echo(note_id)
+        click.echo(f"{hit['date']}  {printable(hit['from'])}  {printable(hit['subject'])}")
+        click.echo(f"    {printable(' '.join((hit['snippet'] or '').split()))}")
 
 
 def register(group: click.Group) -> None:
     """Add the record commands to the main CLI group."""
-    for command in (
-        contacts,
-        timeline,
-        search,
-        deals,
-        tickets,
-        notes,
-    ):
+    for command in (contacts, timeline, search):
         group.add_command(command)

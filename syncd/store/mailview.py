@@ -1,13 +1,15 @@
-"""One logged email in full, as ``syncd email show`` and ``attachment save`` read it.
+"""One logged email in full, as ``syncd email show`` and ``attachment save`` read it, and
+which engagement an ID names, for every command that takes one.
 
-An email is named by its engagement id (the short, stable id every timeline item
-carries) or by its Message-ID, with or without angle brackets; ``find`` says which
-engagement that is. ``email_view`` is the timeline item (``queries.engagement_item``:
-sources, associations, tracking, attachments with their ids) plus what only a reader of
-the whole email wants: display names, the text body, the defects the parser noted and
-how many emails its thread holds. The raw bytes come from ``raw.raw_message``; an
-attachment's content from its file under ``attachments_dir`` (``attachment_file``).
-Read-only.
+An engagement is named by its id (the short, stable id every timeline item carries) or,
+for an email, by its message key (its Message-ID as the parser normalises it, or the
+``sha256:`` digest of mail without one); ``find`` says which engagement that is. What the
+user typed is read into one of those by the CLI (``cli/common.py:engagement_ref``).
+``email_view`` is the timeline item (``queries.engagement_item``: sources, associations,
+tracking, attachments with their ids) plus what only a reader of the whole email wants:
+display names, the text body, the defects the parser noted and how many emails its
+thread holds. The raw bytes come from ``raw.raw_message``; an attachment's content from
+its file under ``attachments_dir`` (``attachment_file``). Read-only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import sqlite3
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from syncd.mail.headers import first_id
 from syncd.store import queries
 from syncd.store.blobs import HEX64, blob_path
 
@@ -29,22 +30,15 @@ class Found(NamedTuple):
     type: str
 
 
-def find(conn: sqlite3.Connection, ident: str) -> Found | None:
-    """The engagement ``ident`` names: digits are an engagement id, anything else a
-    Message-ID (``<a@b>`` or ``a@b``, compared as the parser normalises it: the domain in
-    lower case). None when nothing matches."""
-    text = ident.strip()
-    if text.isdigit():
-        row = conn.execute("SELECT id, type FROM engagements WHERE id = ?", (int(text),)).fetchone()
+def find(conn: sqlite3.Connection, ref: int | str) -> Found | None:
+    """The engagement ``ref`` names: an int is an engagement id (within SQLite's integers:
+    the caller checks), a str an email's message key. None when nothing matches."""
+    if isinstance(ref, int):
+        row = conn.execute("SELECT id, type FROM engagements WHERE id = ?", (ref,)).fetchone()
         return Found(row[0], row[1]) if row is not None else None
-    message_id = first_id(text) or (text if text.startswith("sha256:") else None)
-    if message_id is None:
-        return None
     # An email with a Message-ID is keyed by it (the UNIQUE message_key), one without by
-    # its digest, which is accepted too.
-    row = conn.execute(
-        "SELECT engagement_id FROM emails WHERE message_key = ?", (message_id,)
-    ).fetchone()
+    # its digest.
+    row = conn.execute("SELECT engagement_id FROM emails WHERE message_key = ?", (ref,)).fetchone()
     return Found(row[0], "email") if row is not None else None
 
 

@@ -1,34 +1,48 @@
-"""A throwaway Dovecot IMAP server for the integration tests and the IMAP benchmark.
+"""What the integration tests share: a throwaway Dovecot IMAP server, a stand-in for
+systemd's notify socket, a self-signed certificate (``certificate``), and running the
+real ``syncd`` in a subprocess.
 
-One server per test session (``dovecot`` fixture; ``dovecot_prefixed`` is a second one
-laid out as Cyrus and Courier are, every folder under ``INBOX.``), listening on a free 127.0.0.1 port
-with plain IMAP and, on a second port, implicit TLS with a self-signed certificate made
-by the ``openssl`` CLI. Everything lives under a fresh directory: config, base_dir,
-passwd-file, Maildirs, log. Each test gets a fresh user (``imap_user`` fixture), so tests
-never see each other's mail. Users are added by appending to the passwd-file, which
-Dovecot re-reads when it changes. Mail belongs to ``nobody`` because Dovecot refuses to
-access mail as root. When Dovecot is not installed the tests are skipped with a reason.
+Dovecot: one server per test session (``dovecot`` fixture; ``dovecot_prefixed`` is a
+second one laid out as Cyrus and Courier are, every folder under ``INBOX.``), listening on
+a free 127.0.0.1 port with plain IMAP and, on a second port, implicit TLS with a
+self-signed certificate made by the ``openssl`` CLI. Everything lives under a fresh
+directory: config, base_dir, passwd-file, Maildirs, log. Each test gets a fresh user
+(``imap_user`` fixture), so tests never see each other's mail. Users are added by
+appending to the passwd-file, which Dovecot re-reads when it changes. Mail belongs to
+``nobody`` because Dovecot refuses to access mail as root. When Dovecot is not installed
+the tests are skipped with a reason.
+
+Running syncd: ``syncd(config, ...)`` runs one command to its end (``as_json`` for the
+document ``--json`` prints), ``syncd_run(config, notify)`` the daemon for a ``with``
+block, ``write_mbox`` writes mail for ``syncd import``, ``wait_for`` polls until
+something is true. Always the checkout's syncd (``PYTHONPATH``), whatever is installed.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import mailbox
 import os
 import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from email.message import Message
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[2]
 DOVECOT = "/usr/sbin/dovecot"
 DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
 USERS = 400
@@ -328,6 +342,23 @@ def notify(tmp_path: Path) -> Iterator[Notify]:
     n.sock.close()
 
 
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate and its key for 127.0.0.1 and localhost (the SMTP tests'
+    STARTTLS), made once per test module by the ``openssl`` CLI."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
 def queue_copy(conn: Any, raw: bytes, mail_from: str, recipients: list[str], now: float) -> None:
     """An extra_bcc copy in the outbox, queued the way the BCC drain queues one: held with
     its spooled message, released once that message is logged."""
@@ -338,3 +369,104 @@ def queue_copy(conn: Any, raw: bytes, mail_from: str, recipients: list[str], now
         spool.hold_copies(conn, [spool_id], recipients, now)
         spool.delete_spooled(conn, [spool_id])
     spool.release_copies(conn, [spool_id], [])
+
+
+# --- running syncd ---------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _environment(notify: Notify | None = None) -> dict[str, str]:
+    """The test's environment, with the checkout first on the path; NOTIFY_SOCKET only
+    when a test listens on one (never systemd's, should pytest run under it)."""
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    env["PYTHONPATH"] = str(ROOT)
+    if notify is not None:
+        env["NOTIFY_SOCKET"] = str(notify.path)
+    return env
+
+
+def syncd(
+    config: Path,
+    *args: str,
+    cwd: Path | None = None,
+    text: bool = True,
+    timeout: float = 120,
+    **kwargs: Any,
+) -> subprocess.CompletedProcess[Any]:
+    """``python -m syncd --config CONFIG ARGS...`` run to its end, in the config's
+    directory unless ``cwd``; stdout and stderr captured (as text unless ``text=False``)
+    unless ``stdout=`` says where to. Other ``kwargs`` go to ``subprocess.run``."""
+    kwargs.setdefault("env", _environment())
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", "--config", str(config), *args],
+        cwd=cwd or config.parent, capture_output="stdout" not in kwargs, text=text,
+        timeout=timeout, **kwargs,
+    )  # fmt: skip
+
+
+def as_json(config: Path, *args: str, **kwargs: Any) -> Any:
+    """The document ``syncd ... --json`` prints; the command must exit 0."""
+    done = syncd(config, *args, "--json", **kwargs)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@dataclass
+class Daemon:
+    """A ``syncd run`` of ``syncd_run``: its process, and once the ``with`` block is left,
+    all it wrote on stderr."""
+
+    proc: subprocess.Popen[str]
+    stderr: str = ""
+
+    def stop(self, seconds: float = 25) -> int:
+        """SIGTERM, as systemd stops it; its exit status once it has ended."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=seconds)
+
+
+@contextmanager
+def syncd_run(
+    config: Path, notify: Notify | None = None, *, stderr: Any = subprocess.PIPE
+) -> Iterator[Daemon]:
+    """``syncd run`` on ``config`` in its directory for a ``with`` block; with ``notify``
+    it is ready (READY=1) when the block starts. On the way out, however the block ended,
+    a daemon still running gets SIGTERM (and SIGKILL after 25 s), and is reaped; a test
+    that cares how it stops says so itself: ``assert daemon.stop() == 0``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "--config", str(config), "run"],
+        cwd=config.parent, env=_environment(notify), stderr=stderr, text=True,
+    )  # fmt: skip
+    daemon = Daemon(proc)
+    try:
+        if notify is not None:
+            notify.wait_for("READY=1")
+        yield daemon
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=25)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        daemon.stderr = proc.communicate()[1] or ""
+
+
+def write_mbox(path: Path, *messages: bytes | Message) -> Path:
+    """An mbox file at ``path`` holding ``messages`` (for ``syncd import``); its path."""
+    box = mailbox.mbox(path)
+    for raw in messages:
+        box.add(raw)
+    box.flush()
+    return path
+
+
+def wait_for(condition: Callable[[], T], seconds: float = 20, what: str = "it") -> T:
+    """``condition()`` as soon as it is true, asked every 0.2 s; a failed test when it is
+    not within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
+        time.sleep(0.2)
+    return found

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mailbox
-import os
-import signal
 import smtplib
 import sqlite3
 import subprocess
@@ -22,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Notify, free_port
+from tests.integration.conftest import Notify, free_port, syncd_run, write_mbox
 
 ADA = "ada@example.com"
 LOG = "log@crm.example.com"
@@ -82,11 +79,8 @@ def seen(config: Path) -> dict[str, object]:
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     config = write_config(tmp_path)
-    box = mailbox.mbox(tmp_path / "mail.mbox")
-    for n in range(6):
-        box.add(mail(n))
-    box.flush()
-    ok(config, "import", str(tmp_path / "mail.mbox"), "--owner", ADA)
+    mbox = write_mbox(tmp_path / "mail.mbox", *(mail(n) for n in range(6)))
+    ok(config, "import", str(mbox), "--owner", ADA)
     return config
 
 
@@ -218,11 +212,6 @@ def test_backup_while_the_daemon_takes_bcc_mail(tmp_path: Path, notify: Notify) 
     port = free_port()
     bcc = f"bcc: {{listen: '127.0.0.1:{port}', addresses: [{LOG}], verify_sender: none}}\n"
     config = write_config(tmp_path, extra=bcc)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "--config", str(config), "run"],
-        env={**os.environ, "NOTIFY_SOCKET": str(notify.path)},
-        stderr=subprocess.DEVNULL,
-    )
     acked: list[int] = []
     stop = threading.Event()
 
@@ -234,31 +223,28 @@ def test_backup_while_the_daemon_takes_bcc_mail(tmp_path: Path, notify: Notify) 
                 acked.append(n)
                 n += 2
 
-    try:
-        notify.wait_for("READY=1")
-        threads = [threading.Thread(target=sender, args=(w,)) for w in range(2)]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 30
-        while len(acked) < 20 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        archives = []
-        for name in ("first.tar", "second.tar.gz"):
-            result = syncd(config, "backup", str(tmp_path / name), "--json")
-            assert result.returncode == 0, result.stderr
-            assert json.loads(result.stdout)["verified"] is True
-            archives.append(tmp_path / name)
-        refused = syncd(config, "restore", str(archives[0]), "--force")
-        sent_during = len(acked)
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        stop.set()
-        proc.kill()
-        proc.wait()
+    with syncd_run(config, notify, stderr=subprocess.DEVNULL) as daemon:
+        try:
+            threads = [threading.Thread(target=sender, args=(w,)) for w in range(2)]
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 30
+            while len(acked) < 20 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            archives = []
+            for name in ("first.tar", "second.tar.gz"):
+                result = syncd(config, "backup", str(tmp_path / name), "--json")
+                assert result.returncode == 0, result.stderr
+                assert json.loads(result.stdout)["verified"] is True
+                archives.append(tmp_path / name)
+            refused = syncd(config, "restore", str(archives[0]), "--force")
+            sent_during = len(acked)
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+            assert daemon.stop(30) == 0
+        finally:
+            stop.set()
 
     assert sent_during >= 20
     assert refused.returncode == 75

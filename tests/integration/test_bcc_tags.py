@@ -7,15 +7,11 @@ logging address's."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import smtplib
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +21,10 @@ from syncd.crm.team import Team
 from syncd.sources.bcc import BccHandler, ServerOptions, ThreadedEndpoint
 from syncd.sources.senders import SenderPolicy
 from syncd.store.spool import SpoolWriter
-from tests.integration.conftest import Notify, free_port
+from tests.integration.conftest import Daemon, Notify, as_json, free_port, syncd, syncd_run
 
 ADA = "ada@example.com"
 LOG = "log@crm.example.com"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_config(tmp: Path, port: int, bcc_extra: str = "") -> Path:
@@ -43,48 +38,11 @@ def write_config(tmp: Path, port: int, bcc_extra: str = "") -> Path:
     return config
 
 
-def syncd(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncd", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
-
-
-def as_json(config: Path, *args: str) -> Any:
-    done = syncd(config, *args, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
 @pytest.fixture
-def daemon(tmp_path: Path, notify: Notify) -> Iterator[Any]:
+def daemon(notify: Notify) -> Iterator[Callable[[Path], Daemon]]:
     """Start ``syncd run`` on a config (call with the config path); stopped at the end."""
-    started: list[subprocess.Popen[str]] = []
-
-    def start(config: Path) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "syncd", "--config", str(config), "run"],
-            cwd=tmp_path,
-            env={**os.environ, "NOTIFY_SOCKET": str(notify.path), "PYTHONPATH": str(ROOT)},
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        started.append(proc)
-        notify.wait_for("READY=1")
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=25)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.communicate()
+    with ExitStack() as running:
+        yield lambda config: running.enter_context(syncd_run(config, notify))
 
 
 def mail(mid: str, to: str, subject: str = "") -> bytes:

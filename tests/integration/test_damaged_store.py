@@ -14,26 +14,17 @@ import json
 import signal
 import sqlite3
 import struct
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Notify, free_port
+from tests.integration.conftest import Notify, free_port, syncd
 from tests.integration.test_daemon import MINIMAL, bcc_message, start
 from tests.integration.test_health import get
 from tests.integration.test_store_failures import send
 
 GARBAGE = b"\xde\xad\xbe\xef"
-
-
-def syncd(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncd", "--config", str(config), *args],
-        capture_output=True, text=True, timeout=120, cwd=config.parent,
-    )  # fmt: skip
 
 
 def config_text(tmp_path: Path, smtp_port: int | None = None) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, syncd
 
 README = Path(__file__).parents[2] / "README.md"
 ME = pwd.getpwuid(os.geteuid()).pw_name
@@ -55,13 +55,6 @@ def config_file(tmp_path: Path, *, port: int, password: str = "pw", user: str = 
     path.write_text(json.dumps(config))
     path.chmod(0o600)
     return path
-
-
-def syncd(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncd", "--config", str(config), *args],
-        cwd=config.parent, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
 
 
 def closed_port() -> int:

@@ -6,18 +6,14 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from tests.integration.conftest import ImapUser, free_port
-from tests.integration.test_sync_cli import message, syncd, write_config
+from tests.integration.conftest import ImapUser, free_port, syncd, syncd_run, wait_for
+from tests.integration.test_sync_cli import message, write_config
 
 
 def get(url: str) -> tuple[int, str]:
@@ -28,15 +24,6 @@ def get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
     except OSError:
         return 0, ""  # not listening yet
-
-
-def wait_for(check: Callable[[], Any], seconds: float) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if found := check():
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"not within {seconds} s")
 
 
 def gauge(text: str, name: str, labels: str) -> float | None:
@@ -55,11 +42,7 @@ def test_health_and_metrics_see_a_refused_login_until_a_reload_fixes_it(
     settings["inboxes"][0]["imap"]["password"] = "wrong-password"
     config.write_text(json.dumps(settings))
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "--config", str(config), "run"],
-        cwd=tmp_path, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
+    with syncd_run(config) as daemon:
         # Before: 200 {"status": "ok"} while the only inbox was auth_failed.
         # A pass's state is stored a moment before its retry is scheduled.
         _, body = wait_for(
@@ -85,10 +68,10 @@ def test_health_and_metrics_see_a_refused_login_until_a_reload_fixes_it(
         assert "# TYPE syncd_last_success_timestamp_seconds gauge" in text
         assert "syncd_store_bytes " in text
 
-        status = syncd(tmp_path, config, "status", "--json")
+        status = syncd(config, "status", "--json")
         [inbox] = json.loads(status.stdout)["inboxes"]
         assert inbox["state"] == "auth_failed" and inbox["next_retry"]
-        text_status = syncd(tmp_path, config, "status").stdout
+        text_status = syncd(config, "status").stdout
         assert "last sync never" in text_status and "None" not in text_status
         assert re.search(
             r"next retry in (\d+h \d+m|\d+m \d+s) \(at \d\d:\d\d:\d\dZ\)", text_status
@@ -97,18 +80,14 @@ def test_health_and_metrics_see_a_refused_login_until_a_reload_fixes_it(
         # The admin fixes the password and reloads: tried again at once, not in an hour.
         settings["inboxes"][0]["imap"]["password"] = imap_user.password
         config.write_text(json.dumps(settings))
-        proc.send_signal(signal.SIGHUP)
+        daemon.proc.send_signal(signal.SIGHUP)
         _, body = wait_for(lambda: (r := get(f"{base}/health"))[0] == 200 and r, 30)
         assert json.loads(body) == {"status": "ok", "failed_inboxes": [], "failing": []}
         _, text = get(f"{base}/metrics")
         synced = gauge(text, "syncd_last_success_timestamp_seconds", 'folder="INBOX",inbox="ada"')
         assert synced is not None and abs(synced - time.time()) < 60, text
         assert 'syncd_next_retry_timestamp_seconds{inbox="ada"}' not in text
-        [inbox] = json.loads(syncd(tmp_path, config, "status", "--json").stdout)["inboxes"]
+        [inbox] = json.loads(syncd(config, "status", "--json").stdout)["inboxes"]
         assert inbox["state"] == "ok" and inbox["next_retry"] is None and inbox["last_sync"]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=25) == 0
-    finally:
-        proc.kill()
-        _, stderr = proc.communicate()
-    assert "wrong-password" not in stderr
+        assert daemon.stop() == 0
+    assert "wrong-password" not in daemon.stderr

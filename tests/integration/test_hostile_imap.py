@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +20,7 @@ from syncd.services import statusreport
 from syncd.services.imap import ImapService
 from syncd.services.storeworker import StoreWorker
 from syncd.sources.imap.inbox import InboxResult
+from tests.integration.conftest import as_json, syncd, syncd_run
 from tests.integration.fakeimap import Connection, FakeImap, message, wait_for
 
 TIMEOUT = 0.5  # imap.timeout in these configs: the deadline of a command is a few of these
@@ -49,36 +47,15 @@ def write_config(tmp_path: Path, fake: FakeImap) -> Path:
     return path
 
 
-def syncd(tmp_path: Path, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncd", "--config", str(config), *args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-
-
-def status(tmp_path: Path, config: Path) -> dict[str, Any]:
-    done = syncd(tmp_path, config, "status", "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)["inboxes"][0]
+def status(config: Path) -> dict[str, Any]:
+    return as_json(config, "status")["inboxes"][0]
 
 
 @contextmanager
-def daemon(tmp_path: Path, config: Path) -> Iterator[subprocess.Popen[str]]:
-    with (tmp_path / "daemon.log").open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "syncd", "--config", str(config), "run"],
-            cwd=tmp_path, stderr=log, text=True,
-            env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
-        )  # fmt: skip
-        try:
-            yield proc
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            finally:
-                proc.kill()
-                proc.wait()
+def daemon(config: Path) -> Iterator[subprocess.Popen[str]]:
+    """``syncd run``, its log in a file: a daemon retrying a hostile server logs a lot."""
+    with (config.parent / "daemon.log").open("w") as log, syncd_run(config, stderr=log) as running:
+        yield running.proc
 
 
 def trickle_first_connection(conn: Connection, number: int, uid: int, honest: bytes) -> None:
@@ -109,7 +86,7 @@ def test_a_server_answering_a_byte_at_a_time_is_cut_at_the_command_deadline(
     with FakeImap(messages=LONG, body=trickle_always) as fake:
         config = write_config(tmp_path, fake)
         started = time.monotonic()
-        done = syncd(tmp_path, config, "sync", "--json")
+        done = syncd(config, "sync", "--json")
         took = time.monotonic() - started
     assert done.returncode == 1, done.stderr  # a folder failed; the inbox was reached
     (folder,) = json.loads(done.stdout)["inboxes"][0]["folders"]
@@ -125,7 +102,7 @@ def test_after_a_cut_for_slowness_the_sync_goes_on_over_a_new_connection(
 ) -> None:
     with FakeImap(messages=LONG, body=trickle_first_connection) as fake:
         config = write_config(tmp_path, fake)
-        done = syncd(tmp_path, config, "sync", "--json")
+        done = syncd(config, "sync", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["logged"] == 3 and report["inboxes"][0]["error"] is None
@@ -148,7 +125,7 @@ def test_a_slow_but_steady_large_fetch_is_not_cut(tmp_path: Path) -> None:
         sending.append(time.monotonic() - started)
 
     with FakeImap(messages=big, body=steady) as fake:
-        done = syncd(tmp_path, write_config(tmp_path, fake), "sync", "--json")
+        done = syncd(write_config(tmp_path, fake), "sync", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["logged"] == 1
     assert fake.connections == 1, done.stderr  # never cut
@@ -161,7 +138,7 @@ def test_a_terabyte_literal_is_a_folder_error_and_sync_json_still_prints(
     """Before: MemoryError, a traceback and no JSON."""
     with FakeImap(body=terabyte_literal_for_uid_2) as fake:
         config = write_config(tmp_path, fake)
-        done = syncd(tmp_path, config, "sync", "--json")
+        done = syncd(config, "sync", "--json")
         assert done.returncode == 1, done.stderr  # a folder failed; the inbox was reached
         report = json.loads(done.stdout)
         (folder,) = report["inboxes"][0]["folders"]
@@ -169,9 +146,9 @@ def test_a_terabyte_literal_is_a_folder_error_and_sync_json_still_prints(
         assert "UID 2" in folder["error"] and "1099511627776" in folder["error"]
         assert "Traceback" not in done.stderr
 
-        shown = status(tmp_path, config)
+        shown = status(config)
         assert "1099511627776" in shown["folders"][0]["last_error"]
-        text = syncd(tmp_path, config, "status").stdout
+        text = syncd(config, "status").stdout
         assert "UID 2" in text and "last error" in text
 
 
@@ -181,15 +158,15 @@ def test_the_daemon_shows_a_lost_connection_in_status_while_it_retries(tmp_path:
     said never_synced with no error all that time."""
     with (
         FakeImap(slow_examine=True) as fake,
-        daemon(tmp_path, write_config(tmp_path, fake)) as proc,
+        daemon(write_config(tmp_path, fake)) as proc,
     ):
         config = tmp_path / "syncd.yaml"
-        error = wait_for(lambda: status(tmp_path, config)["last_error"], 15)
+        error = wait_for(lambda: status(config)["last_error"], 15)
         assert error and "EXAMINE INBOX: the server is too slow" in error, error
         assert "reconnecting" in error and fake.connections < 5  # the pass is still retrying
-        shown = status(tmp_path, config)
+        shown = status(config)
         assert shown["state"] == "failed" and shown["last_sync"] is None
-        text = syncd(tmp_path, config, "status").stdout
+        text = syncd(config, "status").stdout
         assert "inbox ada: failed, last sync never, last error: " in text
         assert proc.poll() is None
 
@@ -198,12 +175,12 @@ def test_the_daemon_shows_the_folder_error_of_a_terabyte_literal(tmp_path: Path)
     """Before: the MemoryError ended the pass unrecorded; status said never_synced."""
     with (
         FakeImap(body=terabyte_literal_for_uid_2) as fake,
-        daemon(tmp_path, write_config(tmp_path, fake)) as proc,
+        daemon(write_config(tmp_path, fake)) as proc,
     ):
         config = tmp_path / "syncd.yaml"
-        folders = wait_for(lambda: status(tmp_path, config)["folders"], 15)
+        folders = wait_for(lambda: status(config)["folders"], 15)
         assert folders and "1099511627776" in (folders[0]["last_error"] or ""), folders
-        text = syncd(tmp_path, config, "status").stdout
+        text = syncd(config, "status").stdout
         assert "UID 2 exists but cannot be fetched" in text
         assert proc.poll() is None
 
@@ -248,18 +225,18 @@ def test_garbage_in_the_login_answer_is_a_protocol_error_not_a_refused_login(
     """Before: auth_failed, and the daemon waited an hour before trying again."""
     with FakeImap(login_garbage=garbage) as fake:
         config = write_config(tmp_path, fake)
-        done = syncd(tmp_path, config, "sync", "--json")
+        done = syncd(config, "sync", "--json")
         assert done.returncode == 69, done.stderr
         inbox = json.loads(done.stdout)["inboxes"][0]
         assert inbox["state"] == "failed", inbox
         assert "protocol error" in inbox["error"] and "secret-pw" not in inbox["error"]
-        assert status(tmp_path, config)["state"] == "failed"
+        assert status(config)["state"] == "failed"
 
 
 def test_the_daemon_retries_a_login_protocol_error_within_seconds(tmp_path: Path) -> None:
     with (
         FakeImap(login_garbage=b"* 12 (((\r\n") as fake,
-        daemon(tmp_path, write_config(tmp_path, fake)),
+        daemon(write_config(tmp_path, fake)),
     ):
         # After a first failed pass the normal backoff waits 5-10 s; a refused login, an hour.
         assert wait_for(lambda: fake.logins >= 2, 20), fake.logins

@@ -3,7 +3,6 @@ attachments, the engagement cap, search, erase down to the bytes, and schema ver
 
 from __future__ import annotations
 
-import mailbox
 import sqlite3
 import threading
 import time
@@ -24,7 +23,7 @@ from syncd.store import db, quarantine, queries, records
 from syncd.store.erase import erase, scan
 from syncd.store.raw import raw_message
 from syncd.store.searchquery import QueryError
-from tests.integration.conftest import queue_copy
+from tests.integration.conftest import queue_copy, write_mbox
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 NOW = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
@@ -107,10 +106,9 @@ def count(conn: sqlite3.Connection, table: str) -> int:
 
 
 def test_mbox_with_duplicates_gives_one_engagement_each(conn, tmp_path) -> None:
-    box = mailbox.mbox(tmp_path / "in.mbox")
-    for raw in [message(), message(msgid="<m2@example.com>"), message(), message()]:
-        box.add(raw)
-    box.flush()
+    write_mbox(
+        tmp_path / "in.mbox", message(), message(msgid="<m2@example.com>"), message(), message()
+    )
     pipeline = make(conn, tmp_path)
     items = [(raw, BCC) for raw, _ in MailFiles(tmp_path / "in.mbox")]
     outcomes = pipeline.ingest_batch(items)

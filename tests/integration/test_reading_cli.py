@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Notify, free_port
+from tests.integration.conftest import Notify, as_json, free_port, syncd, syncd_run
 
 ADA = "ada@example.com"
 PDF = bytes(range(256)) * 16  # 4 KiB: its base64 is cut out of the raw copy (a hole)
@@ -104,22 +104,6 @@ def write_config(root: Path, extra: str = "") -> Path:
     return config
 
 
-def syncd(
-    config: Path, *args: str, cwd: Path | None = None, text: bool = True, **kwargs: Any
-) -> subprocess.CompletedProcess[Any]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncd", "--config", str(config), *args],
-        cwd=cwd or config.parent, capture_output="stdout" not in kwargs, text=text,
-        timeout=60, **kwargs,
-    )  # fmt: skip
-
-
-def as_json(config: Path, *args: str) -> Any:
-    done = syncd(config, *args, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("reading")
@@ -183,7 +167,6 @@ def test_unknown_ids_fail_in_one_line_like_contacts_show(store) -> None:
     for args in (
         ("email", "show", "999999"),
         ("email", "show", "<nobody@nowhere.example>"),
-        ("email", "show", "not an id"),
         ("thread", "999999"),
         ("attachment", "save", "999999"),
     ):
@@ -194,7 +177,17 @@ def test_unknown_ids_fail_in_one_line_like_contacts_show(store) -> None:
     note = syncd(config, "email", "show", str(store["note"]))
     assert note.returncode == 1
     assert note.stderr == f"syncd: engagement {store['note']} is a note, not an email\n"
-    assert syncd(config, "attachment", "save", "x1").returncode == 2  # not a number: usage
+    # Text that can name nothing is a usage error, one line, as for pin and remove.
+    for args in (
+        ("email", "show", "not an id"),
+        ("thread", "9" * 30),  # past SQLite's integers
+        ("attachment", "save", "x1"),
+        ("attachment", "save", "9" * 30),
+    ):
+        done = syncd(config, *args)
+        assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, (args, done.stderr)
+        kind = "attachment" if args[0] == "attachment" else "engagement"
+        assert done.stderr.startswith(f"syncd: not an {kind} id: '"), done.stderr
 
 
 def test_hostile_subject_name_and_body_are_shown_escaped(store) -> None:
@@ -396,10 +389,10 @@ def test_a_pinned_email_leads_the_folded_timeline_with_its_thread(store, tmp_pat
     items = as_json(config, "thread", str(ids["root@acme.com"]))
     assert [i["message_id"] for i in items] == ["root@acme.com", "r2@acme.com"]
     gone = syncd(config, "email", "show", str(ids["r1@example.com"]))
-    assert gone.returncode == 1 and gone.stderr.startswith("syncd: no email with id")
+    assert gone.returncode == 1 and gone.stderr == f"syncd: no engagement {ids['r1@example.com']}\n"
 
 
-def test_email_logged_by_bcc_shows_and_gives_back_its_bytes(tmp_path: Path) -> None:
+def test_email_logged_by_bcc_shows_and_gives_back_its_bytes(tmp_path: Path, notify: Notify) -> None:
     port = free_port()
     config = write_config(
         tmp_path,
@@ -411,14 +404,7 @@ def test_email_logged_by_bcc_shows_and_gives_back_its_bytes(tmp_path: Path) -> N
         b"Subject: Proposal\r\nMessage-ID: <bcc-1@example.com>\r\n"
         b"Date: Mon, 3 Nov 2025 10:00:00 +0000\r\n\r\n.leading dot\r\nbody\r\n"
     )
-    notify = Notify(tmp_path / "notify.sock")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "--config", str(config), "run"],
-        cwd=tmp_path, env={**os.environ, "NOTIFY_SOCKET": str(notify.path)},
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        notify.wait_for("READY=1")
+    with syncd_run(config, notify):
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
             smtp.sendmail(ADA, ["log@crm.example.com"], sent)
         deadline = time.monotonic() + 20
@@ -431,7 +417,3 @@ def test_email_logged_by_bcc_shows_and_gives_back_its_bytes(tmp_path: Path) -> N
         assert view["body"] == ".leading dot\nbody\n"
         raw = syncd(config, "email", "show", str(view["id"]), "--raw", text=False)
         assert raw.returncode == 0 and raw.stdout == sent
-    finally:
-        daemon.terminate()
-        daemon.communicate(timeout=30)
-        notify.sock.close()

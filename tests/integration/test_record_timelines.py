@@ -5,18 +5,15 @@ one line; and ``logging.associate.records`` choosing which records imported mail
 
 from __future__ import annotations
 
-import json
-import mailbox
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration.conftest import as_json, syncd, write_mbox
+
 ADA = "ada@example.com"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def message(msgid: str, to: str, subject: str, date: str) -> bytes:
@@ -36,40 +33,16 @@ def write_config(tmp: Path, extra: str = "") -> Path:
     return config
 
 
-def syncd(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncd", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
-
-
-def as_json(config: Path, *args: str) -> Any:
-    done = syncd(config, *args, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
-def mbox(tmp: Path, name: str, messages: list[bytes]) -> Path:
-    box = mailbox.mbox(tmp / name)
-    for raw in messages:
-        box.add(raw)
-    box.flush()
-    return tmp / name
-
-
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Carol and Dan at acme.com, Erin at beta.example; a deal and a ticket for Carol
     made between the first mail and the rest, so only later mail is on them."""
     tmp = tmp_path_factory.mktemp("records")
     config = write_config(tmp)
-    first = mbox(tmp, "first.mbox", [
+    first = write_mbox(tmp / "first.mbox",
         message("p1@x", "Carol Jones <carol@acme.com>", "Pricing", "Mon, 01 Jan 2024 10:00:00 +0000"),
         message("e1@x", "Erin <erin@beta.example>", "Elsewhere", "Tue, 02 Jan 2024 10:00:00 +0000"),
-    ])  # fmt: skip
+    )  # fmt: skip
     assert syncd(config, "import", str(first), "--owner", ADA).returncode == 0
     assert (
         syncd(config, "deals", "create", "Renewal", "--contact", "carol@acme.com").stdout == "1\n"
@@ -77,11 +50,11 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert (
         syncd(config, "tickets", "create", "Broken", "--contact", "carol@acme.com").stdout == "1\n"
     )
-    later = mbox(tmp, "later.mbox", [
+    later = write_mbox(tmp / "later.mbox",
         message("z2@x", "carol@acme.com, Dan <dan@acme.com>",
                 "Zeppelin \x1b[2J\u202eevil", "Thu, 01 Feb 2024 10:00:00 +0000"),
         message("d3@x", "Dan <dan@acme.com>", "Dan only", "Fri, 02 Feb 2024 10:00:00 +0000"),
-    ])  # fmt: skip
+    )  # fmt: skip
     assert syncd(config, "import", str(later), "--owner", ADA).returncode == 0
     return config
 
@@ -211,14 +184,14 @@ def test_logging_associate_records(
     tmp_path: Path, records: str, companies: list[str], deals: list[int]
 ) -> None:
     config = write_config(tmp_path, f"logging: {{associate: {{records: {records}}}}}\n")
-    first = mbox(tmp_path, "first.mbox", [
+    first = write_mbox(tmp_path / "first.mbox",
         message("a1@x", "carol@acme.com", "Hello", "Mon, 01 Jan 2024 10:00:00 +0000"),
-    ])  # fmt: skip
+    )  # fmt: skip
     assert syncd(config, "import", str(first), "--owner", ADA).returncode == 0
     assert syncd(config, "deals", "create", "D", "--contact", "carol@acme.com").returncode == 0
-    second = mbox(tmp_path, "second.mbox", [
+    second = write_mbox(tmp_path / "second.mbox",
         message("a2@x", "carol@acme.com", "Again", "Tue, 02 Jan 2024 10:00:00 +0000"),
-    ])  # fmt: skip
+    )  # fmt: skip
     assert syncd(config, "import", str(second), "--owner", ADA).returncode == 0
     newest = as_json(config, "timeline", "carol@acme.com")[0]
     assert newest["message_id"] == "a2@x"

@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 from syncd.cli.main import main
 from syncd.store import db
 from syncd.store.erase import scan
+from tests.integration.conftest import write_mbox
 
 ADA = "ada@example.com"
 
@@ -44,12 +45,13 @@ def env(tmp_path: Path) -> dict[str, Path]:
         "  - name: Bob Martin\n    email: bob@example.com\n",
         encoding="utf-8",
     )
-    box = mailbox.mbox(tmp_path / "mail.mbox")
-    box.add(message("one@x", date="Mon, 01 Jan 2024 10:00:00 +0000", subject="Pricing"))
-    box.add(message("two@x", "carol@acme.com, Dan <dan@gmail.com>", subject="Zeppelin",
-                    date="Thu, 01 Feb 2024 10:00:00 +0000"))  # fmt: skip
-    box.add(message("one@x"))
-    box.flush()
+    write_mbox(
+        tmp_path / "mail.mbox",
+        message("one@x", date="Mon, 01 Jan 2024 10:00:00 +0000", subject="Pricing"),
+        message("two@x", "carol@acme.com, Dan <dan@gmail.com>", subject="Zeppelin",
+                date="Thu, 01 Feb 2024 10:00:00 +0000"),
+        message("one@x"),
+    )  # fmt: skip
     return {"config": config, "store": store, "mbox": tmp_path / "mail.mbox", "tmp": tmp_path}
 
 
@@ -208,6 +210,50 @@ def test_deals_tickets_notes(env) -> None:
     assert run(env, "notes", "add", "ghost@acme.com", "x").exit_code == 1
 
 
+def test_lists_and_search_show_text_from_mail_escaped(env) -> None:
+    """A name or subject from a mail (or typed) is shown escaped in every list table and
+    in search results, as `contacts show` and `timeline` show it."""
+    hostile = message(
+        "h@x", '"Eve \x1b[31mRed" <eve@evil.example>', subject="Zebra \x1b]0;pwned\x07"
+    )
+    path = env["tmp"] / "hostile.eml"
+    path.write_bytes(hostile)
+    assert run(env, "import", str(path), "--owner", ADA).exit_code == 0
+    eve = ("--contact", "eve@evil.example")
+    assert run(env, "deals", "create", "Big \x1b[2Jdeal", *eve).exit_code == 0
+    assert run(env, "tickets", "create", "T \u202ex", *eve).exit_code == 0
+    shown = {
+        ("contacts", "list"): "Eve \\x1b[31mRed",
+        ("deals", "list"): "Big \\x1b[2Jdeal",
+        ("tickets", "list"): "T \\u202ex",
+        ("search", "zebra"): "Zebra \\x1b]0;pwned\\x07",
+    }
+    for args, escaped in shown.items():
+        result = run(env, *args)
+        assert result.exit_code == 0, result.output
+        assert escaped in result.stdout, (args, result.stdout)
+        assert "\x1b" not in result.stdout and "\u202e" not in result.stdout, args
+    assert run_json(env, "deals", "list")[0]["name"] == "Big \x1b[2Jdeal"  # JSON as it is
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "error"),
+    [
+        (("deals", "stage", "9" * 30, "closedwon"), 1, f"syncd: no deal {'9' * 30}\n"),
+        (("tickets", "status", "9" * 30, "closed"), 1, f"syncd: no ticket {'9' * 30}\n"),
+        (("deals", "stage", "x", "closedwon"), 2,
+         "syncd: 'x' is not a deal id (a number, as `syncd deals list` shows)\n"),
+        (("tickets", "status", "\x1b[2J", "closed"), 2,
+         "syncd: '\\x1b[2J' is not a ticket id (a number, as `syncd tickets list` shows)\n"),
+    ],
+)  # fmt: skip
+def test_stage_and_status_ids_as_show_reads_them(env, args, code: int, error: str) -> None:
+    """Before: a number past SQLite's integers raised OverflowError (a traceback)."""
+    imported(env)
+    result = run(env, *args)
+    assert (result.exit_code, result.stderr, result.stdout) == (code, error, "")
+
+
 def test_contacts_import_csv_upserts_and_refuses_bad_rows(env) -> None:
     imported(env)
     good = env["tmp"] / "good.csv"
@@ -261,10 +307,9 @@ def test_erase_then_no_byte_of_the_address_remains(env) -> None:
     imported(env)
     run(env, "notes", "add", "carol@acme.com", "carol@acme.com prefers mornings")
     # A removed email whose Message-ID holds the address leaves a tombstone: a hash.
-    removed = env["tmp"] / "removed.mbox"
-    box = mailbox.mbox(removed)
-    box.add(message("2024/carol@acme.com", subject="Removed"))
-    box.flush()
+    removed = write_mbox(
+        env["tmp"] / "removed.mbox", message("2024/carol@acme.com", subject="Removed")
+    )
     assert run(env, "import", str(removed), "--owner", ADA).exit_code == 0
     (item,) = [t for t in run_json(env, "timeline", "carol@acme.com") if t["subject"] == "Removed"]
     assert run(env, "remove", str(item["id"])).exit_code == 0

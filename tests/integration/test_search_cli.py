@@ -16,6 +16,7 @@ from datasette.app import Datasette
 
 from syncd.cli.main import main
 from syncd.store import db
+from tests.integration.conftest import write_mbox
 
 ADA, BOB = "ada@example.com", "bob@example.com"
 DATA = Path(__file__).parent.parent / "data"
@@ -47,14 +48,15 @@ def env(tmp_path: Path) -> dict[str, Path]:
         f"  - name: Bob Martin\n    email: {BOB}\n",
         encoding="utf-8",
     )
-    box = mailbox.mbox(tmp_path / "mail.mbox")
-    box.add(message("zp@x", "Carol Jones <carol@acme.com>", "The zebra plan", "Stripes first."))
-    box.add(message("zc@x", "dan@gmail.com", "Zebra crossing", "Okapi sighted, no plans."))
-    box.add(message("doc@x", "erin@beta.example", "Documents", "See attached.", "Quote-7781.pdf"))
-    box.add(mailbox.mboxMessage((DATA / "forwarded-as-attachment.eml").read_bytes()))
-    box.flush()
+    mail = write_mbox(
+        tmp_path / "mail.mbox",
+        message("zp@x", "Carol Jones <carol@acme.com>", "The zebra plan", "Stripes first."),
+        message("zc@x", "dan@gmail.com", "Zebra crossing", "Okapi sighted, no plans."),
+        message("doc@x", "erin@beta.example", "Documents", "See attached.", "Quote-7781.pdf"),
+        mailbox.mboxMessage((DATA / "forwarded-as-attachment.eml").read_bytes()),
+    )
     env = {"config": config, "db": store / "syncd.sqlite3", "tmp": tmp_path}
-    assert run(env, "import", str(tmp_path / "mail.mbox"), "--owner", ADA).exit_code == 0
+    assert run(env, "import", str(mail), "--owner", ADA).exit_code == 0
     people = tmp_path / "people.csv"
     people.write_text(
         "email,first_name,last_name,company,owner,lifecycle_stage,legal_basis\n"
@@ -236,18 +238,12 @@ def test_a_store_from_before_0008_gains_attachment_search(tmp_path: Path) -> Non
 
 
 def test_erase_scrubs_an_address_from_attachment_names(env) -> None:
-    box = mailbox.mbox(env["tmp"] / "shared.mbox")
-    box.add(
-        message(
-            "sh@x",
-            "carol@acme.com, dan@gmail.com",
-            "Shared",
-            "Both.",
-            "notes to carol@acme.com.pdf",
-        )
-    )
-    box.flush()
-    assert run(env, "import", str(env["tmp"] / "shared.mbox"), "--owner", ADA).exit_code == 0
+    shared = write_mbox(
+        env["tmp"] / "shared.mbox",
+        message("sh@x", "carol@acme.com, dan@gmail.com", "Shared", "Both.",
+                "notes to carol@acme.com.pdf"),
+    )  # fmt: skip
+    assert run(env, "import", str(shared), "--owner", ADA).exit_code == 0
     assert found(env, "attachments:carol") == ["sh@x"]
     erased = run(env, "erase", "carol@acme.com")
     assert erased.exit_code == 0, erased.output  # no trace left in the store's files

@@ -15,7 +15,7 @@ from pathlib import Path
 from bench.corpus import generate
 from bench.imap import fill_maildir
 from syncd.mail.parse import parse
-from tests.integration.conftest import ImapUser
+from tests.integration.conftest import ImapUser, syncd, syncd_run
 
 NOW = datetime.now(UTC)
 
@@ -46,13 +46,6 @@ def write_config(tmp_path: Path, user: ImapUser, **sync: object) -> Path:
     return path
 
 
-def syncd(tmp_path: Path, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncd", "--config", str(config), *args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-
-
 def engagements(tmp_path: Path) -> int:
     with sqlite3.connect(tmp_path / "var" / "syncd.sqlite3") as conn:
         return conn.execute("SELECT count(*) FROM emails").fetchone()[0]
@@ -65,19 +58,19 @@ def test_sync_json_counts_and_rerun_logs_nothing(tmp_path: Path, imap_user: Imap
     imap_user.append("INBOX", message(9), NOW - timedelta(days=90))  # before the window
     config = write_config(tmp_path, imap_user)
 
-    dry = syncd(tmp_path, config, "sync", "--dry-run", "--json")
+    dry = syncd(config, "sync", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
     folders = json.loads(dry.stdout)["inboxes"][0]["folders"]
     assert {f["name"]: f["would_fetch"] for f in folders} == {"INBOX": 3, "Archive": 1}
     assert not (tmp_path / "var" / "syncd.sqlite3").exists() or engagements(tmp_path) == 0
 
-    first = syncd(tmp_path, config, "sync", "--json")
+    first = syncd(config, "sync", "--json")
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)
     assert (report["logged"], report["duplicates"]) == (3, 1)
     assert engagements(tmp_path) == 3
 
-    again = json.loads(syncd(tmp_path, config, "sync", "--json").stdout)
+    again = json.loads(syncd(config, "sync", "--json").stdout)
     assert (again["logged"], again["duplicates"]) == (0, 0)
 
     # A new UIDVALIDITY rescans INBOX; its mail is known by Message-ID, so nothing is
@@ -85,18 +78,18 @@ def test_sync_json_counts_and_rerun_logs_nothing(tmp_path: Path, imap_user: Imap
     imap_user.server.doveadm(
         "mailbox", "update", "-u", imap_user.name, "--uid-validity", "999", "INBOX"
     )
-    dry = json.loads(syncd(tmp_path, config, "sync", "--dry-run", "--json").stdout)
+    dry = json.loads(syncd(config, "sync", "--dry-run", "--json").stdout)
     assert (dry["inboxes"][0]["folders"][0]["would_fetch"], dry["duplicates"]) == (0, 3)
-    rescan = json.loads(syncd(tmp_path, config, "sync", "--json").stdout)
+    rescan = json.loads(syncd(config, "sync", "--json").stdout)
     assert (rescan["logged"], rescan["duplicates"]) == (0, 3)
     assert engagements(tmp_path) == 3
 
-    status = syncd(tmp_path, config, "status", "--json")
+    status = syncd(config, "status", "--json")
     assert status.returncode == 0, status.stderr
     (inbox,) = json.loads(status.stdout)["inboxes"]
     assert inbox["state"] == "ok"
     assert {f["name"]: f["logged"] for f in inbox["folders"]} == {"INBOX": 3, "Archive": 0}
-    text = syncd(tmp_path, config, "status").stdout.splitlines()
+    text = syncd(config, "status").stdout.splitlines()
     assert text[1].startswith("inbox ada: ok, last sync ")
     assert text[2].startswith("  INBOX: uidvalidity 999, last uid ")
     assert text[2].endswith("initial sync done; 3 logged, 3 duplicates, 0 skipped, 0 quarantined")
@@ -108,7 +101,7 @@ def test_sync_prints_plain_progress_lines_off_a_terminal(
 ) -> None:
     for n in range(2):
         imap_user.append("INBOX", message(n), NOW - timedelta(days=1))
-    result = syncd(tmp_path, write_config(tmp_path, imap_user, folders=["INBOX"]), "sync")
+    result = syncd(write_config(tmp_path, imap_user, folders=["INBOX"]), "sync")
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     lines = result.stderr.splitlines()
@@ -140,7 +133,7 @@ def test_sync_killed_mid_pass_resumes_exactly_once(tmp_path: Path, imap_user: Im
         (committed_uid,) = conn.execute("SELECT last_uid FROM sync_folders").fetchone()
     assert 0 < committed_uid < total, "the kill did not land mid-pass"
 
-    second = syncd(tmp_path, config, "sync", "--json")
+    second = syncd(config, "sync", "--json")
     assert second.returncode == 0, second.stderr
     report = json.loads(second.stdout)
     handed = sum(report[c] for c in ("logged", "duplicates", "skipped", "quarantined"))
@@ -157,9 +150,9 @@ def _logged_so_far(tmp_path: Path) -> int:
 
 def test_sync_unknown_inbox_and_bad_password(tmp_path: Path, imap_user: ImapUser) -> None:
     config = write_config(tmp_path, imap_user)
-    assert syncd(tmp_path, config, "sync", "--inbox", "nope").returncode == 2
+    assert syncd(config, "sync", "--inbox", "nope").returncode == 2
     config.write_text(config.read_text().replace(imap_user.password, "wrong-password"))
-    result = syncd(tmp_path, config, "sync", "--json")
+    result = syncd(config, "sync", "--json")
     assert result.returncode == 77  # EX_NOPERM: a refused login, not an unreachable server
     assert json.loads(result.stdout)["inboxes"][0]["state"] == "auth_failed"
     assert "wrong-password" not in result.stdout + result.stderr
@@ -175,11 +168,7 @@ def test_daemon_logs_new_mail_within_seconds_by_idle(tmp_path: Path, imap_user: 
     bob["imap"]["password"] = "wrong-password"
     settings["inboxes"].append(bob)
     config.write_text(json.dumps(settings))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "--config", str(config), "run"],
-        cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
-    )  # fmt: skip
-    try:
+    with syncd_run(config) as daemon:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             store = tmp_path / "var" / "syncd.sqlite3"
@@ -192,15 +181,11 @@ def test_daemon_logs_new_mail_within_seconds_by_idle(tmp_path: Path, imap_user: 
         while engagements(tmp_path) < 1:
             assert time.monotonic() - started < 10, "new mail not logged within 10 s"
             time.sleep(0.2)
-        status = json.loads(syncd(tmp_path, config, "status", "--json").stdout)
+        status = json.loads(syncd(config, "status", "--json").stdout)
         states = {inbox["name"]: inbox["state"] for inbox in status["inboxes"]}
         assert states == {"ada": "ok", "bob": "auth_failed"}
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        proc.kill()
-        _, stderr = proc.communicate()
-    assert "wrong-password" not in stderr
+        assert daemon.stop(15) == 0
+    assert "wrong-password" not in daemon.stderr
     # The refused login was tried once in all that time (it waits an hour to try again).
     mine = f"user=<{imap_user.name}>"  # the server and its log are shared by all tests
     refused = [
@@ -221,12 +206,12 @@ def _synced(store: Path) -> bool:
 
 def test_doctor_tries_each_login_and_the_store(tmp_path: Path, imap_user: ImapUser) -> None:
     config = write_config(tmp_path, imap_user)
-    result = syncd(tmp_path, config, "doctor", "--json")
+    result = syncd(config, "doctor", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     checks = {c["name"].split(" (")[0]: c for c in json.loads(result.stdout)}
     assert checks["imap login ada"]["ok"] is True
     config.write_text(config.read_text().replace(imap_user.password, "wrong-password"))
-    result = syncd(tmp_path, config, "doctor", "--json")
+    result = syncd(config, "doctor", "--json")
     assert result.returncode == 1
     (imap,) = [c for c in json.loads(result.stdout) if c["name"].startswith("imap")]
     assert imap["ok"] is False and "wrong-password" not in result.stdout
@@ -258,12 +243,10 @@ def test_60_mb_message_is_logged_without_its_attachment(
     settings = json.loads(config.read_text())
     settings["store"] = {"max_attachment_mb": 40}  # the 45 MB attachment is over it
     config.write_text(json.dumps(settings))
-    result = syncd(tmp_path, config, "sync", "--json")
+    result = syncd(config, "sync", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["logged"] == 1
-    timeline = json.loads(
-        syncd(tmp_path, config, "timeline", "carol@client.example", "--json").stdout
-    )
+    timeline = json.loads(syncd(config, "timeline", "carol@client.example", "--json").stdout)
     (item,) = timeline
     assert item["subject"] == "the big file"
     (attachment,) = item["attachments"]

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from bench.imap import fill_maildir
-from tests.integration.conftest import ImapUser
+from tests.integration.conftest import ImapUser, syncd
 from tests.integration.test_orphans import alive, descendants
-from tests.integration.test_sync_cli import syncd, write_config
+from tests.integration.test_sync_cli import write_config
 
 TOTAL = 2500
 LINE = re.compile(
@@ -50,8 +50,8 @@ def logged_so_far(tmp_path: Path) -> int:
         return 0
 
 
-def status_folder(tmp_path: Path, config: Path) -> dict[str, int]:
-    status = syncd(tmp_path, config, "status", "--json")
+def status_folder(config: Path) -> dict[str, int]:
+    status = syncd(config, "status", "--json")
     assert status.returncode == 0, status.stderr
     (inbox,) = json.loads(status.stdout)["inboxes"]
     (folder,) = inbox["folders"]
@@ -59,7 +59,7 @@ def status_folder(tmp_path: Path, config: Path) -> dict[str, int]:
 
 
 def assert_status_matches_store(tmp_path: Path, config: Path) -> dict[str, int]:
-    folder, held = status_folder(tmp_path, config), store_counts(tmp_path)
+    folder, held = status_folder(config), store_counts(tmp_path)
     assert folder["logged"] == held["emails"]
     assert folder["logged"] + folder["duplicates"] == held["sightings"]
     assert folder["quarantined"] == held["quarantined"]
@@ -99,7 +99,7 @@ def assert_none_left(family: set[int]) -> None:
 
 
 def rerun_finishes_exactly_once(tmp_path: Path, config: Path) -> None:
-    again = syncd(tmp_path, config, "sync", "--json")
+    again = syncd(config, "sync", "--json")
     assert again.returncode == 0, again.stderr
     folder = assert_status_matches_store(tmp_path, config)
     handed = sum(folder[c] for c in ("logged", "duplicates", "skipped", "quarantined"))

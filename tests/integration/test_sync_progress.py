@@ -14,8 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from bench.imap import fill_maildir
-from tests.integration.conftest import Dovecot, ImapUser
-from tests.integration.test_sync_cli import NOW, message, syncd, write_config
+from tests.integration.conftest import Dovecot, ImapUser, syncd
+from tests.integration.test_sync_cli import NOW, message, write_config
 
 TOTAL = 3000
 
@@ -69,7 +69,7 @@ def test_plain_progress_lines_in_a_pipe(tmp_path: Path, dovecot: Dovecot) -> Non
     for n in range(3):
         user.append("INBOX", message(n), NOW - timedelta(days=1))
     config = write_config(tmp_path, user, folders=["INBOX"])
-    result = syncd(tmp_path, config, "sync")
+    result = syncd(config, "sync")
     assert result.returncode == 0, result.stderr
     assert "  INBOX: 3/3\n" in result.stderr
     assert (

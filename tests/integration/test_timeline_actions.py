@@ -6,14 +6,9 @@ associate, disassociate, contacts set and delete (and the mail coming back)."""
 from __future__ import annotations
 
 import json
-import mailbox
-import os
-import signal
 import smtplib
 import sqlite3
 import subprocess
-import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,9 +16,17 @@ from typing import Any
 import pytest
 
 from syncd.store.erase import scan
-from tests.integration.conftest import ImapUser, Notify, free_port
+from tests.integration.conftest import (
+    ImapUser,
+    Notify,
+    as_json,
+    free_port,
+    syncd,
+    syncd_run,
+    wait_for,
+    write_mbox,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 ADA, BOB, CAROL, DAN = "ada@example.com", "bob@example.com", "carol@acme.com", "dan@gmail.com"
 LOG = "log@crm.example.com"
 # A Message-ID that holds Carol's address as a whole word, as some mailers make them.
@@ -76,16 +79,10 @@ class Env:
         self.config.write_text(config_text(self.store, extra, cap), encoding="utf-8")
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "syncd", "--config", str(self.config), *args],
-            cwd=self.tmp, capture_output=True, text=True, timeout=120,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )  # fmt: skip
+        return syncd(self.config, *args)
 
     def json(self, *args: str) -> Any:
-        done = self.run(*args, "--json")
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
+        return as_json(self.config, *args)
 
     def fails(self, code: int, *args: str) -> str:
         """Run a command that must exit ``code`` with one line on stderr; that line."""
@@ -96,12 +93,7 @@ class Env:
         return line
 
     def mbox(self, name: str, *messages: bytes) -> Path:
-        path = self.tmp / name
-        box = mailbox.mbox(path)
-        for raw in messages:
-            box.add(raw)
-        box.flush()
-        return path
+        return write_mbox(self.tmp / name, *messages)
 
     def imported(self, path: Path, *, owner: str | None = ADA) -> dict[str, int]:
         return self.json("import", str(path), *(["--owner", owner] if owner else []))
@@ -199,6 +191,57 @@ def test_bad_ids_and_records_get_one_line(env: Env, args: tuple[str, ...], code:
     assert env.timeline(CAROL) == before
 
 
+def test_an_email_is_named_by_its_message_id_too(env: Env) -> None:
+    """Every command that takes an engagement ID takes an email's Message-ID, with or
+    without <>, its domain in any case, as `email show` and `thread` do."""
+    env.imported(three_to_carol(env))
+    old, mid, new = (engagement_of(env, CAROL, m) for m in ("old@x", "mid@x", CAROL_MID))
+    assert env.json("pin", "<old@x>")["id"] == old
+    assert env.ids(CAROL) == ["old@x", CAROL_MID, "mid@x"]
+    assert env.json("unpin", " old@X ")["pinned"] is False
+    assert env.json("email", "show", f"<{CAROL_MID}>")["id"] == new
+    assert [i["id"] for i in env.json("thread", CAROL_MID)] == [new]
+    item = env.json("associate", f"<{CAROL_MID}>", "--contact", DAN)
+    assert (item["id"], item["associations"]["contacts"]) == (new, [CAROL, DAN])
+    done = env.run("disassociate", CAROL_MID, "--contact", DAN)
+    assert done.stdout.strip() == f"took #{new} off contact {DAN}"
+    assert env.json("remove", "<mid@X>") == {
+        "id": mid, "type": "email", "message_id": "mid@x", "subject": "Middle",
+        "date": "2024-02-01T10:00:00Z", "removed": True,
+    }  # fmt: skip
+    assert env.ids(CAROL) == [CAROL_MID, "old@x"]
+    assert env.fails(1, "pin", "mid@x") == "syncd: no email with Message-ID <mid@x>"
+
+
+# Each command that takes an engagement ID: its words before the ID, its options after.
+ENGAGEMENT_COMMANDS = [
+    (("email", "show"), ()),
+    (("thread",), ()),
+    (("pin",), ()),
+    (("unpin",), ()),
+    (("remove",), ()),
+    (("associate",), ("--contact", DAN)),
+    (("disassociate",), ("--contact", CAROL)),
+]
+NOT_AN_ID = "syncd: not an engagement id: '{}' (the #id timeline shows, or an email's Message-ID)"
+
+
+def test_every_engagement_command_names_an_unknown_or_hostile_id_alike(env: Env) -> None:
+    """One resolver: the same line and exit status from all seven commands; text from the
+    command line is shown escaped, and nothing is changed."""
+    env.imported(three_to_carol(env))
+    before = env.timeline(CAROL)
+    for words, options in ENGAGEMENT_COMMANDS:
+        missing = env.fails(1, *words, "<Nobody@NOWHERE.example>", *options)
+        assert missing == "syncd: no email with Message-ID <Nobody@nowhere.example>", words
+        hostile = env.fails(2, *words, "\x1b]0;pwned\x07\u202e9", *options)
+        assert hostile == NOT_AN_ID.format("\\x1b]0;pwned\\x07\\u202e9"), words
+    assert env.fails(1, "email", "show", "999999") == "syncd: no engagement 999999"
+    assert env.fails(2, "thread", "9" * 30) == NOT_AN_ID.format("9" * 30)
+    assert env.fails(1, "unpin", "\x1b[31m<ghost@x>") == "syncd: no email with Message-ID <ghost@x>"
+    assert env.timeline(CAROL) == before
+
+
 # --- remove -------------------------------------------------------------------------------
 
 
@@ -246,13 +289,7 @@ def test_removed_bcc_mail_stays_removed_when_sent_again(tmp_path: Path, notify: 
     bcc = f"bcc: {{listen: '127.0.0.1:{port}', addresses: [{LOG}], verify_sender: none}}\n"
     env = Env(tmp_path, bcc)
     raw = message(CAROL_MID, subject="By BCC")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "--config", str(env.config), "run"],
-        cwd=tmp_path, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "NOTIFY_SOCKET": str(notify.path), "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-    try:
-        notify.wait_for("READY=1")
+    with syncd_run(env.config, notify) as daemon:
         send(port, raw)
         wait_for(lambda: env.rows("SELECT count(*) FROM emails") == [(1,)])
         (item,) = env.timeline(CAROL)
@@ -263,23 +300,12 @@ def test_removed_bcc_mail_stays_removed_when_sent_again(tmp_path: Path, notify: 
         wait_for(lambda: env.rows("SELECT count(*) FROM spool") == [(0,)] and env.ids(CAROL))
         assert env.ids(CAROL) == ["other@x"]
         assert env.json("quarantine", "list") == []
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=25) == 0
-    finally:
-        daemon.kill()
-        daemon.communicate()
+        assert daemon.stop() == 0
 
 
 def send(port: int, raw: bytes) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
         smtp.sendmail(ADA, [LOG], raw)
-
-
-def wait_for(condition: Any, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def imap_config(env: Env, user: ImapUser) -> None:
@@ -494,23 +520,13 @@ def test_deleted_contact_mail_returns_when_bcc_logs_to_the_address(
     env = Env(tmp_path, bcc)
     env.imported(three_to_carol(env))
     env.json("contacts", "delete", CAROL)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "--config", str(env.config), "run"],
-        cwd=tmp_path, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "NOTIFY_SOCKET": str(notify.path), "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-    try:
-        notify.wait_for("READY=1")
+    with syncd_run(env.config, notify) as daemon:
         send(port, message("bcc@x", subject="By BCC", date="Wed, 01 May 2024 10:00:00 +0000"))
         wait_for(lambda: env.run("timeline", CAROL).returncode == 0)
         assert env.ids(CAROL) == ["bcc@x", CAROL_MID, "mid@x", "old@x"]
         carol = env.json("contacts", "show", CAROL)
         assert (carol["marketing_contact"], carol["owner"]) == (False, ADA)
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=25) == 0
-    finally:
-        daemon.kill()
-        daemon.communicate()
+        assert daemon.stop() == 0
 
 
 def test_erase_after_delete_leaves_no_byte_and_removed_mail_stays_removed(env: Env) -> None:

@@ -9,10 +9,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import os
 import smtplib
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,10 +21,9 @@ from typing import Any
 import pytest
 
 from syncd.outbound.tokens import new_key_line
-from tests.integration.conftest import Notify, free_port
+from tests.integration.conftest import Notify, as_json, free_port, syncd_run, wait_for
 from tests.integration.test_bcc import Sink
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 CLIENT = "client@customer.example"
 PASSWORD = "ada-browser-pw"
@@ -97,15 +93,6 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     driver.quit()
 
 
-def syncd(config: Path, *args: str) -> Any:
-    out = subprocess.run(
-        [sys.executable, "-m", "syncd", "--config", str(config), *args, "--json"],
-        cwd=config.parent, capture_output=True, text=True, check=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=30,
-    )  # fmt: skip
-    return json.loads(out.stdout)
-
-
 def html_mail(destination: str) -> bytes:
     message = EmailMessage()
     message["From"] = "Ada <ada@example.com>"
@@ -118,16 +105,6 @@ def html_mail(destination: str) -> bytes:
         subtype="html",
     )
     return message.as_bytes(policy=email.policy.SMTP)
-
-
-def wait_for(what: str, probe: Any, timeout: float = 15) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_relayed_html_opened_and_clicked_in_headless_chromium(
@@ -172,16 +149,8 @@ def test_relayed_html_opened_and_clicked_in_headless_chromium(
             }
         )
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "--config", str(config), "run"],
-        cwd=tmp_path,
-        env={**os.environ, "NOTIFY_SOCKET": str(notify.path), "PYTHONPATH": str(ROOT)},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     destination = f"http://127.0.0.1:{site.port}/landing?from=mail"
-    try:
-        notify.wait_for("READY=1")
+    with syncd_run(config, notify) as daemon:
         with smtplib.SMTP("127.0.0.1", submission_port, timeout=10) as client:
             client.login("ada@example.com", PASSWORD)
             client.sendmail("ada@example.com", [CLIENT], html_mail(destination))
@@ -196,7 +165,9 @@ def test_relayed_html_opened_and_clicked_in_headless_chromium(
         assert destination not in html
 
         # The relayed mail reaches the store through the drain; wait for its engagement.
-        wait_for("the relayed mail in the timeline", lambda: syncd(config, "timeline", CLIENT))
+        wait_for(
+            lambda: as_json(config, "timeline", CLIENT), 15, "the relayed mail in the timeline"
+        )
         # Submitter addresses are stored to the second and self_days: 0 still matches an
         # address seen in the current second: open only once that second has passed.
         time.sleep(1 - time.time() % 1 + 0.05)
@@ -209,36 +180,30 @@ def test_relayed_html_opened_and_clicked_in_headless_chromium(
         # person (a headless browser is how some readers' tools render mail).
         assert "HeadlessChrome" in browser.execute_script("return navigator.userAgent")
         opens = wait_for(
-            "the open in the feed",
-            lambda: [f for f in syncd(config, "tracking", "feed", "--all")
+            lambda: [f for f in as_json(config, "tracking", "feed", "--all")
                      if f["kind"] == "open"],
+            15, "the open in the feed",
         )  # fmt: skip
         browser.find_element("id", "offer").click()
-        wait_for("the destination page", lambda: browser.title == "landed")
+        wait_for(lambda: browser.title == "landed", 15, "the destination page")
         assert browser.current_url == destination
 
         feed = wait_for(
-            "the click in the feed",
             lambda: (
-                (f := syncd(config, "tracking", "feed", "--all"))
+                (f := as_json(config, "tracking", "feed", "--all"))
                 and any(i["kind"] == "click" for i in f)
                 and f
             ),
+            15,
+            "the click in the feed",
         )
         assert {(i["kind"], i["verdict"]) for i in feed} == {("open", "human"), ("click", "human")}
         assert [i["verdict"] for i in opens] == ["human"]
-        (entry,) = syncd(config, "timeline", CLIENT)
+        (entry,) = as_json(config, "timeline", CLIENT)
         assert entry["status"] == "clicked"
         tracking = entry["tracking"]
         assert tracking["opens"]["count"] >= 1
         assert tracking["clicks"]["count"] == 1
         assert tracking["clicks"]["links"] == [{"url": destination, "count": 1}]
         assert tracking["machine"]["opens"] == 0 and tracking["machine"]["clicks"] == 0
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=25)
-        finally:
-            proc.kill()
-            _, stderr = proc.communicate()
-    assert PASSWORD not in stderr
+    assert PASSWORD not in daemon.stderr

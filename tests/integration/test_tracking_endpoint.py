@@ -13,10 +13,7 @@ import asyncio
 import base64
 import http.client
 import json
-import os
-import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -35,7 +32,7 @@ from syncd.services.storeworker import StoreJob, StoreWorker
 from syncd.services.tracking import TrackingService
 from syncd.store import db
 from syncd.store import tracking as store
-from tests.integration.conftest import Notify, free_port
+from tests.integration.conftest import Notify, as_json, free_port, syncd_run
 
 HUMAN_UA = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 PIXEL_HEADERS = {
@@ -445,15 +442,7 @@ def test_syncd_run_with_tracking(tmp_path: Path, notify: Notify) -> None:
     engagement = worker.call(log_tracked, 20, datetime.now(UTC) - timedelta(hours=1))
     worker.close()
     signer = signer_of(config)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "--config", str(path), "run"],
-        cwd=tmp_path,
-        env={**os.environ, "NOTIFY_SOCKET": str(notify.path)},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        notify.wait_for("READY=1")
+    with syncd_run(path, notify) as daemon:
         port = t.listen.port
 
         def get(target: str) -> http.client.HTTPResponse:
@@ -472,7 +461,7 @@ def test_syncd_run_with_tracking(tmp_path: Path, notify: Notify) -> None:
         # The running daemon's counts reach `status` and /metrics with its heartbeat (5 s).
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            report = status_json(path, tmp_path)
+            report = status_json(path)
             if report["tracking"].get("bad_tokens") == 2:
                 break
             time.sleep(0.5)
@@ -481,12 +470,8 @@ def test_syncd_run_with_tracking(tmp_path: Path, notify: Notify) -> None:
         metrics = get_metrics(metrics_port)
         assert "syncd_tracking_bad_tokens_total 2.0" in metrics
         assert "syncd_tracking_dropped_total 0.0" in metrics
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        proc.kill()
-        _, stderr = proc.communicate()
-    assert "tracking on 127.0.0.1:" in stderr
+        assert daemon.stop(30) == 0
+    assert "tracking on 127.0.0.1:" in daemon.stderr
     conn = db.connect(config.store.path, readonly=True)
     rows = conn.execute("SELECT kind, verdict FROM tracking_hits ORDER BY id").fetchall()
     assert [tuple(r) for r in rows] == [("open", "human"), ("click", "human")]
@@ -495,19 +480,12 @@ def test_syncd_run_with_tracking(tmp_path: Path, notify: Notify) -> None:
         == "clicked"
     )
     conn.close()
-    hits = status_json(path, tmp_path)["tracking"]["hits"]
+    hits = status_json(path)["tracking"]["hits"]
     assert {v: n for v, n in hits.items() if n} == {"human": 2}
 
 
-def status_json(path: Path, cwd: Path) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-m", "syncd", "--config", str(path), "status", "--json"],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return dict(json.loads(result.stdout))
+def status_json(path: Path) -> dict[str, Any]:
+    return dict(as_json(path, "status"))
 
 
 def get_metrics(port: int) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import syncd.cli.main
+from syncd.cli.common import engagement_ref
 from syncd.cli.daemon import _Lines
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +113,45 @@ def test_help_describes_every_command() -> None:
         assert f"  {command} " in result.stdout
     for command in ("run", "sync", "status", "doctor"):
         assert syncd(command, "--help").returncode == 0
+
+
+DIGEST = "sha256:" + "0" * 64
+
+
+@pytest.mark.parametrize(
+    ("text", "ref"),
+    [
+        ("12", 12),
+        (" #12 ", 12),  # as timeline shows it
+        (str(2**63 - 1), 2**63 - 1),
+        ("<a@B.example>", "a@b.example"),  # the domain as the parser keys mail
+        (" a@B.example ", "a@b.example"),
+        ("<12>", "12"),  # a Message-ID of digits alone, by its <>
+        ("<1714550400/carol@acme.com>", "1714550400/carol@acme.com"),
+        (DIGEST, DIGEST),  # mail without a Message-ID
+        ("0", None),
+        ("-1", None),
+        (str(2**63), None),  # past SQLite's integers
+        ("١٢", None),  # digits, but not ASCII ones
+        ("abc", None),
+        ("12abc", None),
+        ("", None),
+        ("\x1b[31m1", None),
+        ("<\u202eevil@x>", None),
+    ],
+)
+def test_engagement_ref_reads_an_id_or_a_message_id(
+    text: str, ref: int | str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if ref is not None:
+        assert engagement_ref(text) == ref
+        return
+    with pytest.raises(SystemExit) as exited:
+        engagement_ref(text)
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("syncd: not an engagement id: '") and "\x1b" not in line
+    assert "\u202e" not in line
 
 
 def test_plain_progress_lines_are_throttled(capsys: pytest.CaptureFixture[str]) -> None:
