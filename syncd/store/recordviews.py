@@ -12,7 +12,7 @@ import sqlite3
 from typing import Any
 
 from syncd.crm.domains import registrable_domain
-from syncd.mail.addresses import normalise_domain
+from syncd.mail.addresses import domain_of, normalise_domain
 from syncd.store.queries import CONTACT_SQL, contact_summary, record_timeline, with_links
 
 # SQLite's integers stop here; a larger id names no record (and would not bind).
@@ -65,7 +65,7 @@ def company_find(conn: sqlite3.Connection, text: str) -> list[int]:
             return []
         row = conn.execute("SELECT id FROM companies WHERE id = ?", (number,)).fetchone()
         return [row[0]] if row else []
-    domain = normalise_domain(text.rpartition("@")[2])
+    domain = domain_of(text) or normalise_domain(text)
     for candidate in dict.fromkeys((domain, registrable_domain(domain) or domain)):
         row = conn.execute(
             "SELECT company_id FROM company_domains WHERE domain = ?", (candidate,)
