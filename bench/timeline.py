@@ -47,7 +47,7 @@ from bench.corpus import generate
 from syncd.crm.rules import InboxRule, RulesSettings
 from syncd.mail.provenance import Provenance
 from syncd.pipeline import Pipeline
-from syncd.store import db, mailview, queries, threads
+from syncd.store import db, items, mailview, queries, threads
 
 TEAM = {"ada@example.com": (), "bob@example.com": ()}
 MAX_ATTACHMENT = 50 * 1024 * 1024
@@ -138,15 +138,15 @@ def _row(label: str, ours: list[float], ceiling: list[float], rows: str) -> None
 
 # The ceilings: the rows each function returns, in one SELECT, nothing per row.
 TIMELINE_ROWS = (
-    queries.ENGAGEMENT_SQL + " WHERE g.id IN (SELECT engagement_id FROM engagement_contacts "
+    items.ITEM_SQL + " WHERE g.id IN (SELECT engagement_id FROM engagement_contacts "
     "WHERE contact_id = (SELECT contact_id FROM contact_addresses WHERE address = ?)) "
     f"ORDER BY {queries.TIMELINE_ORDER}"
 )
 THREAD_ROWS = (
-    queries.ENGAGEMENT_SQL + " WHERE e.thread_key = "
+    items.ITEM_SQL + " WHERE e.thread_key = "
     "(SELECT thread_key FROM emails WHERE engagement_id = ?) ORDER BY g.occurred_at, g.id"
 )
-SHOW_ROWS = queries.ENGAGEMENT_SQL + " WHERE g.id = ?"
+SHOW_ROWS = items.ENGAGEMENT_SQL + " WHERE g.id = ?"
 
 
 def measure(path: Path, sample: int) -> dict[str, Any]:

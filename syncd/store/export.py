@@ -12,14 +12,8 @@ from typing import Any
 
 from syncd.crm.model import CSV_FIELDS
 from syncd.store import tracking
-from syncd.store.queries import (
-    CONTACT_SQL,
-    ENGAGEMENT_SQL,
-    contact_show,
-    deals_list,
-    engagement_item,
-    tickets_list,
-)
+from syncd.store.items import ENGAGEMENT_SQL, engagement_item
+from syncd.store.queries import CONTACT_SQL, contact_show, deals_list, tickets_list
 
 CSV_COLUMNS = (
     *CSV_FIELDS,

@@ -5,7 +5,7 @@ An engagement is named by its id (the short, stable id every timeline item carri
 for an email, by its message key (its Message-ID as the parser normalises it, or the
 ``sha256:`` digest of mail without one); ``find`` says which engagement that is. What the
 user typed is read into one of those by the CLI (``cli/common.py:engagement_ref``).
-``email_view`` is the timeline item (``queries.engagement_item``: sources, associations,
+``email_view`` is the timeline item (``items.engagement_item``: sources, associations,
 tracking, attachments with their ids) plus what only a reader of the whole email wants:
 display names, the text body, the defects the parser noted and how many emails its
 thread holds. The raw bytes come from ``raw.raw_message``; an attachment's content from
@@ -19,7 +19,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from syncd.store import queries
+from syncd.store import items
 from syncd.store.blobs import HEX64, blob_path
 
 
@@ -49,11 +49,11 @@ def _people(text: str) -> list[dict[str, str]]:
 def email_view(conn: sqlite3.Connection, engagement_id: int) -> dict[str, Any] | None:
     """The email in full (the timeline item's fields and more); None if it is no email."""
     row = conn.execute(
-        queries.ENGAGEMENT_SQL + " WHERE g.id = ? AND g.type = 'email'", (engagement_id,)
+        items.ENGAGEMENT_SQL + " WHERE g.id = ? AND g.type = 'email'", (engagement_id,)
     ).fetchone()
     if row is None:
         return None
-    item = queries.engagement_item(conn, row)
+    item = items.engagement_item(conn, row)
     extra = conn.execute(
         "SELECT e.from_name, e.to_json, e.cc_json, e.size, e.thread_key, "
         "(SELECT count(*) FROM emails t WHERE t.thread_key = e.thread_key) AS in_thread, "

@@ -7,14 +7,13 @@ they are. Read-only; works on a read-only connection.
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from syncd.mail.addresses import normalise, normalise_domain
-from syncd.store import tracking
 from syncd.store.engagements import ASSOCIATION
+from syncd.store.items import ITEM_SQL, Ids, engagement_item, shaped
 from syncd.store.searchquery import QueryError, fts_query
 
 CONTACT_SQL = (
@@ -149,156 +148,70 @@ def contact_show(conn: sqlite3.Connection, address: str) -> dict[str, Any] | Non
     return item
 
 
-def _addresses(text: str) -> list[str]:
-    return [email for _name, email in json.loads(text or "[]")]
-
-
-def associations(conn: sqlite3.Connection, engagement_id: int) -> dict[str, list[Any]]:
-    """The records an engagement is associated with: contact emails, company names, ids."""
-    return {
-        "contacts": [
-            r[0]
-            for r in conn.execute(
-                "SELECT a.address FROM engagement_contacts e "
-                "JOIN contact_addresses a ON a.contact_id = e.contact_id AND a.is_primary = 1 "
-                "WHERE e.engagement_id = ? ORDER BY a.address",
-                (engagement_id,),
-            )
-        ],
-        "companies": [
-            r[0]
-            for r in conn.execute(
-                "SELECT c.name FROM engagement_companies e JOIN companies c ON c.id = e.company_id "
-                "WHERE e.engagement_id = ? ORDER BY c.name",
-                (engagement_id,),
-            )
-        ],
-        "deals": [
-            r[0]
-            for r in conn.execute(
-                "SELECT deal_id FROM engagement_deals WHERE engagement_id = ? ORDER BY deal_id",
-                (engagement_id,),
-            )
-        ],
-        "tickets": [
-            r[0]
-            for r in conn.execute(
-                "SELECT ticket_id FROM engagement_tickets WHERE engagement_id = ? "
-                "ORDER BY ticket_id",
-                (engagement_id,),
-            )
-        ],
-    }
-
-
-ENGAGEMENT_SQL = (
-    "SELECT g.id, g.type, g.occurred_at, g.owner, g.body AS note, g.status, g.pinned_at, "
-    "e.message_id, e.subject, e.direction, e.from_addr, e.to_json, e.cc_json, e.body, "
-    "e.date_missing FROM engagements g LEFT JOIN emails e ON e.engagement_id = g.id"
-)
-
-
-def engagement_item(
-    conn: sqlite3.Connection,
-    row: sqlite3.Row,
-    tracked: Mapping[int, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """One timeline entry as the JSON contract shapes it. ``tracked`` is
-    ``tracking.summaries`` for a set of engagements this one is in (read here if None)."""
-    engagement_id = row["id"]
-    is_email = row["type"] == "email"
-    item: dict[str, Any] = {
-        "id": engagement_id,
-        "type": row["type"],
-        "message_id": row["message_id"],
-        "subject": row["subject"],
-        "date": row["occurred_at"],
-        "direction": row["direction"],
-        "from": row["from_addr"] if is_email else row["owner"],
-        "to": _addresses(row["to_json"]) if is_email else [],
-        "sources": [
-            r[0]
-            for r in conn.execute(
-                "SELECT DISTINCT label FROM sightings WHERE engagement_id = ? ORDER BY label",
-                (engagement_id,),
-            )
-        ],
-        "status": row["status"],
-        "pinned": row["pinned_at"] is not None,
-        "associations": associations(conn, engagement_id),
-    }
-    if is_email:
-        if tracked is None:
-            tracked = tracking.summaries(conn, [engagement_id])
-        summary = tracked.get(engagement_id)
-        item["status"] = tracking.status_of(summary, row["status"])
-        item["tracking"] = summary
-        item["cc"] = _addresses(row["cc_json"])
-        item["attachments"] = [
-            {
-                "id": r["id"],
-                "filename": r["filename"],
-                "content_type": r["content_type"],
-                "size": r["size"],
-                "sha256": r["sha256"],
-                "stored": bool(r["stored"]),
-                "note": r["note"],
-            }
-            for r in conn.execute(
-                "SELECT id, filename, content_type, size, sha256, stored, note FROM attachments "
-                "WHERE engagement_id = ? ORDER BY id",
-                (engagement_id,),
-            )
-        ]
-    else:
-        item["text"] = row["note"]
-    return item
-
-
 # The order of every timeline (a contact's, a company's, a deal's, a ticket's): pinned
 # items first, then newest first, the id last so that the order is total. A removed
 # engagement is deleted (store/actions.py), so no timeline needs to leave it out.
 TIMELINE_ORDER = "g.pinned_at IS NULL, g.occurred_at DESC, g.id DESC"
 
 
-def timeline_of(
+def timeline_rows(
     conn: sqlite3.Connection, engagement_ids: str, args: Sequence[Any] = ()
-) -> list[dict[str, Any]]:
-    """The timeline of the engagements the SQL ``engagement_ids`` selects (one column of
-    engagement ids, its ``?`` bound to ``args``), each shaped by ``engagement_item``.
+) -> tuple[list[tuple[Any, ...]], Ids]:
+    """The ``items.ITEM_SQL`` rows (tuples) of the engagements the SQL ``engagement_ids``
+    selects (one column of engagement ids, its ``?`` bound to ``args``), in timeline
+    order, and that set as ``items.Ids``.
 
     The one place that orders and filters a timeline: the contact, company, deal and
     ticket timelines all come through here, so what shows and in which order is the
     same on every record. Pinned first, then newest first (``TIMELINE_ORDER``)."""
-    rows = conn.execute(
-        f"{ENGAGEMENT_SQL} WHERE g.id IN ({engagement_ids}) ORDER BY {TIMELINE_ORDER}",
-        tuple(args),
+    ids = Ids(engagement_ids, tuple(args))
+    cursor = conn.cursor()
+    cursor.row_factory = None  # tuples: items.shape reads them by position
+    rows = cursor.execute(
+        f"{ITEM_SQL} WHERE g.id IN ({ids.sql}) ORDER BY {TIMELINE_ORDER}", ids.args
     ).fetchall()
-    tracked = tracking.summaries(conn, [r["id"] for r in rows])
-    return [engagement_item(conn, r, tracked) for r in rows]
+    return rows, ids
+
+
+def timeline_of(
+    conn: sqlite3.Connection, engagement_ids: str, args: Sequence[Any] = ()
+) -> list[dict[str, Any]]:
+    """The timeline of the engagements ``engagement_ids`` selects (as ``timeline_rows``),
+    each shaped by ``items.shape``, in a fixed number of statements however long it is."""
+    return shaped(conn, *timeline_rows(conn, engagement_ids, args))
+
+
+def record_engagements(kind: str, record_id: int) -> tuple[str, tuple[int]]:
+    """The SQL selecting one record's engagement ids and its argument: ``kind`` is
+    contact, company, deal or ticket (a key of ``engagements.ASSOCIATION``, never user
+    input: it names fixed tables)."""
+    table, column, _records = ASSOCIATION[kind]
+    return f"SELECT engagement_id FROM {table} WHERE {column} = ?", (record_id,)
 
 
 def record_timeline(conn: sqlite3.Connection, kind: str, record_id: int) -> list[dict[str, Any]]:
-    """The timeline of one record: ``kind`` is contact, company, deal or ticket (a key of
-    ``engagements.ASSOCIATION``, never user input: it names fixed tables)."""
-    table, column, _records = ASSOCIATION[kind]
-    return timeline_of(conn, f"SELECT engagement_id FROM {table} WHERE {column} = ?", (record_id,))
+    """The timeline of one record of ``kind`` (as ``record_engagements``)."""
+    return timeline_of(conn, *record_engagements(kind, record_id))
+
+
+def contact_of(conn: sqlite3.Connection, address: str) -> int | None:
+    """The id of the contact with ``address``; None if no contact has it."""
+    row = conn.execute(
+        "SELECT contact_id FROM contact_addresses WHERE address = ?", (normalise(address),)
+    ).fetchone()
+    return None if row is None else int(row[0])
 
 
 def timeline(conn: sqlite3.Connection, address: str) -> list[dict[str, Any]] | None:
     """The contact's engagements, pinned first, then newest first; None if no contact
     has ``address``."""
-    row = conn.execute(
-        "SELECT contact_id FROM contact_addresses WHERE address = ?", (normalise(address),)
-    ).fetchone()
-    if row is None:
-        return None
-    return record_timeline(conn, "contact", row[0])
+    contact_id = contact_of(conn, address)
+    return None if contact_id is None else record_timeline(conn, "contact", contact_id)
 
 
 def engagement(conn: sqlite3.Connection, engagement_id: int) -> dict[str, Any] | None:
     """One engagement as a timeline shows it; None if there is no such engagement."""
-    row = conn.execute(ENGAGEMENT_SQL + " WHERE g.id = ?", (engagement_id,)).fetchone()
+    row = conn.execute(ITEM_SQL + " WHERE g.id = ?", (engagement_id,)).fetchone()
     return None if row is None else engagement_item(conn, row)
 
 

@@ -15,14 +15,13 @@ thread with a count.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from syncd.mail.provenance import Provenance
 from syncd.mail.threads import names_a_message, thread_key
-from syncd.store import queries, tracking
+from syncd.store import items, queries
 
 if TYPE_CHECKING:
     from syncd.mail.parse import Email
@@ -88,34 +87,21 @@ def thread(conn: sqlite3.Connection, engagement_id: int) -> list[dict[str, Any]]
     ids = thread_of(conn, engagement_id)
     if not ids:
         return []
+    members = items.listed(ids)
     rows = {
-        r["id"]: r
-        for r in conn.execute(
-            queries.ENGAGEMENT_SQL + " WHERE g.id IN (SELECT value FROM json_each(?))",
-            (json.dumps(ids),),
-        )
+        r[0]: r
+        for r in conn.execute(f"{items.ITEM_SQL} WHERE g.id IN ({members.sql})", members.args)
     }
-    tracked = tracking.summaries(conn, ids)
-    return [queries.engagement_item(conn, rows[i], tracked) for i in ids if i in rows]
+    return items.shaped(conn, [rows[i] for i in ids if i in rows], members)
 
 
-def thread_keys(conn: sqlite3.Connection, engagement_ids: Sequence[int]) -> dict[int, str]:
-    """The thread key of each email among ``engagement_ids`` (other engagements absent)."""
-    rows = conn.execute(
-        "SELECT engagement_id, thread_key FROM emails "
-        "WHERE engagement_id IN (SELECT value FROM json_each(?)) AND thread_key IS NOT NULL",
-        (json.dumps(list(engagement_ids)),),
-    )
-    return {r[0]: r[1] for r in rows}
-
-
-def fold(items: Sequence[dict[str, Any]], keys: Mapping[int, str]) -> list[dict[str, Any]]:
+def fold(timeline: Sequence[dict[str, Any]], keys: Mapping[int, str]) -> list[dict[str, Any]]:
     """One entry per thread, ``{"count", "ids", "latest", "pinned"}``, where the thread's
-    first item stands in ``items`` (so a timeline's order, pins first, holds). ``latest``
+    first item stands in ``timeline`` (so a timeline's order, pins first, holds). ``latest``
     is the thread's newest item, ``ids`` its items' ids newest first, ``pinned`` whether
     any of them is. Notes, calls and emails without a key are threads of their own."""
     groups: dict[Any, list[dict[str, Any]]] = {}
-    for item in items:
+    for item in timeline:
         key = keys.get(item["id"])
         groups.setdefault(("thread", key) if key else ("item", item["id"]), []).append(item)
     folded = []
@@ -135,8 +121,10 @@ def fold(items: Sequence[dict[str, Any]], keys: Mapping[int, str]) -> list[dict[
 
 def folded_timeline(conn: sqlite3.Connection, address: str) -> list[dict[str, Any]] | None:
     """The contact's timeline with each thread folded (``fold``); None if no contact has
-    ``address``."""
-    items = queries.timeline(conn, address)
-    if items is None:
+    ``address``. The thread keys come with the timeline's rows: no statement of their
+    own."""
+    contact_id = queries.contact_of(conn, address)
+    if contact_id is None:
         return None
-    return fold(items, thread_keys(conn, [i["id"] for i in items]))
+    rows, ids = queries.timeline_rows(conn, *queries.record_engagements("contact", contact_id))
+    return fold(items.shaped(conn, rows, ids), items.thread_keys(rows))
