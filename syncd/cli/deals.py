@@ -10,6 +10,10 @@ that is not a number, an unknown stage or status).
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from syncd.cli.common import (
@@ -91,15 +95,7 @@ def deals_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def deals_show(ctx: click.Context, deal: str, as_json: bool) -> None:
     """One deal with its contacts, companies and the timeline of its engagements."""
-    deal_id = record_id(deal, "deal")
-    with open_store(ctx, readonly=True) as (_config, conn):
-        found = recordviews.deal_show(conn, deal_id)
-    if found is None:
-        fail(f"no deal {deal_id}")
-    if as_json:
-        emit_json(found)
-        return
-    print_record(found)
+    _show(ctx, "deal", deal, recordviews.deal_show, as_json)
 
 
 @click.group("tickets")
@@ -146,15 +142,26 @@ def tickets_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def tickets_show(ctx: click.Context, ticket: str, as_json: bool) -> None:
     """One ticket with its contacts, companies and the timeline of its engagements."""
-    ticket_id = record_id(ticket, "ticket")
+    _show(ctx, "ticket", ticket, recordviews.ticket_show, as_json)
+
+
+def _show(
+    ctx: click.Context,
+    kind: str,
+    text: str,
+    read: Callable[[sqlite3.Connection, int], dict[str, Any] | None],
+    as_json: bool,
+) -> None:
+    """Print the deal or ticket ``text`` names, with its timeline (``read`` finds it)."""
+    number = record_id(text, kind)
     with open_store(ctx, readonly=True) as (_config, conn):
-        found = recordviews.ticket_show(conn, ticket_id)
+        found = read(conn, number)
     if found is None:
-        fail(f"no ticket {ticket_id}")
+        fail(f"no {kind} {number}")
     if as_json:
         emit_json(found)
-        return
-    print_record(found)
+    else:
+        print_record(found)
 
 
 @click.group("notes")
