@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _LOOPBACK_NAMES = {"localhost"}
 
@@ -37,6 +37,7 @@ _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 # Stored addresses are cut to these prefixes unless the admin asks for full ones: /24 and
 # /48 still tell an office or a provider apart, not a person's machine.
+ANSWERS_KEPT = 100_000  # per IpRules; each entry well under 200 bytes
 TRUNCATE_V4 = 24
 TRUNCATE_V6 = 48
 
@@ -134,6 +135,11 @@ class IpRules:
     blocked: tuple[Network, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
     scanner_ranges: tuple[Network, ...] = ()
+    # The writer asks both questions of every hit, mostly about the same readers'
+    # addresses: each answer is kept (bounded) rather than walk the ranges again.
+    _answers: dict[tuple[str, str], bool] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def parse(
@@ -177,11 +183,19 @@ class IpRules:
 
     def is_blocked(self, ip: str) -> bool:
         """True when ``ip`` (or a stored truncated network) is inside ``blocked_ips``."""
-        return in_any(ip, self.blocked)
+        return self._answer("blocked", ip, self.blocked)
 
     def is_scanner(self, ip: str) -> bool:
         """True when ``ip`` is inside a known link-scanner range."""
-        return in_any(ip, self.scanner_ranges)
+        return self._answer("scanner", ip, self.scanner_ranges)
+
+    def _answer(self, rule: str, ip: str, networks: tuple[Network, ...]) -> bool:
+        answer = self._answers.get((rule, ip))
+        if answer is None:
+            if len(self._answers) >= ANSWERS_KEPT:
+                self._answers.clear()
+            answer = self._answers[rule, ip] = in_any(ip, networks)
+        return answer
 
     def is_trusted_proxy(self, ip: str) -> bool:
         addr = parse_ip(ip)

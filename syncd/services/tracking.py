@@ -134,25 +134,23 @@ def judge_and_store(
         if judging.self_days
         else datetime.max.replace(tzinfo=UTC)
     )
-    window = timedelta(seconds=judging.thresholds.scanner_burst_seconds)
-    first: dict[int, datetime] = {}
-    for raw in batch:
-        first[raw.message_id] = min(raw.at, first.get(raw.message_id, raw.at))
+    # Clicks older than the batch's first hit less the burst window cannot be in a burst
+    # with any of its hits.
+    clicks_since = min((raw.at for raw in batch), default=datetime.now(UTC)) - timedelta(
+        seconds=judging.thresholds.scanner_burst_seconds
+    )
     with session.batch() as conn:
-        # Per message, once a batch, only what the rules look at (a human open seen, the
-        # clicks of the burst window), then the batch's own hits as they are judged: a
-        # message with many hits costs no more than one with few.
-        seen: dict[int, tuple[store.Recent, list[verdicts.JudgedHit]] | None] = {}
-        ips_of: dict[str, frozenset[str]] = {}
+        # Once a batch, only what the rules look at (a human open seen, the clicks of the
+        # burst window), then the batch's own hits as they are judged: a message with
+        # many hits costs no more than one with few.
+        found = store.recent(conn, (raw.message_id for raw in batch), since, clicks_since)
+        seen = {mid: (recent, _earlier(recent)) for mid, recent in found.items()}
+        opened = {mid for mid, recent in found.items() if recent.human_open is not None}
         rows: list[store.StoredHit] = []
         raised: dict[int, str] = {}  # engagement -> status its human hits give it
         rejudge: set[int] = set()
         for raw in batch:
-            if raw.message_id not in seen:
-                clicks_since = first[raw.message_id] - window
-                recent = store.recent(conn, raw.message_id, since, clicks_since, ips_of)
-                seen[raw.message_id] = None if recent is None else (recent, _earlier(recent))
-            entry = seen[raw.message_id]
+            entry = seen.get(raw.message_id)
             if entry is None:
                 counts["unknown"] += 1
                 continue
@@ -160,7 +158,14 @@ def judge_and_store(
             hit = verdicts.Hit(raw.kind, raw.at, raw.ip, raw.user_agent, raw.link_index)
             context = verdicts.MessageContext(recent.relayed_at, recent.sender_ips, earlier)
             verdict = verdicts.judge(hit, context, judging.rules, judging.thresholds)
-            earlier.append(verdicts.JudgedHit(hit, verdict))
+            # The rules look back at clicks and at whether a person opened; keeping only
+            # those (one open) keeps a message's hundredth hit in a batch as cheap as its
+            # first.
+            human = verdict.verdict == verdicts.HUMAN
+            if raw.kind == "click" or (human and raw.message_id not in opened):
+                earlier.append(verdicts.JudgedHit(hit, verdict))
+                if human:
+                    opened.add(raw.message_id)
             kept_ip = raw.ip if judging.keep_full_ips else _truncate(raw.ip)
             rows.append(
                 store.StoredHit(
@@ -176,7 +181,7 @@ def judge_and_store(
                 )
             )
             counts[verdict.verdict] += 1
-            if verdict.verdict == verdicts.HUMAN and recent.engagement_id is not None:
+            if human and recent.engagement_id is not None:
                 if raw.kind == "click" or raised.get(recent.engagement_id) != "clicked":
                     raised[recent.engagement_id] = "clicked" if raw.kind == "click" else "opened"
             elif raw.kind == "click" and verdict.verdict == verdicts.SCANNER:
@@ -185,13 +190,11 @@ def judge_and_store(
         for engagement_id, status in raised.items():
             store.raise_status(conn, engagement_id, status)
         for message_id in rejudge:
-            entry = seen[message_id]
-            assert entry is not None
-            _rejudge(conn, entry[0], judging)
+            _rejudge(conn, seen[message_id][0], judging)
             store.update_status(conn, message_id)  # a re-judge may take a status back
         if notify is not None:
-            human = (row for row in rows if row.verdict == verdicts.HUMAN)
-            events = [e for e in (store.event(conn, row) for row in human) if e is not None]
+            people = (row for row in rows if row.verdict == verdicts.HUMAN)
+            events = [e for e in (store.event(conn, row) for row in people) if e is not None]
     for event in events:  # only once the hits are committed
         notify(event)  # type: ignore[misc]
     return counts

@@ -119,13 +119,12 @@ def hits(conn: sqlite3.Connection, message_id: int) -> list[StoredHit]:
 
 def record_hits(conn: sqlite3.Connection, batch: Iterable[StoredHit]) -> int:
     """Store hits whose message is known; how many were stored."""
-    stored = 0
-    for hit in batch:
-        cursor = conn.execute(
-            "INSERT INTO tracking_hits"
-            " (message_id, kind, link_idx, at, ip, user_agent, verdict, inferred_open, reason)"
-            " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS"
-            " (SELECT 1 FROM tracked_messages WHERE id = ?)",
+    cursor = conn.executemany(
+        "INSERT INTO tracking_hits"
+        " (message_id, kind, link_idx, at, ip, user_agent, verdict, inferred_open, reason)"
+        " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS"
+        " (SELECT 1 FROM tracked_messages WHERE id = ?)",
+        [
             (
                 hit.message_id,
                 hit.kind,
@@ -137,10 +136,11 @@ def record_hits(conn: sqlite3.Connection, batch: Iterable[StoredHit]) -> int:
                 int(hit.inferred_open),
                 hit.reason,
                 hit.message_id,
-            ),
-        )
-        stored += cursor.rowcount
-    return stored
+            )
+            for hit in batch
+        ],
+    )
+    return max(cursor.rowcount, 0)
 
 
 def set_verdicts(
@@ -232,42 +232,53 @@ def sender_ips(conn: sqlite3.Connection, member: str, since: datetime) -> frozen
 
 def recent(
     conn: sqlite3.Connection,
-    message_id: int,
+    message_ids: Iterable[int],
     since: datetime,
     clicks_since: datetime,
-    ips_of: dict[str, frozenset[str]] | None = None,
-) -> Recent | None:
-    """A tracked message as the verdict rules see a new hit of it (the sender's addresses
-    seen after ``since``); None if the message is not tracked. ``ips_of`` caches the
-    senders' addresses across calls (one batch of hits)."""
-    row = conn.execute(
-        "SELECT sender, relayed_at, engagement_id FROM tracked_messages WHERE id = ?",
-        (message_id,),
-    ).fetchone()
-    if row is None:
-        return None
-    ips_of = {} if ips_of is None else ips_of
-    if row[0] not in ips_of:
-        ips_of[row[0]] = sender_ips(conn, row[0], since)
-    # One read: the clicks of the burst window and the human (or inferred) opens.
-    hits = [
-        _stored(message_id, r)
+) -> dict[int, Recent]:
+    """Tracked messages as the verdict rules see new hits of them, in three statements
+    however many messages and hits: each message's clicks after ``clicks_since`` and its
+    first human (or inferred) open, both read through indexes, so a message opened a
+    thousand times costs what one opened once does; the sender's addresses seen after
+    ``since``. Messages not tracked are left out."""
+    ids = json.dumps(sorted(set(message_ids)))
+    rows = conn.execute(
+        "SELECT id, sender, relayed_at, engagement_id FROM tracked_messages"
+        " WHERE id IN (SELECT value FROM json_each(?))",
+        (ids,),
+    ).fetchall()
+    clicks: dict[int, list[StoredHit]] = {}
+    for r in conn.execute(
+        f"SELECT message_id, {_HIT_COLUMNS} FROM tracking_hits"
+        " WHERE message_id IN (SELECT value FROM json_each(?)) AND at >= ? AND kind = 'click'"
+        " ORDER BY message_id, at, id",
+        (ids, iso(clicks_since)),
+    ):
+        clicks.setdefault(r[0], []).append(_stored(r[0], r[1:]))
+    first_open = {
+        r[0]: _stored(r[0], r[1:])
         for r in conn.execute(
-            f"SELECT {_HIT_COLUMNS} FROM tracking_hits WHERE message_id = ? AND"
-            " ((kind = 'click' AND at >= ?)"
-            " OR (verdict = 'human' AND (kind = 'open' OR inferred_open)))"
-            " ORDER BY at, id",
-            (message_id, iso(clicks_since)),
+            f"SELECT m.value, {_HIT_COLUMNS} FROM json_each(?) m JOIN tracking_hits h ON h.id ="
+            " (SELECT id FROM tracking_hits WHERE message_id = m.value AND verdict = 'human'"
+            " AND (kind = 'open' OR inferred_open) ORDER BY at, id LIMIT 1)",
+            (ids,),
         )
-    ]
-    opened = next(
-        (h for h in hits if h.verdict == "human" and (h.kind == "open" or h.inferred_open)),
-        None,
-    )
-    clicks = tuple(
-        h for h in hits if h.kind == "click" and h.at >= clicks_since.replace(microsecond=0)
-    )
-    return Recent(message_id, row[0], parse(row[1]), ips_of[row[0]], opened, clicks, row[2])
+    }
+    ips_of: dict[str, frozenset[str]] = {}
+    found: dict[int, Recent] = {}
+    for message_id, sender, relayed_at, engagement_id in rows:
+        if sender not in ips_of:
+            ips_of[sender] = sender_ips(conn, sender, since)
+        found[message_id] = Recent(
+            message_id,
+            sender,
+            parse(relayed_at),
+            ips_of[sender],
+            first_open.get(message_id),
+            tuple(clicks.get(message_id, ())),
+            engagement_id,
+        )
+    return found
 
 
 def raise_status(conn: sqlite3.Connection, engagement_id: int, status: str) -> None:

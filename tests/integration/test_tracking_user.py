@@ -485,3 +485,48 @@ def test_notify_full_queue_drops_and_counts(tmp_path: Path) -> None:
     assert slow.counts["dropped"] >= 7
     assert slow.counts["run"] == marker.read_text().count("x") >= 1
     assert os.path.exists(marker)
+
+
+def _steps(conn: sqlite3.Connection, message_id: int) -> tuple[tracking.Recent, int]:
+    """``tracking.recent`` and the SQLite VM steps it took (counted 10 at a time)."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    conn.set_progress_handler(count, 10)
+    try:
+        found = tracking.recent(conn, [message_id], SENT, at(500))
+    finally:
+        conn.set_progress_handler(None, 0)
+    return found[message_id], steps
+
+
+def test_judging_a_hit_reads_the_same_however_often_the_message_was_opened(env: Env) -> None:
+    """What a new hit is judged against (the first human open, the clicks of the burst
+    window) is read through indexes: a message opened 5,000 times (by people and by
+    machines) costs no more to judge than one opened once."""
+    track(env, 21, log_mail(env, "once@x", "carol@acme.com", "Once", 0), to="carol@acme.com")
+    track(env, 22, log_mail(env, "often@x", "carol@acme.com", "Often", 1), to="carol@acme.com")
+    store_hits(
+        env, hit(21, "open", 5, "machine"), hit(21, "open", 10), hit(21, "click", 501, link=0)
+    )
+    store_hits(
+        env,
+        *(hit(22, "open", 5 + i / 100, "machine") for i in range(2500)),
+        *(hit(22, "open", 10 + i / 100) for i in range(2500)),
+        hit(22, "click", 400, link=0),  # before the burst window: not read
+        hit(22, "click", 501, link=0),
+    )
+    conn = env.connect()
+    try:
+        once, once_steps = _steps(conn, 21)
+        often, often_steps = _steps(conn, 22)
+    finally:
+        conn.close()
+    assert once.human_open is not None and often.human_open is not None
+    assert often.human_open.at == at(10)  # the first human open
+    assert [c.at for c in often.clicks] == [at(501)]
+    assert often_steps <= once_steps + 2
