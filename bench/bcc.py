@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import resource
 import shutil
 import smtplib
 import statistics
@@ -97,17 +98,21 @@ def drive(
         threading.Thread(target=_client_run, args=(port, share, lat, rcpt, login))
         for share, lat in zip(shares, latencies, strict=True)
     ]
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    used = after.ru_utime - cpu.ru_utime + after.ru_stime - cpu.ru_stime
     every = sorted(x for lat in latencies for x in lat)
     return {
         "rate": len(every) / elapsed,
         "p50_ms": statistics.median(every) * 1000,
         "p99_ms": every[max(0, int(len(every) * 0.99) - 1)] * 1000,
+        "client_ms": used * 1000 / len(every),  # the clients' own CPU per message
     }
 
 
