@@ -187,8 +187,10 @@ def judge_and_store(
             elif raw.kind == "click" and verdict.verdict == verdicts.SCANNER:
                 rejudge.add(raw.message_id)
         store.record_hits(conn, rows)
-        for engagement_id, status in raised.items():
-            store.raise_status(conn, engagement_id, status)
+        for status in ("opened", "clicked"):
+            ids = [e for e, s in raised.items() if s == status]
+            if ids:
+                store.raise_status(conn, ids, status)
         for message_id in rejudge:
             _rejudge(conn, seen[message_id][0], judging)
             store.update_status(conn, message_id)  # a re-judge may take a status back

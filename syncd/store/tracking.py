@@ -281,14 +281,15 @@ def recent(
     return found
 
 
-def raise_status(conn: sqlite3.Connection, engagement_id: int, status: str) -> None:
-    """Move an engagement up to ``status`` (``opened`` or ``clicked``), never down: for
-    a human hit judged as it came. ``update_status`` recomputes after a re-judge."""
+def raise_status(conn: sqlite3.Connection, engagement_ids: Iterable[int], status: str) -> None:
+    """Move engagements up to ``status`` (``opened`` or ``clicked``), never down, in one
+    statement: for human hits judged as they came. ``update_status`` recomputes after a
+    re-judge."""
     below = ("sent", "opened") if status == "clicked" else ("sent",)
     conn.execute(
-        f"UPDATE engagements SET status = ? WHERE id = ?"
+        f"UPDATE engagements SET status = ? WHERE id IN (SELECT value FROM json_each(?))"
         f" AND (status IS NULL OR status IN ({', '.join('?' * len(below))}))",
-        (status, engagement_id, *below),
+        (status, json.dumps(sorted(set(engagement_ids))), *below),
     )
 
 
