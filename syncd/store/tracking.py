@@ -237,10 +237,10 @@ def recent(
     clicks_since: datetime,
 ) -> dict[int, Recent]:
     """Tracked messages as the verdict rules see new hits of them, in three statements
-    however many messages and hits: each message's clicks after ``clicks_since`` and its
-    first human (or inferred) open, both read through indexes, so a message opened a
-    thousand times costs what one opened once does; the sender's addresses seen after
-    ``since``. Messages not tracked are left out."""
+    (and one per sender) however many messages and hits: each message's clicks after
+    ``clicks_since`` and its first human (or inferred) open, both read through indexes,
+    so a message opened a thousand times costs what one opened once does; the sender's
+    addresses seen after ``since``. Messages not tracked are left out."""
     ids = json.dumps(sorted(set(message_ids)))
     rows = conn.execute(
         "SELECT id, sender, relayed_at, engagement_id FROM tracked_messages"
