@@ -189,21 +189,25 @@ def rejudge(
     sender_ips: frozenset[str],
     rules: IpRules,
     thresholds: Thresholds | None = None,
+    before: Sequence[JudgedHit] = (),
 ) -> list[JudgedHit]:
     """Every hit of one message judged again, in time order, seeing the whole message.
 
     Unlike ``judge``, a burst marks all its clicks (the ones before the third as well).
     Earlier verdicts feed later ones (inferred opens, click-before-open), so the hits are
-    sorted by time first; the result is in that order.
+    sorted by time first; the result is in that order. ``before``: hits older than all of
+    ``hits``, with the verdicts they keep, seen as context (the clicks a burst may start
+    from, the first human open) but not judged again.
     """
     t = thresholds or Thresholds()
     ordered = sorted(hits, key=lambda h: h.at)
     context = MessageContext(relayed_at, sender_ips)
-    judged: list[JudgedHit] = []
+    others = [*(j.hit for j in before), *ordered]
+    judged: list[JudgedHit] = list(before)
     for hit in ordered:
-        verdict = _decide(hit, context, ordered, judged, rules, t)
+        verdict = _decide(hit, context, others, judged, rules, t)
         judged.append(JudgedHit(hit, verdict))
-    return judged
+    return judged[len(before) :]
 
 
 def _decide(

@@ -39,6 +39,7 @@ from syncd.services.storeworker import StoreJob
 from syncd.store import db
 from syncd.store import tracking as store
 from syncd.store.session import StoreSession
+from syncd.store.timestamps import iso, parse
 
 log = logging.getLogger("syncd.tracking")
 STOP_GRACE_SECONDS = 5.0
@@ -192,7 +193,7 @@ def judge_and_store(
             if ids:
                 store.raise_status(conn, ids, status)
         for message_id in rejudge:
-            _rejudge(conn, seen[message_id][0], judging)
+            _rejudge(conn, seen[message_id][0], judging, clicks_since)
             store.update_status(conn, message_id)  # a re-judge may take a status back
         if notify is not None:
             people = (row for row in rows if row.verdict == verdicts.HUMAN)
@@ -214,13 +215,29 @@ def _earlier(recent: store.Recent) -> list[verdicts.JudgedHit]:
     return [_judged(h) for h in sorted(hits, key=lambda h: h.at)]
 
 
-def _rejudge(conn: sqlite3.Connection, ctx: store.Recent, judging: Judging) -> None:
-    stored = store.hits(conn, ctx.message_id)
-    hits = [_judged(h).hit for h in stored]
+def _rejudge(
+    conn: sqlite3.Connection, ctx: store.Recent, judging: Judging, start: datetime
+) -> None:
+    """Judge again the message's hits from ``start`` on, where every burst that holds a
+    hit of the batch begins; older hits keep their verdicts and are context: the clicks
+    within a burst window before ``start`` and the first human open. What this reads does
+    not grow with the message's history."""
+    start = parse(iso(start))  # hits are stored to the second
+    window = timedelta(seconds=judging.thresholds.scanner_burst_seconds + 1)
+    loaded = store.hits(conn, ctx.message_id, since=start - window)
+    stored = [h for h in loaded if h.at >= start]
+    before = [h for h in loaded if h.at < start]
+    if ctx.human_open is not None and ctx.human_open.at < start - window:
+        before.insert(0, ctx.human_open)
     again = verdicts.rejudge(
-        hits, ctx.relayed_at, ctx.sender_ips, judging.rules, judging.thresholds
+        [_judged(h).hit for h in stored],
+        ctx.relayed_at,
+        ctx.sender_ips,
+        judging.rules,
+        judging.thresholds,
+        before=[_judged(h) for h in before],
     )
-    # rejudge sorts by time (stably) and `hits` is in (at, id) order: same order.
+    # rejudge sorts by time (stably) and `stored` is in (at, id) order: same order.
     result: list[tuple[str, bool, str]] = []
     for old, new in zip(stored, again, strict=True):
         if old.verdict in _ADDRESS_VERDICTS:
@@ -228,7 +245,7 @@ def _rejudge(conn: sqlite3.Connection, ctx: store.Recent, judging: Judging) -> N
         else:
             v = new.verdict
             result.append((v.verdict, v.inferred_open, v.reason))
-    store.set_verdicts(conn, ctx.message_id, result)
+    store.set_verdicts(conn, ctx.message_id, result, since=start)
 
 
 class LinkReader:

@@ -95,8 +95,10 @@ def remember_submitter(conn: sqlite3.Connection, member: str, ip: str, at: datet
     )
 
 
-def hits(conn: sqlite3.Connection, message_id: int) -> list[StoredHit]:
-    """A message's hits, oldest first."""
+def hits(
+    conn: sqlite3.Connection, message_id: int, since: datetime | None = None
+) -> list[StoredHit]:
+    """A message's hits (from ``since`` on, to the second), oldest first."""
     return [
         StoredHit(
             message_id,
@@ -111,8 +113,8 @@ def hits(conn: sqlite3.Connection, message_id: int) -> list[StoredHit]:
         )
         for r in conn.execute(
             "SELECT kind, at, ip, user_agent, verdict, link_idx, inferred_open, reason"
-            " FROM tracking_hits WHERE message_id = ? ORDER BY at, id",
-            (message_id,),
+            " FROM tracking_hits WHERE message_id = ? AND at >= ? ORDER BY at, id",
+            (message_id, "" if since is None else iso(since)),
         )
     ]
 
@@ -144,14 +146,18 @@ def record_hits(conn: sqlite3.Connection, batch: Iterable[StoredHit]) -> int:
 
 
 def set_verdicts(
-    conn: sqlite3.Connection, message_id: int, verdicts: Sequence[tuple[str, bool, str]]
+    conn: sqlite3.Connection,
+    message_id: int,
+    verdicts: Sequence[tuple[str, bool, str]],
+    since: datetime | None = None,
 ) -> None:
-    """Re-judged verdicts (verdict, inferred open, reason) for a message's hits, in the
-    order ``hits`` returns them."""
+    """Re-judged verdicts (verdict, inferred open, reason) for a message's hits from
+    ``since`` on, in the order ``hits`` returns them."""
     ids = [
         r[0]
         for r in conn.execute(
-            "SELECT id FROM tracking_hits WHERE message_id = ? ORDER BY at, id", (message_id,)
+            "SELECT id FROM tracking_hits WHERE message_id = ? AND at >= ? ORDER BY at, id",
+            (message_id, "" if since is None else iso(since)),
         )
     ]
     conn.executemany(
@@ -173,11 +179,14 @@ def update_status(conn: sqlite3.Connection, message_id: int) -> str | None:
     ).fetchone()
     if row is None or row[0] is None:
         return None
+    # Each an index lookup (migration 0015), not a pass over the engagement's hits.
     clicked, opened = conn.execute(
-        "SELECT coalesce(max(h.kind = 'click'), 0),"
-        " coalesce(max(h.kind = 'open' OR h.inferred_open), 0)"
-        " FROM tracking_hits h JOIN tracked_messages m ON m.id = h.message_id"
-        " WHERE m.engagement_id = ? AND h.verdict = 'human'",
+        "SELECT EXISTS (SELECT 1 FROM tracked_messages m JOIN tracking_hits h"
+        "  ON h.message_id = m.id WHERE m.engagement_id = ?1"
+        "  AND h.verdict = 'human' AND h.kind = 'click'),"
+        " EXISTS (SELECT 1 FROM tracked_messages m JOIN tracking_hits h"
+        "  ON h.message_id = m.id WHERE m.engagement_id = ?1"
+        "  AND h.verdict = 'human' AND (h.kind = 'open' OR h.inferred_open))",
         (row[0],),
     ).fetchone()
     status = "clicked" if clicked else "opened" if opened else "sent"

@@ -26,10 +26,12 @@ import pytest
 
 from syncd.config.model import Config
 from syncd.mail.provenance import Provenance
+from syncd.outbound import verdicts
 from syncd.outbound.tokens import Signer, load_keys, new_key_line
-from syncd.outbound.tracking import PIXEL_GIF
+from syncd.outbound.tracking import PIXEL_GIF, RawHit
+from syncd.outbound.verdicts import Hit
 from syncd.services.storeworker import StoreJob, StoreWorker
-from syncd.services.tracking import TrackingService
+from syncd.services.tracking import Judging, TrackingService, judge_and_store
 from syncd.store import db
 from syncd.store import tracking as store
 from tests.integration.conftest import Notify, as_json, free_port, syncd_run
@@ -522,3 +524,67 @@ def test_notify_command_gets_each_human_hit_as_json(
     events = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(e["kind"], e["verdict"]) for e in events] == [("open", "human"), ("click", "human")]
     assert events[1]["url"] == LINKS[1] and events[1]["subject"] == "Offer 41"
+
+
+def _judge_counting_steps(running: Running, batch: list[RawHit]) -> int:
+    """``judge_and_store`` of ``batch`` on the store thread; the SQLite VM steps it took
+    (counted 100 at a time)."""
+    judging = Judging.from_config(running.config.tracking)
+
+    def judge(job: StoreJob) -> int:
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        job.session.conn.set_progress_handler(count, 100)
+        try:
+            judge_and_store(job.session, batch, judging)
+        finally:
+            job.session.conn.set_progress_handler(None, 0)
+        return steps
+
+    return running.worker.call(judge)
+
+
+def test_a_burst_rejudges_its_window_not_the_message_history(running: Running) -> None:
+    """A scanner burst re-judges the hits a burst can hold; a message with 3,000 hits from
+    the past hour costs no more to re-judge than one with three, and the result is what
+    re-judging the whole message gives."""
+    now = datetime.now(UTC)
+    hour_ago = now - timedelta(hours=1)
+    for message_id, old in ((30, 1), (31, 1000)):
+        running.track(message_id, relayed_at=hour_ago - timedelta(hours=1))
+        past = [
+            store.StoredHit(message_id, kind, hour_ago + timedelta(seconds=i), "192.0.2.0/24",
+                            HUMAN_UA, "human", link, False, "a person")
+            for i in range(old)
+            for kind, link in (("open", None), ("open", None), ("click", 0))
+        ]  # fmt: skip
+        running.worker.call(lambda job, hits=past: store.record_hits(job.session.conn, hits))
+    burst = [
+        RawHit("click", message_id, index, now + timedelta(seconds=index / 4), "198.51.100.9",
+               HUMAN_UA)
+        for message_id in (30, 31)
+        for index in range(3)
+    ]  # fmt: skip
+    few = _judge_counting_steps(running, [h for h in burst if h.message_id == 30])
+    many = _judge_counting_steps(running, [h for h in burst if h.message_id == 31])
+    assert many <= few + 5, (few, many)
+
+    judging = Judging.from_config(running.config.tracking)
+    for message_id in (30, 31):
+        stored = running.worker.call(lambda job, m=message_id: store.hits(job.session.conn, m))
+        assert [h.verdict for h in stored[-3:]] == ["scanner"] * 3
+        whole = verdicts.rejudge(
+            [Hit(h.kind, h.at, h.ip, h.user_agent, h.link_idx) for h in stored],  # type: ignore[arg-type]
+            hour_ago - timedelta(hours=1),
+            frozenset(),
+            judging.rules,
+            judging.thresholds,
+        )
+        assert [(h.verdict, h.inferred_open) for h in stored] == [
+            (j.verdict.verdict, j.verdict.inferred_open) for j in whole
+        ]
