@@ -141,10 +141,16 @@ def judge_and_store(
         seconds=judging.thresholds.scanner_burst_seconds
     )
     with session.batch() as conn:
-        # Once a batch, only what the rules look at (a human open seen, the clicks of the
-        # burst window), then the batch's own hits as they are judged: a message with
-        # many hits costs no more than one with few.
-        found = store.recent(conn, (raw.message_id for raw in batch), since, clicks_since)
+        # Once a batch, only what the rules look at (for clicks: a human open seen, the
+        # clicks of the burst window), then the batch's own hits as they are judged: a
+        # message with many hits costs no more than one with few.
+        found = store.recent(
+            conn,
+            (raw.message_id for raw in batch),
+            since,
+            clicks_since,
+            history_of=(raw.message_id for raw in batch if raw.kind == "click"),
+        )
         seen = {mid: (recent, _earlier(recent)) for mid, recent in found.items()}
         opened = {mid for mid, recent in found.items() if recent.human_open is not None}
         rows: list[store.StoredHit] = []

@@ -200,7 +200,9 @@ def update_status(conn: sqlite3.Connection, message_id: int) -> str | None:
 @dataclass(frozen=True, slots=True)
 class Recent:
     """What judging a new hit needs, without loading every hit of the message: whether a
-    human (or inferred) open was seen, and the clicks since ``clicks_since``."""
+    human (or inferred) open was seen, and the clicks since ``clicks_since``. Only a
+    click's rules look back, so for a message ``recent`` was not asked the history of,
+    both are left empty."""
 
     message_id: int
     sender: str
@@ -244,18 +246,20 @@ def recent(
     message_ids: Iterable[int],
     since: datetime,
     clicks_since: datetime,
+    history_of: Iterable[int] = (),
 ) -> dict[int, Recent]:
     """Tracked messages as the verdict rules see new hits of them, in three statements
-    (and one per sender) however many messages and hits: each message's clicks after
-    ``clicks_since`` and its first human (or inferred) open, both read through indexes,
-    so a message opened a thousand times costs what one opened once does; the sender's
-    addresses seen after ``since``. Messages not tracked are left out."""
-    ids = json.dumps(sorted(set(message_ids)))
+    (and one per sender) however many messages and hits; the sender's addresses seen
+    after ``since``. For the messages in ``history_of``, also their clicks after
+    ``clicks_since`` and their first human (or inferred) open, both read through
+    indexes, so a message opened a thousand times costs what one opened once does.
+    Messages not tracked are left out."""
     rows = conn.execute(
         "SELECT id, sender, relayed_at, engagement_id FROM tracked_messages"
         " WHERE id IN (SELECT value FROM json_each(?))",
-        (ids,),
+        (json.dumps(sorted(set(message_ids))),),
     ).fetchall()
+    ids = json.dumps(sorted(set(history_of)))
     clicks: dict[int, list[StoredHit]] = {}
     for r in conn.execute(
         f"SELECT message_id, {_HIT_COLUMNS} FROM tracking_hits"

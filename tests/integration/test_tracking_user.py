@@ -498,7 +498,7 @@ def _steps(conn: sqlite3.Connection, message_id: int) -> tuple[tracking.Recent, 
 
     conn.set_progress_handler(count, 10)
     try:
-        found = tracking.recent(conn, [message_id], SENT, at(500))
+        found = tracking.recent(conn, [message_id], SENT, at(500), history_of=[message_id])
     finally:
         conn.set_progress_handler(None, 0)
     return found[message_id], steps
