@@ -100,20 +100,10 @@ def hits(
 ) -> list[StoredHit]:
     """A message's hits (from ``since`` on, to the second), oldest first."""
     return [
-        StoredHit(
-            message_id,
-            r[0],
-            parse(r[1]),
-            r[2],
-            r[3],
-            r[4],
-            r[5],
-            bool(r[6]),
-            r[7],
-        )
+        _stored(message_id, r)
         for r in conn.execute(
-            "SELECT kind, at, ip, user_agent, verdict, link_idx, inferred_open, reason"
-            " FROM tracking_hits WHERE message_id = ? AND at >= ? ORDER BY at, id",
+            f"SELECT {_HIT_COLUMNS} FROM tracking_hits WHERE message_id = ? AND at >= ?"
+            " ORDER BY at, id",
             (message_id, "" if since is None else iso(since)),
         )
     ]
