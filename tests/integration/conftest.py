@@ -28,6 +28,7 @@ import pwd
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -371,9 +372,27 @@ def queue_copy(conn: Any, raw: bytes, mail_from: str, recipients: list[str], now
     spool.release_copies(conn, [spool_id], [])
 
 
-# --- running syncd ---------------------------------------------------------------------
-
 T = TypeVar("T")
+
+
+def vm_steps(conn: sqlite3.Connection, run: Callable[[], T], every: int) -> tuple[T, int]:
+    """``run()`` and the SQLite VM steps it took on ``conn``, counted ``every`` at a time:
+    what a read costs, whatever the machine's speed."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    conn.set_progress_handler(count, every)
+    try:
+        return run(), steps
+    finally:
+        conn.set_progress_handler(None, 0)
+
+
+# --- running syncd ---------------------------------------------------------------------
 
 
 def _environment(notify: Notify | None = None) -> dict[str, str]:

@@ -34,7 +34,7 @@ from syncd.services.storeworker import StoreJob, StoreWorker
 from syncd.services.tracking import Judging, TrackingService, judge_and_store
 from syncd.store import db
 from syncd.store import tracking as store
-from tests.integration.conftest import Notify, as_json, free_port, syncd_run
+from tests.integration.conftest import Notify, as_json, free_port, syncd_run, vm_steps
 
 HUMAN_UA = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 PIXEL_HEADERS = {
@@ -532,19 +532,9 @@ def _judge_counting_steps(running: Running, batch: list[RawHit]) -> int:
     judging = Judging.from_config(running.config.tracking)
 
     def judge(job: StoreJob) -> int:
-        steps = 0
-
-        def count() -> int:
-            nonlocal steps
-            steps += 1
-            return 0
-
-        job.session.conn.set_progress_handler(count, 100)
-        try:
-            judge_and_store(job.session, batch, judging)
-        finally:
-            job.session.conn.set_progress_handler(None, 0)
-        return steps
+        return vm_steps(
+            job.session.conn, lambda: judge_and_store(job.session, batch, judging), 100
+        )[1]
 
     return running.worker.call(judge)
 

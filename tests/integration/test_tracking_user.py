@@ -31,6 +31,7 @@ from syncd.services.notify import NotifyCommand
 from syncd.store import db, tracking
 from syncd.store.erase import scan
 from syncd.store.tracking import StoredHit, TrackedMessage
+from tests.integration.conftest import vm_steps
 
 ADA = "ada@example.com"
 SENT = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
@@ -489,18 +490,11 @@ def test_notify_full_queue_drops_and_counts(tmp_path: Path) -> None:
 
 def _steps(conn: sqlite3.Connection, message_id: int) -> tuple[tracking.Recent, int]:
     """``tracking.recent`` and the SQLite VM steps it took (counted 10 at a time)."""
-    steps = 0
-
-    def count() -> int:
-        nonlocal steps
-        steps += 1
-        return 0
-
-    conn.set_progress_handler(count, 10)
-    try:
-        found = tracking.recent(conn, [message_id], SENT, at(500), history_of=[message_id])
-    finally:
-        conn.set_progress_handler(None, 0)
+    found, steps = vm_steps(
+        conn,
+        lambda: tracking.recent(conn, [message_id], SENT, at(500), history_of=[message_id]),
+        10,
+    )
     return found[message_id], steps
 
 
