@@ -101,6 +101,9 @@ def in_any(text: str, networks: tuple[Network, ...]) -> bool:
     return any(net.version == n.version and net.subnet_of(n) for n in networks)  # type: ignore[arg-type]
 
 
+# Cached: the tracking writer truncates each hit's address and the relay each member's,
+# the same few thousand again and again, and ipaddress parsing is most of the cost.
+@functools.lru_cache(maxsize=65536)
 def truncate(ip: str) -> str:
     """``ip`` cut to /24 (v4) or /48 (v6) as CIDR text, for storage; "" if not an address.
 

@@ -17,7 +17,6 @@ replies (a relay may echo what it was sent) before they are kept for ``status``.
 
 from __future__ import annotations
 
-import re
 import smtplib
 import socket
 import ssl
@@ -439,7 +438,11 @@ def _open_data(
 
 def _dot_stuffed(raw: bytes) -> bytes:
     """The DATA that carries ``raw`` unchanged (RFC 5321 4.5.2), ended by <CRLF>.<CRLF>."""
-    data = re.sub(rb"(?m)^\.", b"..", raw)
+    # A dot opening a line, after CRLF or a bare LF as the parser splits lines: one
+    # replace in C, where a multiline regex cost a tenth of the relay's CPU per message.
+    data = raw.replace(b"\n.", b"\n..")
+    if data.startswith(b"."):
+        data = b"." + data
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data + b".\r\n"

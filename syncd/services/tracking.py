@@ -13,7 +13,6 @@ message, because the first clicks of a burst looked human when they came.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import sqlite3
 import stat
@@ -173,7 +172,7 @@ def judge_and_store(
                 earlier.append(verdicts.JudgedHit(hit, verdict))
                 if human:
                     opened.add(raw.message_id)
-            kept_ip = raw.ip if judging.keep_full_ips else _truncate(raw.ip)
+            kept_ip = raw.ip if judging.keep_full_ips else truncate(raw.ip)
             rows.append(
                 store.StoredHit(
                     raw.message_id,
@@ -207,11 +206,6 @@ def judge_and_store(
     for event in events:  # only once the hits are committed
         notify(event)  # type: ignore[misc]
     return counts
-
-
-@functools.lru_cache(maxsize=65536)
-def _truncate(ip: str) -> str:
-    return truncate(ip)  # ipaddress parsing is the writer's largest cost per hit
 
 
 def _earlier(recent: store.Recent) -> list[verdicts.JudgedHit]:

@@ -3,8 +3,10 @@ answers."""
 
 from __future__ import annotations
 
+import pytest
+
 from syncd.mail.parse import key_of, parse
-from syncd.outbound.relay import Answer, _one_line
+from syncd.outbound.relay import Answer, _dot_stuffed, _one_line
 from syncd.outbound.tokens import tracked_message_id
 
 
@@ -32,3 +34,20 @@ def test_answers_are_one_printable_line() -> None:
     assert _one_line(b"5.7.1 first\nsecond\x1b[31m") == "5.7.1 first second [31m"
     assert Answer(250, "2.0.0 queued").line == "250 2.0.0 queued"
     assert Answer(250, "x").accepted and not Answer(451, "x").accepted
+
+
+@pytest.mark.parametrize(
+    ("raw", "data"),
+    [
+        (b"hi\r\n", b"hi\r\n.\r\n"),
+        (b"hi", b"hi\r\n.\r\n"),
+        (b".hidden\r\n", b"..hidden\r\n.\r\n"),
+        (b"a\r\n.\r\nb\r\n", b"a\r\n..\r\nb\r\n.\r\n"),
+        (b"a\r\n..two\r\n", b"a\r\n...two\r\n.\r\n"),
+        (b"a\n.bare LF\n", b"a\n..bare LF\n\r\n.\r\n"),
+        (b"a.b\r\n x.\r\n", b"a.b\r\n x.\r\n.\r\n"),
+    ],
+)
+def test_data_is_dot_stuffed_and_ended(raw: bytes, data: bytes) -> None:
+    # RFC 5321 4.5.2: a line's leading dot is doubled; the receiver strips it again.
+    assert _dot_stuffed(raw) == data
