@@ -311,7 +311,7 @@ def test_header_block_over_the_parsers_limit_gets_552(
 
 
 def test_slow_client_does_not_block_others(make_endpoint: Callable[..., Endpoint]) -> None:
-    endpoint = make_endpoint(limits=Limits(idle_timeout=1.0))
+    endpoint = make_endpoint(limits=Limits(idle_timeout=2.0))
     slow = socket.create_connection(("127.0.0.1", endpoint.port), timeout=5)
     reader = slow.makefile("rb")
     reader.readline()
@@ -324,7 +324,7 @@ def test_slow_client_does_not_block_others(make_endpoint: Callable[..., Endpoint
     slow.sendall(b"From: ada@example.com\r\nSubject: half")  # then nothing
     started = time.monotonic()
     assert send(endpoint, message())[0] == 250
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 1.0  # not held until the stalled session's 2 s
     assert reader.readline() == b""  # the idle timer closed the stalled session
     slow.close()
     assert len(endpoint.rows()) == 1

@@ -328,7 +328,7 @@ def test_full_queue_drops_and_counts_never_blocks(make_running: Callable[..., Ru
         started = time.monotonic()
         assert running.pixel(7).status == 200
         times.append(time.monotonic() - started)
-    assert max(times) < 0.5, times
+    assert max(times) < 2.0, times  # far below the 10 s the store is held for
     counts = running.service.counts
     assert counts.dropped >= 6 and counts.queued + counts.dropped == 10
     release.set()
