@@ -25,6 +25,7 @@ import json
 import mailbox
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -130,6 +131,22 @@ namespace inbox {
 
 
 def free_port() -> int:
+    """A port free now, for a server a test starts next.
+
+    Taken below the kernel's ephemeral range (32768 and up on Linux), so no outgoing
+    connection of this or another test can take it before the server binds it, and from
+    a block of its own for each pytest-xdist worker, so two workers never pick the same.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    base = 20000 + (int(worker) % 4 if worker.isdigit() else 0) * 3000
+    for _ in range(100):
+        port = base + random.randrange(3000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
