@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+import syncd.outbound.htmllinks as hl
 import syncd.outbound.rewrite as rw
 from syncd.outbound.rewrite import (
     UNTRACKED_DKIM,
@@ -575,8 +576,8 @@ def _ref_http(url: str) -> bool:
     return u.scheme.lower() in ("http", "https") and bool(u.netloc)
 
 
-def _ref_link(source: str, at: int, attrs: list[tuple[str, str | None]]) -> rw._Link:
-    notrack = any(k == rw.NOTRACK_ATTRIBUTE for k, _ in attrs)
+def _ref_link(source: str, at: int, attrs: list[tuple[str, str | None]]) -> hl._Link:
+    notrack = any(k == hl.NOTRACK_ATTRIBUTE for k, _ in attrs)
     m = _REF_TAG_NAME.match(source, 1)
     k = m.end() if m else len(source)
     seen = 0
@@ -592,20 +593,20 @@ def _ref_link(source: str, at: int, attrs: list[tuple[str, str | None]]) -> rw._
             inner = value[1:-1] if quote_char else value
             if attrs[seen] != ("href", html.unescape(inner) if inner else inner):
                 break
-            return rw._Link((at + a.start(3), at + a.end(3)), quote_char, inner, notrack, [])
+            return hl._Link((at + a.start(3), at + a.end(3)), quote_char, inner, notrack, [])
         seen += 1
         k = a.end()
-    return rw._Link(None, "", None, notrack, [])
+    return hl._Link(None, "", None, notrack, [])
 
 
 class _ReferenceScanner(HTMLParser):
-    def __init__(self, text: str, codec: str, ctx: rw._Context) -> None:
+    def __init__(self, text: str, codec: str, ctx: hl.Context) -> None:
         super().__init__(convert_charrefs=True)
         self.text, self.codec, self.ctx = text, codec, ctx
         self.edits: list[tuple[int, int, str]] = []
         self.body_open: int | None = None
         self.body_close: int | None = None
-        self._link: rw._Link | None = None
+        self._link: hl._Link | None = None
         self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
 
     def run(self) -> None:
@@ -647,7 +648,7 @@ class _ReferenceScanner(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         link = self._link
-        if link is not None and sum(map(len, link.text)) < rw._LINK_TEXT_CAP:
+        if link is not None and sum(map(len, link.text)) < hl._LINK_TEXT_CAP:
             link.text.append(data)
 
     def _finish_link(self) -> None:
@@ -666,23 +667,23 @@ class _ReferenceScanner(HTMLParser):
         if not _ref_http(dest) or dest in ctx.unsub:
             return
         text = self._real("".join(link.text)).casefold()
-        if any(word in text for word in rw._UNSUBSCRIBE_WORDS):
+        if any(word in text for word in hl._UNSUBSCRIBE_WORDS):
             return
         index = len(ctx.links)
         ctx.links.append(dest)
         self._set_href(link, ctx.link_url(index))
 
-    def _set_href(self, link: rw._Link, url: str) -> None:
+    def _set_href(self, link: hl._Link, url: str) -> None:
         assert link.value_span is not None
-        value = html.escape(rw._ascii(url), quote=True)
+        value = html.escape(hl.ascii_url(url), quote=True)
         q = link.quote
-        if not q and not rw._UNQUOTED_SAFE.fullmatch(value):
+        if not q and not hl._UNQUOTED_SAFE.fullmatch(value):
             q = '"'
         start, end = link.value_span
         self.edits.append((start, end, f"{q}{value}{q}"))
 
 
-def _reference_scan_text(text: str, codec: str, ctx: rw._Context) -> rw._Found | None:
+def _reference_scan_text(text: str, codec: str, ctx: hl.Context) -> hl.Found | None:
     scanner = _ReferenceScanner(text, codec, ctx)
     try:
         scanner.run()
@@ -697,8 +698,8 @@ def _unwrap(u: str) -> str | None:
 
 def _both(text: str, codec: str = "utf-8") -> None:
     found = []
-    for scan in (_reference_scan_text, rw._scan_text):
-        ctx = rw._Context(_tok, PUBLIC, {"https://ex.com/u"}, _unwrap)
+    for scan in (_reference_scan_text, hl.scan_text):
+        ctx = hl.Context(_tok, PUBLIC, {"https://ex.com/u"}, _unwrap)
         found.append((scan(text, codec, ctx), ctx.links))
     assert found[0] == found[1], text[:300]
 
@@ -738,7 +739,7 @@ def test_fast_scan_equals_html_parser_on_mutated_messages(
     for raw in bodies:
         _both(raw.decode("latin-1"))  # the whole message read as HTML: hostile enough
     fast = [_rw(raw, unwrap=_unwrap) for raw in bodies]
-    monkeypatch.setattr(rw, "_scan_text", _reference_scan_text)
+    monkeypatch.setattr(rw, "scan_text", _reference_scan_text)
     assert fast == [_rw(raw, unwrap=_unwrap) for raw in bodies]
 
 
