@@ -250,22 +250,53 @@ def _rejudge(
 
 class LinkReader:
     """A message's link destinations, read on a read-only connection in a thread of its
-    own."""
+    own.
+
+    One read runs at a time. Clicks that miss the endpoint's cache while it runs wait for
+    the next, which reads all their messages in one statement: under a burst, a thread
+    hand-off serves many clicks, and the clicks of one message (a scanner following every
+    link) share one read."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracking-links")
         self._conn: sqlite3.Connection | None = None
+        self._wanted: dict[int, asyncio.Future[Sequence[str] | None]] = {}
+        self._reading: dict[int, asyncio.Future[Sequence[str] | None]] = {}
+        self._reader: asyncio.Task[None] | None = None
 
     async def __call__(self, message_id: int) -> Sequence[str] | None:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._read, message_id)
+        future = self._reading.get(message_id) or self._wanted.get(message_id)
+        if future is None:
+            future = self._wanted[message_id] = loop.create_future()
+            if self._reader is None:
+                self._reader = loop.create_task(self._read_wanted())
+        # shield: a reader who hangs up must not cancel the read others wait for.
+        return await asyncio.shield(future)
 
-    def _read(self, message_id: int) -> Sequence[str] | None:
+    async def _read_wanted(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._wanted:
+                wanted, self._wanted = self._wanted, {}
+                self._reading = wanted
+                try:
+                    found = await loop.run_in_executor(self._executor, self._read, list(wanted))
+                except Exception as exc:
+                    for future in wanted.values():
+                        future.set_exception(exc)
+                    continue
+                for message_id, future in wanted.items():
+                    future.set_result(found.get(message_id))
+        finally:
+            self._reader, self._reading = None, {}
+
+    def _read(self, message_ids: list[int]) -> dict[int, tuple[str, ...] | None]:
         try:
             if self._conn is None:
                 self._conn = db.connect(self._path, readonly=True)
-            return store.link_urls(self._conn, message_id)
+            return store.link_urls(self._conn, message_ids)
         except sqlite3.Error as exc:
             self._close()  # a fresh connection next time
             raise StoreError(f"cannot read a tracked link: {exc}") from exc

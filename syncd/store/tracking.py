@@ -296,20 +296,43 @@ def raise_status(conn: sqlite3.Connection, engagement_ids: Iterable[int], status
     )
 
 
-def link_urls(conn: sqlite3.Connection, message_id: int) -> tuple[str, ...] | None:
-    """Every stored destination of a message, by index (the endpoint caches them per
-    message); None if the message is not tracked."""
-    urls = conn.execute(
-        "SELECT idx, url FROM tracked_links WHERE message_id = ? ORDER BY idx", (message_id,)
-    ).fetchall()
-    if not urls:
-        exists = conn.execute("SELECT 1 FROM tracked_messages WHERE id = ?", (message_id,))
-        return () if exists.fetchone() else None
-    # Indexes are dense from 0 (record_message enumerates); a gap would be a bug, so a
-    # missing index yields no destination rather than a wrong one.
-    if [r[0] for r in urls] != list(range(len(urls))):
-        return ()
-    return tuple(str(r[1]) for r in urls)
+def link_urls(
+    conn: sqlite3.Connection, message_ids: Iterable[int]
+) -> dict[int, tuple[str, ...] | None]:
+    """Every stored destination of each message, by index (the endpoint caches them per
+    message); None for a message that is not tracked."""
+    wanted = list(dict.fromkeys(message_ids))
+    found: dict[int, list[tuple[int, str]]] = {}
+    for mid, idx, url in conn.execute(
+        "SELECT message_id, idx, url FROM tracked_links"
+        " WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY message_id, idx",
+        (json.dumps(wanted),),
+    ):
+        found.setdefault(int(mid), []).append((int(idx), str(url)))
+    bare = [mid for mid in wanted if mid not in found]
+    tracked = (
+        {
+            int(r[0])
+            for r in conn.execute(
+                "SELECT id FROM tracked_messages WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(bare),),
+            )
+        }
+        if bare
+        else set()
+    )
+    result: dict[int, tuple[str, ...] | None] = {}
+    for mid in wanted:
+        urls = found.get(mid)
+        if urls is None:
+            result[mid] = () if mid in tracked else None
+        # Indexes are dense from 0 (record_message enumerates); a gap would be a bug, so a
+        # missing index yields no destination rather than a wrong one.
+        elif [i for i, _ in urls] != list(range(len(urls))):
+            result[mid] = ()
+        else:
+            result[mid] = tuple(url for _, url in urls)
+    return result
 
 
 # --- reading: what the user sees (timeline, feed, notifications, status) -----------------

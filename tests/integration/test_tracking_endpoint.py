@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from syncd.config.model import Config
+from syncd.errors import StoreError
 from syncd.mail.provenance import Provenance
 from syncd.outbound import verdicts
 from syncd.outbound.tokens import Signer, load_keys, new_key_line
@@ -245,6 +246,57 @@ def test_click_redirects_to_the_stored_url(running: Running) -> None:
         assert response.getheader("Referrer-Policy") == "no-referrer"
     rows = running.hits(2, len(LINKS))
     assert [(r["kind"], r["link_idx"]) for r in rows] == [("click", i) for i in range(len(LINKS))]
+
+
+def test_clicks_that_miss_the_cache_together_share_reads(running: Running) -> None:
+    for message_id in range(20, 32):
+        running.track(message_id)
+    links = running.service._links
+    assert links is not None
+    reads: list[list[int]] = []
+    read = links._read
+    links._read = lambda ids: reads.append(sorted(ids)) or read(ids)  # type: ignore[method-assign]
+    # The reader's thread is busy: every click below misses the cache and waits.
+    release = threading.Event()
+    held = links._executor.submit(release.wait, 10)
+    wanted = [(m, i) for m in range(20, 32) for i in (0, 1)]  # two links of each message
+    answers: dict[tuple[int, int], tuple[int, str | None]] = {}
+
+    def click(message_id: int, index: int) -> None:
+        response = running.click(message_id, index)
+        answers[message_id, index] = (response.status, response.getheader("Location"))
+
+    clickers = [threading.Thread(target=click, args=pair) for pair in wanted]
+    for clicker in clickers:
+        clicker.start()
+    deadline = time.monotonic() + 5
+    while len(links._wanted) + len(links._reading) < 12 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    held.result(5)
+    for clicker in clickers:
+        clicker.join(10)
+    assert answers == {(m, i): (302, LINKS[i]) for m, i in wanted}
+    # One read for the first click, one for all that came while it waited; no message twice.
+    assert len(reads) <= 2, reads
+    assert sorted(m for ids in reads for m in ids) == list(range(20, 32))
+
+
+def test_a_link_the_store_cannot_read_now_gets_503_and_no_location(running: Running) -> None:
+    running.track(33)
+    links = running.service._links
+    assert links is not None
+
+    def failing(ids: list[int]) -> dict[int, tuple[str, ...] | None]:
+        raise StoreError("cannot read a tracked link: disk I/O error")
+
+    links._read = failing  # type: ignore[method-assign]
+    response = running.click(33, 0)
+    assert (response.status, response.getheader("Location")) == (503, None)
+    assert response.getheader("Cache-Control") == "no-store, private"
+    del links._read  # the store can be read again: the reader retries, nothing was cached
+    response = running.click(33, 0)
+    assert (response.status, response.getheader("Location")) == (302, LINKS[0])
 
 
 def test_forged_or_unknown_click_tokens_get_404_without_location(running: Running) -> None:
