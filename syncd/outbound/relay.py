@@ -438,8 +438,8 @@ def _open_data(
 
 def _dot_stuffed(raw: bytes) -> bytes:
     """The DATA that carries ``raw`` unchanged (RFC 5321 4.5.2), ended by <CRLF>.<CRLF>."""
-    # A dot opening a line, after CRLF or a bare LF as the parser splits lines: one
-    # replace in C, where a multiline regex cost a tenth of the relay's CPU per message.
+    # A dot opening a line, after CRLF or a bare LF as the parser splits lines, found by
+    # one replace in C rather than a multiline regex stopping at every line.
     data = raw.replace(b"\n.", b"\n..")
     if data.startswith(b"."):
         data = b"." + data

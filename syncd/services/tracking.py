@@ -286,6 +286,9 @@ class LinkReader:
                 except Exception as exc:
                     for future in wanted.values():
                         future.set_exception(exc)
+                        # Retrieved here: a reader who hung up must not leave it to be
+                        # logged again when the future is collected.
+                        future.exception()
                     continue
                 for message_id, future in wanted.items():
                     future.set_result(found.get(message_id))

@@ -310,17 +310,13 @@ def link_urls(
     ):
         found.setdefault(int(mid), []).append((int(idx), str(url)))
     bare = [mid for mid in wanted if mid not in found]
-    tracked = (
-        {
-            int(r[0])
-            for r in conn.execute(
-                "SELECT id FROM tracked_messages WHERE id IN (SELECT value FROM json_each(?))",
-                (json.dumps(bare),),
-            )
-        }
-        if bare
-        else set()
-    )
+    tracked: set[int] = set()
+    if bare:
+        rows = conn.execute(
+            "SELECT id FROM tracked_messages WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(bare),),
+        )
+        tracked = {int(r[0]) for r in rows}
     result: dict[int, tuple[str, ...] | None] = {}
     for mid in wanted:
         urls = found.get(mid)
