@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from syncd.cli.common import JSON_FLAG, emit_json, open_store, printable
-from syncd.store import tracking as store_tracking
+from syncd.store import trackview
 
 POLL_SECONDS = 1.0
 EX_INTERRUPTED = 128 + 2  # what a shell reports for a program SIGINT ended
@@ -50,7 +50,7 @@ def feed(ctx: click.Context, follow: bool, everything: bool, limit: int, as_json
     """
     with open_store(ctx, readonly=True) as (_config, conn):
         if not follow:
-            found = store_tracking.feed(conn, limit=limit, everything=everything)
+            found = trackview.feed(conn, limit=limit, everything=everything)
             if as_json:
                 emit_json(found)
             else:
@@ -73,18 +73,18 @@ def _follow(conn: sqlite3.Connection, *, limit: int, everything: bool, as_json: 
         for item in items:
             click.echo(json.dumps(item, ensure_ascii=False) if as_json else feed_line(item))
 
-    last = store_tracking.last_hit_id(conn)
-    backlog = store_tracking.feed(conn, limit=limit, everything=everything)
+    last = trackview.last_hit_id(conn)
+    backlog = trackview.feed(conn, limit=limit, everything=everything)
     show([i for i in reversed(backlog) if i["id"] <= last])
     while True:
         time.sleep(POLL_SECONDS)
-        top = store_tracking.last_hit_id(conn)
+        top = trackview.last_hit_id(conn)
         if top < last:  # hits erased: ids below the old newest may be used again
             last = top
             continue
         if top == last:
             continue
-        found = store_tracking.feed(conn, everything=everything, after=last)
+        found = trackview.feed(conn, everything=everything, after=last)
         show([i for i in found if i["id"] <= top])
         last = top
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from syncd.config.model import Config
-from syncd.store import daemonstate, db, quarantine, size, spool, syncstate, tracking
+from syncd.store import daemonstate, db, quarantine, size, spool, syncstate, trackview
 from syncd.store.timestamps import offset_form, parse
 
 
@@ -96,7 +96,7 @@ def _from_store(conn: sqlite3.Connection, names: list[str]) -> dict[str, Any]:
     report["quarantine"] = quarantine.count(conn)
     # Tracked messages and their hits by verdict: what the store holds, since ever; and
     # the running endpoint's counts since it started (dropped, rate-limited, queue).
-    report["tracking"] = tracking.counts(conn) | report["daemon"].pop("tracking", {})
+    report["tracking"] = trackview.counts(conn) | report["daemon"].pop("tracking", {})
     return report
 
 

@@ -35,7 +35,7 @@ from syncd.outbound.tracking import Counts, HitQueue, RawHit, TrackingEndpoint
 from syncd.services.notify import NotifyCommand
 from syncd.services.schedule import Every
 from syncd.services.storeworker import StoreJob
-from syncd.store import db
+from syncd.store import db, trackview
 from syncd.store import tracking as store
 from syncd.store.session import StoreSession
 from syncd.store.timestamps import iso, parse
@@ -202,7 +202,7 @@ def judge_and_store(
             store.update_status(conn, message_id)  # a re-judge may take a status back
         if notify is not None:
             people = (row for row in rows if row.verdict == verdicts.HUMAN)
-            events = [e for e in (store.event(conn, row) for row in people) if e is not None]
+            events = [e for e in (trackview.event(conn, row) for row in people) if e is not None]
     for event in events:  # only once the hits are committed
         notify(event)  # type: ignore[misc]
     return counts

@@ -11,7 +11,7 @@ import sqlite3
 from typing import Any
 
 from syncd.crm.model import CSV_FIELDS
-from syncd.store import tracking
+from syncd.store import trackview
 from syncd.store.items import ENGAGEMENT_SQL, engagement_item
 from syncd.store.queries import CONTACT_SQL, contact_show, deals_list, tickets_list
 
@@ -52,7 +52,7 @@ def _companies(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 def export_json(conn: sqlite3.Connection) -> dict[str, Any]:
     """``{contacts, companies, deals, tickets, engagements}``; emails carry their text."""
     engagements = []
-    tracked = tracking.summaries(conn)
+    tracked = trackview.summaries(conn)
     for row in conn.execute(ENGAGEMENT_SQL + " ORDER BY g.occurred_at, g.id").fetchall():
         item = engagement_item(conn, row, tracked)
         if row["type"] == "email":

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from syncd.store import tracking
+from syncd.store import trackview
 
 # The columns an item shows, in the order ``shape`` unpacks them. The email's search
 # text (``e.body``) is not among them: it is most of an email row, and only ``email
@@ -94,7 +94,7 @@ def _grouped(rows: Iterable[tuple[int, Any]]) -> dict[int, list[Any]]:
 
 def related(conn: sqlite3.Connection, ids: Ids, tracked: Mapping[int, dict[str, Any]]) -> Related:
     """Sources, associations and attachments of the engagements ``ids`` selects, one
-    statement each; ``tracked`` is ``tracking.summaries`` of a set holding them."""
+    statement each; ``tracked`` is ``trackview.summaries`` of a set holding them."""
     # Plain tuples: a timeline reads tens of thousands of these rows, and sqlite3.Row
     # objects cost more to make than the rows cost to read.
     cursor = conn.cursor()
@@ -179,7 +179,7 @@ def shape(row: Sequence[Any], related: Related) -> dict[str, Any]:
     }
     if is_email:
         summary = related.tracked.get(engagement_id)
-        item["status"] = tracking.status_of(summary, status)
+        item["status"] = trackview.status_of(summary, status)
         item["tracking"] = summary
         item["cc"] = _addresses(cc_json)
         item["attachments"] = related.attachments.get(engagement_id) or []
@@ -194,11 +194,11 @@ def engagement_item(
     tracked: Mapping[int, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One engagement's item from its row (``ITEM_SQL`` or ``ENGAGEMENT_SQL``), what it
-    is related to read for it alone. ``tracked`` is ``tracking.summaries`` of a set
+    is related to read for it alone. ``tracked`` is ``trackview.summaries`` of a set
     holding it (read here if None)."""
     engagement_id = row[0]
     if tracked is None:
-        tracked = tracking.summaries(conn, [engagement_id]) if row[1] == "email" else {}
+        tracked = trackview.summaries(conn, [engagement_id]) if row[1] == "email" else {}
     return shape(row, related(conn, Ids("?", (engagement_id,)), tracked))
 
 
@@ -207,7 +207,7 @@ def shaped(
 ) -> list[dict[str, Any]]:
     """The items of ``rows`` (``ITEM_SQL`` rows of the engagements ``ids`` selects, in the
     order to show them), read in a fixed number of statements however many there are."""
-    tracked = tracking.summaries(conn, [r[0] for r in rows])
+    tracked = trackview.summaries(conn, [r[0] for r in rows])
     found = related(conn, ids, tracked)
     return [shape(r, found) for r in rows]
 

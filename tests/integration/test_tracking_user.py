@@ -28,7 +28,7 @@ from syncd.pipeline import Pipeline
 from syncd.services import statusreport
 from syncd.services.metrics import render
 from syncd.services.notify import NotifyCommand
-from syncd.store import db, tracking
+from syncd.store import db, tracking, trackview
 from syncd.store.erase import scan
 from syncd.store.tracking import StoredHit, TrackedMessage
 from tests.integration.conftest import vm_steps
@@ -418,10 +418,10 @@ def test_notify_command_gets_json_of_human_hits_only(filled: Env) -> None:
     try:
         # As the endpoint does after storing a batch: human hits notify.
         for stored in (hit(13, "click", 90, link=0), hit(12, "open", 91, "machine")):
-            event = tracking.event(conn, stored)
+            event = trackview.event(conn, stored)
             assert event is not None
             notifier.event(event)
-        assert tracking.event(conn, hit(999, "open", 1)) is None  # an unknown message
+        assert trackview.event(conn, hit(999, "open", 1)) is None  # an unknown message
     finally:
         conn.close()
     notifier.stop(timeout=20)

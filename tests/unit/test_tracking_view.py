@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from syncd.cli.common import printable
-from syncd.store.tracking import _empty_summary, status_of
+from syncd.store.trackview import _empty_summary, status_of
 
 
 @pytest.mark.parametrize(
