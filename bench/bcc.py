@@ -35,8 +35,9 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from syncd.crm.team import Team
-from syncd.sources.bcc import BccHandler, ServerOptions, ThreadedEndpoint
+from syncd.sources.bcc import BccHandler
 from syncd.sources.senders import SenderPolicy
+from syncd.sources.smtpserver import ServerOptions, ThreadedEndpoint
 from syncd.store import db
 from syncd.store.spool import SpoolWriter, spool_message
 

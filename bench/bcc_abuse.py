@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVER = """
 import sys, threading
 from pathlib import Path
-from syncd.sources.bcc import BccHandler, Limits, PasswordFiles, ServerOptions, ThreadedEndpoint
+from syncd.sources.bcc import BccHandler, Limits, PasswordFiles
+from syncd.sources.smtpserver import ServerOptions, ThreadedEndpoint
 from syncd.crm.team import Team
 from syncd.sources.senders import SenderPolicy
 from syncd.store.spool import SpoolWriter

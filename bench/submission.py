@@ -40,7 +40,8 @@ from syncd.crm.team import Team
 from syncd.outbound.relay import Relay, RelaySettings, Submitter
 from syncd.outbound.tokens import load_keys, new_key_line
 from syncd.services.submission import Relayer, TrackingSetup
-from syncd.sources.bcc import PasswordFiles, ServerOptions
+from syncd.sources.bcc import PasswordFiles
+from syncd.sources.smtpserver import ServerOptions
 from syncd.sources.submission import SubmissionHandler, threaded
 from syncd.store import db
 from syncd.store.spool import SpoolWriter

@@ -36,16 +36,9 @@ from syncd.services.intake import IngestBatch, deliverer
 from syncd.services.schedule import Backoff, Every
 from syncd.services.storeworker import StoreJob
 from syncd.sources.base import Handover, hand_over
-from syncd.sources.bcc import (
-    BccHandler,
-    BccServer,
-    PasswordFiles,
-    ServerOptions,
-    provenance,
-    start_server,
-    tls_context,
-)
+from syncd.sources.bcc import BccHandler, PasswordFiles, provenance
 from syncd.sources.senders import Dkim, PySpf, SenderPolicy
+from syncd.sources.smtpserver import BccServer, ServerOptions, start_server, tls_context
 from syncd.store import db, spool, tracking
 
 log = logging.getLogger("syncd.bcc")

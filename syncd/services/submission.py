@@ -44,8 +44,9 @@ from syncd.outbound.tokens import Signer, load_keys, tracked_message_id
 from syncd.secrets import read_password
 from syncd.services.bcc import DRAIN_MAX_SECONDS, DRAIN_SECONDS, drain_batch
 from syncd.services.schedule import Backoff, Every
-from syncd.sources.bcc import TEMPFAIL, BccServer, PasswordFiles, ServerOptions, tls_context
+from syncd.sources.bcc import TEMPFAIL, PasswordFiles
 from syncd.sources.senders import envelope_tag
+from syncd.sources.smtpserver import BccServer, ServerOptions, tls_context
 from syncd.sources.submission import Forwarded, Outgoing, SubmissionHandler, start
 from syncd.store import db, spool, tracking
 

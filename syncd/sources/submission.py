@@ -45,15 +45,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from syncd.errors import MessageError
 from syncd.mail.parse import HeaderTooLarge, author
-from syncd.sources.bcc import (
-    TEMPFAIL,
-    BccHandler,
-    BccSMTP,
-    ServerOptions,
-    ThreadedEndpoint,
-    _peer_ip,
-    start_server,
-)
+from syncd.sources.bcc import TEMPFAIL, BccHandler, _peer_ip
 from syncd.sources.bcc_limits import Limits
 from syncd.sources.senders import (
     MAX_RECIPIENTS,
@@ -62,6 +54,7 @@ from syncd.sources.senders import (
     Senders,
     plain_path,
 )
+from syncd.sources.smtpserver import BccSMTP, ServerOptions, ThreadedEndpoint, start_server
 
 log = logging.getLogger(__name__)
 

@@ -44,15 +44,9 @@ from syncd.crm.team import InboxRule, Team
 from syncd.mail.parse import MAX_HEADER_BYTES, parse
 from syncd.outbound.relay import OutboxRunner, Relay, RelaySettings
 from syncd.services import metrics
-from syncd.sources.bcc import (
-    BccHandler,
-    Limits,
-    PasswordFiles,
-    ServerOptions,
-    ThreadedEndpoint,
-    tls_context,
-)
+from syncd.sources.bcc import BccHandler, Limits, PasswordFiles
 from syncd.sources.senders import Dkim, SenderPolicy
+from syncd.sources.smtpserver import ServerOptions, ThreadedEndpoint, tls_context
 from syncd.store import db
 from syncd.store.spool import Outbox, SpoolWriter, status
 from tests.integration.conftest import queue_copy
@@ -523,7 +517,8 @@ def test_locked_store_is_451_then_recovers(make_endpoint: Callable[..., Endpoint
 
 KILL_SCRIPT = """
 import sys, threading
-from syncd.sources.bcc import BccHandler, ServerOptions, ThreadedEndpoint
+from syncd.sources.bcc import BccHandler
+from syncd.sources.smtpserver import ServerOptions, ThreadedEndpoint
 from syncd.crm.team import Team
 from syncd.sources.senders import SenderPolicy
 from syncd.store.spool import SpoolWriter

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from syncd.crm.team import Team
-from syncd.sources.bcc import BccHandler, ServerOptions, ThreadedEndpoint
+from syncd.sources.bcc import BccHandler
 from syncd.sources.senders import SenderPolicy
+from syncd.sources.smtpserver import ServerOptions, ThreadedEndpoint
 from syncd.store.spool import SpoolWriter
 from tests.integration.conftest import Daemon, Notify, as_json, free_port, syncd, syncd_run
 

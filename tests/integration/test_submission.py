@@ -28,7 +28,8 @@ from syncd.outbound.relay import Relay, RelaySettings, Submitter
 from syncd.outbound.tokens import Signer, load_keys, new_key_line
 from syncd.services.bcc import drain_spool
 from syncd.services.submission import Relayer, TrackingSetup
-from syncd.sources.bcc import PasswordFiles, ServerOptions, ThreadedEndpoint, tls_context
+from syncd.sources.bcc import PasswordFiles
+from syncd.sources.smtpserver import ServerOptions, ThreadedEndpoint, tls_context
 from syncd.sources.submission import SubmissionHandler, threaded
 from syncd.store import contacts, db
 from syncd.store.spool import SpoolWriter
