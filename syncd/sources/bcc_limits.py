@@ -3,8 +3,9 @@
 ``Limits`` holds the caps (connections, DATA time, AUTH failures, ...); its
 ``data_due`` is the minimum data rate rule. ``DataBudget`` counts the DATA bytes
 held in memory across sessions. ``AuthThrottle`` slows and then refuses failed logins
-per IP and per account. ``sources.bcc`` applies them on the event loop; nothing here
-does I/O or reads the time itself, so the rules are tested by tables.
+per IP and per account. ``sources.smtpserver`` and ``sources.bcc`` apply them on the
+event loop; nothing here does I/O or reads the time itself, so the rules are tested by
+tables.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The submission relay's SMTP side: members send through syncd, which relays and logs.
 
-aiosmtpd owns the protocol and ``sources.bcc`` the hardening: this module reuses
+aiosmtpd owns the protocol and ``sources.smtpserver`` the hardening: this module reuses
 ``BccSMTP`` (connection caps, idle and data-rate timers, the DATA memory budget, no
 STARTTLS inside TLS), ``BccHandler``'s AUTH machinery (PLAIN and LOGIN against each
 member's ``smtp_password_file`` through ``PasswordFiles``, offered only over TLS or from
@@ -215,7 +215,7 @@ def smtp_options() -> dict[str, Any]:
 
 
 async def start(handler: SubmissionHandler, options: ServerOptions) -> Any:
-    """Listen in the running loop; returns a ``sources.bcc.BccServer``."""
+    """Listen in the running loop; returns a ``sources.smtpserver.BccServer``."""
     return await start_server(handler, options, SubmissionSMTP, **smtp_options())
 
 
