@@ -284,17 +284,25 @@ def _machine_reason(user_agent: str) -> str:
 
 def _burst_links(hit: Hit, others: Sequence[Hit], window: float) -> int:
     """The most distinct links clicked in any ``window``-long span that contains ``hit``."""
+    # Such a span starts at a click no later than ``hit`` and no more than ``window``
+    # before it, so only clicks within ``window`` either side can be in one: a message's
+    # older history costs one comparison each, not a scan per span.
+    span = timedelta(seconds=window)
+    low, high = hit.at - span, hit.at + span
     clicks = sorted(
-        (h for h in (*others, hit) if h.kind == "click" and h.link_index is not None),
+        (
+            h
+            for h in (*others, hit)
+            if h.kind == "click" and h.link_index is not None and low <= h.at <= high
+        ),
         key=lambda h: h.at,
     )
     best = 0
-    for start in clicks:
-        lead = (hit.at - start.at).total_seconds()
-        if not 0 <= lead <= window:
-            continue  # spans start at a click no later than hit and no more than window before
-        end = start.at + timedelta(seconds=window)
-        links = {h.link_index for h in clicks if start.at <= h.at <= end}
+    for i, start in enumerate(clicks):
+        if start.at > hit.at:
+            break
+        end = start.at + span
+        links = {h.link_index for h in clicks[i:] if h.at <= end}
         best = max(best, len(links))
     return best
 

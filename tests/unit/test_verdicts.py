@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,6 +15,7 @@ from syncd.outbound.verdicts import (
     MessageContext,
     Thresholds,
     Verdict,
+    _burst_links,
     judge,
     rejudge,
 )
@@ -223,3 +225,40 @@ def test_reasons_say_why() -> None:
 def test_thresholds_refuse_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Thresholds(**kwargs)  # type: ignore[arg-type]
+
+
+def _burst_links_by_every_span(hit: Hit, others: list[Hit], window: float) -> int:
+    """The rule as first written: every span starting at a click, over all clicks."""
+    clicks = sorted(
+        (h for h in (*others, hit) if h.kind == "click" and h.link_index is not None),
+        key=lambda h: h.at,
+    )
+    best = 0
+    for start in clicks:
+        if not 0 <= (hit.at - start.at).total_seconds() <= window:
+            continue
+        end = start.at + timedelta(seconds=window)
+        best = max(best, len({h.link_index for h in clicks if start.at <= h.at <= end}))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_burst_count_reads_only_the_window_and_agrees_with_every_span(seed: int) -> None:
+    rng = random.Random(seed)
+    # Whole and half seconds, so clicks share instants and sit on the window's edges.
+    hits = [
+        Hit(
+            rng.choice(("click", "click", "open")),
+            at(rng.randrange(0, 40) / 2),
+            READER,
+            FIREFOX,
+            rng.choice((0, 1, 2, 3, None)),
+        )
+        for _ in range(rng.randrange(1, 30))
+    ]
+    for window in (0.5, 2.0, 3.5):
+        for i, hit in enumerate(hits):
+            others = hits[:i] + hits[i + 1 :]
+            assert _burst_links(hit, others, window) == _burst_links_by_every_span(
+                hit, others, window
+            ), (seed, window, i)
