@@ -1,10 +1,11 @@
 """Header fields of RFC 5322 mail: splitting, RFC 2047 words, charsets and ids.
 
-The tolerant, fast half of the parser (``syncd.mail.parse`` owns bodies and the ``Email``
-value, ``syncd.mail.addresses`` the address fields): a header block is split into fields
-without building an ``email.message`` tree, encoded words in unknown charsets are decoded
-with replacement, raw 8-bit bytes are read as UTF-8 or else latin-1, and nothing here raises
-for bad input; each repair is appended to the caller's ``defects`` list.
+The tolerant, fast half of the parser (``syncd.mail.parse`` owns the ``Email`` value,
+``syncd.mail.mimebody`` the bodies, ``syncd.mail.addresses`` the address fields): a header
+block is split into fields without building an ``email.message`` tree, encoded words in
+unknown charsets are decoded with replacement, raw 8-bit bytes are read as UTF-8 or else
+latin-1, and nothing here raises for bad input; each repair is appended to the caller's
+``defects`` list. ``blank_line`` finds where a header block ends.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from functools import lru_cache
 import pybase64
 
 MAX_REFERENCES = 100
+MAX_HEADER_BYTES = 100 * 1024  # a header block past this is not mail (quarantine)
 
 
 _FIELD_BREAK = re.compile(r"\r?\n(?![ \t])")
@@ -58,6 +60,25 @@ def split_fields(
     if bad:
         defects.append(f"{bad} malformed header line(s) skipped")
     return fields
+
+
+def blank_line(data: bytes, start: int, stop: int) -> tuple[int, int] | None:
+    """(end of the header block, start of the body) at the first empty line, LF or CRLF."""
+    # Look for the line-end style of the first line first; the other search then only has to
+    # cover the header block, not the whole body.
+    eol = data.find(b"\n", start, stop)
+    if eol < 0:
+        return None
+    likely, other = (b"\n\r\n", b"\n\n") if data[eol - 1 : eol] == b"\r" else (b"\n\n", b"\n\r\n")
+    hit = data.find(likely, start, stop)
+    found, width = hit, len(likely)
+    hit = data.find(other, start, stop if found < 0 else found)
+    if hit >= 0:
+        found, width = hit, len(other)
+    if found < 0:
+        return None
+    end = found - 1 if found > start and data[found - 1] == 0x0D else found
+    return end, found + width
 
 
 def _doubt_field(name: str, spaced: bool, value: str, doubts: list[str]) -> None:

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from syncd.mail.parse import CUT_FIELD, OMITTED_FIELD, PARTIAL_FIELD
+from syncd.mail.mimebody import CUT_FIELD, OMITTED_FIELD
+from syncd.mail.parse import PARTIAL_FIELD
 
 # A text body's search text stops at 1 MiB (mail.parse); 4 MiB of its encoded form leaves
 # room for HTML markup and base64 before that.
