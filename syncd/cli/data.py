@@ -28,7 +28,7 @@ from syncd.cli.common import (
     fail,
     open_store,
 )
-from syncd.config.model import EMAIL_RE
+from syncd.config.values import EMAIL_RE
 from syncd.crm.team import Team
 from syncd.errors import StoreError
 from syncd.pipeline import Pipeline
