@@ -30,7 +30,7 @@ from syncd.mail.parse import parse
 from syncd.mail.provenance import Provenance
 from syncd.pipeline import Pipeline, _Parsed
 from syncd.store import db
-from syncd.store.mailwriter import prepare
+from syncd.store.prepared import prepare
 
 TEAM = {"ada@example.com": (), "bob@example.com": ()}
 MAX_ATTACHMENT = 50 * 1024 * 1024

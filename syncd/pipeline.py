@@ -1,7 +1,7 @@
 """The one path every source's mail takes: parse, apply the CRM rules, write once, commit.
 
 ``Pipeline.ingest_batch`` parses each raw message and prepares its row values and raw
-copy (``store.mailwriter.prepare``) in a pool of worker processes for large batches on a
+copy (``store.prepared.prepare``) in a pool of worker processes for large batches on a
 multi-core machine, so parsing streams in beside the single writer; then in ONE
 transaction it plans and writes each message (``store.mailwriter.MailWriter``), runs the
 source's ``on_commit`` (an IMAP checkpoint, a spool deletion) and commits: the mail and
@@ -46,7 +46,8 @@ from syncd.mail.provenance import Provenance
 from syncd.memory import return_large_buffers
 from syncd.store import contacts, quarantine
 from syncd.store.blobs import discard_staged, purge_staging, stage_blob
-from syncd.store.mailwriter import MailWriter, Prepared, prepare
+from syncd.store.mailwriter import MailWriter
+from syncd.store.prepared import Prepared, prepare
 from syncd.store.session import Connection, StoreSession, store_at_fault
 
 log = logging.getLogger(__name__)

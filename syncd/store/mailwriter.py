@@ -12,13 +12,12 @@ one transaction: nothing else writes while a batch holds the write lock.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from syncd.crm.model import ContactState, Outcome
 from syncd.crm.rules import ContactPlan, Plan, RulesSettings
@@ -29,72 +28,20 @@ from syncd.store.blobs import adopt_blob, write_blob
 from syncd.store.contacts import company_for_domain, create_contact
 from syncd.store.db import select_in
 from syncd.store.detached import detach, release, waiting, waiting_addresses
-from syncd.store.engagements import ASSOCIATION, OVERSIZED_NOTE, safe_filename
-from syncd.store.raw import RawCopy, insert_raw, prepare_raw, stored_digest
+from syncd.store.engagements import ASSOCIATION
+from syncd.store.prepared import AttachmentRow, Prepared, prepare
+from syncd.store.raw import insert_raw, prepare_raw
 from syncd.store.timestamps import iso, now_iso
 from syncd.store.tombstones import REMOVED, any_removed, is_removed, removed_keys
 
 if TYPE_CHECKING:
     from syncd.mail.parse import Email
 
-# An attachment's row without its engagement: sha256, filename, content type, size,
-# stored, note.
-AttachmentRow = tuple[str, str, str, int, int, str]
 MISSING_NOTE = "file removed before the message was logged"
 NO_PICKED_RECORD = (
     "the BCC tag names no deal or ticket that exists, and no participant is a contact"
 )
 log = logging.getLogger(__name__)
-
-
-class Prepared(NamedTuple):
-    """A message's row values and raw copy, made from the message alone.
-
-    Pure and free of the store (no file is written), so a parser process makes it beside
-    the writer and hands over plain strings, which also pickle faster than the objects
-    they come from."""
-
-    date: str
-    to_json: str
-    cc_json: str
-    bcc_json: str
-    addresses: str  # search text of every participant
-    defects: str
-    attachments: tuple[AttachmentRow, ...]
-    copy: RawCopy
-    staged: tuple[str, ...] = ()  # per attachment: its staged file ('' none), see blobs
-
-
-def prepare(email: Email, raw: bytes) -> Prepared:
-    """``Prepared`` for ``email``, parsed from ``raw``."""
-    everyone = email.addresses()
-    rows: list[AttachmentRow] = []
-    kept: list[tuple[str, bytes]] = []
-    for part in email.attachments:
-        data = part.data
-        digest = stored_digest(part)
-        if data is not None:
-            kept.append((digest, data))
-        rows.append(
-            (
-                digest,
-                safe_filename(part.filename),
-                part.content_type or "",
-                int(part.size),
-                int(data is not None),
-                "" if data is not None else OVERSIZED_NOTE,
-            )
-        )
-    return Prepared(
-        iso(email.date),
-        _addresses_json(email.to),
-        _addresses_json(email.cc),
-        _addresses_json(email.bcc),
-        " ".join(f"{a.name} {a.email}".strip() for a in everyone),
-        "; ".join(str(d) for d in email.defects),
-        tuple(rows),
-        prepare_raw(raw, kept),
-    )
 
 
 class MailWriter:
@@ -574,14 +521,6 @@ class MailWriter:
                 [(engagement_id, *row) for row in rows],
             )
         return complete
-
-
-# json.dumps builds a new encoder for every call with a non-default option.
-_JSON = json.JSONEncoder(ensure_ascii=False).encode
-
-
-def _addresses_json(addresses: Sequence[Any]) -> str:
-    return _JSON([[a.name, a.email] for a in addresses])
 
 
 def _add_sighting(conn: sqlite3.Connection, engagement_id: int, provenance: Provenance) -> None:
