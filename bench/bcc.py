@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import resource
 import shutil
 import smtplib
 import statistics
@@ -99,15 +98,14 @@ def drive(
         threading.Thread(target=_client_run, args=(port, share, lat, rcpt, login))
         for share, lat in zip(shares, latencies, strict=True)
     ]
-    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = time.process_time()
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    used = after.ru_utime - cpu.ru_utime + after.ru_stime - cpu.ru_stime
+    used = time.process_time() - cpu
     every = sorted(x for lat in latencies for x in lat)
     return {
         "rate": len(every) / elapsed,

@@ -37,9 +37,9 @@ _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 # Stored addresses are cut to these prefixes unless the admin asks for full ones: /24 and
 # /48 still tell an office or a provider apart, not a person's machine.
-ANSWERS_KEPT = 100_000  # per IpRules; each entry well under 200 bytes
 TRUNCATE_V4 = 24
 TRUNCATE_V6 = 48
+ANSWERS_KEPT = 100_000  # per IpRules; each entry well under 200 bytes
 
 
 def parse_ip(text: str) -> Address | None:
