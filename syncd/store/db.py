@@ -13,6 +13,7 @@ import errno
 import os
 import pwd
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
@@ -26,6 +27,11 @@ from syncd.errors import StoreDamaged, StoreDenied, StoreError
 # slightly larger store (figures in the README). An existing store keeps its page size
 # (changing it needs a VACUUM).
 PAGE_SIZE = 16384
+
+# A read-only open never migrates (an older CLI must not change the daemon's store). A
+# store at an older schema is then most often one the daemon is upgrading right now, a
+# migration per commit, so the reader waits this long for it before giving up.
+UPGRADE_WAIT = 5.0
 
 
 def _migrations() -> list[tuple[int, str, str]]:
@@ -142,8 +148,20 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = FULL")
         migrate(conn, path)
     else:
-        _check_version(conn, path)
+        _wait_for_upgrade(conn, path)
     return conn
+
+
+def _wait_for_upgrade(conn: sqlite3.Connection, path: Path) -> None:
+    deadline = time.monotonic() + UPGRADE_WAIT
+    while (version := _check_version(conn, path)) < latest_version():
+        if time.monotonic() >= deadline:
+            conn.close()
+            raise StoreError(
+                f"{path} is at schema {version} and this syncd needs {latest_version()}; "
+                "the daemon of this version upgrades it when it starts (restart syncd)"
+            )
+        time.sleep(0.02)
 
 
 def _check_version(conn: sqlite3.Connection, path: Path) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -179,3 +180,44 @@ def test_the_outbox_goes_on(upgraded: sqlite3.Connection) -> None:
     assert tuple(held) == ("given_up", "1970-01-01T00:33:20Z")
     figures = spool.status(upgraded, now=1100.0)["outbox"]
     assert (figures["depth"], figures["given_up"], figures["oldest_age_s"]) == (1, 2, 100.0)
+
+
+def test_a_reader_waits_for_the_upgrade_running_now(tmp_path: Path) -> None:
+    """``syncd status`` polled while the daemon migrates a store used to fail on a column a
+    later migration adds ("no such column: next_retry")."""
+    path = tmp_path / "syncd.sqlite3"
+    old_store(path)
+    upgrade = threading.Timer(0.3, lambda: db.connect(path).close())
+    upgrade.start()
+    try:
+        conn = db.connect(path, readonly=True)
+        assert [tuple(r) for r in conn.execute("SELECT next_retry FROM sync_inboxes")] == [(None,)]
+    finally:
+        upgrade.join()
+
+
+def test_a_store_left_at_an_older_schema_gets_a_one_line_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newer CLI beside an older daemon still running: the reader never migrates the
+    daemon's store, and says what to do instead of a query's error."""
+    store = tmp_path / "store"
+    store.mkdir()
+    old_store(store / "syncd.sqlite3")
+    monkeypatch.setattr(db, "UPGRADE_WAIT", 0.1)
+    config = tmp_path / "syncd.yaml"
+    config.write_text(json.dumps({
+        "store": {"path": str(store / "syncd.sqlite3"), "attachments_dir": str(store / "files")},
+        "team": [{"name": "Ada", "email": "ada@example.com"}],
+    }))  # fmt: skip
+    config.chmod(0o600)
+    for command in (["status"], ["contacts", "list"]):
+        result = CliRunner().invoke(main, ["--config", str(config), *command])
+        assert result.exit_code == 75, result.output  # EX_TEMPFAIL: a restart upgrades it
+        assert result.stderr.strip().splitlines() == [
+            f"syncd: {store / 'syncd.sqlite3'} is at schema 6 and this syncd needs "
+            f"{db.latest_version()}; the daemon of this version upgrades it when it starts "
+            "(restart syncd)"
+        ]
+    raw = sqlite3.connect(store / "syncd.sqlite3")
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 6
