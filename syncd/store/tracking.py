@@ -107,26 +107,31 @@ def hits(
 
 def record_hits(conn: sqlite3.Connection, batch: Iterable[StoredHit]) -> int:
     """Store hits whose message is known; how many were stored."""
+    rows = [
+        (
+            hit.message_id,
+            hit.kind,
+            hit.link_idx,
+            iso(hit.at),
+            hit.ip,
+            hit.user_agent,
+            hit.verdict,
+            int(hit.inferred_open),
+            hit.reason,
+            hit.message_id,
+        )
+        for hit in batch
+    ]
+    # Inserted in the order of the (message_id, at) indexes within each second: a batch
+    # then walks them once instead of jumping between messages' pages, which costs more
+    # as the table grows. Hit ids stay in time order to the second, as the feed reads them.
+    rows.sort(key=lambda row: (row[3], row[0]))
     cursor = conn.executemany(
         "INSERT INTO tracking_hits"
         " (message_id, kind, link_idx, at, ip, user_agent, verdict, inferred_open, reason)"
         " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS"
         " (SELECT 1 FROM tracked_messages WHERE id = ?)",
-        [
-            (
-                hit.message_id,
-                hit.kind,
-                hit.link_idx,
-                iso(hit.at),
-                hit.ip,
-                hit.user_agent,
-                hit.verdict,
-                int(hit.inferred_open),
-                hit.reason,
-                hit.message_id,
-            )
-            for hit in batch
-        ],
+        rows,
     )
     return max(cursor.rowcount, 0)
 

@@ -280,6 +280,37 @@ def test_feed_newest_first_human_only_then_all(filled: Env) -> None:
     assert "\x1b" not in text.stdout
 
 
+def test_a_batch_is_stored_in_time_order_whatever_order_its_messages_came_in(
+    filled: Env,
+) -> None:
+    """The writer inserts a batch in index order (by second, then message) so it walks
+    the indexes once; ``feed --follow`` reads new hits by id, so ids must still follow
+    time, and one message's hits in the same second keep the order they came in."""
+    store_hits(
+        filled,
+        hit(14, "click", 50.01, link=0),
+        hit(12, "open", 50.02),
+        hit(13, "click", 50, link=1),
+        hit(13, "click", 50.005, link=0),
+        hit(11, "open", 50.001),
+    )
+    conn = filled.connect()
+    try:
+        rows = conn.execute(
+            "SELECT at, message_id, link_idx FROM tracking_hits WHERE at >= ? ORDER BY id",
+            ("2024-05-01T09:50:00Z",),
+        ).fetchall()
+    finally:
+        conn.close()
+    assert [tuple(r) for r in rows] == [
+        ("2024-05-01T09:50:00Z", 11, None),
+        ("2024-05-01T09:50:00Z", 13, 1),
+        ("2024-05-01T09:50:00Z", 13, 0),
+        ("2024-05-01T09:50:00Z", 14, 0),
+        ("2024-05-01T09:50:01Z", 12, None),
+    ]
+
+
 def test_feed_on_a_store_not_made_yet_is_empty(env: Env) -> None:
     assert env.json("tracking", "feed") == []
 
