@@ -27,6 +27,7 @@ Times must be timezone-aware (or all naive alike).
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -179,8 +180,8 @@ def judge(
     are judged human here; ``rejudge`` over the message's hits corrects them.
     """
     t = thresholds or Thresholds()
-    others = [j.hit for j in context.earlier_hits]
-    return _decide(hit, context, others, context.earlier_hits, rules, t)
+    clicks = _Clicks.of([*(j.hit for j in context.earlier_hits), hit])
+    return _decide(hit, context, clicks, context.earlier_hits, rules, t)
 
 
 def rejudge(
@@ -202,10 +203,10 @@ def rejudge(
     t = thresholds or Thresholds()
     ordered = sorted(hits, key=lambda h: h.at)
     context = MessageContext(relayed_at, sender_ips)
-    others = [*(j.hit for j in before), *ordered]
+    clicks = _Clicks.of([*(j.hit for j in before), *ordered])
     judged: list[JudgedHit] = list(before)
     for hit in ordered:
-        verdict = _decide(hit, context, others, judged, rules, t)
+        verdict = _decide(hit, context, clicks, judged, rules, t)
         judged.append(JudgedHit(hit, verdict))
     return judged[len(before) :]
 
@@ -213,7 +214,7 @@ def rejudge(
 def _decide(
     hit: Hit,
     context: MessageContext,
-    others: Sequence[Hit],
+    clicks: _Clicks,
     earlier: Sequence[JudgedHit],
     rules: IpRules,
     t: Thresholds,
@@ -229,7 +230,7 @@ def _decide(
     if hit.kind == "click":
         if rules.is_scanner(hit.ip):
             return Verdict(SCANNER, False, f"{hit.ip} is a known link-scanner range")
-        links = _burst_links(hit, others, t.scanner_burst_seconds)
+        links = clicks.burst_links(hit, t.scanner_burst_seconds)
         if links >= t.scanner_burst:
             return Verdict(
                 SCANNER, False, f"{links} links clicked within {t.scanner_burst_seconds:g} s"
@@ -282,29 +283,52 @@ def _machine_reason(user_agent: str) -> str:
     return ""
 
 
-def _burst_links(hit: Hit, others: Sequence[Hit], window: float) -> int:
-    """The most distinct links clicked in any ``window``-long span that contains ``hit``."""
-    # Such a span starts at a click no later than ``hit`` and no more than ``window``
-    # before it, so only clicks within ``window`` either side can be in one: a message's
-    # older history costs one comparison each, not a scan per span.
-    span = timedelta(seconds=window)
-    low, high = hit.at - span, hit.at + span
-    clicks = sorted(
-        (
-            h
-            for h in (*others, hit)
-            if h.kind == "click" and h.link_index is not None and low <= h.at <= high
-        ),
-        key=lambda h: h.at,
-    )
-    best = 0
-    for i, start in enumerate(clicks):
-        if start.at > hit.at:
-            break
-        end = start.at + span
-        links = {h.link_index for h in clicks[i:] if h.at <= end}
-        best = max(best, len(links))
-    return best
+@dataclass(frozen=True)
+class _Clicks:
+    """A message's clicks that name a link, in time order, sorted once for every hit the
+    burst rule asks about."""
+
+    hits: list[Hit]
+    times: list[datetime]
+
+    @classmethod
+    def of(cls, hits: Iterable[Hit]) -> _Clicks:
+        clicks = sorted(
+            (h for h in hits if h.kind == "click" and h.link_index is not None),
+            key=lambda h: h.at,
+        )
+        return cls(clicks, [h.at for h in clicks])
+
+    def burst_links(self, hit: Hit, window: float) -> int:
+        """The most distinct links clicked in any ``window``-long span that contains
+        ``hit`` (one of these clicks)."""
+        # Such a span starts at a click no later than ``hit`` and no more than ``window``
+        # before it, so only clicks within ``window`` either side can be in one.
+        span = timedelta(seconds=window)
+        clicks = self.hits[
+            bisect_left(self.times, hit.at - span) : bisect_right(self.times, hit.at + span)
+        ]
+        # No span holds more links than all these clicks name: the sweep stops there. It
+        # slides the span's end forward as its start moves, counting each link's clicks.
+        most = len({h.link_index for h in clicks})
+        in_span: dict[int | None, int] = {}
+        best = end_at = 0
+        for start in clicks:
+            if start.at > hit.at:
+                break
+            end = start.at + span
+            while end_at < len(clicks) and clicks[end_at].at <= end:
+                link = clicks[end_at].link_index
+                in_span[link] = in_span.get(link, 0) + 1
+                end_at += 1
+                if len(in_span) == most:
+                    return most
+            best = max(best, len(in_span))
+            if in_span[start.link_index] == 1:
+                del in_span[start.link_index]
+            else:
+                in_span[start.link_index] -= 1
+        return best
 
 
 def _human_open_before(earlier: Sequence[JudgedHit]) -> bool:
