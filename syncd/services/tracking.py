@@ -99,10 +99,13 @@ def load_signer(path: Path) -> Signer:
     return Signer(keys, next(iter(keys)))
 
 
+def _hit(hit: store.StoredHit) -> verdicts.Hit:
+    return verdicts.Hit(hit.kind, hit.at, hit.ip, hit.user_agent, hit.link_idx)  # type: ignore[arg-type]
+
+
 def _judged(hit: store.StoredHit) -> verdicts.JudgedHit:
     return verdicts.JudgedHit(
-        verdicts.Hit(hit.kind, hit.at, hit.ip, hit.user_agent, hit.link_idx),  # type: ignore[arg-type]
-        verdicts.Verdict(hit.verdict, hit.inferred_open, hit.reason),
+        _hit(hit), verdicts.Verdict(hit.verdict, hit.inferred_open, hit.reason)
     )
 
 
@@ -230,7 +233,7 @@ def _rejudge(
     if ctx.human_open is not None and ctx.human_open.at < start - window:
         before.insert(0, ctx.human_open)
     again = verdicts.rejudge(
-        [_judged(h).hit for h in stored],
+        [_hit(h) for h in stored],
         ctx.relayed_at,
         ctx.sender_ips,
         judging.rules,

@@ -143,17 +143,20 @@ def set_verdicts(
     since: datetime | None = None,
 ) -> None:
     """Re-judged verdicts (verdict, inferred open, reason) for a message's hits from
-    ``since`` on, in the order ``hits`` returns them."""
-    ids = [
-        r[0]
-        for r in conn.execute(
-            "SELECT id FROM tracking_hits WHERE message_id = ? AND at >= ? ORDER BY at, id",
-            (message_id, "" if since is None else iso(since)),
-        )
-    ]
+    ``since`` on, in the order ``hits`` returns them. Only the hits whose verdict changed
+    are written: a scanner's clicks are mostly re-judged to what they already were."""
+    stored = conn.execute(
+        "SELECT id, verdict, inferred_open, reason FROM tracking_hits"
+        " WHERE message_id = ? AND at >= ? ORDER BY at, id",
+        (message_id, "" if since is None else iso(since)),
+    ).fetchall()
     conn.executemany(
         "UPDATE tracking_hits SET verdict = ?, inferred_open = ?, reason = ? WHERE id = ?",
-        [(v, int(i), r, hit_id) for hit_id, (v, i, r) in zip(ids, verdicts, strict=True)],
+        [
+            (v, int(i), r, row[0])
+            for row, (v, i, r) in zip(stored, verdicts, strict=True)
+            if (row[1], bool(row[2]), row[3]) != (v, bool(i), r)
+        ],
     )
 
 

@@ -591,6 +591,31 @@ def _judge_counting_steps(running: Running, batch: list[RawHit]) -> int:
     return running.worker.call(judge)
 
 
+def test_a_rejudge_writes_only_the_verdicts_it_changes(running: Running) -> None:
+    """A scanner's fourth click, on a link it clicked already, re-judges the burst's
+    window; the three clicks judged `scanner` stay as they are (three links within 2 s),
+    so the store writes the new hit alone."""
+    now = datetime.now(UTC)
+    running.track(32, relayed_at=now - timedelta(hours=1))
+    judging = Judging.from_config(running.config.tracking)
+    clicks = [
+        RawHit("click", 32, i % 3, now + timedelta(seconds=i / 4), "198.51.100.9", HUMAN_UA)
+        for i in range(4)
+    ]
+
+    def judge(job: StoreJob, batch: list[RawHit]) -> int:
+        before = job.session.conn.total_changes
+        judge_and_store(job.session, batch, judging)
+        return job.session.conn.total_changes - before
+
+    # The first click stored human, then re-judged scanner with the next two.
+    assert running.worker.call(judge, clicks[:1]) == 2  # the hit, the status
+    assert running.worker.call(judge, clicks[1:3]) == 2 + 2 + 1  # hits, old verdicts, status
+    assert running.worker.call(judge, clicks[3:]) == 1
+    stored = running.worker.call(lambda job: store.hits(job.session.conn, 32))
+    assert [h.verdict for h in stored] == ["scanner"] * 4
+
+
 def test_a_burst_rejudges_its_window_not_the_message_history(running: Running) -> None:
     """A scanner burst re-judges the hits a burst can hold; a message with 3,000 hits from
     the past hour costs no more to re-judge than one with three, and the result is what
