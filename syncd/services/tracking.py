@@ -6,8 +6,8 @@ hooks. Link destinations are read on a read-only connection in a thread of their
 writer in WAL mode). Hits reach the store thread in batches (``store_hits``, one
 ``StoreWorker.run`` per batch), where each gets its verdict (``outbound.verdicts``)
 against what the store knows of its message, is stored with it, and moves the
-engagement's status on human hits only. A click judged ``scanner`` re-judges the whole
-message, because the first clicks of a burst looked human when they came.
+engagement's status on human hits only. A click judged ``scanner`` re-judges the
+message's hits a burst can hold, because its first clicks looked human when they came.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -129,8 +129,6 @@ def judge_and_store(
     notify: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> Counter[str]:
     """``store_hits`` on any writer session (tests, benchmarks)."""
-    counts: Counter[str] = Counter()
-    events: list[Mapping[str, Any]] = []
     # self_days 0 turns the self rule off: no submission is that recent.
     since = (
         datetime.now(UTC) - timedelta(days=judging.self_days)
@@ -142,6 +140,7 @@ def judge_and_store(
     clicks_since = min((raw.at for raw in batch), default=datetime.now(UTC)) - timedelta(
         seconds=judging.thresholds.scanner_burst_seconds
     )
+    events: list[Mapping[str, Any]] = []
     with session.batch() as conn:
         # Once a batch, only what the rules look at (for clicks: a human open seen, the
         # clicks of the burst window), then the batch's own hits as they are judged: a
@@ -153,62 +152,79 @@ def judge_and_store(
             clicks_since,
             history_of=(raw.message_id for raw in batch if raw.kind == "click"),
         )
-        seen = {mid: (recent, _earlier(recent)) for mid, recent in found.items()}
-        opened = {mid for mid, recent in found.items() if recent.human_open is not None}
-        rows: list[store.StoredHit] = []
-        raised: dict[int, str] = {}  # engagement -> status its human hits give it
-        rejudge: set[int] = set()
-        for raw in batch:
-            entry = seen.get(raw.message_id)
-            if entry is None:
-                counts["unknown"] += 1
-                continue
-            recent, earlier = entry
-            hit = verdicts.Hit(raw.kind, raw.at, raw.ip, raw.user_agent, raw.link_index)
-            context = verdicts.MessageContext(recent.relayed_at, recent.sender_ips, earlier)
-            verdict = verdicts.judge(hit, context, judging.rules, judging.thresholds)
-            # The rules look back at clicks and at whether a person opened; keeping only
-            # those (one open) keeps a message's hundredth hit in a batch as cheap as its
-            # first.
-            human = verdict.verdict == verdicts.HUMAN
-            if raw.kind == "click" or (human and raw.message_id not in opened):
-                earlier.append(verdicts.JudgedHit(hit, verdict))
-                if human:
-                    opened.add(raw.message_id)
-            kept_ip = raw.ip if judging.keep_full_ips else truncate(raw.ip)
-            rows.append(
-                store.StoredHit(
-                    raw.message_id,
-                    raw.kind,
-                    raw.at,
-                    kept_ip,
-                    raw.user_agent,
-                    verdict.verdict,
-                    raw.link_index,
-                    verdict.inferred_open,
-                    verdict.reason,
-                )
-            )
-            counts[verdict.verdict] += 1
-            if human and recent.engagement_id is not None:
-                if raw.kind == "click" or raised.get(recent.engagement_id) != "clicked":
-                    raised[recent.engagement_id] = "clicked" if raw.kind == "click" else "opened"
-            elif raw.kind == "click" and verdict.verdict == verdicts.SCANNER:
-                rejudge.add(raw.message_id)
-        store.record_hits(conn, rows)
+        judged = _judge_batch(batch, found, judging)
+        store.record_hits(conn, judged.rows)
         for status in ("opened", "clicked"):
-            ids = [e for e, s in raised.items() if s == status]
+            ids = [e for e, s in judged.raised.items() if s == status]
             if ids:
                 store.raise_status(conn, ids, status)
-        for message_id in rejudge:
-            _rejudge(conn, seen[message_id][0], judging, clicks_since)
+        for message_id in judged.rejudge:
+            _rejudge(conn, found[message_id], judging, clicks_since)
             store.update_status(conn, message_id)  # a re-judge may take a status back
         if notify is not None:
-            people = (row for row in rows if row.verdict == verdicts.HUMAN)
+            people = (row for row in judged.rows if row.verdict == verdicts.HUMAN)
             events = [e for e in (trackview.event(conn, row) for row in people) if e is not None]
     for event in events:  # only once the hits are committed
         notify(event)  # type: ignore[misc]
-    return counts
+    return judged.counts
+
+
+@dataclass
+class _Judged:
+    """A batch judged: the rows to store, how many got each verdict, the status each
+    engagement's human hits raise it to, and the messages a scanner burst re-judges."""
+
+    rows: list[store.StoredHit] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    raised: dict[int, str] = field(default_factory=dict)
+    rejudge: set[int] = field(default_factory=set)
+
+
+def _judge_batch(
+    batch: Sequence[RawHit], found: Mapping[int, store.Recent], judging: Judging
+) -> _Judged:
+    seen = {mid: (recent, _earlier(recent)) for mid, recent in found.items()}
+    opened = {mid for mid, recent in found.items() if recent.human_open is not None}
+    out = _Judged()
+    for raw in batch:
+        entry = seen.get(raw.message_id)
+        if entry is None:
+            out.counts["unknown"] += 1
+            continue
+        recent, earlier = entry
+        hit = verdicts.Hit(raw.kind, raw.at, raw.ip, raw.user_agent, raw.link_index)
+        context = verdicts.MessageContext(recent.relayed_at, recent.sender_ips, earlier)
+        verdict = verdicts.judge(hit, context, judging.rules, judging.thresholds)
+        # The rules look back at clicks and at whether a person opened; keeping only
+        # those (one open) keeps a message's hundredth hit in a batch as cheap as its
+        # first.
+        human = verdict.verdict == verdicts.HUMAN
+        if raw.kind == "click" or (human and raw.message_id not in opened):
+            earlier.append(verdicts.JudgedHit(hit, verdict))
+            if human:
+                opened.add(raw.message_id)
+        kept_ip = raw.ip if judging.keep_full_ips else truncate(raw.ip)
+        out.rows.append(
+            store.StoredHit(
+                raw.message_id,
+                raw.kind,
+                raw.at,
+                kept_ip,
+                raw.user_agent,
+                verdict.verdict,
+                raw.link_index,
+                verdict.inferred_open,
+                verdict.reason,
+            )
+        )
+        out.counts[verdict.verdict] += 1
+        engagement = recent.engagement_id
+        if human and engagement is not None:
+            if raw.kind == "click" or out.raised.get(engagement) != "clicked":
+                out.raised[engagement] = "clicked" if raw.kind == "click" else "opened"
+        elif raw.kind == "click" and verdict.verdict == verdicts.SCANNER:
+            out.rejudge.add(raw.message_id)
+    return out
 
 
 def _earlier(recent: store.Recent) -> list[verdicts.JudgedHit]:
