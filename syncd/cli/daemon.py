@@ -121,12 +121,7 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
                     report[count] += getattr(folder, count)
             if stopped is not None:
                 break
-            if result.state == "auth_failed":
-                code = EX_NOPERM
-            elif result.state != "ok" and code != EX_NOPERM:
-                code = EX_UNAVAILABLE
-            elif result.error and code == 0:
-                code = EX_PROBLEMS
+            code = _exit_code(code, result)
             if progress is not None:
                 progress.clear()
             if not as_json:
@@ -150,6 +145,18 @@ def sync(app: App, only: str | None, dry_run: bool, as_json: bool) -> None:
         emit_json(report)
     signals.restore()
     sys.exit(code)
+
+
+def _exit_code(code: int, result: InboxResult) -> int:
+    """The exit code once ``result`` counts too: a refused login outranks an inbox that
+    could not be reached, which outranks a failed folder."""
+    if result.state == "auth_failed":
+        return EX_NOPERM
+    if result.state != "ok" and code != EX_NOPERM:
+        return EX_UNAVAILABLE
+    if result.error and code == 0:
+        return EX_PROBLEMS
+    return code
 
 
 def _stopped_at(conn: sqlite3.Connection, result: InboxResult) -> str:
