@@ -148,7 +148,11 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = FULL")
         migrate(conn, path)
     else:
-        _wait_for_upgrade(conn, path)
+        try:
+            _wait_for_upgrade(conn, path)
+        except BaseException:
+            conn.close()
+            raise
     return conn
 
 
@@ -156,7 +160,6 @@ def _wait_for_upgrade(conn: sqlite3.Connection, path: Path) -> None:
     deadline = time.monotonic() + UPGRADE_WAIT
     while (version := _check_version(conn, path)) < latest_version():
         if time.monotonic() >= deadline:
-            conn.close()
             raise StoreError(
                 f"{path} is at schema {version} and this syncd needs {latest_version()}; "
                 "the daemon of this version upgrades it when it starts (restart syncd)"
