@@ -307,25 +307,21 @@ def link_urls(
     message); None for a message that is not tracked."""
     wanted = list(dict.fromkeys(message_ids))
     found: dict[int, list[tuple[int, str]]] = {}
+    # A tracked message without links comes back as one row with no index.
     for mid, idx, url in conn.execute(
-        "SELECT message_id, idx, url FROM tracked_links"
-        " WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY message_id, idx",
+        "SELECT m.id, l.idx, l.url FROM tracked_messages m"
+        " LEFT JOIN tracked_links l ON l.message_id = m.id"
+        " WHERE m.id IN (SELECT value FROM json_each(?)) ORDER BY m.id, l.idx",
         (json.dumps(wanted),),
     ):
-        found.setdefault(int(mid), []).append((int(idx), str(url)))
-    bare = [mid for mid in wanted if mid not in found]
-    tracked: set[int] = set()
-    if bare:
-        rows = conn.execute(
-            "SELECT id FROM tracked_messages WHERE id IN (SELECT value FROM json_each(?))",
-            (json.dumps(bare),),
-        )
-        tracked = {int(r[0]) for r in rows}
+        links = found.setdefault(int(mid), [])
+        if idx is not None:
+            links.append((int(idx), str(url)))
     result: dict[int, tuple[str, ...] | None] = {}
     for mid in wanted:
         urls = found.get(mid)
         if urls is None:
-            result[mid] = () if mid in tracked else None
+            result[mid] = None
         # Indexes are dense from 0 (record_message enumerates); a gap would be a bug, so a
         # missing index yields no destination rather than a wrong one.
         elif [i for i, _ in urls] != list(range(len(urls))):
