@@ -41,13 +41,13 @@ from syncd.store.backup import (
     DamagedArchive,
     Report,
     check_archive,
-    private_dir,
     restore_archive,
     write_archive,
 )
 from syncd.store.erase import erase as erase_address
 from syncd.store.erase import raw_copies_naming, scan
 from syncd.store.export import export_csv, export_json, export_vcard
+from syncd.store.privatefiles import private_dir
 
 BATCH = 500
 

@@ -32,7 +32,7 @@ import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +43,7 @@ from syncd.errors import StoreDamaged, SyncdError
 from syncd.store.blobs import blob_path
 from syncd.store.db import latest_version
 from syncd.store.integrity import is_damage
+from syncd.store.privatefiles import private_dir, private_file, sync_dir
 
 FORMAT = 1
 STORE_MEMBER = "syncd.sqlite3"
@@ -156,7 +157,7 @@ def write_archive(store: Path, attachments_dir: Path, dest: Path, *, force: bool
         if dest.exists() and not force:
             raise BackupError(f"{dest} exists; give --force to replace it")
         os.replace(archive, dest)
-        _sync_dir(dest.parent)
+        sync_dir(dest.parent)
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -184,7 +185,7 @@ def _write(store: Path, attachments_dir: Path, archive: Path, work: Path, mode: 
         conn.close()
     now = time.time()
     checksums: dict[str, str] = {}
-    with _private(archive) as handle, tarfile.open(fileobj=handle, mode=mode) as tar:
+    with private_file(archive) as handle, tarfile.open(fileobj=handle, mode=mode) as tar:
         checksums[STORE_MEMBER] = _add_file(tar, STORE_MEMBER, copy, now)
         for digest in digests:
             path = blob_path(attachments_dir, digest)
@@ -357,7 +358,7 @@ def _copy(source: IO[bytes], target: Path | None) -> str:
     the archive's problem (it propagates); a failed write is this disk's, and says so."""
     digest = hashlib.sha256()
     try:
-        out = _private(target) if target is not None else contextlib.nullcontext()
+        out = private_file(target) if target is not None else contextlib.nullcontext()
         with out as handle:
             while block := source.read(_CHUNK):
                 digest.update(block)
@@ -439,8 +440,8 @@ def restore_archive(archive: Path, store: Path, attachments_dir: Path, *, force:
         if attachments_dir.exists():
             os.replace(attachments_dir, stage_files / "replaced")
         os.replace(new_files, attachments_dir)
-        _sync_dir(store.parent)
-        _sync_dir(attachments_dir.parent)
+        sync_dir(store.parent)
+        sync_dir(attachments_dir.parent)
         problems = _check_restored(store, attachments_dir, report.counts)
         if problems:
             raise DamagedArchive(archive, problems)
@@ -465,39 +466,3 @@ def _check_restored(store: Path, attachments_dir: Path, counts: dict[str, int]) 
     if missing:
         problems.append(f"{len(missing)} attachment file(s) were not restored")
     return problems
-
-
-# --- files ------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _private(path: Path) -> Iterator[IO[bytes]]:
-    """A new file only its owner can read, on disk when the block ends."""
-    private_dir(path.parent)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # the file may have been there with other bits
-    with os.fdopen(fd, "wb") as handle:
-        yield handle
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def private_dir(path: Path) -> None:
-    """Make ``path`` and missing parents 0700 (umask or not); leave existing ones be."""
-    missing = []
-    for parent in [path, *path.parents]:
-        if parent.exists():
-            break
-        missing.append(parent)
-    for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            directory.mkdir(mode=0o700)
-            directory.chmod(0o700)
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
