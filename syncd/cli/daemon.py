@@ -67,6 +67,18 @@ def run(app: App) -> None:
     sys.exit(code)
 
 
+@click.command("relay-worker", hidden=True)
+@click.option("--fd", type=int, required=True)
+@click.option("--threads", type=int, default=4)
+def relay_worker(fd: int, threads: int) -> None:
+    """The submission relay's worker process, which `run` starts (services.relayworker)."""
+    import socket
+
+    from syncd.services import relayworker
+
+    relayworker.serve(socket.socket(fileno=fd), threads)
+
+
 @click.command("sync")
 @click.option("--inbox", "only", metavar="NAME", help="Only this inbox.")
 @click.option("--dry-run", is_flag=True, help="Count what would be pulled; fetch no bodies.")
@@ -382,6 +394,7 @@ def check_store(app: App, as_json: bool) -> None:
 
 def register(group: click.Group) -> None:
     group.add_command(run)
+    group.add_command(relay_worker)
     group.add_command(sync)
     group.add_command(status)
     group.add_command(doctor)

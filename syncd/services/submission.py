@@ -1,234 +1,33 @@
-"""The submission relay wired: listen, decide tracking, rewrite, relay, record, drain.
+"""The submission relay wired: listen, hand each message to the relay worker, drain.
 
 ``SubmissionService`` runs ``sources.submission`` on the daemon's event loop when
-``submission:`` is configured. Each message goes through ``Relayer.forward`` in a worker
-thread, while the client waits in DATA:
-
-1. Who is tracked (``crm.tracked``): the recipients outside the team, looked up as
-   contacts on a read-only connection of this thread (bounded: past
-   ``LOOKUP_SECONDS`` the message is relayed untracked, never delayed).
-2. Rewriting (``outbound.rewrite``) with signed tokens (``outbound.tokens``); the
-   tracked message id is an HMAC of the message key, so a resend is the same message.
-   Signed or encrypted mail comes back untouched and is logged untracked.
-3. Relaying (``outbound.relay.Submitter``): the smarthost's own reply is the client's;
-   a refusal is passed back and nothing is recorded.
-4. On the smarthost's 250, the ORIGINAL message is spooled (source ``relay``) with its
-   tracked message and the member's (truncated) address in ONE FULL-sync commit
-   (``store.spool.SpoolWriter``, group commit), then 250. The drain
-   (``services.bcc.drain_spool``) logs it through the pipeline exactly once and ties
-   the tracking to the engagement (``store.tracking.mark_logged``), status ``sent``.
-
-A crash after the 250 leaves the message in the spool: the next start drains it.
+``submission:`` is configured. The listener checks AUTH and the sender; each message
+then goes to the relay worker process (``services.relayworker``), which decides
+tracking, rewrites, relays and records it (``services.relayer``) while the client waits
+in DATA. The spool it records to is drained here (``services.bcc.drain_batch``): a
+message the worker recorded nudges the drain, and a timer drains what a crash left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
-import threading
 import time
-from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
-from syncd import hosts
 from syncd.config.model import Config
 from syncd.crm.team import Team
-from syncd.crm.tracked import Known, Tracking, decide, external_recipients
-from syncd.mail.addresses import normalise
-from syncd.mail.parse import header_fields, key_of, parse_addresses
-from syncd.outbound.relay import Relay, RelaySettings, Submitter
-from syncd.outbound.rewrite import rewrite
-from syncd.outbound.tokens import Signer, load_keys, tracked_message_id
-from syncd.secrets import read_password
 from syncd.services.bcc import DRAIN_MAX_SECONDS, DRAIN_SECONDS, drain_batch
+from syncd.services.relayer import TrackingSetup
+from syncd.services.relayworker import RelayWorker, Setup
 from syncd.services.schedule import Backoff, Every
-from syncd.sources.bcc import TEMPFAIL, PasswordFiles
-from syncd.sources.senders import envelope_tag
+from syncd.sources.bcc import PasswordFiles
 from syncd.sources.smtpserver import BccServer, ServerOptions, tls_context
-from syncd.sources.submission import Forwarded, Outgoing, SubmissionHandler, start
-from syncd.store import db, spool, tracking
+from syncd.sources.submission import SubmissionHandler, start
+from syncd.store import spool
 
 log = logging.getLogger("syncd.submission")
-LOOKUP_SECONDS = 2.0
 STOP_GRACE_SECONDS = 10.0
-NOT_RECORDED = "451 4.3.0 The message was relayed but could not be logged; syncd's store is failing"
-
-
-class TrackingSetup:
-    """What rewriting needs: the signer, the id secret, the public URL, pixel position."""
-
-    def __init__(self, keys: dict[str, bytes], public_url: str, pixel: str) -> None:
-        current = next(iter(keys))
-        self.signer = Signer(keys, current)
-        self.secret = keys[current]
-        self.public_url = public_url.rstrip("/")
-        self.pixel = pixel
-
-    @classmethod
-    def from_config(cls, config: Config) -> TrackingSetup | None:
-        t = config.tracking
-        if not t.enabled or t.secret_file is None or not t.public_url:
-            return None
-        keys = load_keys(t.secret_file.read_text(encoding="utf-8"))
-        return cls(keys, t.public_url, t.pixel)
-
-
-class Relayer:
-    """``forward`` for the submission handler: decide, rewrite, relay, record."""
-
-    def __init__(
-        self,
-        *,
-        team: Team,
-        submitter: Submitter,
-        record: spool.SpoolWriter,
-        store_path: Any,
-        setup: TrackingSetup | None,
-        require_legal_basis: bool = False,
-        keep_full_ips: bool = False,
-        relayed: Any = None,
-        clock: Any = time.time,
-    ) -> None:
-        self.team = team
-        self.submitter = submitter
-        self.record = record
-        self.store_path = store_path
-        self.setup = setup
-        self.require_legal_basis = require_legal_basis
-        self.keep_full_ips = keep_full_ips
-        self.relayed = relayed  # called after each recorded message (nudges the drain)
-        self.clock = clock
-        self._local = threading.local()
-
-    # The store, read-only, one connection per worker thread ----------------------------
-
-    def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = db.connect(self.store_path, readonly=True)
-            self._local.conn = conn
-        return conn
-
-    def _bounded(self, fn: Any, *args: Any) -> Any:
-        """``fn(conn, *args)`` on this thread's reader, interrupted past LOOKUP_SECONDS."""
-        conn = self._reader()
-        deadline = time.monotonic() + LOOKUP_SECONDS
-        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
-        try:
-            return fn(conn, *args)
-        finally:
-            conn.set_progress_handler(None, 0)
-
-    def who(self, raw: bytes, recipients: tuple[str, ...]) -> Tracking:
-        fields = header_fields(raw)
-        named = [a.email for n in ("to", "cc", "bcc") for a in parse_addresses(fields.get(n), [])]
-        external = external_recipients([*named, *recipients], self.team)
-        known: dict[str, Known] = {}
-        if external:
-            try:
-                found = self._bounded(tracking.known_recipients, external)
-            except Exception as error:  # a slow or unreadable store: relay untracked
-                log.warning("contacts not looked up (%s): relayed untracked", error)
-                return Tracking("contacts could not be looked up in time")
-            known = {a: Known(cid, basis) for a, (cid, basis) in found.items()}
-        return decide(external, known, require_legal_basis=self.require_legal_basis)
-
-    def _unwrap(self, url: str) -> str | None:
-        """An old tracked link of ours (quoted history) back to its destination."""
-        assert self.setup is not None
-        verified = self.setup.signer.verify(url.rsplit("/", 1)[-1])
-        if verified is None or verified.link_index is None:
-            return None
-        try:
-            return self._bounded(tracking.link_url, verified.message_id, verified.link_index)
-        except Exception:
-            return None
-
-    def prepare(
-        self, message: Outgoing, key: str, at: datetime
-    ) -> tuple[bytes, tracking.TrackedMessage | None]:
-        """The bytes to relay and the tracked message to record (None: untracked)."""
-        setup = self.setup
-        if setup is None:
-            return message.raw, None
-        decision = self.who(message.raw, message.recipients)
-        if not decision.tracked:
-            return message.raw, None
-        mid = tracked_message_id(setup.secret, key)
-        base = setup.public_url
-        done = rewrite(
-            message.raw,
-            link_url=lambda i: f"{base}/c/{setup.signer.click_token(mid, i)}",
-            pixel_url=f"{base}/o/{setup.signer.open_token(mid)}.gif",
-            public_url=base,
-            pixel_position="top" if setup.pixel == "top" else "bottom",
-            unwrap=self._unwrap,
-        )
-        if done.untracked is not None or not (done.pixel or done.links):
-            return message.raw, None
-        tracked = tracking.TrackedMessage(
-            id=mid,
-            message_key=key,
-            sender=normalise(message.member),
-            relayed_at=at,
-            links=done.links,
-            contact_id=decision.contact_id,
-            anonymous=decision.anonymous,
-        )
-        return done.raw, tracked
-
-    def forward(self, message: Outgoing) -> Forwarded:
-        key = key_of(message.raw)
-        out, tracked = self.prepare(message, key, datetime.now(UTC))
-        answer = self.submitter.submit(out, message.mail_from, message.recipients)
-        if not answer.accepted:
-            if answer.from_smarthost and 400 <= answer.code < 600:
-                return Forwarded(answer.line, "refused.smarthost")
-            line = answer.line if 400 <= answer.code < 500 else TEMPFAIL
-            return Forwarded(line, "tempfail")
-        at = datetime.fromtimestamp(self.clock(), UTC)
-        if tracked is not None:
-            tracked = tracking.TrackedMessage(
-                tracked.id, tracked.message_key, tracked.sender, at, tracked.links,
-                tracked.contact_id, tracked.anonymous,
-            )  # fmt: skip
-        ip = None
-        if self.setup is not None and message.peer_ip:
-            ip = message.peer_ip if self.keep_full_ips else hosts.truncate(message.peer_ip)
-        also = partial(tracking.record_relayed, message=tracked, member=normalise(message.member),
-                       ip=ip, at=at)  # fmt: skip
-        # A Bcc to a tagged logging address (log+deal-42@) picks the records of the copy
-        # logged here too, not only of the one the BCC endpoint gets later.
-        tag = envelope_tag(message.recipients, self.team.bcc_addresses)
-        try:
-            self.record(
-                message.raw, message.mail_from, message.peer_ip, normalise(message.member),
-                source="relay", also=also, **({"tag": tag} if tag else {}),
-            )  # fmt: skip
-        except Exception as error:
-            # The smarthost has it; the client will retry and the recipient may get it
-            # twice, but what is in the CRM stays what was sent, once.
-            log.error("relayed mail from %s not recorded: %s", message.member, error)
-            return Forwarded(NOT_RECORDED, "tempfail")
-        if self.relayed is not None:
-            self.relayed()
-        return Forwarded(answer.line, "relayed")
-
-    def close(self) -> None:
-        self.submitter.close()
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-
-
-def make_submitter(config: Config) -> Submitter:
-    relay = config.smarthost
-    assert relay is not None
-    settings = RelaySettings(relay.host, relay.port, relay.security, relay.username)
-    password = (lambda: read_password(relay)) if relay.username else (lambda: None)
-    return Submitter(Relay(settings, password))
 
 
 def credentials(config: Config, team: Team) -> PasswordFiles:
@@ -249,32 +48,22 @@ class SubmissionService:
         self._writer = spool.SpoolWriter(config.store.path)
         self._server: BccServer | None = None
         self._handler: SubmissionHandler | None = None
-        self._relayer: Relayer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._worker: RelayWorker | None = None
+        self._nudges: set[asyncio.Future[None]] = set()
         self._draining = False
         self._drain_pause = Backoff(DRAIN_SECONDS, DRAIN_MAX_SECONDS)
         self._state = "starting"
 
-    def _make_relayer(self, config: Config) -> Relayer:
-        return Relayer(
-            team=Team.from_config(config),
-            submitter=make_submitter(config),
-            record=self._writer,
-            store_path=config.store.path,
-            setup=TrackingSetup.from_config(config),
-            require_legal_basis=bool(config.privacy.require_legal_basis),
-            keep_full_ips=config.tracking.keep_full_ips,
-            relayed=self._nudge,
-        )
-
     async def start(self, every: Every) -> None:
-        self._loop = asyncio.get_running_loop()
         sub = self._config.submission
         assert sub is not None
-        self._relayer = self._make_relayer(self._config)
+        # The tracking keys are read here, so that a bad secret_file stops the start.
+        setup = Setup(self._config, TrackingSetup.from_config(self._config))
+        self._worker = RelayWorker(setup, relayed=self._nudge)
+        await self._worker.start()
         self._handler = SubmissionHandler(
             team=self._team,
-            forward=self._relayer.forward,
+            forward=self._worker.forward,
             credentials=credentials(self._config, self._team),
             on_event=self._writer.count,
             require_tls=bool(sub.require_tls and sub.tls),
@@ -288,12 +77,13 @@ class SubmissionService:
         )
         self._server = await start(self._handler, options)
         self._state = "listening"
-        self._loop.create_task(self._drain())  # what a crash left is logged now
+        self._nudge()  # what a crash left is logged now
         every(self._drain, DRAIN_SECONDS, "submission-drain")
 
     def _nudge(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
+        task = asyncio.ensure_future(self._drain())
+        self._nudges.add(task)
+        task.add_done_callback(self._nudges.discard)
 
     async def _drain(self) -> None:
         if self._draining or not self._drain_pause.ready():
@@ -322,8 +112,8 @@ class SubmissionService:
         self._state = "stopped"
         if self._handler is not None:
             await asyncio.to_thread(self._handler.close)
-        if self._relayer is not None:
-            await asyncio.to_thread(self._relayer.close)
+        if self._worker is not None:
+            await self._worker.stop(deadline)
         await asyncio.to_thread(self._writer.close)
         await self._drain()
 
@@ -333,17 +123,15 @@ class SubmissionService:
         if config.submission is None or self._handler is None:
             return
         self._config, self._team = config, Team.from_config(config)
-        old = self._relayer
         try:
-            self._relayer = self._make_relayer(config)
+            setup = Setup(config, TrackingSetup.from_config(config))
         except Exception as error:
             log.error("submission: new tracking settings not used: %s", error)
             return
         self._handler.team = self._team
         self._handler.credentials = credentials(config, self._team)
-        self._handler.forward = self._relayer.forward
-        if old is not None:
-            old.submitter.close()
+        if self._worker is not None:
+            self._worker.reconfigure(setup)
 
     def status(self) -> dict[str, Any]:
         sub = self._config.submission

@@ -23,9 +23,10 @@ import socket
 import ssl
 import threading
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiosmtpd.smtp import SMTP, syntax
 
@@ -34,6 +35,7 @@ from syncd.sources.bcc_limits import DataBudget, Limits
 if TYPE_CHECKING:
     from syncd.sources.bcc import BccHandler
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 NO_ROOM = "452 4.3.1 Insufficient system storage, try later"
@@ -336,6 +338,10 @@ class ThreadedEndpoint:
         self._server = future.result(timeout=10)
         self.port = self._server.port
         return self
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Run ``coro`` on the endpoint's loop (what the handler's hooks share) and wait."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     @property
     def bytes_in_flight(self) -> int:

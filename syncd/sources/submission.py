@@ -13,10 +13,11 @@ decision, held here:
   inbox address (``Senders.may_send_as``): else ``550 5.7.1`` with the reason.
 - Any recipient: this is a relay for authenticated members, not for the world.
 - DATA ends only at ``<CR><LF>.<CR><LF>`` (aiosmtpd reads lines split at CRLF).
-- Inside DATA the message goes to ``forward(Outgoing) -> Forwarded`` in a worker thread:
-  the service decides tracking, rewrites, relays to the smarthost and, on its 250,
-  records the original durably; its reply is the one the client sees (the smarthost's
-  own 4xx or 5xx when it refused).
+- Inside DATA the message goes to ``await forward(Outgoing) -> Forwarded``: the service
+  decides tracking, rewrites, relays to the smarthost and, on its 250, records the
+  original durably (the daemon in its relay worker process, ``services.relayworker``;
+  ``in_thread`` runs a plain function in a thread instead); its reply is the one the
+  client sees (the smarthost's own 4xx or 5xx when it refused).
 
 Session flow::
 
@@ -37,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +83,16 @@ class Forwarded:
     outcome: str
 
 
-Forward = Callable[[Outgoing], Forwarded]
+Forward = Callable[[Outgoing], Awaitable[Forwarded]]
+
+
+def in_thread(forward: Callable[[Outgoing], Forwarded]) -> Forward:
+    """``forward`` run in a thread of the loop's default executor, for the handler."""
+
+    async def run(message: Outgoing) -> Forwarded:
+        return await asyncio.to_thread(forward, message)
+
+    return run
 
 
 class SubmissionHandler(BccHandler):
@@ -186,13 +196,10 @@ class SubmissionHandler(BccHandler):
         outgoing = Outgoing(
             raw, envelope.mail_from or "", tuple(envelope.rcpt_tos), member, _peer_ip(session)
         )
-        loop = asyncio.get_running_loop()
         try:
             # shield: a DATA deadline or a lost connection must not abandon a relay and
-            # its durable record half way; the thread finishes either way.
-            done = await asyncio.shield(
-                loop.run_in_executor(self._executor, self.forward, outgoing)
-            )
+            # its durable record half way; the worker finishes either way.
+            done = await asyncio.shield(self.forward(outgoing))
         except Exception as error:
             log.error("submission from %s failed: %s", member, type(error).__name__)
             self.count("tempfail")

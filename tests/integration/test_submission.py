@@ -27,10 +27,10 @@ from syncd.crm.team import InboxRule, Team
 from syncd.outbound.relay import Relay, RelaySettings, Submitter
 from syncd.outbound.tokens import Signer, load_keys, new_key_line
 from syncd.services.bcc import drain_spool
-from syncd.services.submission import Relayer, TrackingSetup
+from syncd.services.relayer import Relayer, TrackingSetup
 from syncd.sources.bcc import PasswordFiles
 from syncd.sources.smtpserver import ServerOptions, ThreadedEndpoint, tls_context
-from syncd.sources.submission import SubmissionHandler, threaded
+from syncd.sources.submission import SubmissionHandler, in_thread, threaded
 from syncd.store import contacts, db
 from syncd.store.spool import SpoolWriter
 from tests.integration.conftest import Notify, free_port
@@ -150,7 +150,7 @@ def make(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
         files = {"ada@example.com": tmp_path / "ada.pw", "bob@example.com": tmp_path / "bob.pw"}
         handler = SubmissionHandler(
             team=team,
-            forward=relayer.forward,
+            forward=in_thread(relayer.forward),
             credentials=PasswordFiles(files, team),
             on_event=writer.count,
             require_tls=cert is not None,

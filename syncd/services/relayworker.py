@@ -1,0 +1,334 @@
+"""The submission relay's work in a child process: the daemon's end and the child's.
+
+``SubmissionService`` keeps the SMTP side (AUTH, the sender checks, DATA) on the daemon's
+event loop and hands each message to ``RelayWorker.forward``. The worker is a child
+process (``syncd relay-worker``) that runs ``services.relayer.Relayer`` in a few threads:
+the who-is-tracked lookup, rewriting, the smarthost exchange and the spool commit. It is
+a process because that work is Python that would otherwise share one interpreter lock
+with the listener; apart, each has a core to itself (the README's Speed section).
+
+The two talk over a socket pair the child inherits, in frames of a 4-byte big-endian
+length and a pickle. To the child: first ``Setup`` (the config and the tracking keys),
+then ``(id, Outgoing)`` per message; back: ``(0, "", "ready")`` once the child can take
+mail, then ``(id, reply, outcome)`` per message. Only the two ends
+of the pair can write to it, so every pickle read is one syncd wrote.
+
+Lifecycle of one child::
+
+    spawned --Setup--> serving --EOF (stop, reload, or the daemon killed)-->
+      finishes and answers the messages in hand, exits 0
+    serving --dies (a crash, kill -9)--> the daemon answers its messages in hand 451
+      (the client sends again; one already recorded is logged once, by Message-ID)
+      and spawns the next on the next message, after a pause that doubles with each
+      death in a row (1 s, up to 60 s), answering 451 meanwhile
+
+The child ignores SIGINT and SIGTERM: systemd and a terminal signal the whole process
+group, and a message the smarthost accepted must still be recorded. It stops when the
+daemon's end closes, which the kernel does for a daemon killed with SIGKILL too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any
+
+from syncd.config.model import Config
+from syncd.services.relayer import TrackingSetup, make_relayer
+from syncd.services.schedule import Backoff
+from syncd.sources.bcc import TEMPFAIL
+from syncd.sources.submission import Forwarded, Outgoing
+from syncd.store.spool import SpoolWriter
+
+log = logging.getLogger("syncd.submission")
+# More threads only take turns on the child's interpreter lock; fewer leave it idle
+# while one waits on the smarthost or on fsync.
+THREADS = 4
+LOST = Forwarded(TEMPFAIL, "tempfail")
+DOWN = Forwarded("451 4.3.0 The relay worker is restarting; please try again later", "tempfail")
+START_SECONDS = 30.0  # a child not ready by then is left to come up, or to die and be replaced
+_LENGTH = 4
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a child needs before its first message."""
+
+    config: Config
+    tracking: TrackingSetup | None
+
+
+def _frame(item: Any) -> bytes:
+    data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+    return len(data).to_bytes(_LENGTH, "big") + data
+
+
+def _read(stream: IO[bytes]) -> Any:
+    """The next frame's item, or None at the end of the stream."""
+    head = stream.read(_LENGTH)
+    if len(head) < _LENGTH:
+        return None
+    size = int.from_bytes(head, "big")
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)
+
+
+# The daemon's end ---------------------------------------------------------------------
+
+
+class _Channel(asyncio.Protocol):
+    """One child as the daemon sees it: frames out, replies matched to their futures."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], lost: Callable[[_Channel], None]):
+        self.proc = proc
+        self.pending: dict[int, asyncio.Future[Forwarded]] = {}
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._next = 0
+        self._lost = lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def send(self, message: Outgoing) -> asyncio.Future[Forwarded]:
+        future: asyncio.Future[Forwarded] = self.closed.get_loop().create_future()
+        if self.transport is None or self.closed.done():
+            future.set_result(LOST)
+            return future
+        self._next += 1
+        self.pending[self._next] = future
+        self.transport.write(_frame((self._next, message)))
+        return future
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        at = 0
+        while len(buffer) - at >= _LENGTH:
+            end = at + _LENGTH + int.from_bytes(buffer[at : at + _LENGTH], "big")
+            if len(buffer) < end:
+                break
+            ident, reply, outcome = pickle.loads(buffer[at + _LENGTH : end])
+            at = end
+            if ident == 0 and not self.ready.done():
+                self.ready.set_result(None)
+            future = self.pending.pop(ident, None)
+            if future is not None and not future.done():
+                future.set_result(Forwarded(reply, outcome))
+        del buffer[:at]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for future in self.pending.values():
+            if not future.done():
+                future.set_result(LOST)
+        self.pending.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self._lost(self)
+
+    def retire(self) -> None:
+        """No more messages: the child answers those in hand, then exits."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write_eof()
+
+
+class RelayWorker:
+    """``forward`` for the submission handler, done by a child process."""
+
+    def __init__(
+        self, setup: Setup, *, relayed: Callable[[], None] | None = None, threads: int = THREADS
+    ) -> None:
+        self._setup = setup
+        self._relayed = relayed  # called after each recorded message (nudges the drain)
+        self._threads = threads
+        self._channel: _Channel | None = None
+        self._spawning: asyncio.Future[None] | None = None
+        self._retired: set[_Channel] = set()
+        self._reaping: set[asyncio.Future[Any]] = set()
+        self._pause = Backoff(1.0, 60.0)
+        self._stopping = False
+        self.deaths = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._channel.proc.pid if self._channel is not None else None
+
+    async def start(self) -> bool:
+        """Spawn the child now and wait until it takes mail (or dies: False)."""
+        channel = await self._current()
+        if channel is None:
+            return False
+        await asyncio.wait(
+            (channel.ready, channel.closed),
+            timeout=START_SECONDS,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        return channel.ready.done()
+
+    async def forward(self, message: Outgoing) -> Forwarded:
+        channel = await self._current()
+        if channel is None:
+            return DOWN
+        done = await channel.send(message)
+        if done is not LOST:
+            self._pause.succeeded()
+        if done.outcome == "relayed" and self._relayed is not None:
+            self._relayed()
+        return done
+
+    def reconfigure(self, setup: Setup) -> None:
+        """New messages go to a child with ``setup``; the old one finishes its own."""
+        self._setup = setup
+        old, self._channel = self._channel, None
+        if old is not None:
+            self._retired.add(old)
+            old.retire()
+        self._keep(asyncio.ensure_future(self._current()))
+
+    async def stop(self, deadline: float) -> None:
+        """Let each child answer what it holds and exit; past ``deadline``, kill it."""
+        self._stopping = True
+        if self._spawning is not None:
+            await asyncio.shield(self._spawning)
+        channels = [c for c in (self._channel, *self._retired) if c is not None]
+        self._channel = None
+        for channel in channels:
+            channel.retire()
+        for channel in channels:
+            try:
+                left = max(0.0, deadline - time.monotonic())
+                await asyncio.wait_for(asyncio.shield(channel.closed), left)
+            except TimeoutError:
+                log.warning("the relay worker (pid %d) did not finish in time; killed it",
+                            channel.proc.pid)  # fmt: skip
+                channel.proc.kill()
+            await asyncio.to_thread(channel.proc.wait)
+        if self._reaping:
+            await asyncio.gather(*self._reaping, return_exceptions=True)
+
+    async def _current(self) -> _Channel | None:
+        if self._channel is None and self._spawning is None:
+            if self._stopping or not self._pause.ready():
+                return None
+            self._spawning = asyncio.ensure_future(self._spawn())
+        if self._spawning is not None:
+            await asyncio.shield(self._spawning)
+        return self._channel
+
+    async def _spawn(self) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "syncd", *_verbosity(), "relay-worker",
+                 "--fd", str(theirs.fileno()), "--threads", str(self._threads)],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+            )  # fmt: skip
+            theirs.close()
+            ours.sendall(_frame(self._setup))  # a few kB: fits the socket's buffer
+            loop = asyncio.get_running_loop()
+            _, channel = await loop.create_unix_connection(
+                lambda: _Channel(proc, self._lost), sock=ours
+            )
+        except OSError as error:
+            ours.close()
+            theirs.close()
+            wait = self._pause.failed()
+            log.error("the relay worker could not start (%s); trying again in %.0f s",
+                      error, wait)  # fmt: skip
+            return
+        finally:
+            self._spawning = None
+        self._channel = channel
+        log.debug("relay worker started, pid %d", proc.pid)
+
+    def _lost(self, channel: _Channel) -> None:
+        wait = None
+        if channel is self._channel:
+            self._channel = None
+            if not self._stopping:
+                self.deaths += 1
+                wait = self._pause.failed()
+        self._retired.discard(channel)
+        self._keep(asyncio.ensure_future(self._reap(channel.proc, wait)))
+
+    async def _reap(self, proc: subprocess.Popen[bytes], wait: float | None) -> None:
+        code = await asyncio.to_thread(proc.wait)
+        if wait is not None:
+            log.error("the relay worker (pid %d) stopped with %s; messages it held were "
+                      "answered 451, and a new one starts in %.0f s",
+                      proc.pid, _exit_status(code), wait)  # fmt: skip
+
+    def _keep(self, task: asyncio.Future[Any]) -> None:
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
+
+
+def _verbosity() -> list[str]:
+    """The daemon's log level as the CLI's flags, for the child's own logging."""
+    level = logging.getLogger().getEffectiveLevel()
+    return ["-v"] if level <= logging.DEBUG else ["-q"] if level >= logging.WARNING else []
+
+
+def _exit_status(code: int) -> str:
+    return f"signal {-code}" if code < 0 else f"exit code {code}"
+
+
+# The child's end ----------------------------------------------------------------------
+
+
+def serve(sock: socket.socket, threads: int = THREADS) -> None:
+    """Run the relay for the daemon on the other end of ``sock`` until it closes."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    stream = sock.makefile("rb")
+    setup = _read(stream)
+    if not isinstance(setup, Setup):
+        return
+    writer = SpoolWriter(setup.config.store.path)
+    relayer = make_relayer(setup.config, writer, setup.tracking)
+    reading, writing = threading.Lock(), threading.Lock()
+    sock.sendall(_frame((0, "", "ready")))
+
+    def work() -> None:
+        # Each thread reads its own next message: none waits on a hand-over.
+        while True:
+            with reading:
+                item = _read(stream)
+            if item is None:
+                return
+            ident, message = item
+            try:
+                done = relayer.forward(message)
+            except Exception as error:
+                log.error("submission from %s failed: %s", message.member, type(error).__name__)
+                done = LOST
+            try:
+                with writing:
+                    sock.sendall(_frame((ident, done.reply, done.outcome)))
+            except OSError:
+                pass  # the daemon is gone; what was recorded stays recorded
+
+    workers = [threading.Thread(target=work, name=f"relay-{i}") for i in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    relayer.close()
+    writer.close()
+    sock.close()

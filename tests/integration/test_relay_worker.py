@@ -1,0 +1,311 @@
+"""The submission relay's worker process against real parts: the real child
+(``syncd relay-worker``) spawned by ``RelayWorker``, the real listener driven by smtplib,
+an aiosmtpd sink as the smarthost that can hold a message, a real store; signals sent to
+the real processes, and the real ``syncd run`` killed while its worker holds a message."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import smtplib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from syncd.config.model import Config
+from syncd.crm.team import Team
+from syncd.outbound.tokens import load_keys, new_key_line
+from syncd.services.relayer import TrackingSetup
+from syncd.services.relayworker import RelayWorker, Setup
+from syncd.sources.bcc import PasswordFiles
+from syncd.sources.smtpserver import ServerOptions, ThreadedEndpoint
+from syncd.sources.submission import SubmissionHandler, threaded
+from syncd.store import db
+from tests.integration.conftest import Notify, free_port
+from tests.integration.test_bcc import Sink
+from tests.integration.test_submission import (
+    ADA_PW,
+    PUBLIC,
+    daemon_config,
+    html_mail,
+    start_daemon,
+    timeline,
+)
+
+TEMPFAIL = 451
+
+
+class HoldingSink(Sink):
+    """A smarthost that holds each message ``hold`` seconds before its 250, and says when
+    it has one in hand."""
+
+    def __init__(self, hold: float) -> None:
+        super().__init__([])
+        self.hold = hold
+        self.holding = threading.Event()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.holding.set()
+        await asyncio.sleep(self.hold)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@dataclass
+class Relay:
+    path: Path
+    sink: Sink
+    worker: RelayWorker
+    endpoint: ThreadedEndpoint
+    setup: Setup
+
+    def send(self, mid: str = "offer-1") -> tuple[int, bytes]:
+        """One message through the listener: the reply the client got."""
+        client = smtplib.SMTP("127.0.0.1", self.endpoint.port, timeout=20)
+        try:
+            client.login("ada@example.com", ADA_PW)
+            client.mail("ada@example.com")
+            client.rcpt("client@customer.example")
+            return client.data(html_mail(mid=mid))
+        finally:
+            client.close()
+
+    def send_later(self, mid: str = "offer-1") -> Callable[[], tuple[int, bytes]]:
+        """``send`` in a thread; the returned call waits for its reply."""
+        reply: list[tuple[int, bytes]] = []
+        thread = threading.Thread(target=lambda: reply.append(self.send(mid)))
+        thread.start()
+
+        def wait() -> tuple[int, bytes]:
+            thread.join(30)
+            return reply[0]
+
+        return wait
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.path) as conn:
+            return [tuple(r) for r in conn.execute(sql).fetchall()]
+
+    @property
+    def pid(self) -> int:
+        assert self.worker.pid is not None
+        return self.worker.pid
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[Callable[..., Relay]]:
+    made: list[Relay] = []
+
+    def build(hold: float = 0.0) -> Relay:
+        path = tmp_path / "store.sqlite3"
+        db.connect(path).close()
+        (tmp_path / "ada.pw").write_text(ADA_PW)
+        sink = HoldingSink(hold) if hold else Sink([])
+        config = Config.from_mapping(
+            {
+                "store": {"path": str(path)},
+                "team": [{"name": "Ada", "email": "ada@example.com"}],
+                "relay": {"host": "127.0.0.1", "port": sink.port, "security": "none"},
+            }
+        )
+        setup = Setup(config, TrackingSetup(load_keys(new_key_line("k1")), PUBLIC, "bottom"))
+        worker = RelayWorker(setup)
+        team = Team.build([("ada@example.com", [])])
+        handler = SubmissionHandler(
+            team=team,
+            forward=worker.forward,
+            credentials=PasswordFiles({"ada@example.com": tmp_path / "ada.pw"}, team),
+        )
+        endpoint = threaded(handler, ServerOptions(port=0, hostname="relay.test")).start()
+        assert endpoint.call(worker.start())
+        made.append(Relay(path, sink, worker, endpoint, setup))
+        return made[-1]
+
+    yield build
+    for r in made:
+        r.endpoint.call(r.worker.stop(time.monotonic() + 5))
+        r.endpoint.stop()
+        r.sink.close()
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)
+
+
+def test_a_message_is_rewritten_relayed_and_recorded_by_the_worker_process(
+    relay: Callable[..., Relay],
+) -> None:
+    r = relay()
+    assert r.pid != os.getpid() and alive(r.pid)
+    assert r.send() == (250, b"OK")
+    [(_, _, relayed)] = r.sink.received
+    assert f"{PUBLIC}/o/".encode() in relayed
+    assert r.rows("SELECT source FROM spool") == [("relay",)]
+    assert len(r.rows("SELECT id FROM tracked_messages")) == 1
+    assert r.rows("SELECT value FROM bcc_counters WHERE name = 'submission.relayed'") == [(1,)]
+
+
+def test_sigterm_and_sigint_leave_the_worker_serving(relay: Callable[..., Relay]) -> None:
+    # systemd's stop and a terminal's Ctrl-C reach the whole process group; the daemon
+    # decides when its worker stops.
+    r = relay()
+    pid = r.pid
+    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGINT)
+    time.sleep(0.3)
+    assert alive(pid)
+    assert r.send() == (250, b"OK")
+    assert r.pid == pid
+
+
+def test_a_worker_killed_holding_a_message_answers_451_and_the_resend_is_logged_once(
+    relay: Callable[..., Relay],
+) -> None:
+    r = relay(hold=1.0)
+    old = r.pid
+    reply = r.send_later()
+    assert r.sink.holding.wait(10)
+    os.kill(old, signal.SIGKILL)
+    code, text = reply()
+    assert code == TEMPFAIL, text
+    # The smarthost got it; syncd did not record it, and the client knows to resend.
+    assert r.rows("SELECT count(*) FROM spool") == [(0,)]
+    # A new worker comes after a pause; meanwhile mail is answered 451, not lost.
+    deadline = time.monotonic() + 15
+    while (answer := r.send())[0] == TEMPFAIL and time.monotonic() < deadline:
+        assert b"relay worker is restarting" in answer[1]
+        time.sleep(0.2)
+    assert answer == (250, b"OK")
+    assert r.pid != old and not alive(old)
+    assert r.rows("SELECT source FROM spool") == [("relay",)]
+    assert len(r.rows("SELECT id FROM tracked_messages")) == 1
+    assert r.worker.deaths == 1
+
+
+def test_a_reload_sends_new_mail_to_a_new_worker_while_the_old_one_finishes(
+    relay: Callable[..., Relay],
+) -> None:
+    r = relay(hold=1.0)
+    old = r.pid
+    first = r.send_later("offer-1")
+    assert r.sink.holding.wait(10)
+    r.endpoint.call(_reconfigure(r.worker, r.setup))
+    r.sink.hold = 0.0
+    assert r.send("offer-2") == (250, b"OK")
+    assert r.pid != old
+    assert first() == (250, b"OK")  # answered by the old worker, which then exits
+    assert gone_within(old, 10)
+    assert len(r.rows("SELECT id FROM spool")) == 2
+    assert r.worker.deaths == 0
+
+
+async def _reconfigure(worker: RelayWorker, setup: Setup) -> None:
+    worker.reconfigure(setup)
+
+
+def test_stop_waits_for_the_message_in_hand_and_kills_a_worker_past_the_deadline(
+    relay: Callable[..., Relay],
+) -> None:
+    r = relay(hold=0.5)
+    pid = r.pid
+    reply = r.send_later()
+    assert r.sink.holding.wait(10)
+    r.endpoint.call(r.worker.stop(time.monotonic() + 10))
+    assert reply() == (250, b"OK") and not alive(pid)
+    assert r.rows("SELECT count(*) FROM spool") == [(1,)]
+
+    r = relay(hold=5.0)
+    pid = r.pid
+    reply = r.send_later("offer-2")
+    assert r.sink.holding.wait(10)
+    started = time.monotonic()
+    r.endpoint.call(r.worker.stop(time.monotonic() + 0.3))
+    assert time.monotonic() - started < 3 and not alive(pid)
+    assert reply()[0] == TEMPFAIL
+
+
+def test_the_daemon_killed_while_its_worker_holds_a_message(tmp_path: Path, notify: Notify) -> None:
+    """kill -9 of ``syncd run`` mid-relay: the worker still records what the smarthost
+    took, exits (no orphan), and the next start logs it once; the client's resend is a
+    duplicate of it."""
+    sink = HoldingSink(1.0)
+    port = free_port()
+    config = daemon_config(tmp_path, port, sink.port)
+    proc = start_daemon(tmp_path, notify, config)
+    try:
+        notify.wait_for("READY=1")
+        [worker] = _children(proc.pid)
+        client = smtplib.SMTP("127.0.0.1", port, timeout=20)
+        client.login("ada@example.com", ADA_PW)
+        client.mail("ada@example.com")
+        client.rcpt("client@customer.example")
+        waiting = threading.Thread(target=lambda: _ignore(client.data, html_mail()))
+        waiting.start()
+        assert sink.holding.wait(10)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert gone_within(worker, 10)
+        waiting.join(10)
+        store = tmp_path / "var" / "syncd.sqlite3"
+        with sqlite3.connect(store) as conn:
+            assert conn.execute("SELECT source FROM spool").fetchall() == [("relay",)]
+        proc.communicate()
+        sink.hold = 0.0
+        proc = start_daemon(tmp_path, notify, config)
+        notify.wait_for("READY=1")
+        resend = smtplib.SMTP("127.0.0.1", port, timeout=20)
+        resend.login("ada@example.com", ADA_PW)
+        assert resend.sendmail("ada@example.com", ["client@customer.example"], html_mail()) == {}
+        resend.quit()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with sqlite3.connect(store) as conn:
+                if conn.execute("SELECT count(*) FROM spool").fetchone()[0] == 0:
+                    break
+            time.sleep(0.2)
+        entries = timeline(tmp_path, "client@customer.example")
+        assert [e["message_id"] for e in entries] == ["offer-1@example.com"]
+        assert len(sink.received) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=25) == 0
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate()
+        sink.close()
+    assert ADA_PW not in stderr
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started, whichever of its threads started them."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        children = [int(c) for t in tasks for c in (t / "children").read_text().split()]
+        if children:
+            return children
+        time.sleep(0.05)
+    return []
+
+
+def _ignore(call: Callable[..., Any], *args: Any) -> None:
+    with contextlib.suppress(smtplib.SMTPException, OSError):
+        call(*args)
