@@ -254,3 +254,8 @@ def _submission_metrics(sub: dict[str, Any]) -> Iterator[Metric]:
         "Submissions answered 4xx by syncd (smarthost unreachable, store failing)",
         sub.get("temporary_failures", 0),
     )
+    yield _counter(
+        "syncd_submission_worker_restarts",
+        "Times the relay worker process died and was replaced, since the daemon started",
+        sub.get("worker_restarts", 0),
+    )

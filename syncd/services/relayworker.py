@@ -19,8 +19,8 @@ Lifecycle of one child::
       finishes and answers the messages in hand, exits 0
     serving --dies (a crash, kill -9)--> the daemon answers its messages in hand 451
       (the client sends again; one already recorded is logged once, by Message-ID)
-      and spawns the next on the next message, after a pause that doubles with each
-      death in a row (1 s, up to 60 s), answering 451 meanwhile
+      and spawns the next after a pause that doubles with each death in a row (1 s, up
+      to 60 s), answering 451 meanwhile
 
 The child ignores SIGINT and SIGTERM: systemd and a terminal signal the whole process
 group, and a message the smarthost accepted must still be recorded. It stops when the
@@ -160,6 +160,7 @@ class RelayWorker:
         self._spawning: asyncio.Future[None] | None = None
         self._retired: set[_Channel] = set()
         self._reaping: set[asyncio.Future[Any]] = set()
+        self._restart: asyncio.Task[None] | None = None
         self._pause = Backoff(1.0, 60.0)
         self._stopping = False
         self.deaths = 0
@@ -203,6 +204,8 @@ class RelayWorker:
     async def stop(self, deadline: float) -> None:
         """Let each child answer what it holds and exit; past ``deadline``, kill it."""
         self._stopping = True
+        if self._restart is not None:
+            self._restart.cancel()
         if self._spawning is not None:
             await asyncio.shield(self._spawning)
         channels = [c for c in (self._channel, *self._retired) if c is not None]
@@ -266,6 +269,8 @@ class RelayWorker:
                 wait = self._pause.failed()
         self._retired.discard(channel)
         self._keep(asyncio.ensure_future(self._reap(channel.proc, wait)))
+        if wait is not None:
+            self._restart = asyncio.ensure_future(self._respawn(wait))
 
     async def _reap(self, proc: subprocess.Popen[bytes], wait: float | None) -> None:
         code = await asyncio.to_thread(proc.wait)
@@ -273,6 +278,10 @@ class RelayWorker:
             log.error("the relay worker (pid %d) stopped with %s; messages it held were "
                       "answered 451, and a new one starts in %.0f s",
                       proc.pid, _exit_status(code), wait)  # fmt: skip
+
+    async def _respawn(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        await self._current()
 
     def _keep(self, task: asyncio.Future[Any]) -> None:
         self._reaping.add(task)

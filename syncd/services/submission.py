@@ -136,7 +136,13 @@ class SubmissionService:
     def status(self) -> dict[str, Any]:
         sub = self._config.submission
         counts = self._handler.login_counts() if self._handler is not None else {}
-        return {"listen": str(sub.listen) if sub else "", "state": self._state} | counts
+        worker = self._worker
+        return {
+            "listen": str(sub.listen) if sub else "",
+            "state": self._state,
+            "worker_pid": worker.pid if worker is not None else None,
+            "worker_restarts": worker.deaths if worker is not None else 0,
+        } | counts
 
     def summary(self) -> str:
         sub = self._config.submission

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import smtplib
 import sqlite3
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from syncd.sources.bcc import PasswordFiles
 from syncd.sources.smtpserver import ServerOptions, ThreadedEndpoint
 from syncd.sources.submission import SubmissionHandler, threaded
 from syncd.store import db
-from tests.integration.conftest import Notify, free_port
+from tests.integration.conftest import Notify, as_json, free_port, syncd, syncd_run, wait_for
 from tests.integration.test_bcc import Sink
 from tests.integration.test_submission import (
     ADA_PW,
@@ -309,3 +311,47 @@ def _children(pid: int) -> list[int]:
 def _ignore(call: Callable[..., Any], *args: Any) -> None:
     with contextlib.suppress(smtplib.SMTPException, OSError):
         call(*args)
+
+
+def test_status_and_metrics_show_the_worker_and_its_restarts(
+    tmp_path: Path, notify: Notify
+) -> None:
+    sink = Sink([])
+    port, metrics_port = free_port(), free_port()
+    settings = json.loads(daemon_config(tmp_path, port, sink.port))
+    settings["metrics"] = {"listen": f"127.0.0.1:{metrics_port}"}
+    config = tmp_path / "syncd.yaml"
+    config.write_text(json.dumps(settings))
+    try:
+        with syncd_run(config, notify) as daemon:
+            [worker] = _children(daemon.proc.pid)
+            sub = as_json(config, "status")["submission"]
+            assert (sub["worker_pid"], sub["worker_restarts"]) == (worker, 0)
+            shown = syncd(config, "status").stdout
+            assert f"submission: 0 submitted, 0 relayed, 0 refused, 0 temporary failures; " \
+                   f"relay worker pid {worker}\n" in shown  # fmt: skip
+            os.kill(worker, signal.SIGKILL)
+            # The daemon replaces it on its own, after a pause, and says so.
+            sub = wait_for(
+                lambda: (
+                    (s := as_json(config, "status")["submission"])["worker_pid"]
+                    not in (None, worker)
+                    and s
+                ),
+                what="a new relay worker in status",
+            )
+            assert sub["worker_restarts"] == 1
+            assert "restarted 1 time(s)" in syncd(config, "status").stdout
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as page:
+                assert "syncd_submission_worker_restarts_total 1.0" in page.read().decode()
+            client = smtplib.SMTP("127.0.0.1", port, timeout=20)
+            client.login("ada@example.com", ADA_PW)
+            assert (
+                client.sendmail("ada@example.com", ["client@customer.example"], html_mail()) == {}
+            )
+            client.quit()
+            assert daemon.stop() == 0
+            assert gone_within(sub["worker_pid"], 10)
+        assert f"the relay worker (pid {worker}) stopped with signal 9" in daemon.stderr
+    finally:
+        sink.close()

@@ -464,7 +464,9 @@ def daemon_config(tmp_path: Path, port: int, sink_port: int) -> str:
                       "smtp_password_file": str(tmp_path / "ada.pw")}],
             "relay": {"host": "127.0.0.1", "port": sink_port, "security": "none"},
             "submission": {"listen": f"127.0.0.1:{port}"},
-            "tracking": {"enabled": True, "public_url": PUBLIC, "secret_file": str(secret)},
+            # Its own tracking port: another daemon test may hold the default meanwhile.
+            "tracking": {"enabled": True, "public_url": PUBLIC, "secret_file": str(secret),
+                         "listen": f"127.0.0.1:{free_port()}"},
         }
     )  # fmt: skip
 
