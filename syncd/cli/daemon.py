@@ -68,15 +68,14 @@ def run(app: App) -> None:
 
 
 @click.command("relay-worker", hidden=True)
-@click.option("--fd", type=int, required=True)
-@click.option("--threads", type=int, default=4)
-def relay_worker(fd: int, threads: int) -> None:
+@click.option("--fds", required=True, help="Its sockets' descriptors, one per thread.")
+def relay_worker(fds: str) -> None:
     """The submission relay's worker process, which `run` starts (services.relayworker)."""
     import socket
 
     from syncd.services import relayworker
 
-    relayworker.serve(socket.socket(fileno=fd), threads)
+    relayworker.serve([socket.socket(fileno=int(fd)) for fd in fds.split(",")])
 
 
 @click.command("sync")

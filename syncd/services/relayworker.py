@@ -7,15 +7,18 @@ the who-is-tracked lookup, rewriting, the smarthost exchange and the spool commi
 a process because that work is Python that would otherwise share one interpreter lock
 with the listener; apart, each has a core to itself (the README's Speed section).
 
-The two talk over a socket pair the child inherits, in frames of a 4-byte big-endian
-length and a pickle. To the child: first ``Setup`` (the config and the tracking keys),
-then ``(id, Outgoing)`` per message; back: ``(0, "", "ready")`` once the child can take
-mail, then ``(id, reply, outcome)`` per message. Only the two ends
-of the pair can write to it, so every pickle read is one syncd wrote.
+The two talk over socket pairs the child inherits, one per thread (a lane), in frames of
+a 4-byte big-endian length and a pickle. A message goes to the lane with the fewest in
+hand, the first among equals: one client at a time keeps to one thread and wakes no
+other, and a thread never waits on another to read its next message. To the child:
+first ``Setup`` (the config and the tracking keys) on lane 0, then ``(id, Outgoing)``
+per message; back: ``(0, "", "ready")`` on lane 0 once the child can take mail, then
+``(id, reply, outcome)`` per message. Only the two ends of a pair can write to it, so
+every pickle read is one syncd wrote.
 
 Lifecycle of one child::
 
-    spawned --Setup--> serving --EOF (stop, reload, or the daemon killed)-->
+    spawned --Setup--> serving --EOF on its lanes (stop, reload, the daemon killed)-->
       finishes and answers the messages in hand, exits 0
     serving --dies (a crash, kill -9)--> the daemon answers its messages in hand 451
       (the client sends again; one already recorded is logged once, by Message-ID)
@@ -30,7 +33,9 @@ daemon's end closes, which the kernel does for a daemon killed with SIGKILL too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import pickle
 import signal
 import socket
@@ -87,11 +92,11 @@ def _read(stream: IO[bytes]) -> Any:
 # The daemon's end ---------------------------------------------------------------------
 
 
-class _Channel(asyncio.Protocol):
-    """One child as the daemon sees it: frames out, replies matched to their futures."""
+class _Lane(asyncio.Protocol):
+    """One of a child's sockets, served by one of its threads: frames out, replies
+    matched to their futures."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], lost: Callable[[_Channel], None]):
-        self.proc = proc
+    def __init__(self, lost: Callable[[], None]) -> None:
         self.pending: dict[int, asyncio.Future[Forwarded]] = {}
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = loop.create_future()
@@ -139,12 +144,43 @@ class _Channel(asyncio.Protocol):
         self.pending.clear()
         if not self.closed.done():
             self.closed.set_result(None)
-        self._lost(self)
+        self._lost()
+
+    def retire(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write_eof()
+
+
+class _Child:
+    """One child process and its lanes."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], lost: Callable[[_Child], None]) -> None:
+        self.proc = proc
+        self.lanes: list[_Lane] = []
+        self._lost: Callable[[_Child], None] | None = lost
+
+    def lane_lost(self) -> None:
+        # The first lane to close means the child is ending (dying, or retired).
+        lost, self._lost = self._lost, None
+        if lost is not None:
+            lost(self)
+
+    @property
+    def ready(self) -> asyncio.Future[None]:
+        return self.lanes[0].ready
+
+    async def closed(self) -> None:
+        await asyncio.gather(*(asyncio.shield(lane.closed) for lane in self.lanes))
+
+    def send(self, message: Outgoing) -> asyncio.Future[Forwarded]:
+        # The lane with the fewest messages in hand; among equals the first, so that
+        # one client at a time keeps to one thread and wakes no other.
+        return min(self.lanes, key=lambda lane: len(lane.pending)).send(message)
 
     def retire(self) -> None:
         """No more messages: the child answers those in hand, then exits."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write_eof()
+        for lane in self.lanes:
+            lane.retire()
 
 
 class RelayWorker:
@@ -156,9 +192,9 @@ class RelayWorker:
         self._setup = setup
         self._relayed = relayed  # called after each recorded message (nudges the drain)
         self._threads = threads
-        self._channel: _Channel | None = None
+        self._child: _Child | None = None
         self._spawning: asyncio.Future[None] | None = None
-        self._retired: set[_Channel] = set()
+        self._retired: set[_Child] = set()
         self._reaping: set[asyncio.Future[Any]] = set()
         self._restart: asyncio.Task[None] | None = None
         self._pause = Backoff(1.0, 60.0)
@@ -167,25 +203,24 @@ class RelayWorker:
 
     @property
     def pid(self) -> int | None:
-        return self._channel.proc.pid if self._channel is not None else None
+        return self._child.proc.pid if self._child is not None else None
 
     async def start(self) -> bool:
         """Spawn the child now and wait until it takes mail (or dies: False)."""
-        channel = await self._current()
-        if channel is None:
+        child = await self._current()
+        if child is None:
             return False
-        await asyncio.wait(
-            (channel.ready, channel.closed),
-            timeout=START_SECONDS,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        return channel.ready.done()
+        closed = asyncio.ensure_future(child.closed())
+        either = (child.ready, closed)
+        await asyncio.wait(either, timeout=START_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        closed.cancel()
+        return child.ready.done()
 
     async def forward(self, message: Outgoing) -> Forwarded:
-        channel = await self._current()
-        if channel is None:
+        child = await self._current()
+        if child is None:
             return DOWN
-        done = await channel.send(message)
+        done = await child.send(message)
         if done is not LOST:
             self._pause.succeeded()
         if done.outcome == "relayed" and self._relayed is not None:
@@ -195,7 +230,7 @@ class RelayWorker:
     def reconfigure(self, setup: Setup) -> None:
         """New messages go to a child with ``setup``; the old one finishes its own."""
         self._setup = setup
-        old, self._channel = self._channel, None
+        old, self._child = self._child, None
         if old is not None:
             self._retired.add(old)
             old.retire()
@@ -208,67 +243,71 @@ class RelayWorker:
             self._restart.cancel()
         if self._spawning is not None:
             await asyncio.shield(self._spawning)
-        channels = [c for c in (self._channel, *self._retired) if c is not None]
-        self._channel = None
-        for channel in channels:
-            channel.retire()
-        for channel in channels:
+        childs = [c for c in (self._child, *self._retired) if c is not None]
+        self._child = None
+        for child in childs:
+            child.retire()
+        for child in childs:
             try:
                 left = max(0.0, deadline - time.monotonic())
-                await asyncio.wait_for(asyncio.shield(channel.closed), left)
+                await asyncio.wait_for(child.closed(), left)
             except TimeoutError:
                 log.warning("the relay worker (pid %d) did not finish in time; killed it",
-                            channel.proc.pid)  # fmt: skip
-                channel.proc.kill()
-            await asyncio.to_thread(channel.proc.wait)
+                            child.proc.pid)  # fmt: skip
+                child.proc.kill()
+            await asyncio.to_thread(child.proc.wait)
         if self._reaping:
             await asyncio.gather(*self._reaping, return_exceptions=True)
 
-    async def _current(self) -> _Channel | None:
-        if self._channel is None and self._spawning is None:
+    async def _current(self) -> _Child | None:
+        if self._child is None and self._spawning is None:
             if self._stopping or not self._pause.ready():
                 return None
             self._spawning = asyncio.ensure_future(self._spawn())
         if self._spawning is not None:
             await asyncio.shield(self._spawning)
-        return self._channel
+        return self._child
 
     async def _spawn(self) -> None:
-        ours, theirs = socket.socketpair()
+        pairs = [socket.socketpair() for _ in range(self._threads)]
+        theirs = [t.fileno() for _, t in pairs]
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "syncd", *_verbosity(), "relay-worker",
-                 "--fd", str(theirs.fileno()), "--threads", str(self._threads)],
+                 "--fds", ",".join(map(str, theirs))],
                 stdin=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
+                pass_fds=theirs,
             )  # fmt: skip
-            theirs.close()
-            ours.sendall(_frame(self._setup))  # a few kB: fits the socket's buffer
-            loop = asyncio.get_running_loop()
-            _, channel = await loop.create_unix_connection(
-                lambda: _Channel(proc, self._lost), sock=ours
-            )
+            child = _Child(proc, self._lost)
+            pairs[0][0].sendall(_frame(self._setup))  # a few kB: fits the socket's buffer
+            for ours, their in pairs:
+                their.close()
+                _, lane = await asyncio.get_running_loop().create_unix_connection(
+                    lambda: _Lane(child.lane_lost), sock=ours
+                )
+                child.lanes.append(lane)
         except OSError as error:
-            ours.close()
-            theirs.close()
+            for ours, their in pairs:
+                ours.close()
+                their.close()
             wait = self._pause.failed()
             log.error("the relay worker could not start (%s); trying again in %.0f s",
                       error, wait)  # fmt: skip
             return
         finally:
             self._spawning = None
-        self._channel = channel
+        self._child = child
         log.debug("relay worker started, pid %d", proc.pid)
 
-    def _lost(self, channel: _Channel) -> None:
+    def _lost(self, child: _Child) -> None:
         wait = None
-        if channel is self._channel:
-            self._channel = None
+        if child is self._child:
+            self._child = None
             if not self._stopping:
                 self.deaths += 1
                 wait = self._pause.failed()
-        self._retired.discard(channel)
-        self._keep(asyncio.ensure_future(self._reap(channel.proc, wait)))
+        self._retired.discard(child)
+        self._keep(asyncio.ensure_future(self._reap(child.proc, wait)))
         if wait is not None:
             self._restart = asyncio.ensure_future(self._respawn(wait))
 
@@ -301,43 +340,48 @@ def _exit_status(code: int) -> str:
 # The child's end ----------------------------------------------------------------------
 
 
-def serve(sock: socket.socket, threads: int = THREADS) -> None:
-    """Run the relay for the daemon on the other end of ``sock`` until it closes."""
+def serve(socks: list[socket.socket]) -> None:
+    """Run the relay for the daemon on the other ends of ``socks``, one thread each,
+    until they close."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
-    stream = sock.makefile("rb")
-    setup = _read(stream)
+    streams = [sock.makefile("rb") for sock in socks]
+    setup = _read(streams[0])
     if not isinstance(setup, Setup):
         return
     writer = SpoolWriter(setup.config.store.path)
     relayer = make_relayer(setup.config, writer, setup.tracking)
-    reading, writing = threading.Lock(), threading.Lock()
-    sock.sendall(_frame((0, "", "ready")))
+    socks[0].sendall(_frame((0, "", "ready")))
 
-    def work() -> None:
-        # Each thread reads its own next message: none waits on a hand-over.
-        while True:
-            with reading:
-                item = _read(stream)
-            if item is None:
-                return
+    def lane(sock: socket.socket, stream: IO[bytes]) -> None:
+        try:
+            serve_lane(sock, stream)
+        except BaseException:
+            # A lane nobody reads would leave its clients waiting: the whole child
+            # goes, and the daemon answers 451 and starts another.
+            log.exception("relay worker thread failed; the worker exits")
+            os._exit(70)
+
+    def serve_lane(sock: socket.socket, stream: IO[bytes]) -> None:
+        while (item := _read(stream)) is not None:
             ident, message = item
             try:
                 done = relayer.forward(message)
             except Exception as error:
                 log.error("submission from %s failed: %s", message.member, type(error).__name__)
                 done = LOST
-            try:
-                with writing:
-                    sock.sendall(_frame((ident, done.reply, done.outcome)))
-            except OSError:
-                pass  # the daemon is gone; what was recorded stays recorded
+            with contextlib.suppress(OSError):  # the daemon is gone; the record stays
+                sock.sendall(_frame((ident, done.reply, done.outcome)))
 
-    workers = [threading.Thread(target=work, name=f"relay-{i}") for i in range(threads)]
-    for thread in workers:
+    threads = [
+        threading.Thread(target=lane, args=pair, name=f"relay-{i}")
+        for i, pair in enumerate(zip(socks, streams, strict=True))
+    ]
+    for thread in threads:
         thread.start()
-    for thread in workers:
+    for thread in threads:
         thread.join()
     relayer.close()
     writer.close()
-    sock.close()
+    for sock in socks:
+        sock.close()
