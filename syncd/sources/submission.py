@@ -15,9 +15,8 @@ decision, held here:
 - DATA ends only at ``<CR><LF>.<CR><LF>`` (aiosmtpd reads lines split at CRLF).
 - Inside DATA the message goes to ``await forward(Outgoing) -> Forwarded``: the service
   decides tracking, rewrites, relays to the smarthost and, on its 250, records the
-  original durably (the daemon in its relay worker process, ``services.relayworker``;
-  ``in_thread`` runs a plain function in a thread instead); its reply is the one the
-  client sees (the smarthost's own 4xx or 5xx when it refused).
+  original durably (in the daemon, its relay worker process: ``services.relayworker``);
+  its reply is the one the client sees (the smarthost's own 4xx or 5xx when it refused).
 
 Session flow::
 
@@ -84,15 +83,6 @@ class Forwarded:
 
 
 Forward = Callable[[Outgoing], Awaitable[Forwarded]]
-
-
-def in_thread(forward: Callable[[Outgoing], Forwarded]) -> Forward:
-    """``forward`` run in a thread of the loop's default executor, for the handler."""
-
-    async def run(message: Outgoing) -> Forwarded:
-        return await asyncio.to_thread(forward, message)
-
-    return run
 
 
 class SubmissionHandler(BccHandler):

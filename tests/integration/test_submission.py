@@ -4,6 +4,7 @@ drain through the pipeline; and the real ``syncd run`` killed with SIGKILL."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -30,7 +31,7 @@ from syncd.services.bcc import drain_spool
 from syncd.services.relayer import Relayer, TrackingSetup
 from syncd.sources.bcc import PasswordFiles
 from syncd.sources.smtpserver import ServerOptions, ThreadedEndpoint, tls_context
-from syncd.sources.submission import SubmissionHandler, in_thread, threaded
+from syncd.sources.submission import Forward, Forwarded, Outgoing, SubmissionHandler, threaded
 from syncd.store import contacts, db
 from syncd.store.spool import SpoolWriter
 from tests.integration.conftest import Notify, free_port
@@ -170,6 +171,15 @@ def make(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
         harness.endpoint.stop()
         harness.writer.close()
         harness.sink.close()
+
+
+def in_thread(forward: Callable[[Outgoing], Forwarded]) -> Forward:
+    """The Relayer in this process, in a thread (the daemon runs it in its worker)."""
+
+    async def run(message: Outgoing) -> Forwarded:
+        return await asyncio.to_thread(forward, message)
+
+    return run
 
 
 def tracked_rows(h: Harness) -> list[sqlite3.Row]:
