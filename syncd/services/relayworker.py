@@ -7,14 +7,14 @@ the who-is-tracked lookup, rewriting, the smarthost exchange and the spool commi
 a process because that work is Python that would otherwise share one interpreter lock
 with the listener; apart, each has a core to itself (the README's Speed section).
 
-The two talk over socket pairs the child inherits, one per thread (a lane), in frames of
-a 4-byte big-endian length and a pickle. A message goes to the lane with the fewest in
-hand, the first among equals: one client at a time keeps to one thread and wakes no
-other, and a thread never waits on another to read its next message. To the child:
-first ``Setup`` (the config and the tracking keys) on lane 0, then ``(id, Outgoing)``
-per message; back: ``(0, "", "ready")`` on lane 0 once the child can take mail, then
-``(id, reply, outcome)`` per message. Only the two ends of a pair can write to it, so
-every pickle read is one syncd wrote.
+The two talk over socket pairs the child inherits, one per thread (a lane). A message
+goes to the lane with the fewest in hand, the first among equals: one client at a time
+keeps to one thread and wakes no other, and a thread never waits on another to read its
+next message. Frames are a 4-byte big-endian length and a pickle. To the child: first
+``Setup`` (the config and the tracking keys) on lane 0, then per message the lengths,
+its id and envelope pickled, and its bytes as they are; back: ``(0, "", "ready")`` on
+lane 0 once the child can take mail, then ``(id, reply, outcome)`` per message. Only the
+two ends of a pair can write to it, so every pickle read is one syncd wrote.
 
 Lifecycle of one child::
 
@@ -89,6 +89,31 @@ def _read(stream: IO[bytes]) -> Any:
     return pickle.loads(data)
 
 
+def _message_frame(ident: int, message: Outgoing) -> tuple[bytes, bytes]:
+    """A message as two writes: the lengths and its envelope pickled, then its bytes as
+    they are (a 60 MB message is not copied into a pickle and again into a frame)."""
+    envelope = pickle.dumps(
+        (ident, message.mail_from, message.recipients, message.member, message.peer_ip),
+        protocol=pickle.HIGHEST_PROTOCOL,
+    )
+    sizes = len(envelope).to_bytes(_LENGTH, "big") + len(message.raw).to_bytes(8, "big")
+    return sizes + envelope, message.raw
+
+
+def _read_message(stream: IO[bytes]) -> tuple[int, Outgoing] | None:
+    """The next message and its id, or None at the end of the stream."""
+    sizes = stream.read(_LENGTH + 8)
+    if len(sizes) < _LENGTH + 8:
+        return None
+    envelope = stream.read(int.from_bytes(sizes[:_LENGTH], "big"))
+    size = int.from_bytes(sizes[_LENGTH:], "big")
+    raw = stream.read(size)
+    if len(raw) < size:
+        return None
+    ident, mail_from, recipients, member, peer_ip = pickle.loads(envelope)
+    return ident, Outgoing(raw, mail_from, recipients, member, peer_ip)
+
+
 # The daemon's end ---------------------------------------------------------------------
 
 
@@ -117,7 +142,8 @@ class _Lane(asyncio.Protocol):
             return future
         self._next += 1
         self.pending[self._next] = future
-        self.transport.write(_frame((self._next, message)))
+        for part in _message_frame(self._next, message):
+            self.transport.write(part)
         return future
 
     def data_received(self, data: bytes) -> None:
@@ -363,7 +389,7 @@ def serve(socks: list[socket.socket]) -> None:
             os._exit(70)
 
     def serve_lane(sock: socket.socket, stream: IO[bytes]) -> None:
-        while (item := _read(stream)) is not None:
+        while (item := _read_message(stream)) is not None:
             ident, message = item
             try:
                 done = relayer.forward(message)

@@ -6,6 +6,7 @@ the real processes, and the real ``syncd run`` killed while its worker holds a m
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -69,14 +70,14 @@ class Relay:
     endpoint: ThreadedEndpoint
     setup: Setup
 
-    def send(self, mid: str = "offer-1") -> tuple[int, bytes]:
+    def send(self, mid: str = "offer-1", raw: bytes | None = None) -> tuple[int, bytes]:
         """One message through the listener: the reply the client got."""
         client = smtplib.SMTP("127.0.0.1", self.endpoint.port, timeout=20)
         try:
             client.login("ada@example.com", ADA_PW)
             client.mail("ada@example.com")
             client.rcpt("client@customer.example")
-            return client.data(html_mail(mid=mid))
+            return client.data(raw if raw is not None else html_mail(mid=mid))
         finally:
             client.close()
 
@@ -164,6 +165,20 @@ def test_a_message_is_rewritten_relayed_and_recorded_by_the_worker_process(
     assert r.rows("SELECT source FROM spool") == [("relay",)]
     assert len(r.rows("SELECT id FROM tracked_messages")) == 1
     assert r.rows("SELECT value FROM bcc_counters WHERE name = 'submission.relayed'") == [(1,)]
+
+
+def test_a_large_message_crosses_to_the_worker_and_back_byte_for_byte(
+    relay: Callable[..., Relay],
+) -> None:
+    r = relay()
+    attachment = base64.encodebytes(os.urandom(3 * 1024 * 1024)).replace(b"\n", b"\r\n")
+    raw = html_mail().replace(b"--BB--", b"--BB\r\nContent-Type: application/octet-stream\r\n"
+                              b"Content-Transfer-Encoding: base64\r\n\r\n" + attachment
+                              + b"--BB--")  # fmt: skip
+    assert r.send(raw=raw) == (250, b"OK")
+    [(_, _, relayed)] = r.sink.received
+    assert attachment in relayed and f"{PUBLIC}/o/".encode() in relayed
+    assert r.rows("SELECT raw FROM spool") == [(raw,)]  # the original, as it came
 
 
 def test_sigterm_and_sigint_leave_the_worker_serving(relay: Callable[..., Relay]) -> None:
