@@ -82,7 +82,6 @@ class Relayer:
         setup: TrackingSetup | None,
         require_legal_basis: bool = False,
         keep_full_ips: bool = False,
-        relayed: Any = None,
         clock: Any = time.time,
     ) -> None:
         self.team = team
@@ -92,7 +91,6 @@ class Relayer:
         self.setup = setup
         self.require_legal_basis = require_legal_basis
         self.keep_full_ips = keep_full_ips
-        self.relayed = relayed  # called after each recorded message (nudges the drain)
         self.clock = clock
         self._local = threading.local()
 
@@ -206,8 +204,6 @@ class Relayer:
             # twice, but what is in the CRM stays what was sent, once.
             log.error("relayed mail from %s not recorded: %s", message.member, error)
             return Forwarded(NOT_RECORDED, "tempfail")
-        if self.relayed is not None:
-            self.relayed()
         return Forwarded(answer.line, "relayed")
 
     def close(self) -> None:

@@ -256,11 +256,16 @@ class RelayWorker:
     def reconfigure(self, setup: Setup) -> None:
         """New messages go to a child with ``setup``; the old one finishes its own."""
         self._setup = setup
+        self._keep(asyncio.ensure_future(self._replace()))
+
+    async def _replace(self) -> None:
+        if self._spawning is not None:  # it may be starting with the old setup
+            await asyncio.shield(self._spawning)
         old, self._child = self._child, None
         if old is not None:
             self._retired.add(old)
             old.retire()
-        self._keep(asyncio.ensure_future(self._current()))
+        await self._current()
 
     async def stop(self, deadline: float) -> None:
         """Let each child answer what it holds and exit; past ``deadline``, kill it."""
@@ -269,11 +274,11 @@ class RelayWorker:
             self._restart.cancel()
         if self._spawning is not None:
             await asyncio.shield(self._spawning)
-        childs = [c for c in (self._child, *self._retired) if c is not None]
+        children = [c for c in (self._child, *self._retired) if c is not None]
         self._child = None
-        for child in childs:
+        for child in children:
             child.retire()
-        for child in childs:
+        for child in children:
             try:
                 left = max(0.0, deadline - time.monotonic())
                 await asyncio.wait_for(child.closed(), left)
@@ -297,6 +302,7 @@ class RelayWorker:
     async def _spawn(self) -> None:
         pairs = [socket.socketpair() for _ in range(self._threads)]
         theirs = [t.fileno() for _, t in pairs]
+        proc = None
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "syncd", *_verbosity(), "relay-worker",
@@ -316,6 +322,8 @@ class RelayWorker:
             for ours, their in pairs:
                 ours.close()
                 their.close()
+            if proc is not None:  # it sees its lanes closed and exits
+                self._keep(asyncio.ensure_future(asyncio.to_thread(proc.wait)))
             wait = self._pause.failed()
             log.error("the relay worker could not start (%s); trying again in %.0f s",
                       error, wait)  # fmt: skip
