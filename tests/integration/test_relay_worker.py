@@ -293,12 +293,7 @@ def test_the_daemon_killed_while_its_worker_holds_a_message(tmp_path: Path, noti
         resend.login("ada@example.com", ADA_PW)
         assert resend.sendmail("ada@example.com", ["client@customer.example"], html_mail()) == {}
         resend.quit()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with sqlite3.connect(store) as conn:
-                if conn.execute("SELECT count(*) FROM spool").fetchone()[0] == 0:
-                    break
-            time.sleep(0.2)
+        wait_for(lambda: not _spooled(store), 15, "the spool to drain")
         entries = timeline(tmp_path, "client@customer.example")
         assert [e["message_id"] for e in entries] == ["offer-1@example.com"]
         assert len(sink.received) == 2
@@ -309,6 +304,11 @@ def test_the_daemon_killed_while_its_worker_holds_a_message(tmp_path: Path, noti
         _, stderr = proc.communicate()
         sink.close()
     assert ADA_PW not in stderr
+
+
+def _spooled(store: Path) -> int:
+    with sqlite3.connect(store) as conn:
+        return int(conn.execute("SELECT count(*) FROM spool").fetchone()[0])
 
 
 def _children(pid: int) -> list[int]:
