@@ -35,12 +35,12 @@ from syncd.sources.submission import SubmissionHandler, threaded
 from syncd.store import db
 from tests.integration.conftest import Notify, as_json, free_port, syncd, syncd_run, wait_for
 from tests.integration.test_bcc import Sink
+from tests.integration.test_orphans import alive, descendants
 from tests.integration.test_submission import (
     ADA_PW,
     PUBLIC,
     daemon_config,
     html_mail,
-    start_daemon,
     timeline,
 )
 
@@ -139,21 +139,6 @@ def relay(tmp_path: Path) -> Iterator[Callable[..., Relay]]:
         r.sink.close()
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def gone_within(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not alive(pid)
-
-
 def test_a_message_is_rewritten_relayed_and_recorded_by_the_worker_process(
     relay: Callable[..., Relay],
 ) -> None:
@@ -230,7 +215,7 @@ def test_a_reload_sends_new_mail_to_a_new_worker_while_the_old_one_finishes(
     assert r.send("offer-2") == (250, b"OK")
     assert r.pid != old
     assert first() == (250, b"OK")  # answered by the old worker, which then exits
-    assert gone_within(old, 10)
+    wait_for(lambda: not alive(old), 10, "the old worker to exit")
     assert len(r.rows("SELECT id FROM spool")) == 2
     assert r.worker.deaths == 0
 
@@ -266,61 +251,46 @@ def test_the_daemon_killed_while_its_worker_holds_a_message(tmp_path: Path, noti
     duplicate of it."""
     sink = HoldingSink(1.0)
     port = free_port()
-    config = daemon_config(tmp_path, port, sink.port)
-    proc = start_daemon(tmp_path, notify, config)
+    config = tmp_path / "syncd.yaml"
+    config.write_text(daemon_config(tmp_path, port, sink.port))
+    store = tmp_path / "var" / "syncd.sqlite3"
     try:
-        notify.wait_for("READY=1")
-        [worker] = _children(proc.pid)
-        client = smtplib.SMTP("127.0.0.1", port, timeout=20)
-        client.login("ada@example.com", ADA_PW)
-        client.mail("ada@example.com")
-        client.rcpt("client@customer.example")
-        waiting = threading.Thread(target=lambda: _ignore(client.data, html_mail()))
-        waiting.start()
-        assert sink.holding.wait(10)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        assert gone_within(worker, 10)
-        waiting.join(10)
-        store = tmp_path / "var" / "syncd.sqlite3"
+        with syncd_run(config, notify) as first:
+            [worker] = wait_for(lambda: descendants(first.proc.pid), 10, "the relay worker")
+            client = smtplib.SMTP("127.0.0.1", port, timeout=20)
+            client.login("ada@example.com", ADA_PW)
+            client.mail("ada@example.com")
+            client.rcpt("client@customer.example")
+            waiting = threading.Thread(target=lambda: _ignore(client.data, html_mail()))
+            waiting.start()
+            assert sink.holding.wait(10)
+            first.proc.send_signal(signal.SIGKILL)
+            first.proc.wait(timeout=10)
+            wait_for(lambda: not alive(worker), 10, "the worker to exit")
+            waiting.join(10)
         with sqlite3.connect(store) as conn:
             assert conn.execute("SELECT source FROM spool").fetchall() == [("relay",)]
-        proc.communicate()
         sink.hold = 0.0
-        proc = start_daemon(tmp_path, notify, config)
-        notify.wait_for("READY=1")
-        resend = smtplib.SMTP("127.0.0.1", port, timeout=20)
-        resend.login("ada@example.com", ADA_PW)
-        assert resend.sendmail("ada@example.com", ["client@customer.example"], html_mail()) == {}
-        resend.quit()
-        wait_for(lambda: not _spooled(store), 15, "the spool to drain")
-        entries = timeline(tmp_path, "client@customer.example")
-        assert [e["message_id"] for e in entries] == ["offer-1@example.com"]
-        assert len(sink.received) == 2
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=25) == 0
+        with syncd_run(config, notify) as second:
+            resend = smtplib.SMTP("127.0.0.1", port, timeout=20)
+            resend.login("ada@example.com", ADA_PW)
+            assert (
+                resend.sendmail("ada@example.com", ["client@customer.example"], html_mail()) == {}
+            )
+            resend.quit()
+            wait_for(lambda: not _spooled(store), 15, "the spool to drain")
+            entries = timeline(tmp_path, "client@customer.example")
+            assert [e["message_id"] for e in entries] == ["offer-1@example.com"]
+            assert len(sink.received) == 2
+            assert second.stop() == 0
     finally:
-        proc.kill()
-        _, stderr = proc.communicate()
         sink.close()
-    assert ADA_PW not in stderr
+    assert ADA_PW not in second.stderr
 
 
 def _spooled(store: Path) -> int:
     with sqlite3.connect(store) as conn:
         return int(conn.execute("SELECT count(*) FROM spool").fetchone()[0])
-
-
-def _children(pid: int) -> list[int]:
-    """The processes ``pid`` started, whichever of its threads started them."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        tasks = Path(f"/proc/{pid}/task").iterdir()
-        children = [int(c) for t in tasks for c in (t / "children").read_text().split()]
-        if children:
-            return children
-        time.sleep(0.05)
-    return []
 
 
 def _ignore(call: Callable[..., Any], *args: Any) -> None:
@@ -339,7 +309,7 @@ def test_status_and_metrics_show_the_worker_and_its_restarts(
     config.write_text(json.dumps(settings))
     try:
         with syncd_run(config, notify) as daemon:
-            [worker] = _children(daemon.proc.pid)
+            [worker] = wait_for(lambda: descendants(daemon.proc.pid), 10, "the relay worker")
             sub = as_json(config, "status")["submission"]
             assert (sub["worker_pid"], sub["worker_restarts"]) == (worker, 0)
             shown = syncd(config, "status").stdout
@@ -366,7 +336,7 @@ def test_status_and_metrics_show_the_worker_and_its_restarts(
             )
             client.quit()
             assert daemon.stop() == 0
-            assert gone_within(sub["worker_pid"], 10)
+            wait_for(lambda: not alive(sub["worker_pid"]), 10, "the worker to exit")
         assert f"the relay worker (pid {worker}) stopped with signal 9" in daemon.stderr
     finally:
         sink.close()
