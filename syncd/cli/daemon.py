@@ -333,13 +333,15 @@ def _print_status(report: dict[str, Any], *, bcc: bool) -> None:
                    f" {o['given_up']} given up")  # fmt: skip
     sub = report.get("submission") or {}
     if sub.get("listen") or sub.get("submissions"):
-        worker = sub.get("worker_pid")
-        restarts = sub.get("worker_restarts", 0)
-        shown = f"; relay worker pid {worker}" if worker else "; relay worker not running"
-        shown += f", restarted {restarts} time(s)" if restarts else ""
-        click.echo(f"submission: {sub['submissions']} submitted, {sub['relayed']} relayed,"
-                   f" {sub['refused']} refused, {sub['temporary_failures']} temporary"
-                   f" failures{shown if sub.get('listen') else ''}")  # fmt: skip
+        line = (
+            f"submission: {sub['submissions']} submitted, {sub['relayed']} relayed,"
+            f" {sub['refused']} refused, {sub['temporary_failures']} temporary failures"
+        )
+        if sub.get("listen"):  # the running daemon's relay worker
+            worker, restarts = sub.get("worker_pid"), sub.get("worker_restarts", 0)
+            line += f"; relay worker pid {worker}" if worker else "; relay worker not running"
+            line += f", restarted {restarts} time(s)" if restarts else ""
+        click.echo(line)
     tracked = report.get("tracking") or {}
     if tracked.get("messages") or any((tracked.get("hits") or {}).values()):
         hits = ", ".join(f"{n} {v}" for v, n in tracked["hits"].items() if n) or "none"
