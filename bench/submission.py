@@ -5,9 +5,10 @@
 client on its own connection (AUTH PLAIN once per connection on the relay):
 
 - ``bcc``: the real BCC endpoint (SpoolWriter group commit, FULL sync), as bench.bcc;
-- ``submit``: the real submission relay: AUTH, From checks, who-is-tracked lookup on a
+- ``submit``: the real submission relay: AUTH and From checks in the listener, then in
+  its relay worker process (``services.relayworker``) the who-is-tracked lookup on a
   read-only connection, rewriting with signed tokens, relaying to a no-op smarthost on
-  loopback (another process; ``serve_sink``), then the original and its tracked message
+  loopback (another process; ``serve_sink``), and the original and its tracked message
   spooled in one FULL commit (group commit) before the 250.
 
 A last row times the relay's SMTP client alone (``Submitter``, one thread, PIPELINING
@@ -16,8 +17,8 @@ offered) against smtplib's ``sendmail`` on one kept connection to the same sink.
 The clients run in a child process, as real mail clients are elsewhere, so the
 endpoint's process spends its GIL on the endpoint alone. Prints messages/s, p50/p99
 (MAIL to 250), the endpoint process's CPU time per message, and submit/bcc; under each
-row the CPU the clients (and the sink) spent per message, the rest of what the shared
-cores carried. Goal: >= 0.7.
+row the CPU the relay worker, the clients and the sink spent per message, the rest of
+what the shared cores carried. Goal: >= 0.7.
 """
 
 from __future__ import annotations
