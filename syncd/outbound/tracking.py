@@ -61,6 +61,8 @@ LINK_CACHE_SECONDS = 60.0
 # one minute the oldest are forgotten (a flood of spoofed sources cannot grow memory).
 RATE_TABLE_SIZE = 100_000
 WRITE_RETRY_SECONDS = 1.0
+# Under a flood, the writer pauses this many times as long as each batch took.
+FLOOD_PAUSE = 1.0
 # Verified tokens and client addresses remembered (each entry well under 1 KB).
 MEMO_SIZE = 50_000
 
@@ -153,7 +155,15 @@ class HitQueue:
                 continue
             count = min(self._batch, len(self._items))
             batch = [self._items.popleft() for _ in range(count)]
+            started = time.monotonic()
             await self._store(batch)
+            # A queue past half its bound is a flood the writer cannot keep up with. It
+            # shares the interpreter with the answers, so it then takes every other slice
+            # of time and the answers stay quick (what comes past the bound is dropped
+            # and counted either way). Below that it writes flat out, so a load it can
+            # keep up with loses nothing.
+            if len(self._items) > self.size // 2 and not self._closing:
+                await asyncio.sleep((time.monotonic() - started) * FLOOD_PAUSE)
 
     async def _store(self, batch: list[RawHit]) -> None:
         # A failing store keeps the batch and retries; meanwhile the queue fills and

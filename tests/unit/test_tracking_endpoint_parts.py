@@ -1,10 +1,18 @@
-"""The endpoint's pure parts: the per-IP rate limit, the link cache, the Location text."""
+"""The endpoint's parts: the per-IP rate limit, the link cache, the Location text, and
+the hit queue's pace under a flood."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
 import pytest
 
-from syncd.outbound.tracking import LinkCache, RateLimit, _location
+from syncd.outbound.tracking import Counts, HitQueue, LinkCache, RateLimit, RawHit, _location
 
 
 class Clock:
@@ -48,3 +56,38 @@ def test_link_cache_ages_and_evicts() -> None:
 )
 def test_location_is_header_safe(stored: str, location: str) -> None:
     assert _location(stored) == location
+
+
+def test_past_half_its_bound_the_queue_writes_every_other_slice_of_time() -> None:
+    """A writer that cannot keep up pauses as long as each batch took while the queue is
+    more than half full, and writes flat out below that; every queued hit is written."""
+    write_seconds = 0.04
+    hit = RawHit("open", 1, None, datetime.now(UTC), "192.0.2.1", "UA")
+
+    async def scenario() -> tuple[list[tuple[float, int]], Counts]:
+        counts = Counts()
+        starts: list[tuple[float, int]] = []
+
+        async def write(batch: Sequence[RawHit]) -> Counter[str]:
+            starts.append((time.monotonic(), len(queue)))  # the queue left behind
+            await asyncio.sleep(write_seconds)
+            return Counter(human=len(batch))
+
+        queue = HitQueue(6, write, counts, batch=1)
+        for _ in range(6):
+            assert queue.put(hit)
+        task = asyncio.create_task(queue.run())
+        while counts.written < 6:  # not close(): a closing queue no longer pauses
+            await asyncio.sleep(0.01)
+        await queue.close(5)
+        await task
+        return starts, counts
+
+    starts, counts = asyncio.run(scenario())
+    assert counts.written == 6 and counts.dropped == 0
+    assert [left for _, left in starts] == [5, 4, 3, 2, 1, 0]
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(starts)]
+    # After the batches that left 5 and 4 queued (more than half of 6): write, then pause.
+    assert all(gap >= 2 * write_seconds * 0.95 for gap in gaps[:2]), gaps
+    # From 3 queued on: no pause (a generous margin for a loaded machine).
+    assert all(gap < 2 * write_seconds * 0.95 for gap in gaps[2:]), gaps
