@@ -61,7 +61,8 @@ LINK_CACHE_SECONDS = 60.0
 # one minute the oldest are forgotten (a flood of spoofed sources cannot grow memory).
 RATE_TABLE_SIZE = 100_000
 WRITE_RETRY_SECONDS = 1.0
-# Under a flood, the writer pauses this many times as long as each batch took.
+# Under a flood, the writer pauses this many times as long as each batch took (a batch
+# slowed by a locked store counts as a second at most).
 FLOOD_PAUSE = 1.0
 # Verified tokens and client addresses remembered (each entry well under 1 KB).
 MEMO_SIZE = 50_000
@@ -128,6 +129,7 @@ class HitQueue:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
+        self._closed = asyncio.Event()  # ends a flood pause at once
 
     def __len__(self) -> int:
         return len(self._items)
@@ -163,7 +165,9 @@ class HitQueue:
             # and counted either way). Below that it writes flat out, so a load it can
             # keep up with loses nothing.
             if len(self._items) > self.size // 2 and not self._closing:
-                await asyncio.sleep((time.monotonic() - started) * FLOOD_PAUSE)
+                pause = min(time.monotonic() - started, 1.0) * FLOOD_PAUSE
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), pause)
 
     async def _store(self, batch: list[RawHit]) -> None:
         # A failing store keeps the batch and retries; meanwhile the queue fills and
@@ -187,6 +191,7 @@ class HitQueue:
         """Stop taking the wait: drain what is queued within ``timeout`` seconds; the
         number of hits left unstored (counted as dropped)."""
         self._closing = True
+        self._closed.set()
         self._ready.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)

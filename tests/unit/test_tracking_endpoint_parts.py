@@ -91,3 +91,31 @@ def test_past_half_its_bound_the_queue_writes_every_other_slice_of_time() -> Non
     assert all(gap >= 2 * write_seconds * 0.95 for gap in gaps[:2]), gaps
     # From 3 queued on: no pause (a generous margin for a loaded machine).
     assert all(gap < 2 * write_seconds * 0.95 for gap in gaps[2:]), gaps
+
+
+def test_closing_ends_a_flood_pause_at_once() -> None:
+    hit = RawHit("open", 1, None, datetime.now(UTC), "192.0.2.1", "UA")
+
+    async def scenario() -> tuple[float, list[float], int, Counts]:
+        counts = Counts()
+        written_at: list[float] = []
+
+        async def write(batch: Sequence[RawHit]) -> Counter[str]:
+            await asyncio.sleep(0 if written_at else 0.3)  # the first batch is slow
+            written_at.append(time.monotonic())
+            return Counter(human=len(batch))
+
+        queue = HitQueue(4, write, counts, batch=1)
+        for _ in range(4):
+            assert queue.put(hit)
+        task = asyncio.create_task(queue.run())
+        while not written_at:  # 3 left of 4: a pause of 0.3 s begins
+            await asyncio.sleep(0.01)
+        closing = time.monotonic()
+        left = await queue.close(5)
+        await task
+        return closing, written_at, left, counts
+
+    closing, written_at, left, counts = asyncio.run(scenario())
+    assert left == 0 and counts.written == 4 and counts.dropped == 0
+    assert written_at[-1] - closing < 0.2  # the rest went at once, not after the pause
