@@ -61,9 +61,6 @@ LINK_CACHE_SECONDS = 60.0
 # one minute the oldest are forgotten (a flood of spoofed sources cannot grow memory).
 RATE_TABLE_SIZE = 100_000
 WRITE_RETRY_SECONDS = 1.0
-# Under a flood, the writer pauses this many times as long as each batch took (a batch
-# slowed by a locked store counts as a second at most).
-FLOOD_PAUSE = 1.0
 # Verified tokens and client addresses remembered (each entry well under 1 KB).
 MEMO_SIZE = 50_000
 
@@ -128,8 +125,7 @@ class HitQueue:
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._closing = False
-        self._closed = asyncio.Event()  # ends a flood pause at once
+        self._closing = asyncio.Event()  # also ends a flood pause at once
 
     def __len__(self) -> int:
         return len(self._items)
@@ -150,7 +146,7 @@ class HitQueue:
         while True:
             if not self._items:
                 self._idle.set()
-                if self._closing:
+                if self._closing.is_set():
                     return
                 self._ready.clear()
                 await self._ready.wait()
@@ -163,11 +159,12 @@ class HitQueue:
             # shares the interpreter with the answers, so it then takes every other slice
             # of time and the answers stay quick (what comes past the bound is dropped
             # and counted either way). Below that it writes flat out, so a load it can
-            # keep up with loses nothing.
-            if len(self._items) > self.size // 2 and not self._closing:
-                pause = min(time.monotonic() - started, 1.0) * FLOOD_PAUSE
+            # keep up with loses nothing. A batch slowed by a locked store counts as a
+            # second at most.
+            if len(self._items) > self.size // 2 and not self._closing.is_set():
+                pause = min(time.monotonic() - started, 1.0)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closed.wait(), pause)
+                    await asyncio.wait_for(self._closing.wait(), pause)
 
     async def _store(self, batch: list[RawHit]) -> None:
         # A failing store keeps the batch and retries; meanwhile the queue fills and
@@ -178,7 +175,7 @@ class HitQueue:
             except Exception:
                 self._counts.write_failures += 1
                 log.exception("storing %d tracking hit(s) failed; retrying", len(batch))
-                if self._closing:
+                if self._closing.is_set():
                     self._counts.dropped += len(batch)
                     return
                 await asyncio.sleep(WRITE_RETRY_SECONDS)
@@ -190,8 +187,7 @@ class HitQueue:
     async def close(self, timeout: float) -> int:
         """Stop taking the wait: drain what is queued within ``timeout`` seconds; the
         number of hits left unstored (counted as dropped)."""
-        self._closing = True
-        self._closed.set()
+        self._closing.set()
         self._ready.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)

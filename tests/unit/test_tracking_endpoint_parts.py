@@ -58,11 +58,13 @@ def test_location_is_header_safe(stored: str, location: str) -> None:
     assert _location(stored) == location
 
 
+HIT = RawHit("open", 1, None, datetime.now(UTC), "192.0.2.1", "UA")
+
+
 def test_past_half_its_bound_the_queue_writes_every_other_slice_of_time() -> None:
     """A writer that cannot keep up pauses as long as each batch took while the queue is
     more than half full, and writes flat out below that; every queued hit is written."""
     write_seconds = 0.04
-    hit = RawHit("open", 1, None, datetime.now(UTC), "192.0.2.1", "UA")
 
     async def scenario() -> tuple[list[tuple[float, int]], Counts]:
         counts = Counts()
@@ -75,7 +77,7 @@ def test_past_half_its_bound_the_queue_writes_every_other_slice_of_time() -> Non
 
         queue = HitQueue(6, write, counts, batch=1)
         for _ in range(6):
-            assert queue.put(hit)
+            assert queue.put(HIT)
         task = asyncio.create_task(queue.run())
         while counts.written < 6:  # not close(): a closing queue no longer pauses
             await asyncio.sleep(0.01)
@@ -94,8 +96,6 @@ def test_past_half_its_bound_the_queue_writes_every_other_slice_of_time() -> Non
 
 
 def test_closing_ends_a_flood_pause_at_once() -> None:
-    hit = RawHit("open", 1, None, datetime.now(UTC), "192.0.2.1", "UA")
-
     async def scenario() -> tuple[float, list[float], int, Counts]:
         counts = Counts()
         written_at: list[float] = []
@@ -107,7 +107,7 @@ def test_closing_ends_a_flood_pause_at_once() -> None:
 
         queue = HitQueue(4, write, counts, batch=1)
         for _ in range(4):
-            assert queue.put(hit)
+            assert queue.put(HIT)
         task = asyncio.create_task(queue.run())
         while not written_at:  # 3 left of 4: a pause of 0.3 s begins
             await asyncio.sleep(0.01)
