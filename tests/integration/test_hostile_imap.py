@@ -178,8 +178,14 @@ def test_the_daemon_shows_the_folder_error_of_a_terabyte_literal(tmp_path: Path)
         daemon(write_config(tmp_path, fake)) as proc,
     ):
         config = tmp_path / "syncd.yaml"
-        folders = wait_for(lambda: status(config)["folders"], 15)
-        assert folders and "1099511627776" in (folders[0]["last_error"] or ""), folders
+
+        # The folder's row comes with UID 1, before the pass reaches UID 2's error.
+        def with_error() -> list[dict[str, Any]]:
+            folders = status(config)["folders"]
+            return folders if folders and folders[0]["last_error"] else []
+
+        folders = wait_for(with_error, 15)
+        assert "1099511627776" in folders[0]["last_error"], folders
         text = syncd(config, "status").stdout
         assert "UID 2 exists but cannot be fetched" in text
         assert proc.poll() is None
